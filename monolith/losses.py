@@ -1,0 +1,171 @@
+"""Monolith's loss/prediction heads (``native_model.get_sigmoid_loss_and_pred`` and friends).
+
+Logits coming out of a model are *unbiased*: they predict the true click rate. Training examples are
+biased -- negatives are down-sampled with rate ``sample_rate`` and, with ``fast_emit``
+(``sample_bias``), positives are emitted again after an earlier negative -- so the loss is computed on
+corrected logits (:class:`LogitCorrection`) while predictions keep using the raw ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+
+from monolith.mode_keys import ModeKeys
+
+__all__ = ["LogitCorrection", "get_sigmoid_loss_and_pred", "get_softmax_loss_and_pred"]
+
+
+class LogitCorrection(torch.nn.Module):
+    """Map unbiased logits to the biased training distribution (Monolith's ``layers.LogitCorrection``).
+
+    Called on ``(logits, sample_rate)``, both ``[batch]`` (``sample_rate`` may be None):
+
+    ========================  ====================  ==========================================
+    ``sample_rate``           ``sample_bias``       result
+    ========================  ====================  ==========================================
+    given                     False                 ``logits - log(sample_rate)``
+    given                     True                  ``log_sigmoid(logits) - log(sample_rate)``
+    None                      True                  ``log_sigmoid(logits)``
+    None                      False                 ``logits``
+    ========================  ====================  ==========================================
+
+    Args:
+        activation: optional function applied to the corrected logits.
+        sample_bias: whether to correct for fast-emit sample bias.
+    """
+
+    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor] | None = None, sample_bias: bool = False):
+        super().__init__()
+        self.activation = activation
+        self.sample_bias = sample_bias
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor | float | None]) -> torch.Tensor:
+        logits, sample_rate = inputs
+        corrected = self.get_sample_logits(logits, sample_rate, self.sample_bias)
+        return corrected if self.activation is None else self.activation(corrected)
+
+    @staticmethod
+    def get_sample_logits(
+        logits: torch.Tensor, sample_rate: torch.Tensor | float | None, sample_bias: bool
+    ) -> torch.Tensor:
+        """The table above; ``F.logsigmoid`` is the numerically safe ``log(sigmoid(x))``."""
+        corrected = F.logsigmoid(logits) if sample_bias else logits
+        if sample_rate is None:
+            return corrected
+        return corrected - torch.log(torch.as_tensor(sample_rate, dtype=logits.dtype, device=logits.device))
+
+
+def get_sigmoid_loss_and_pred(
+    name: str,
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    batch_size: int,
+    sample_rate: torch.Tensor | float | None = 1.0,
+    sample_bias: bool = False,
+    mode: str = ModeKeys.TRAIN,
+    instance_weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    logit_clip_threshold: float | None = None,
+    predict_before_correction: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Binary sigmoid head: summed cross-entropy on corrected logits, and the predicted probability.
+
+    Args:
+        name: head name (kept for Monolith API compatibility; TF used it to name ops).
+        logits: unbiased logits, any shape with ``batch`` elements; flattened to ``[batch]``.
+        label: 0/1 labels with ``batch`` elements.
+        batch_size: ignored -- the batch size is taken from ``logits`` as Monolith does.
+        sample_rate: negative sampling rate: a float (same for every example), None (= 1.0), or a
+            tensor with ``batch`` elements.
+        sample_bias: whether examples carry fast-emit bias (see :class:`LogitCorrection`).
+        mode: a :class:`ModeKeys` value; in ``PREDICT`` no loss is computed.
+        instance_weight: optional per-example loss weights, ``batch`` elements.
+        mask: optional boolean keep-mask, ``batch`` elements, applied to losses and weights before
+            the sum.
+        logit_clip_threshold: optional probability ``p`` in (0, 1); corrected logits are clipped to
+            ``[-t, t]`` with ``t = log((1-p)/p)`` before the loss. For ``p > 0.5`` (``t < 0``) the
+            bounds are ordered, so ``p`` and ``1 - p`` clip alike (TF's ``clip_by_value`` would
+            instead set every logit to ``-t``).
+        predict_before_correction: predict ``sigmoid(logits)`` (True) or ``sigmoid(corrected)``.
+
+    Returns:
+        ``(loss, pred)``: scalar summed loss (None in ``PREDICT``) and ``[batch]`` probabilities.
+
+    Raises:
+        ValueError: ``logit_clip_threshold`` not in (0, 1), or an unknown ``mode``.
+    """
+    ModeKeys.check(mode)
+    if logit_clip_threshold is not None and not 0 < logit_clip_threshold < 1:
+        raise ValueError(f"logit_clip_threshold must satisfy 0 < p < 1, got {logit_clip_threshold}")
+    logits = logits.reshape(-1)
+    batch_size = logits.shape[0]
+    if mode == ModeKeys.PREDICT:
+        return None, torch.sigmoid(logits)
+
+    if sample_rate is None:
+        sample_rate = torch.ones(batch_size, dtype=logits.dtype, device=logits.device)
+    elif isinstance(sample_rate, Real):
+        sample_rate = torch.full((batch_size,), float(sample_rate), dtype=logits.dtype, device=logits.device)
+    else:
+        sample_rate = sample_rate.reshape(-1).to(logits.dtype)
+    logits_biased = LogitCorrection(sample_bias=sample_bias)((logits, sample_rate))
+    pred = torch.sigmoid(logits if predict_before_correction else logits_biased)
+
+    if logit_clip_threshold is not None:
+        threshold = math.log((1 - logit_clip_threshold) / logit_clip_threshold)
+        # threshold < 0 for p > 0.5; clamp(min > max) would silently return max, so order the bounds.
+        low, high = sorted((-threshold, threshold))
+        logits_biased = logits_biased.clamp(low, high)
+
+    losses = F.binary_cross_entropy_with_logits(
+        logits_biased, label.reshape(-1).to(logits_biased.dtype), reduction="none"
+    )
+    if instance_weight is not None:
+        instance_weight = instance_weight.reshape(-1)
+    if mask is not None:
+        mask = mask.reshape(-1).to(torch.bool)
+        losses = losses[mask]
+        if instance_weight is not None:
+            instance_weight = instance_weight[mask]
+    if instance_weight is not None:
+        losses = losses * instance_weight
+    return losses.sum(), pred
+
+
+def get_softmax_loss_and_pred(
+    name: str, logits: torch.Tensor, label: torch.Tensor, mode: str
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Multi-class softmax head.
+
+    Args:
+        name: head name (kept for Monolith API compatibility).
+        logits: ``[batch, classes]``.
+        label: one-hot or probability targets, ``[batch, classes]``.
+        mode: a :class:`ModeKeys` value; in ``PREDICT`` no loss is computed.
+
+    Returns:
+        ``(loss, pred)``: per-example cross-entropy ``[batch]`` (unreduced, as Monolith returns
+        TF's ``softmax_cross_entropy_with_logits``; None in ``PREDICT``) and int64 class ``[batch]``.
+
+    Raises:
+        ValueError: ``logits`` not 2-D, ``label`` shape differs from ``logits``, or unknown ``mode``.
+    """
+    ModeKeys.check(mode)
+    if logits.dim() != 2:
+        raise ValueError(f"softmax logits must be [batch, classes], got shape {tuple(logits.shape)}")
+    # argmax of the softmax, as Monolith does: rounding in softmax can tie near-equal logits.
+    pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)
+    if mode == ModeKeys.PREDICT:
+        return None, pred
+    if label.shape != logits.shape:
+        raise ValueError(
+            f"softmax label must have the logits' shape {tuple(logits.shape)} (one-hot/probabilities), "
+            f"got {tuple(label.shape)}"
+        )
+    loss = -(label.to(logits.dtype) * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    return loss, pred

@@ -1,0 +1,150 @@
+import math
+
+import pytest
+import torch
+
+from monolith.losses import LogitCorrection, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from monolith.mode_keys import ModeKeys
+
+
+def _bce(z, y):
+    """Cross-entropy from its definition (inputs float64, moderate logits)."""
+    p = 1 / (1 + torch.exp(-z))
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, 1, generator=gen, dtype=torch.float64) * 2
+    label = (torch.rand(8, 1, generator=gen) > 0.5).double()
+    sample_rate = torch.rand(8, generator=gen, dtype=torch.float64) * 0.9 + 0.1
+    weight = torch.rand(8, 1, generator=gen, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True, False, True, True, True])
+    return logits, label, sample_rate, weight, mask
+
+
+def test_logit_correction_cases():
+    x = torch.tensor([-1.0, 0.5, 3.0], dtype=torch.float64)
+    sr = torch.tensor([0.5, 0.25, 1.0], dtype=torch.float64)
+    log_sig = torch.log(1 / (1 + torch.exp(-x)))
+    torch.testing.assert_close(LogitCorrection()((x, sr)), x - torch.log(sr))
+    torch.testing.assert_close(LogitCorrection(sample_bias=True)((x, sr)), log_sig - torch.log(sr))
+    torch.testing.assert_close(LogitCorrection(sample_bias=True)((x, None)), log_sig)
+    torch.testing.assert_close(LogitCorrection()((x, None)), x)
+    torch.testing.assert_close(LogitCorrection(activation=torch.sigmoid)((x, None)), torch.sigmoid(x))
+    # log_sigmoid stays finite where log(sigmoid(x)) underflows.
+    assert torch.isfinite(LogitCorrection(sample_bias=True)((torch.tensor([-200.0]), None))).all()
+
+
+def test_default_float_sample_rate(data):
+    logits, label, *_ = data
+    loss, pred = get_sigmoid_loss_and_pred("ctr", logits, label, batch_size=999)
+    torch.testing.assert_close(loss, _bce(logits.reshape(-1), label.reshape(-1)).sum())
+    torch.testing.assert_close(pred, torch.sigmoid(logits.reshape(-1)))
+    assert pred.shape == (8,)
+
+
+def test_float_and_none_sample_rate(data):
+    logits, label, *_ = data
+    z, y = logits.reshape(-1), label.reshape(-1)
+    loss, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=0.25)
+    torch.testing.assert_close(loss, _bce(z - math.log(0.25), y).sum())
+    loss, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=None)
+    torch.testing.assert_close(loss, _bce(z, y).sum())
+
+
+def test_everything_together(data):
+    logits, label, sample_rate, weight, mask = data
+    loss, pred = get_sigmoid_loss_and_pred(
+        "ctr",
+        logits,
+        label,
+        8,
+        sample_rate=sample_rate.reshape(8, 1),
+        sample_bias=True,
+        mode=ModeKeys.EVAL,
+        instance_weight=weight,
+        mask=mask.reshape(8, 1),
+        logit_clip_threshold=0.05,
+        predict_before_correction=False,
+    )
+    z, y = logits.reshape(-1), label.reshape(-1)
+    biased = torch.log(1 / (1 + torch.exp(-z))) - torch.log(sample_rate)
+    t = math.log(0.95 / 0.05)
+    clipped = torch.clamp(biased, -t, t)
+    expected = (_bce(clipped, y) * weight.reshape(-1))[mask].sum()
+    torch.testing.assert_close(loss, expected)
+    # Prediction uses the corrected logits but not the clipping.
+    torch.testing.assert_close(pred, 1 / (1 + torch.exp(-biased)))
+
+
+def test_clip_is_active(data):
+    logits, label, *_ = data
+    big = logits * 100
+    loss, _ = get_sigmoid_loss_and_pred("ctr", big, label, 8, logit_clip_threshold=0.1)
+    t = math.log(0.9 / 0.1)
+    torch.testing.assert_close(loss, _bce(big.reshape(-1).clamp(-t, t), label.reshape(-1)).sum())
+
+
+def test_mask_without_weight_and_weight_without_mask(data):
+    logits, label, _, weight, mask = data
+    z, y = logits.reshape(-1), label.reshape(-1)
+    loss, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, mask=mask)
+    torch.testing.assert_close(loss, _bce(z, y)[mask].sum())
+    loss, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, instance_weight=weight)
+    torch.testing.assert_close(loss, (_bce(z, y) * weight.reshape(-1)).sum())
+
+
+def test_gradient_flows(data):
+    logits, label, sample_rate, *_ = data
+    x = logits.clone().requires_grad_()
+    loss, _ = get_sigmoid_loss_and_pred("ctr", x, label, 8, sample_rate=sample_rate)
+    loss.backward()
+    z = logits.reshape(-1) - torch.log(sample_rate)
+    # d/dz of BCE is sigmoid(z) - y.
+    torch.testing.assert_close(x.grad.reshape(-1), torch.sigmoid(z) - label.reshape(-1))
+
+
+def test_predict_mode(data):
+    logits, label, *_ = data
+    loss, pred = get_sigmoid_loss_and_pred(
+        "ctr", logits, label, 8, sample_rate=0.1, mode=ModeKeys.PREDICT, predict_before_correction=False
+    )
+    assert loss is None
+    torch.testing.assert_close(pred, torch.sigmoid(logits.reshape(-1)))
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, -0.5, 2.0])
+def test_bad_clip_threshold(data, p):
+    logits, label, *_ = data
+    with pytest.raises(ValueError, match=f"logit_clip_threshold must satisfy 0 < p < 1, got {p}"):
+        get_sigmoid_loss_and_pred("ctr", logits, label, 8, logit_clip_threshold=p)
+
+
+def test_bad_mode(data):
+    logits, label, *_ = data
+    with pytest.raises(ValueError, match="mode must be one of"):
+        get_sigmoid_loss_and_pred("ctr", logits, label, 8, mode="predict")
+
+
+def test_mode_keys_values():
+    assert (ModeKeys.TRAIN, ModeKeys.EVAL, ModeKeys.PREDICT) == ("train", "eval", "infer")
+
+
+def test_softmax_loss_and_pred():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    label = torch.nn.functional.one_hot(torch.tensor([0, 3, 1, 1, 2]), 4).double()
+    label[0] = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)  # soft labels allowed
+    loss, pred = get_softmax_loss_and_pred("cls", logits, label, ModeKeys.TRAIN)
+    probs = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    torch.testing.assert_close(loss, -(label * torch.log(probs)).sum(1))
+    assert loss.shape == (5,)
+    assert pred.tolist() == logits.argmax(1).tolist()
+    loss, pred = get_softmax_loss_and_pred("cls", logits, label, ModeKeys.PREDICT)
+    assert loss is None and pred.tolist() == logits.argmax(1).tolist()
+    with pytest.raises(ValueError, match="label must have the logits' shape \\(5, 4\\)"):
+        get_softmax_loss_and_pred("cls", logits, torch.tensor([0, 3, 1, 1, 2]), ModeKeys.TRAIN)
+    with pytest.raises(ValueError, match="\\[batch, classes\\]"):
+        get_softmax_loss_and_pred("cls", logits.reshape(-1), label, ModeKeys.TRAIN)
