@@ -1,0 +1,101 @@
+"""The autograd bridge between torch models and :class:`EmbeddingHashTable`.
+
+``loss.backward()`` never builds a dense gradient over a table: the backward pass of a lookup
+hands the per-id gradient ``[n, dim]`` to its :class:`HashEmbedding`, which keeps it until the
+training loop applies it (after clipping) with :meth:`HashEmbedding.apply_gradients`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monolith.table.embedding_table import EmbeddingHashTable
+
+_lookup_sequence = itertools.count()
+
+
+@dataclass
+class PendingGradient:
+    """Gradient of one lookup: ``grads[i]`` belongs to ``ids[i]``; ``order`` is the lookup's sequence."""
+
+    order: int
+    ids: torch.Tensor
+    grads: torch.Tensor
+    req_time: torch.Tensor | int | None
+
+
+class _TableLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, anchor, module, ids, req_time):  # noqa: D401 - autograd signature
+        ctx.module, ctx.ids, ctx.req_time = module, ids, req_time
+        ctx.order = next(_lookup_sequence)
+        return module.table.lookup(ids)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grad.detach(), ctx.req_time))
+        return None, None, None, None
+
+
+class HashEmbedding(torch.nn.Module):
+    """An ``nn.Module`` view of an :class:`EmbeddingHashTable`.
+
+    ``forward(ids)`` returns ``[len(ids), table.dim]``; where autograd is recording, its backward
+    stores the per-id gradient in :attr:`pending` instead of producing a dense table gradient.
+
+    Example::
+
+        emb = HashEmbedding(table)                  # table.dim == 4
+        out = emb(torch.tensor([3, 3, 8]))          # [3, 4]
+        out.sum().backward()
+        emb.apply_gradients(global_step=1)          # rows 3 and 8 updated by their optimizers
+    """
+
+    def __init__(self, table: EmbeddingHashTable) -> None:
+        super().__init__()
+        self.table = table
+        self.pending: list[PendingGradient] = []
+        # A leaf that requires grad so autograd records the lookup and calls its backward.
+        self._anchor = torch.zeros(0, requires_grad=True)
+
+    def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.training:
+            return _TableLookup.apply(self._anchor, self, ids, req_time)
+        return self.table.lookup(ids)
+
+    def grad_squared_norm(self) -> float:
+        """Sum of squares of the pending gradients (this table's share of the global norm)."""
+        return float(sum(torch.sum(p.grads.double() ** 2) for p in self.pending))
+
+    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
+        """Applies the pending gradients (times ``scale``) in lookup order and clears them."""
+        if not self.pending:
+            return
+        pending = sorted(self.pending, key=lambda p: p.order)
+        self.pending = []
+        ids = torch.cat([p.ids.reshape(-1) for p in pending])
+        grads = torch.cat([p.grads for p in pending])
+        if scale != 1.0:
+            grads = grads * scale
+        self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup)
+
+
+def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:
+    if all(p.req_time is None for p in pending):
+        return None
+    now = int(time.time())
+    parts = []
+    for p in pending:
+        n = p.ids.numel()
+        if p.req_time is None:
+            parts.append(np.full(n, now, dtype=np.int64))
+        elif isinstance(p.req_time, torch.Tensor) and p.req_time.numel() == n:
+            parts.append(p.req_time.reshape(-1).cpu().numpy().astype(np.int64))
+        else:
+            parts.append(np.full(n, int(p.req_time), dtype=np.int64))
+    return np.concatenate(parts)

@@ -1,0 +1,108 @@
+"""Plain configuration records of embedding tables: slices and slots.
+
+Kept apart from the table itself (as TorchRec keeps ``EmbeddingBagConfig`` apart from its modules)
+so configs can be dumped, compared between ranks and rebuilt without touching any rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from monolith.fid import MAX_SLOT_V2
+from monolith.optim.base import Compressor, Initializer, SliceOptimizer
+
+DEFAULT_EXPIRE_TIME_DAYS = 36500
+
+
+def default_initializer() -> Initializer:
+    """Monolith's default for vector slices: RandomUniform(-0.05, 0.05)."""
+    from monolith.optim.initializers import RandomUniformInitializer
+
+    return RandomUniformInitializer(-0.05, 0.05)
+
+
+def default_optimizer() -> SliceOptimizer:
+    """Monolith's default for vector slices: Adagrad with initial accumulator 1.0."""
+    from monolith.optim.optimizers import AdagradOptimizer
+
+    return AdagradOptimizer(initial_accumulator_value=1.0)
+
+
+def default_compressor() -> Compressor:
+    """Monolith's default serving compressor for vector slices: Fp16."""
+    from monolith.optim.compressors import Fp16Compressor
+
+    return Fp16Compressor()
+
+
+@dataclasses.dataclass
+class SliceConfig:
+    """One embedding slice: ``dim`` columns of every row, with their own update rule.
+
+    ``learning_rate_fn`` maps the global step to this slice's learning rate; when None the
+    optimizer's learning rate is used (warmed up over ``warmup_steps`` where the optimizer has them).
+    """
+
+    name: str
+    dim: int
+    initializer: Initializer = dataclasses.field(default_factory=default_initializer)
+    optimizer: SliceOptimizer = dataclasses.field(default_factory=default_optimizer)
+    compressor: Compressor = dataclasses.field(default_factory=default_compressor)
+    learning_rate_fn: Callable[[int], float] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim <= 0:
+            raise ValueError(f"slice '{self.name}': dim must be a positive int, got {self.dim!r}")
+        for field, kind in (("initializer", Initializer), ("optimizer", SliceOptimizer), ("compressor", Compressor)):
+            value = getattr(self, field)
+            if not isinstance(value, kind):
+                raise ValueError(f"slice '{self.name}': {field} must be a {kind.__name__}, got {value!r}")
+
+    def learning_rate(self, global_step: int) -> float:
+        """This slice's learning rate at ``global_step``.
+
+        An explicit ``learning_rate_fn`` wins; otherwise ``warmup_steps > 0`` ramps the rate
+        linearly from 0 at step 0 to the optimizer's rate (Monolith's PolynomialDecay warm-up).
+        """
+        if self.learning_rate_fn is not None:
+            return float(self.learning_rate_fn(global_step))
+        base = self.optimizer.learning_rate
+        warmup = getattr(self.optimizer, "warmup_steps", 0) or 0
+        if warmup > 0:
+            from monolith.optim.learning_rate import PolynomialDecay
+
+            return float(PolynomialDecay(0.0, warmup, end_learning_rate=base)(global_step))
+        return float(base)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-data description (no learning-rate function, which is code)."""
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "initializer": self.initializer.config(),
+            "optimizer": self.optimizer.config(),
+            "compressor": self.compressor.config(),
+            "has_learning_rate_fn": self.learning_rate_fn is not None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotConfig:
+    """Admission and eviction settings of one slot (Monolith's ``FeatureSlotConfig``).
+
+    A FID is admitted on its (``occurrence_threshold`` + 1)-th occurrence and evicted once it has
+    not been updated for ``expire_time`` days.
+    """
+
+    slot: int
+    occurrence_threshold: int = 0
+    expire_time: int = DEFAULT_EXPIRE_TIME_DAYS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot <= MAX_SLOT_V2:
+            raise ValueError(f"slot {self.slot} out of range 0..{MAX_SLOT_V2}")
+        if self.occurrence_threshold < 0:
+            raise ValueError(f"slot {self.slot}: occurrence_threshold must be >= 0, got {self.occurrence_threshold}")
+        if self.expire_time <= 0:
+            raise ValueError(f"slot {self.slot}: expire_time must be > 0 days, got {self.expire_time}")

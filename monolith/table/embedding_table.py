@@ -1,0 +1,427 @@
+"""The collisionless embedding table (Monolith's cuckoo hash table) with per-slice optimizers.
+
+Every admitted FID owns one row; a row is the concatenation of the table's slices, each slice with
+its own initializer, optimizer and optimizer state. Rows are created by the first update that
+passes the slot's occurrence filter; looking up an absent FID returns zeros and inserts nothing.
+Each row remembers the time of its last update so rows of a slot can expire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zipfile
+from typing import Iterable, Sequence
+
+import numba
+import numpy as np
+import torch
+
+from monolith.atomic import atomic_write
+from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2
+from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SliceConfig, SlotConfig
+from monolith.table.hash_map import FidMap
+from monolith.table.occurrence_filter import OccurrenceFilter
+
+_FORMAT = "monolith-embedding-table"
+_FORMAT_VERSION = 1
+_SECONDS_PER_DAY = 86400
+DEDUP_MODES = ("local", "sum")
+
+
+@numba.njit(cache=True)
+def _gather(weights, rows, out, column):
+    dim = weights.shape[1]
+    for i in range(rows.size):
+        row = rows[i]
+        if row >= 0:
+            for j in range(dim):
+                out[i, column + j] = weights[row, j]
+        else:
+            for j in range(dim):
+                out[i, column + j] = 0.0
+
+
+@numba.njit(cache=True)
+def _touch(timestamps, rows, req_time):
+    for i in range(rows.size):
+        if req_time[i] > timestamps[rows[i]]:
+            timestamps[rows[i]] = req_time[i]
+
+
+def _slots_of(keys: np.ndarray) -> np.ndarray:
+    return (keys >> SIGNATURE_BITS_V2) & MAX_SLOT_V2
+
+
+class EmbeddingHashTable:
+    """FID -> embedding row store that grows on demand.
+
+    Args:
+        slices: the slices of every row, in column order.
+        slots: per-slot admission/expiry settings; slots not listed use the defaults.
+        default_occurrence_threshold: T for unlisted slots (admitted on the (T+1)-th occurrence).
+        default_expire_time: expiry in days for unlisted slots.
+        seed: seeds the initializers, so two tables built alike hold identical rows.
+
+    Example::
+
+        table = EmbeddingHashTable([SliceConfig("vec", 2, optimizer=SgdOptimizer(0.1))])
+        table.lookup(np.array([7]))                       # tensor([[0., 0.]]), nothing inserted
+        table.apply_gradients(np.array([7]), torch.ones(1, 2))
+        len(table)                                        # 1
+    """
+
+    def __init__(
+        self,
+        slices: Sequence[SliceConfig],
+        slots: Iterable[SlotConfig] = (),
+        *,
+        default_occurrence_threshold: int = 0,
+        default_expire_time: int = DEFAULT_EXPIRE_TIME_DAYS,
+        seed: int = 0,
+        name: str = "table",
+    ) -> None:
+        self.name = name
+        self.slices: list[SliceConfig] = []
+        self._rng = np.random.default_rng(seed)
+        self._map = FidMap()
+        self._capacity = 1024
+        self._keys = np.empty(self._capacity, dtype=np.int64)
+        self._timestamps = np.zeros(self._capacity, dtype=np.int64)
+        self._weights: list[np.ndarray] = []
+        self._states: list[np.ndarray] = []
+        SlotConfig(0, default_occurrence_threshold, default_expire_time)  # validates the defaults
+        self._thresholds = np.full(MAX_SLOT_V2 + 1, default_occurrence_threshold, dtype=np.int32)
+        self._expire_days = np.full(MAX_SLOT_V2 + 1, default_expire_time, dtype=np.int64)
+        self._filter = OccurrenceFilter(self._thresholds)
+        for slot in slots:
+            self.configure_slot(slot)
+        for config in slices:
+            self.add_slice(config)
+
+    # ----------------------------------------------------------------- configuration
+    def add_slice(self, config: SliceConfig) -> None:
+        """Appends a slice; rows that already exist get it freshly initialised."""
+        if any(s.name == config.name for s in self.slices):
+            raise ValueError(f"table '{self.name}' already has a slice named '{config.name}'")
+        weights = np.zeros((self._capacity, config.dim), dtype=np.float32)
+        state = np.zeros((self._capacity, config.optimizer.state_width(config.dim)), dtype=np.float32)
+        self.slices.append(config)
+        self._weights.append(weights)
+        self._states.append(state)
+        self._initialize(len(self.slices) - 1, 0, len(self))
+
+    def configure_slot(self, config: SlotConfig) -> None:
+        """Sets the occurrence threshold and expire time of one slot."""
+        self._thresholds[config.slot] = config.occurrence_threshold
+        self._expire_days[config.slot] = config.expire_time
+
+    def slot_config(self, slot: int) -> SlotConfig:
+        """The admission/expiry settings in force for ``slot``."""
+        return SlotConfig(slot, int(self._thresholds[slot]), int(self._expire_days[slot]))
+
+    @property
+    def dim(self) -> int:
+        """Total row width: the sum of the slice dims."""
+        return sum(s.dim for s in self.slices)
+
+    def slice_columns(self, name: str) -> slice:
+        """Column range of slice ``name`` within a row."""
+        start = 0
+        for config in self.slices:
+            if config.name == name:
+                return slice(start, start + config.dim)
+            start += config.dim
+        raise KeyError(f"table '{self.name}' has no slice '{name}'; slices: {[s.name for s in self.slices]}")
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the map, the row stores and the occurrence counters."""
+        stores = sum(a.nbytes for a in self._weights + self._states)
+        return self._map.nbytes + stores + self._keys.nbytes + self._timestamps.nbytes
+
+    # ----------------------------------------------------------------- reading
+    def lookup(self, ids) -> torch.Tensor:
+        """Rows of ``ids`` as float32 ``[n, dim]``; zeros for absent ids, which are not inserted."""
+        keys = _as_ids(ids)
+        return torch.from_numpy(self._gather(self._map.find(keys)))
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        column = 0
+        for weights in self._weights:
+            _gather(weights, rows, out, column)
+            column += weights.shape[1]
+        return out
+
+    def contains(self, ids) -> np.ndarray:
+        """Bool mask of the ids that own a row."""
+        return self._map.find(_as_ids(ids)) >= 0
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """All ``(fids [n], rows [n, dim])`` currently in the table, in row order."""
+        size = len(self)
+        return self._keys[:size].copy(), self._gather(np.arange(size, dtype=np.int64))
+
+    # ----------------------------------------------------------------- training
+    def apply_gradients(
+        self,
+        ids,
+        grads: torch.Tensor | np.ndarray,
+        global_step: int = 0,
+        req_time: int | np.ndarray | None = None,
+        dedup: str = "local",
+    ) -> None:
+        """Updates the rows of ``ids`` with ``grads`` (``[n, dim]``) through each slice's optimizer.
+
+        Absent ids whose occurrence passes their slot's filter are inserted (initialised) first.
+        ``dedup="local"`` applies one update per occurrence, in order (Monolith's single-process
+        training); ``dedup="sum"`` applies one update per distinct id with the summed gradients of
+        its admitted occurrences (Monolith's sync training). ``req_time`` (seconds, scalar or per id;
+        default now) becomes the rows' last-update time.
+        """
+        if dedup not in DEDUP_MODES:
+            raise ValueError(f"dedup must be one of {DEDUP_MODES}, got {dedup!r}")
+        keys = _as_ids(ids)
+        grads = _as_grads(grads, keys.size, self.dim)
+        times = _as_times(req_time, keys.size)
+        rows = self._admit_and_insert(keys)
+        updated = rows >= 0
+        if not updated.all():
+            rows, grads, times = rows[updated], grads[updated], times[updated]
+        if rows.size == 0:
+            return
+        if dedup == "sum":
+            rows, inverse = np.unique(rows, return_inverse=True)
+            summed = np.zeros((rows.size, self.dim), dtype=np.float32)
+            np.add.at(summed, inverse, grads)
+            latest = np.zeros(rows.size, dtype=np.int64)
+            np.maximum.at(latest, inverse, times)
+            grads, times = summed, latest
+        column = 0
+        for config, weights, state in zip(self.slices, self._weights, self._states):
+            slice_grads = np.ascontiguousarray(grads[:, column : column + config.dim])
+            config.optimizer.apply(weights, state, rows, slice_grads, config.learning_rate(global_step), global_step)
+            column += config.dim
+        _touch(self._timestamps, rows, times)
+
+    def _admit_and_insert(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of ``keys`` after admitting and inserting new ids; -1 for occurrences filtered out."""
+        rows = self._map.find(keys)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size == 0:
+            return rows
+        admitted = missing[self._filter.admit(keys[missing])]
+        if admitted.size:
+            rows[admitted] = self._insert(keys[admitted])
+        return rows
+
+    def _insert(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of ``keys``, creating (initialising) rows for the absent ones."""
+        old_size = len(self)
+        rows = self._map.find_or_insert(keys)
+        if len(self) > old_size:
+            self._grow_stores(len(self))
+            new = rows >= old_size
+            first_seen = np.unique(rows[new], return_index=True)[1]
+            self._keys[old_size : len(self)] = keys[new][first_seen]
+            self._timestamps[old_size : len(self)] = 0
+            for index in range(len(self.slices)):
+                self._initialize(index, old_size, len(self))
+        return rows
+
+    def _initialize(self, index: int, start: int, stop: int) -> None:
+        if stop <= start:
+            return
+        config = self.slices[index]
+        config.initializer.initialize(self._weights[index][start:stop], self._rng)
+        config.optimizer.init_state(self._states[index][start:stop])
+
+    def _grow_stores(self, size: int) -> None:
+        if size <= self._capacity:
+            return
+        capacity = self._capacity
+        while capacity < size:
+            capacity *= 2
+
+        def grown(a: np.ndarray) -> np.ndarray:
+            b = np.zeros((capacity,) + a.shape[1:], dtype=a.dtype)
+            b[: self._capacity] = a
+            return b
+
+        self._keys, self._timestamps = grown(self._keys), grown(self._timestamps)
+        self._weights = [grown(w) for w in self._weights]
+        self._states = [grown(s) for s in self._states]
+        self._capacity = capacity
+
+    def assign(self, ids, values: torch.Tensor | np.ndarray, req_time: int | np.ndarray | None = None) -> None:
+        """Sets the rows of ``ids`` to ``values`` (``[n, dim]``), inserting absent ids unfiltered.
+
+        Optimizer state of new rows is initialised; that of existing rows is kept. Used to load
+        rows pushed from a trainer and to seed tests.
+        """
+        keys = _as_ids(ids)
+        values = _as_grads(values, keys.size, self.dim)
+        rows = self._insert(keys)
+        column = 0
+        for config, weights in zip(self.slices, self._weights):
+            weights[rows] = values[:, column : column + config.dim]
+            column += config.dim
+        _touch(self._timestamps, rows, _as_times(req_time, keys.size))
+
+    # ----------------------------------------------------------------- expiry
+    def _unexpired(self, now: int | None) -> np.ndarray:
+        size = len(self)
+        timestamps = self._timestamps[:size]
+        if size == 0:
+            return np.ones(0, dtype=np.bool_)
+        now = int(timestamps.max()) if now is None else int(now)
+        expire_seconds = self._expire_days[_slots_of(self._keys[:size])] * _SECONDS_PER_DAY
+        return now - timestamps < expire_seconds
+
+    def evict(self, now: int | None = None) -> int:
+        """Drops rows not updated for their slot's expire time; returns how many were dropped.
+
+        ``now`` (seconds) defaults to the newest update time in the table, as Monolith does.
+        """
+        keep = self._unexpired(now)
+        dropped = int(keep.size - keep.sum())
+        if dropped:
+            self._compact(np.flatnonzero(keep))
+        if self._filter.enabled and len(self._filter):
+            self._filter.forget(self._keys[: len(self)])
+        return dropped
+
+    def _compact(self, rows: np.ndarray) -> None:
+        size = rows.size
+        self._keys[:size] = self._keys[rows]
+        self._timestamps[:size] = self._timestamps[rows]
+        for weights, state in zip(self._weights, self._states):
+            weights[:size] = weights[rows]
+            state[:size] = state[rows]
+        self._map.rebuild(self._keys[:size])
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self, skip_expired: bool = True) -> dict[str, np.ndarray]:
+        """Keys, rows, optimizer state, timestamps and filter counters as plain arrays.
+
+        With ``skip_expired`` rows past their expire time are left out, as Monolith skips them on save.
+        """
+        rows = np.arange(len(self))
+        if skip_expired:
+            rows = rows[self._unexpired(None)]
+        meta = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "name": self.name,
+            "slices": [s.describe() for s in self.slices],
+            "slot_thresholds": {int(s): int(t) for s, t in enumerate(self._thresholds) if t},
+            "slot_expire_days": {int(s): int(d) for s, d in enumerate(self._expire_days)
+                                 if d != DEFAULT_EXPIRE_TIME_DAYS},
+        }
+        state = {
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            "keys": self._keys[rows],
+            "timestamps": self._timestamps[rows],
+            "rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), dtype=np.uint8),
+            **self._filter.state(),
+        }
+        for index, (weights, opt_state) in enumerate(zip(self._weights, self._states)):
+            state[f"weights_{index}"] = weights[rows]
+            state[f"state_{index}"] = opt_state[rows]
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], source: str = "state") -> None:
+        """Replaces the contents with a :meth:`state_dict` of a table with the same slices."""
+        meta = _read_meta(state, source)
+        theirs = [(s["name"], s["dim"], s["optimizer"]["type"]) for s in meta["slices"]]
+        ours = [(s.name, s.dim, type(s.optimizer).__name__) for s in self.slices]
+        if theirs != ours:
+            raise ValueError(f"{source}: table slices {theirs} do not match this table's {ours}")
+        keys = np.ascontiguousarray(state["keys"], dtype=np.int64)
+        size = keys.size
+        self._map.rebuild(keys)
+        self._capacity = max(1024, size)
+        self._keys = np.zeros(self._capacity, dtype=np.int64)
+        self._timestamps = np.zeros(self._capacity, dtype=np.int64)
+        self._keys[:size] = keys
+        self._timestamps[:size] = state["timestamps"]
+        for index, config in enumerate(self.slices):
+            self._weights[index] = np.zeros((self._capacity, config.dim), dtype=np.float32)
+            self._states[index] = np.zeros((self._capacity, self._states[index].shape[1]), dtype=np.float32)
+            self._weights[index][:size] = state[f"weights_{index}"]
+            self._states[index][:size] = state[f"state_{index}"]
+        self._filter.load_state({"filter_keys": state["filter_keys"], "filter_counts": state["filter_counts"]})
+        self._rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
+
+    def save(self, path: str | os.PathLike, skip_expired: bool = True) -> None:
+        """Writes the table to ``path`` atomically (temporary file, fsync, rename)."""
+        with atomic_write(path) as f:
+            np.savez(f, **self.state_dict(skip_expired))
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Reads a file written by :meth:`save`; a truncated or foreign file raises ``ValueError``."""
+        path = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                state = {name: npz[name] for name in npz.files}
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
+            raise ValueError(f"{path}: not a readable embedding table file ({error})") from error
+        self.load_state_dict(state, source=path)
+
+
+def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
+    try:
+        meta = json.loads(bytes(state["meta"]).decode())
+    except (KeyError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source}: not an embedding table (no readable 'meta' entry)") from error
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{source}: format {meta.get('format')!r}, expected {_FORMAT!r}")
+    if meta.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"{source}: format version {meta.get('version')}, expected {_FORMAT_VERSION}")
+    required = {"keys", "timestamps", "rng", "filter_keys", "filter_counts"}
+    required |= {f"{kind}_{i}" for i in range(len(meta["slices"])) for kind in ("weights", "state")}
+    missing = sorted(required - set(state))
+    if missing:
+        raise ValueError(f"{source}: embedding table file lacks {missing}")
+    return meta
+
+
+def _as_ids(ids) -> np.ndarray:
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    ids = np.asarray(ids)
+    if ids.dtype != np.int64:
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"FIDs must be integers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+    return np.ascontiguousarray(ids.reshape(-1))
+
+
+def _as_grads(grads, n: int, dim: int) -> np.ndarray:
+    if isinstance(grads, torch.Tensor):
+        grads = grads.detach().cpu().numpy()
+    grads = np.ascontiguousarray(grads, dtype=np.float32)
+    if grads.shape != (n, dim):
+        raise ValueError(f"expected values of shape [{n}, {dim}] (one row per id), got {list(grads.shape)}")
+    return grads
+
+
+def _as_times(req_time, n: int) -> np.ndarray:
+    if req_time is None:
+        req_time = int(time.time())
+    if isinstance(req_time, torch.Tensor):
+        req_time = req_time.detach().cpu().numpy()
+    times = np.asarray(req_time, dtype=np.int64)
+    if times.ndim == 0:
+        return np.full(n, int(times), dtype=np.int64)
+    times = times.reshape(-1)
+    if times.size != n:
+        raise ValueError(f"req_time has {times.size} entries for {n} ids")
+    return np.ascontiguousarray(times)

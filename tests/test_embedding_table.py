@@ -1,0 +1,198 @@
+"""The collisionless table: REFERENCE.md's filter and dedup vectors, expiry, persistence, autograd."""
+
+import numpy as np
+import pytest
+import torch
+
+from monolith.fid import make_fid
+from monolith.modules.embedding_lookup import HashEmbedding
+from monolith.optim import AdagradOptimizer, ConstantsInitializer, SgdOptimizer, ZerosInitializer
+from monolith.table import EmbeddingHashTable, FidMap, SliceConfig, SlotConfig
+
+
+def sgd_table(lr=0.1, dim=1, **kwargs):
+    return EmbeddingHashTable(
+        [SliceConfig("vec", dim, initializer=ZerosInitializer(), optimizer=SgdOptimizer(learning_rate=lr))], **kwargs
+    )
+
+
+def train_step(module, ids, loss_fn, step=0, dedup="local", req_time=None):
+    emb = module(torch.tensor(ids), req_time=req_time)
+    loss_fn(emb).backward()
+    module.apply_gradients(global_step=step, dedup=dedup)
+
+
+def test_fid_map_assigns_dense_rows_and_grows():
+    fid_map = FidMap(initial_capacity=16)
+    keys = np.random.default_rng(1).integers(-(2**63), 2**63 - 1, 50_000)
+    keys[:3] = [-(2**63), 0, 2**63 - 1]  # the empty-slot marker itself is a valid key
+    rows = fid_map.find_or_insert(np.concatenate([keys, keys[::-1]]))
+    unique, first = np.unique(keys, return_index=True)
+    assert len(fid_map) == unique.size
+    # Rows follow first appearance and repeat for repeated keys.
+    expected = np.empty(keys.size, dtype=np.int64)
+    expected[np.sort(first)] = np.arange(unique.size)
+    np.testing.assert_array_equal(rows[: keys.size][np.sort(first)], np.arange(unique.size))
+    np.testing.assert_array_equal(fid_map.find(keys), rows[: keys.size])
+    assert fid_map.find(np.array([12345678901])).item() == -1 or 12345678901 in keys
+    assert fid_map.nbytes / len(fid_map) <= 48
+
+
+def test_lookup_of_absent_ids_is_zero_and_inserts_nothing():
+    table = EmbeddingHashTable([SliceConfig("vec", 3)])
+    out = table.lookup(np.array([5, 6]))
+    assert out.shape == (2, 3) and torch.count_nonzero(out) == 0
+    assert len(table) == 0
+
+
+def test_local_dedup_applies_one_update_per_occurrence():
+    # REFERENCE: SGD lr 0.1, ids [0, 0, 1], loss = -embedding -> [[0.2], [0.1]].
+    module = HashEmbedding(sgd_table())
+    train_step(module, [0, 0, 1], lambda e: -e.sum())
+    torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor([[0.2], [0.1]]))
+
+
+def test_sum_dedup_matches_reference_distributed_vector():
+    # REFERENCE: SGD lr 1, loss = 2 * embedding, ids [0, 3, 0, 1] -> [[-4], [-2], [-4], [-2]].
+    module = HashEmbedding(sgd_table(lr=1.0))
+    train_step(module, [0, 3, 0, 1], lambda e: (2 * e).sum(), dedup="sum")
+    torch.testing.assert_close(module.table.lookup(np.array([0, 3, 0, 1])), torch.tensor([[-4.0], [-2.0], [-4.0], [-2.0]]))
+
+
+def test_occurrence_threshold_admits_on_t_plus_first_occurrence():
+    # REFERENCE: threshold 3, ids [0, 0, 1] each step, SGD lr 0.1, loss = -embedding.
+    module = HashEmbedding(sgd_table(default_occurrence_threshold=3))
+    expected = [[[0.0], [0.0]], [[0.1], [0.0]], [[0.3], [0.0]], [[0.5], [0.1]]]
+    for step, want in enumerate(expected, start=1):
+        train_step(module, [0, 0, 1], lambda e: -e.sum(), step=step)
+        torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor(want))
+
+
+def test_thresholds_are_per_slot():
+    slot_a, slot_b = make_fid(1, 7), make_fid(2, 7)
+    table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1), SlotConfig(2, occurrence_threshold=0)])
+    table.apply_gradients(np.array([slot_a, slot_b]), -np.ones((2, 1), np.float32))
+    np.testing.assert_array_equal(table.contains(np.array([slot_a, slot_b])), [False, True])
+    table.apply_gradients(np.array([slot_a]), -np.ones((1, 1), np.float32))
+    assert table.contains(np.array([slot_a])).item()
+
+
+def test_expire_time_evicts_per_slot_and_is_skipped_on_save(tmp_path):
+    day = 86400
+    short, long_ = make_fid(1, 5), make_fid(2, 5)
+    table = sgd_table(slots=[SlotConfig(1, expire_time=1), SlotConfig(2, expire_time=3)])
+    table.apply_gradients(np.array([short, long_]), np.ones((2, 1), np.float32), req_time=0)
+    fresh = make_fid(1, 6)
+    table.apply_gradients(np.array([fresh]), np.ones((1, 1), np.float32), req_time=2 * day)
+    # max_ts = 2 days: the slot-1 row of day 0 expired (2 >= 1), the slot-2 row did not (2 < 3).
+    table.save(tmp_path / "t.npz")
+    restored = sgd_table()
+    restored.load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(restored.contains(np.array([short, long_, fresh])), [False, True, True])
+    assert len(table) == 3  # saving does not touch the live table
+    assert table.evict() == 1
+    np.testing.assert_array_equal(table.contains(np.array([short, long_, fresh])), [False, True, True])
+    torch.testing.assert_close(table.lookup(np.array([long_, fresh])), torch.tensor([[-0.1], [-0.1]]))
+    assert table.evict(now=10 * day) == 2
+
+
+def test_save_load_round_trips_rows_state_counters_and_timestamps(tmp_path):
+    def make():
+        return EmbeddingHashTable(
+            [SliceConfig("a", 2, optimizer=AdagradOptimizer(learning_rate=0.1, initial_accumulator_value=1.0)),
+             SliceConfig("b", 3, initializer=ConstantsInitializer(0.5), optimizer=SgdOptimizer(learning_rate=0.2))],
+            default_occurrence_threshold=1, seed=3,
+        )
+
+    rng = np.random.default_rng(0)
+    original = make()
+    ids = rng.integers(0, 50, 200)
+    original.apply_gradients(ids, rng.normal(size=(200, 5)).astype(np.float32), req_time=100)
+    original.save(tmp_path / "t.npz")
+    restored = make()
+    restored.load(tmp_path / "t.npz")
+    keys, rows = original.items()
+    np.testing.assert_array_equal(restored.items()[0], keys)
+    np.testing.assert_array_equal(restored.items()[1], rows)
+    # Same state, counters and rng: the next identical step gives identical tables.
+    more = rng.integers(0, 80, 100)
+    grads = rng.normal(size=(100, 5)).astype(np.float32)
+    for table in (original, restored):
+        table.apply_gradients(more, grads, global_step=1, req_time=200)
+    np.testing.assert_array_equal(original.items()[1], restored.items()[1])
+    np.testing.assert_array_equal(original.items()[0], restored.items()[0])
+
+
+def test_load_rejects_truncated_foreign_and_mismatched_files(tmp_path):
+    table = sgd_table()
+    table.apply_gradients(np.arange(10), np.ones((10, 1), np.float32))
+    table.save(tmp_path / "t.npz")
+    data = (tmp_path / "t.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.npz"):
+        sgd_table().load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="foreign.npz"):
+        sgd_table().load(tmp_path / "foreign.npz")
+    with pytest.raises(ValueError, match="do not match"):
+        sgd_table(dim=2).load(tmp_path / "t.npz")
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    table = sgd_table()
+    table.apply_gradients(np.arange(4), np.ones((4, 1), np.float32))
+    table.save(tmp_path / "t.npz")
+    before = (tmp_path / "t.npz").read_bytes()
+
+    def broken_savez(file, **arrays):
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    table.apply_gradients(np.arange(8), np.ones((8, 1), np.float32))
+    with pytest.raises(OSError):
+        table.save(tmp_path / "t.npz")
+    assert (tmp_path / "t.npz").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
+
+
+def test_autograd_matches_dense_embedding_reference():
+    """Adagrad through HashEmbedding equals torch.optim.Adagrad on a dense nn.Embedding."""
+    dim, vocab = 4, 30
+    table = EmbeddingHashTable(
+        [SliceConfig("vec", dim, initializer=ConstantsInitializer(0.3),
+                     optimizer=AdagradOptimizer(learning_rate=0.05, initial_accumulator_value=0.1))]
+    )
+    module = HashEmbedding(table)
+    dense = torch.nn.Embedding(vocab, dim)
+    torch.nn.init.constant_(dense.weight, 0.3)
+    reference = torch.optim.Adagrad(dense.parameters(), lr=0.05, initial_accumulator_value=0.1, eps=0.0)
+    rng = np.random.default_rng(7)
+    for step in range(5):
+        ids = torch.from_numpy(np.unique(rng.integers(0, vocab, 12)))  # unique: one update per id
+        target = torch.from_numpy(rng.normal(size=(ids.numel(), dim)).astype(np.float32))
+        ((module(ids) - target) ** 2).sum().backward()
+        module.apply_gradients(global_step=step)
+        reference.zero_grad()
+        ((dense(ids) - target) ** 2).sum().backward()
+        reference.step()
+        torch.testing.assert_close(table.lookup(ids), dense.weight[ids].detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_eval_lookup_records_no_gradient():
+    module = HashEmbedding(sgd_table())
+    module.eval()
+    out = module(torch.tensor([1, 2]))
+    assert not out.requires_grad and module.pending == []
+
+
+def test_bad_input_names_the_problem():
+    table = sgd_table(dim=2)
+    with pytest.raises(ValueError, match=r"shape \[3, 2\]"):
+        table.apply_gradients(np.arange(3), np.ones((3, 1), np.float32))
+    with pytest.raises(ValueError, match="dedup"):
+        table.apply_gradients(np.arange(1), np.ones((1, 2), np.float32), dedup="mean")
+    with pytest.raises(ValueError, match="integers"):
+        table.lookup(np.array([1.5]))
+    with pytest.raises(ValueError, match="slot 40000"):
+        SlotConfig(40000)
