@@ -8,9 +8,50 @@ rows of those stores; the per-row arithmetic runs in numba kernels, Python only 
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 from typing import Any
 
 import numpy as np
+
+
+def check_real(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming ``owner``'s ``name``, the value and the range.
+
+    ``low``/``high`` bound the accepted range (inclusive unless ``low_open``/``high_open``); booleans,
+    non-numbers and non-finite values are always rejected.
+    """
+    expected = "a finite number"
+    if low is not None and high is not None:
+        expected += f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        expected += f" {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        expected += f" {'<' if high_open else '<='} {high}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def check_int(owner: str, name: str, value: Any, *, low: int) -> int:
+    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer ``>= low``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < low:
+        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 class SliceOptimizer(abc.ABC):

@@ -1,0 +1,692 @@
+"""Monolith's per-slice embedding optimizers (``runtime/hash_table/optimizer/*_optimizer.cc``).
+
+Constructor keywords are those of Monolith's ``entry.py``; a keyword given as ``None`` takes the default
+of ``optimizer.proto``. Hyper-parameters are kept under their proto field names (as ``entry.py`` does), so
+``l1_regularization`` is stored as ``l1_regularization_strength``.
+
+Every update rule runs in a numba kernel that walks the batch in order, so a row id that occurs twice gets
+two sequential updates. Arithmetic follows the C++: float32 throughout, float64 exactly where Monolith
+widens (RMSProp's explicit ``double`` casts, Adam's unqualified ``sqrt``), rounded back when stored.
+Hyper-parameters reach the kernels rounded to float32, as they are when read from the proto.
+``warmup_steps`` is only stored: the caller turns it into a learning-rate ramp. Monolith's slice
+optimizers ignore the global step, and so do these.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+from monolith.optim.base import SliceOptimizer, check_int, check_real
+
+_F32 = np.float32
+
+
+def _f64(value: float) -> np.float64:
+    """A hyper-parameter as C++ sees it after ``static_cast<double>`` of the proto's float field."""
+    return np.float64(np.float32(value))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels. ``weights`` is [capacity, dim], ``state`` [capacity, state_width], ``grads`` [m, dim] (float32);
+# ``rows`` [m] indexes both stores. Scalars arrive as float32 unless a kernel says otherwise.
+# error_model="numpy" gives IEEE division (x / 0 is inf or NaN, as in C++) instead of ZeroDivisionError.
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _decayed(grad, weight, weight_decay):
+    """The gradient with L2 weight decay folded in, as every decaying Monolith optimizer does."""
+    return grad + weight_decay * weight
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _sgd_kernel(weights, rows, grads, lr):
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(weights.shape[1]):
+            weights[r, d] -= lr * grads[i, d]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _adagrad_kernel(weights, state, rows, grads, lr, weight_decay):
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(weights.shape[1]):
+            g = _decayed(grads[i, d], weights[r, d], weight_decay)
+            state[r, d] += g * g
+            weights[r, d] -= lr / np.sqrt(state[r, d]) * g
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _ftrl_kernel(weights, state, rows, grads, lr, beta, l1, l2):
+    dim = weights.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(dim):
+            g = grads[i, d]
+            norm = state[r, d]
+            new_norm = norm + g * g
+            sigma = (np.sqrt(new_norm) - np.sqrt(norm)) / lr
+            z = state[r, dim + d] + (g - sigma * weights[r, d])
+            state[r, d] = new_norm
+            state[r, dim + d] = z
+            if abs(z) > l1:
+                signed_l1 = l1 if z > 0 else -l1
+                weights[r, d] = lr * (signed_l1 - z) / (np.sqrt(new_norm) + beta + l2 * lr)
+            else:
+                weights[r, d] = 0
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _adam_kernel(weights, state, rows, grads, lr, beta1, beta2, epsilon, weight_decay, use_nesterov, amsgrad):
+    # State per row: m[dim], v[dim], (vhat[dim] for AMSGrad), beta1_power, beta2_power.
+    dim = weights.shape[1]
+    powers = 3 * dim if amsgrad else 2 * dim
+    one = _F32(1.0)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        beta1_power = state[r, powers]
+        beta2_power = state[r, powers + 1]
+        # Monolith calls the unqualified (double) sqrt, then stores the corrected rate as float.
+        step_lr = _F32(np.float64(lr) * math.sqrt(np.float64(one - beta2_power)) / np.float64(one - beta1_power))
+        for d in range(dim):
+            w = weights[r, d]
+            g = _decayed(grads[i, d], w, weight_decay)
+            m = state[r, d] + (g - state[r, d]) * (one - beta1)
+            v = state[r, dim + d] + (g * g - state[r, dim + d]) * (one - beta2)
+            state[r, d] = m
+            state[r, dim + d] = v
+            if amsgrad:
+                v = max(state[r, 2 * dim + d], v)
+                state[r, 2 * dim + d] = v
+            if use_nesterov:
+                numerator = (g * (one - beta1) + beta1 * m) * step_lr
+            else:
+                numerator = m * step_lr
+            denominator = math.sqrt(np.float64(v)) + np.float64(epsilon)
+            weights[r, d] = _F32(np.float64(w) - np.float64(numerator) / denominator)
+        state[r, powers] = beta1_power * beta1
+        state[r, powers + 1] = beta2_power * beta2
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _momentum_kernel(weights, state, rows, grads, lr, momentum, weight_decay, use_nesterov):
+    one = _F32(1.0)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(weights.shape[1]):
+            w = weights[r, d]
+            dx = lr * _decayed(grads[i, d], w, weight_decay)
+            prev_n = state[r, d]
+            n = momentum * prev_n - dx
+            if use_nesterov:
+                w += -momentum * prev_n + (one + momentum) * n
+            else:
+                w += n
+            state[r, d] = n
+            weights[r, d] = w
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _moving_average_kernel(weights, rows, grads, momentum):
+    one = _F32(1.0)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(weights.shape[1]):
+            weights[r, d] = momentum * weights[r, d] + (one - momentum) * grads[i, d]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _rmsprop_kernel(weights, state, rows, grads, lr, momentum, grad_square_scale, weight_decay):
+    # lr, momentum, grad_square_scale and weight_decay are float64: Monolith computes RMSProp in double and
+    # stores n and w back as float. The denominator is float because it takes std::sqrt of the float n.
+    one = _F32(1.0)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(weights.shape[1]):
+            w = weights[r, d]
+            dx = _decayed(np.float64(grads[i, d]), np.float64(w), weight_decay)
+            n = _F32(momentum * np.float64(state[r, d]) + grad_square_scale * dx * dx)
+            eta = lr / np.float64(np.sqrt(n) + one)
+            state[r, d] = n
+            weights[r, d] = _F32(np.float64(w) - eta * dx)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _adadelta_kernel(weights, state, rows, grads, lr, averaging_ratio, epsilon, weight_decay):
+    # State per row: accum[dim], accum_update[dim].
+    dim = weights.shape[1]
+    one = _F32(1.0)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for d in range(dim):
+            w = weights[r, d]
+            g = _decayed(grads[i, d], w, weight_decay)
+            accum = state[r, d] * averaging_ratio + g * g * (one - averaging_ratio)
+            update = np.sqrt(state[r, dim + d] + epsilon) / np.sqrt(accum + epsilon) * g
+            weights[r, d] = w - update * lr
+            state[r, d] = accum
+            state[r, dim + d] = state[r, dim + d] * averaging_ratio + update * update * (one - averaging_ratio)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _group_adagrad_kernel(weights, state, rows, grads, lr, beta, l2, weight_decay):
+    # State per row: the accumulated sum of the row's largest squared gradient.
+    dim = weights.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        max_square = _F32(0.0)
+        for d in range(dim):
+            g = _decayed(grads[i, d], weights[r, d], weight_decay)
+            if g * g > max_square:
+                max_square = g * g
+        state[r, 0] += max_square
+        row_lr = lr / (beta + np.sqrt(state[r, 0]))
+        z_square_sum = _F32(0.0)
+        for d in range(dim):
+            z = _decayed(grads[i, d], weights[r, d], weight_decay) - weights[r, d] / row_lr
+            weights[r, d] = z
+            z_square_sum += z * z
+        z_norm = np.sqrt(z_square_sum)
+        # "<=" where Monolith has "<": identical except that z == 0 with l2 == 0 no longer divides 0 by 0.
+        if z_norm <= l2:
+            for d in range(dim):
+                weights[r, d] = 0
+        else:
+            scale = -row_lr * (z_norm - l2) / z_norm
+            for d in range(dim):
+                weights[r, d] *= scale
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimizer classes.
+
+
+class _KernelOptimizer(SliceOptimizer):
+    """Shared validation, batch checks and dispatch; subclasses provide :meth:`_update`."""
+
+    _learning_rate: float
+
+    @property
+    def learning_rate(self) -> float:
+        return self._learning_rate
+
+    def init_state(self, state: np.ndarray) -> None:
+        state.fill(0)
+
+    def apply(
+        self,
+        weights: np.ndarray,
+        state: np.ndarray,
+        rows: np.ndarray,
+        grads: np.ndarray,
+        learning_rate: float,
+        global_step: int,
+    ) -> None:
+        self._check_batch(weights, state, rows, grads)
+        if rows.shape[0]:
+            self._update(weights, state, rows, grads, _F32(learning_rate))
+
+    @abc.abstractmethod
+    def _update(
+        self, weights: np.ndarray, state: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: np.float32
+    ) -> None:
+        """Run the kernel on a checked, non-empty batch."""
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "learning_rate": self.learning_rate}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({params})"
+
+    # -- helpers for subclasses
+
+    def _real(self, name: str, value: float | None, default: float, **bounds: Any) -> float:
+        """Validate a float hyper-parameter; ``None`` takes the proto default."""
+        return check_real(type(self).__name__, name, default if value is None else value, **bounds)
+
+    def _rate(self, value: float | None, default: float, *, positive: bool = False) -> float:
+        """Validate a learning rate (strictly positive where the rule divides by it)."""
+        return self._real("learning_rate", value, default, low=0.0, low_open=positive)
+
+    def _int(self, name: str, value: int | None, default: int, *, low: int) -> int:
+        """Validate an integer hyper-parameter; ``None`` takes the proto default."""
+        return check_int(type(self).__name__, name, default if value is None else value, low=low)
+
+    def _flag(self, name: str, value: bool | None, default: bool = False) -> bool:
+        """Validate a boolean hyper-parameter; ``None`` takes the proto default."""
+        value = default if value is None else value
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{type(self).__name__}: {name} must be a bool, got {value!r}")
+        return bool(value)
+
+    def _check_batch(self, weights: np.ndarray, state: np.ndarray, rows: np.ndarray, grads: np.ndarray) -> None:
+        # Kernels do no bounds checks, so a bad batch must be stopped here rather than corrupt memory.
+        owner = type(self).__name__
+        for label, array in (("weights", weights), ("state", state), ("grads", grads)):
+            if array.dtype != np.float32 or array.ndim != 2:
+                raise ValueError(f"{owner}: {label} must be a 2-D float32 array, got {array.dtype} {array.shape}")
+        dim, width = weights.shape[1], self.state_width(weights.shape[1])
+        if state.shape[1] != width:
+            raise ValueError(f"{owner}: state must have {width} columns for dim {dim}, got {state.shape}")
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"{owner}: rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        if grads.shape != (rows.shape[0], dim):
+            raise ValueError(f"{owner}: grads must have shape {(rows.shape[0], dim)}, got {grads.shape}")
+        capacity = min(weights.shape[0], state.shape[0])
+        if rows.shape[0] and (rows.min() < 0 or rows.max() >= capacity):
+            raise IndexError(f"{owner}: rows must lie in [0, {capacity}), got [{rows.min()}, {rows.max()}]")
+
+
+class SgdOptimizer(_KernelOptimizer):
+    """Plain SGD: ``w -= lr * g``. No state."""
+
+    name = "sgd"
+
+    def __init__(self, learning_rate: float | None = None) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.01)
+
+    def state_width(self, dim: int) -> int:
+        return 0
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _sgd_kernel(weights, rows, grads, lr)
+
+
+class AdagradOptimizer(_KernelOptimizer):
+    """Adagrad (Duchi et al. 2011) with optional L2 weight decay folded into the gradient.
+
+    State per row: the squared-gradient accumulator ``norm[dim]``. ``hessian_compression_times`` is kept
+    for configuration parity only; Monolith's runtime does not use it either.
+
+    Deviation from Monolith: its AVX build decays only the tail past ``floor(dim / 8) * 8`` in the weight
+    update; here, as in Monolith's scalar path, every element uses the decayed gradient.
+    """
+
+    name = "adagrad"
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        initial_accumulator_value: float | None = None,
+        hessian_compression_times: int | None = 1,
+        warmup_steps: int | None = 0,
+        weight_decay_factor: float | None = 0.0,
+    ) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.001)
+        # A zero accumulator would divide 0 by 0 for a zero gradient.
+        self.initial_accumulator_value = self._real(
+            "initial_accumulator_value", initial_accumulator_value, 0.1, low=0.0, low_open=True
+        )
+        self.hessian_compression_times = self._int("hessian_compression_times", hessian_compression_times, 1, low=1)
+        self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)
+        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+
+    def state_width(self, dim: int) -> int:
+        return dim
+
+    def init_state(self, state: np.ndarray) -> None:
+        state.fill(self.initial_accumulator_value)
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _adagrad_kernel(weights, state, rows, grads, lr, _F32(self.weight_decay_factor))
+
+
+class FtrlOptimizer(_KernelOptimizer):
+    """FTRL-Proximal (McMahan et al. 2013).
+
+    State per row: ``norm[dim]`` (squared-gradient sum, starts at ``initial_accumulator_value``) then
+    ``zero[dim]`` (the ``z`` accumulator, starts at 0).
+
+    Deviation from Monolith: its L1 term multiplies ``l1`` by ``signbit(z)`` (0 or 1); here it is
+    ``sign(z)``, the proximal step of the paper, so positive and negative ``z`` shrink symmetrically.
+    Both agree when ``l1_regularization_strength`` is 0 (the default).
+    """
+
+    name = "ftrl"
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        initial_accumulator_value: float | None = None,
+        beta: float | None = None,
+        warmup_steps: int | None = 0,
+        l1_regularization: float | None = None,
+        l2_regularization: float | None = None,
+    ) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.01, positive=True)
+        self.initial_accumulator_value = self._real(
+            "initial_accumulator_value", initial_accumulator_value, 0.1, low=0.0
+        )
+        self.beta = self._real("beta", beta, 0.0, low=0.0)
+        self.l1_regularization_strength = self._real("l1_regularization", l1_regularization, 0.0, low=0.0)
+        self.l2_regularization_strength = self._real("l2_regularization", l2_regularization, 0.0, low=0.0)
+        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+
+    def state_width(self, dim: int) -> int:
+        return 2 * dim
+
+    def init_state(self, state: np.ndarray) -> None:
+        dim = state.shape[1] // 2
+        state[:, :dim] = self.initial_accumulator_value
+        state[:, dim:] = 0
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _ftrl_kernel(
+            weights,
+            state,
+            rows,
+            grads,
+            lr,
+            _F32(self.beta),
+            _F32(self.l1_regularization_strength),
+            _F32(self.l2_regularization_strength),
+        )
+
+
+class _AdamFamily(_KernelOptimizer):
+    """Adam and AMSGrad share one kernel; the bias-correction powers are kept per row, as Monolith does."""
+
+    _amsgrad: bool
+
+    def _init_adam(
+        self, learning_rate, beta1, beta2, weight_decay_factor, use_nesterov, epsilon, warmup_steps
+    ) -> None:
+        """Validate and store the hyper-parameters both share."""
+        self._learning_rate = self._rate(learning_rate, 0.01)
+        self.beta1 = self._real("beta1", beta1, 0.9, low=0.0, high=1.0, high_open=True)
+        self.beta2 = self._real("beta2", beta2, 0.99, low=0.0, high=1.0, high_open=True)
+        self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)
+        self.use_nesterov = self._flag("use_nesterov", use_nesterov)
+        # Monolith adds epsilon outside the square root; zero would give 0/0 on a zero gradient.
+        self.epsilon = self._real("epsilon", epsilon, 0.01, low=0.0, low_open=True)
+        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+
+    def state_width(self, dim: int) -> int:
+        return (3 if self._amsgrad else 2) * dim + 2
+
+    def init_state(self, state: np.ndarray) -> None:
+        powers = state.shape[1] - 2
+        state[:, :powers] = 0
+        state[:, powers] = self.beta1
+        state[:, powers + 1] = self.beta2
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _adam_kernel(
+            weights,
+            state,
+            rows,
+            grads,
+            lr,
+            _F32(self.beta1),
+            _F32(self.beta2),
+            _F32(self.epsilon),
+            _F32(self.weight_decay_factor),
+            self.use_nesterov,
+            self._amsgrad,
+        )
+
+
+class AdamOptimizer(_AdamFamily):
+    """Adam (Kingma & Ba 2015), Monolith flavour: ``w -= lr_t * m / (sqrt(v) + epsilon)``.
+
+    State per row: ``m[dim]``, ``v[dim]``, ``beta1_power``, ``beta2_power`` (start at beta1, beta2).
+    ``use_beta1_warmup`` is kept for configuration parity; Monolith's runtime ignores it too.
+    """
+
+    name = "adam"
+    _amsgrad = False
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        beta1: float | None = 0.9,
+        beta2: float | None = 0.99,
+        use_beta1_warmup: bool | None = False,
+        weight_decay_factor: float | None = 0.0,
+        use_nesterov: bool | None = False,
+        epsilon: float | None = 0.01,
+        warmup_steps: int | None = 0,
+    ) -> None:
+        self._init_adam(learning_rate, beta1, beta2, weight_decay_factor, use_nesterov, epsilon, warmup_steps)
+        self.use_beta1_warmup = self._flag("use_beta1_warmup", use_beta1_warmup)
+
+
+class AmsgradOptimizer(_AdamFamily):
+    """AMSGrad (Reddi et al. 2018): Adam whose denominator uses the running maximum ``vhat`` of ``v``.
+
+    State per row: ``m[dim]``, ``v[dim]``, ``vhat[dim]``, ``beta1_power``, ``beta2_power``.
+    """
+
+    name = "amsgrad"
+    _amsgrad = True
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        beta1: float | None = 0.9,
+        beta2: float | None = 0.99,
+        weight_decay_factor: float | None = 0.0,
+        use_nesterov: bool | None = False,
+        epsilon: float | None = 0.01,
+        warmup_steps: int | None = 0,
+    ) -> None:
+        self._init_adam(learning_rate, beta1, beta2, weight_decay_factor, use_nesterov, epsilon, warmup_steps)
+
+
+class MomentumOptimizer(_KernelOptimizer):
+    """Heavy-ball momentum: ``n = momentum * n - lr * g; w += n`` (or the Nesterov variant).
+
+    State per row: the velocity ``n[dim]``.
+    """
+
+    name = "momentum"
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        weight_decay_factor: float | None = 0.0,
+        use_nesterov: bool | None = False,
+        momentum: float | None = 0.9,
+        warmup_steps: int | None = 0,
+    ) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.01)
+        self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)
+        self.use_nesterov = self._flag("use_nesterov", use_nesterov)
+        self.momentum = self._real("momentum", momentum, 0.9, low=0.0, high=1.0)
+        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+
+    def state_width(self, dim: int) -> int:
+        return dim
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _momentum_kernel(
+            weights, state, rows, grads, lr, _F32(self.momentum), _F32(self.weight_decay_factor), self.use_nesterov
+        )
+
+
+class MovingAverageOptimizer(_KernelOptimizer):
+    """Keeps an exponential moving average of the "gradients": ``w = momentum * w + (1 - momentum) * g``.
+
+    No state. Monolith's proto has no learning rate for it: :attr:`learning_rate` is 0 and ``apply``
+    ignores the rate it is given.
+    """
+
+    name = "moving_average"
+
+    def __init__(self, momentum: float | None = 0.9) -> None:
+        self._learning_rate = 0.0
+        self.momentum = self._real("momentum", momentum, 0.9, low=0.0, high=1.0)
+
+    def state_width(self, dim: int) -> int:
+        return 0
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _moving_average_kernel(weights, rows, grads, _F32(self.momentum))
+
+
+class _RmspropFamily(_KernelOptimizer):
+    """RMSProp variants: ``n = momentum * n + c * g^2; w -= lr / (sqrt(n) + 1) * g``. State: ``n[dim]``."""
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        weight_decay_factor: float | None = 0.0,
+        momentum: float | None = 0.9,
+    ) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.01)
+        self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)
+        self.momentum = self._real("momentum", momentum, 0.9, low=0.0, high=1.0)
+
+    def state_width(self, dim: int) -> int:
+        return dim
+
+    def _run(self, weights, state, rows, grads, lr: np.float64, grad_square_scale: np.float64) -> None:
+        _rmsprop_kernel(
+            weights, state, rows, grads, lr, _f64(self.momentum), grad_square_scale, _f64(self.weight_decay_factor)
+        )
+
+
+class RmspropOptimizer(_RmspropFamily):
+    """RMSProp as Monolith's v1: ``n = momentum * n + (1 - momentum) * g^2``, in double precision.
+
+    Like Monolith, it always steps with its configured ``learning_rate`` and ignores the rate passed to
+    ``apply`` (so learning-rate schedules have no effect on it).
+    """
+
+    name = "rmsprop"
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        self._run(weights, state, rows, grads, _f64(self.learning_rate), 1.0 - _f64(self.momentum))
+
+
+class RmspropV2Optimizer(_RmspropFamily):
+    """RMSProp as Monolith's v2: ``n = momentum * n + g^2``, stepping with the rate passed to ``apply``."""
+
+    name = "rmspropv2"
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        self._run(weights, state, rows, grads, np.float64(lr), np.float64(1.0))
+
+
+class AdadeltaOptimizer(_KernelOptimizer):
+    """Adadelta (Zeiler 2012), scaled by the learning rate.
+
+    State per row: ``accum[dim]`` (squared gradients) then ``accum_update[dim]`` (squared updates).
+    """
+
+    name = "adadelta"
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        weight_decay_factor: float | None = 0.0,
+        averaging_ratio: float | None = 0.9,
+        epsilon: float | None = 0.01,
+        warmup_steps: int | None = 0,
+    ) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.01)
+        self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)
+        self.averaging_ratio = self._real("averaging_ratio", averaging_ratio, 0.9, low=0.0, high=1.0)
+        # The first update is sqrt(epsilon) / sqrt(epsilon): zero would make it 0/0.
+        self.epsilon = self._real("epsilon", epsilon, 0.01, low=0.0, low_open=True)
+        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+
+    def state_width(self, dim: int) -> int:
+        return 2 * dim
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _adadelta_kernel(
+            weights,
+            state,
+            rows,
+            grads,
+            lr,
+            _F32(self.averaging_ratio),
+            _F32(self.epsilon),
+            _F32(self.weight_decay_factor),
+        )
+
+
+class AdaGradWithGroupLassoOptimizer(_KernelOptimizer):
+    """Group-lasso Adagrad: one accumulator per row, growing by the row's largest squared gradient, and a
+    group soft-threshold that sets the whole row to zero when ``||z|| <= l2_regularization_strength``.
+
+    State per row: ``grad_square_sum`` (one column, starts at ``initial_accumulator_value``).
+
+    Deviation from Monolith: a zero ``z`` (zero row, zero gradient) with ``l2_regularization_strength`` 0
+    yields a zero row instead of NaN (Monolith divides 0 by 0 there).
+    """
+
+    name = "group_adagrad"
+
+    def __init__(
+        self,
+        learning_rate: float | None = None,
+        beta: float | None = None,
+        initial_accumulator_value: float | None = None,
+        l2_regularization: float | None = None,
+        weight_decay_factor: float | None = 0.0,
+        warmup_steps: int | None = 0,
+    ) -> None:
+        self._learning_rate = self._rate(learning_rate, 0.01, positive=True)
+        self.beta = self._real("beta", beta, 0.0, low=0.0)
+        self.initial_accumulator_value = self._real(
+            "initial_accumulator_value", initial_accumulator_value, 0.1, low=0.0
+        )
+        self.l2_regularization_strength = self._real("l2_regularization", l2_regularization, 0.0, low=0.0)
+        self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)
+        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+
+    def state_width(self, dim: int) -> int:
+        return 1
+
+    def init_state(self, state: np.ndarray) -> None:
+        state.fill(self.initial_accumulator_value)
+
+    def _update(self, weights, state, rows, grads, lr) -> None:
+        _group_adagrad_kernel(
+            weights,
+            state,
+            rows,
+            grads,
+            lr,
+            _F32(self.beta),
+            _F32(self.l2_regularization_strength),
+            _F32(self.weight_decay_factor),
+        )
+
+
+#: Monolith's other name for the same optimizer (its proto message is ``GroupAdaGradOptimizerConfig``).
+GroupAdaGradOptimizer = AdaGradWithGroupLassoOptimizer
+
+_OPTIMIZERS: dict[str, type[_KernelOptimizer]] = {
+    cls.name: cls
+    for cls in (
+        SgdOptimizer,
+        AdagradOptimizer,
+        FtrlOptimizer,
+        AdamOptimizer,
+        AmsgradOptimizer,
+        MomentumOptimizer,
+        MovingAverageOptimizer,
+        RmspropOptimizer,
+        RmspropV2Optimizer,
+        AdadeltaOptimizer,
+        AdaGradWithGroupLassoOptimizer,
+    )
+}
+
+
+def make_optimizer(name: str, **kwargs: Any) -> SliceOptimizer:
+    """Build the optimizer Monolith's proto calls ``name`` (e.g. ``"adagrad"``) from ``entry.py`` keywords."""
+    try:
+        cls = _OPTIMIZERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(_OPTIMIZERS))}") from None
+    return cls(**kwargs)
