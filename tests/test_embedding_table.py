@@ -160,9 +160,10 @@ def test_autograd_matches_dense_embedding_reference():
     """Adagrad through HashEmbedding equals torch.optim.Adagrad on a dense nn.Embedding."""
     dim, vocab = 4, 30
     table = EmbeddingHashTable(
-        [SliceConfig("vec", dim, initializer=ConstantsInitializer(0.3),
-                     optimizer=AdagradOptimizer(learning_rate=0.05, initial_accumulator_value=0.1))]
+        [SliceConfig("vec", dim, optimizer=AdagradOptimizer(learning_rate=0.05, initial_accumulator_value=0.1))]
     )
+    # Rows exist before the first lookup (an absent id would look up as zeros, unlike nn.Embedding).
+    table.assign(np.arange(vocab), np.full((vocab, dim), 0.3, np.float32))
     module = HashEmbedding(table)
     dense = torch.nn.Embedding(vocab, dim)
     torch.nn.init.constant_(dense.weight, 0.3)

@@ -1,0 +1,312 @@
+"""Feature slots, columns and slices: the user's view of the embedding tables.
+
+* :class:`FeatureSlot` -- one slot's table settings (occurrence threshold, expire time) and the
+  slices of its rows; features sharing an embedding share a slot.
+* :class:`FeatureSlice` -- columns ``[start, end)`` of a slot's rows, with their own initializer,
+  optimizer, compressor and learning-rate function.
+* :class:`FeatureColumn` -- a named input feature read through a slot, with a combiner that pools
+  the ids of each example (``reduce_sum``, ``reduce_mean``, ``first_n``).
+* :class:`EmbeddingFactory` -- builds the tables behind the slots and looks features up for the
+  batch of the current step (Monolith's feature factory on the task context).
+
+Tables are only built once every slot and slice is known: the first call of ``model_fn`` is a
+*build pass* (as Monolith builds its graph before running it) in which lookups return zeros of the
+right shape; :meth:`EmbeddingFactory.build` then creates the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from monolith.modules.combiners import Combiner, FirstN, ReduceMean, ReduceSum
+from monolith.modules.embedding_lookup import HashEmbedding
+from monolith.optim.base import Compressor, Initializer, SliceOptimizer
+from monolith.optim.compressors import Fp16Compressor, Fp32Compressor
+from monolith.optim.initializers import RandomUniformInitializer, ZerosInitializer
+from monolith.optim.optimizers import AdagradOptimizer, FtrlOptimizer
+from monolith.sparse import Batch, JaggedTensor
+from monolith.table import EmbeddingHashTable, SliceConfig, SlotConfig
+from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS
+
+
+@dataclasses.dataclass
+class FeatureSlotConfig:
+    """Monolith's ``FeatureSlotConfig``: defaults for the slices of one slot and its table settings."""
+
+    name: str | None = None
+    has_bias: bool = False
+    bias_initializer: Initializer = dataclasses.field(default_factory=ZerosInitializer)
+    bias_optimizer: SliceOptimizer = dataclasses.field(
+        default_factory=lambda: FtrlOptimizer(initial_accumulator_value=1e-6, beta=1.0))
+    bias_compressor: Compressor = dataclasses.field(default_factory=Fp32Compressor)
+    bias_learning_rate_fn: Callable[[int], float] | None = None
+    default_vec_initializer: Initializer = dataclasses.field(default_factory=RandomUniformInitializer)
+    default_vec_optimizer: SliceOptimizer = dataclasses.field(
+        default_factory=lambda: AdagradOptimizer(initial_accumulator_value=1.0))
+    default_vec_compressor: Compressor = dataclasses.field(default_factory=Fp16Compressor)
+    default_vec_learning_rate_fn: Callable[[int], float] | None = None
+    slot_id: int | None = None
+    occurrence_threshold: int = 0
+    expire_time: int = DEFAULT_EXPIRE_TIME_DAYS
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = str(self.slot_id)
+
+
+class FeatureSlice(NamedTuple):
+    """Columns ``[start, end)`` of ``feature_slot``'s rows."""
+
+    feature_slot: "FeatureSlot"
+    start: int
+    end: int
+
+
+class FeatureSlot:
+    """One slot's table settings and the slices of its rows (the user's view of a hash table)."""
+
+    def __init__(self, factory: "EmbeddingFactory", config: FeatureSlotConfig) -> None:
+        self._factory = factory
+        self.config = config
+        self.slices: list[SliceConfig] = []
+        self.named_slices: dict[str, FeatureSlice] = {}
+        self.feature_columns: dict[str, FeatureColumn] = {}
+        if config.has_bias:
+            self._bias_slice = self.add_feature_slice(
+                1, config.bias_initializer, config.bias_optimizer, config.bias_compressor,
+                config.bias_learning_rate_fn)
+
+    @property
+    def slot(self) -> int:
+        return int(self.config.slot_id)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.name)
+
+    @property
+    def dim(self) -> int:
+        """Row width: the sum of the slice dims so far."""
+        return sum(s.dim for s in self.slices)
+
+    @property
+    def slot_config(self) -> SlotConfig:
+        return SlotConfig(self.slot, self.config.occurrence_threshold, self.config.expire_time)
+
+    def add_feature_slice(
+        self,
+        dim_size: int,
+        initializer: Initializer | None = None,
+        optimizer: SliceOptimizer | None = None,
+        compressor: Compressor | None = None,
+        learning_rate_fn: Callable[[int], float] | None = None,
+    ) -> FeatureSlice:
+        """Appends ``dim_size`` columns updated by ``optimizer`` (slot defaults where None)."""
+        start = self.dim
+        config = SliceConfig(
+            name=f"slice_{len(self.slices)}",
+            dim=dim_size,
+            initializer=initializer or self.config.default_vec_initializer,
+            optimizer=optimizer or self.config.default_vec_optimizer,
+            compressor=compressor or self.config.default_vec_compressor,
+            learning_rate_fn=learning_rate_fn or self.config.default_vec_learning_rate_fn,
+        )
+        self.slices.append(config)
+        self._factory._slice_added(self, config)
+        return FeatureSlice(self, start, start + dim_size)
+
+    def named_slice(self, name: str, dim_size: int, *args: Any) -> FeatureSlice:
+        """Slice ``name`` of this slot, added with ``add_feature_slice(dim_size, *args)`` on first use.
+
+        Slices outlive the model's per-run caches because the table keeps their columns.
+        """
+        if name not in self.named_slices:
+            self.named_slices[name] = self.add_feature_slice(dim_size, *args)
+        existing = self.named_slices[name]
+        if existing.end - existing.start != dim_size:
+            raise ValueError(f"slice '{name}' of slot '{self.name}' has dim {existing.end - existing.start}, "
+                             f"asked for {dim_size}")
+        return existing
+
+    def get_bias_slice(self) -> FeatureSlice:
+        if not self.config.has_bias:
+            raise ValueError(f"feature slot '{self.name}' was created with has_bias=False")
+        return self._bias_slice
+
+    def signature(self) -> str:
+        """Identifies slots whose rows are alike (same slices), which may share a merged table."""
+        return json.dumps([s.describe() for s in self.slices], sort_keys=True, default=str)
+
+
+class FeatureColumn:
+    """A named input feature read through a :class:`FeatureSlot`, pooled by ``combiner``."""
+
+    @classmethod
+    def reduce_sum(cls) -> Combiner:
+        return ReduceSum()
+
+    @classmethod
+    def reduce_mean(cls) -> Combiner:
+        return ReduceMean()
+
+    @classmethod
+    def first_n(cls, seq_length: int) -> Combiner:
+        return FirstN(seq_length)
+
+    def __init__(self, feature_slot: FeatureSlot, feature_name: str, combiner: Combiner | None = None) -> None:
+        self.feature_name = feature_name
+        self.feature_slot = feature_slot
+        self.combiner = combiner or self.reduce_sum()
+        feature_slot.feature_columns[feature_name] = self
+
+    def embedding_lookup(self, s: FeatureSlice) -> torch.Tensor:
+        """This feature's pooled embedding of slice ``s`` for the current batch.
+
+        ``[batch, dim]`` for sum/mean combiners, ``[batch, N, dim]`` for ``first_n(N)``.
+        """
+        if s.feature_slot is not self.feature_slot:
+            raise ValueError(f"slice of slot '{s.feature_slot.name}' used with feature "
+                             f"'{self.feature_name}' of slot '{self.feature_slot.name}'")
+        return self.feature_slot._factory.lookup(self, s)
+
+
+class EmbeddingFactory:
+    """Creates feature slots, builds their tables and serves lookups for the current step.
+
+    Args:
+        use_native_multi_hash_table: one table per slot (Monolith's default); when False, slots
+            with identical slices share one merged table (Monolith's ``MergedMultiTypeHashTable``),
+            keyed by the FIDs' own slot bits.
+        seed: seeds the tables' initializers.
+    """
+
+    def __init__(self, use_native_multi_hash_table: bool = True, seed: int = 0) -> None:
+        self.use_native_multi_hash_table = use_native_multi_hash_table
+        self.seed = seed
+        self.feature_slots: list[FeatureSlot] = []
+        self.tables: dict[str, HashEmbedding] = {}
+        self._table_of_slot: dict[int, HashEmbedding] = {}
+        self.built = False
+        self._batch: Batch | None = None
+        self._rows_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ building
+    def create_feature_slot(self, config: FeatureSlotConfig) -> FeatureSlot:
+        """A new slot (its table is created by :meth:`build`, or at once after it)."""
+        if config.slot_id is None:
+            raise ValueError(f"feature slot '{config.name}' has no slot_id")
+        for existing in self.feature_slots:
+            if existing.slot == config.slot_id:
+                raise ValueError(f"slot {config.slot_id} is already used by feature slot '{existing.name}'")
+        slot = FeatureSlot(self, config)
+        self.feature_slots.append(slot)
+        return slot
+
+    def _slice_added(self, slot: FeatureSlot, config: SliceConfig) -> None:
+        # A slice added after the build pass widens the table the slot already has.
+        table = self._table_of_slot.get(slot.slot)
+        if table is not None:
+            table.table.add_slice(config)
+
+    def build(self) -> None:
+        """Creates the tables of all slots declared so far (idempotent)."""
+        pending = [s for s in self.feature_slots if s.slot not in self._table_of_slot and s.slices]
+        if self.use_native_multi_hash_table:
+            groups = [[s] for s in pending]
+        else:
+            by_signature: dict[str, list[FeatureSlot]] = {}
+            for s in pending:
+                by_signature.setdefault(s.signature(), []).append(s)
+            groups = list(by_signature.values())
+        for group in groups:
+            self._build_table(group)
+        self.built = True
+
+    def _build_table(self, slots: list[FeatureSlot]) -> None:
+        name = slots[0].name if len(slots) == 1 else "merged_" + "_".join(str(s.slot) for s in slots)
+        first = slots[0].slot_config
+        table = EmbeddingHashTable(
+            [dataclasses.replace(c, name=c.name) for c in slots[0].slices],
+            [s.slot_config for s in slots],
+            # With one table per slot the slot's settings hold for any FID fed to it.
+            default_occurrence_threshold=first.occurrence_threshold if len(slots) == 1 else 0,
+            default_expire_time=first.expire_time if len(slots) == 1 else DEFAULT_EXPIRE_TIME_DAYS,
+            seed=self.seed + zlib.crc32(name.encode()),
+            name=name,
+        )
+        module = HashEmbedding(table)
+        self.tables[name] = module
+        for s in slots:
+            self._table_of_slot[s.slot] = module
+
+    # ------------------------------------------------------------------ per step
+    def begin_step(self, batch: Batch | None) -> None:
+        """Sets the batch that lookups read; clears the per-step row cache."""
+        self._batch = batch
+        self._rows_cache = {}
+
+    def lookup(self, column: FeatureColumn, s: FeatureSlice) -> torch.Tensor:
+        """Pooled ``[batch, ...]`` embedding of ``column``'s slice ``s`` for the current batch."""
+        if self._batch is None:
+            raise RuntimeError("embedding lookup outside a step: no batch has been set on the factory")
+        try:
+            jagged: JaggedTensor = self._batch.sparse[column.feature_name]
+        except KeyError:
+            raise KeyError(f"feature '{column.feature_name}' is not in the batch; sparse features: "
+                           f"{self._batch.sparse.keys()}") from None
+        rows = self._rows(column, jagged)
+        return column.combiner(rows[:, s.start : s.end], jagged.lengths())
+
+    def _rows(self, column: FeatureColumn, jagged: JaggedTensor) -> torch.Tensor:
+        """All columns of the rows of one feature's ids, looked up once per step."""
+        module = self._table_of_slot.get(column.feature_slot.slot)
+        if module is None or module.table.dim != column.feature_slot.dim:
+            # Build pass (or a slot first seen now): zeros of the final shape, no table access.
+            return torch.zeros(jagged.values().numel(), column.feature_slot.dim)
+        cached = self._rows_cache.get(column.feature_name)
+        if cached is None:
+            cached = module(jagged.values(), req_time=self._req_time_per_id(jagged))
+            self._rows_cache[column.feature_name] = cached
+        return cached
+
+    def _req_time_per_id(self, jagged: JaggedTensor) -> torch.Tensor | None:
+        req_time = self._batch.dense.get("req_time") if self._batch is not None else None
+        if req_time is None:
+            return None
+        return torch.repeat_interleave(req_time.reshape(-1).to(torch.int64), jagged.lengths())
+
+    # ------------------------------------------------------------------ training
+    def grad_squared_norm(self) -> float:
+        """Sum of squares of all pending sparse gradients."""
+        return sum(module.grad_squared_norm() for module in self.tables.values())
+
+    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
+        """Applies every table's pending gradients (times ``scale``)."""
+        for module in self.tables.values():
+            module.apply_gradients(global_step, scale, dedup)
+
+    def discard_gradients(self) -> None:
+        """Drops pending gradients (a step that was not applied)."""
+        for module in self.tables.values():
+            module.pending.clear()
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.tables.values():
+            module.train(mode)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Every table's state, by table name."""
+        return {name: module.table.state_dict() for name, module in self.tables.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]], source: str = "checkpoint") -> None:
+        """Restores tables by name; a table of this model missing from ``state`` is an error."""
+        missing = sorted(set(self.tables) - set(state))
+        if missing:
+            raise ValueError(f"{source}: no state for embedding tables {missing} (has {sorted(state)})")
+        for name, module in self.tables.items():
+            module.table.load_state_dict(state[name], source=f"{source}:{name}")

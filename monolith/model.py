@@ -1,0 +1,564 @@
+"""``MonolithBaseModel`` and ``MonolithModel``: Monolith's model API on PyTorch.
+
+A model is an ``nn.Module`` (dense layers assigned to it are its parameters) with Monolith's
+hooks: ``input_fn(mode)``, ``model_fn(features, mode)`` and ``serving_input_receiver_fn()``.
+Inside ``model_fn`` it declares embedding features with :meth:`MonolithModel.create_embedding_feature_column`
+and reads them with :meth:`MonolithModel.lookup_embedding_slice`; the estimator does the rest.
+
+Example::
+
+    class CtrModel(MonolithModel):
+        def __init__(self, params=None):
+            super().__init__(params)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+        def input_fn(self, mode):
+            return my_reader(batch_size=self.batch_size)
+
+        def model_fn(self, features, mode):
+            for name in ("uid", "mov"):
+                self.create_embedding_feature_column(name)
+            emb = self.lookup_embedding_slice(["uid", "mov"], "vec", 16, out_type="concat")  # [B, 32]
+            logits = self.mlp(emb).reshape(-1)
+            loss, pred = get_sigmoid_loss_and_pred("ctr", logits, features["label"], self.batch_size, mode=mode)
+            return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss,
+                                 optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+
+        def serving_input_receiver_fn(self):
+            return ServingInputReceiver(sparse_features=["uid", "mov"])
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import logging
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from monolith.device import DeviceCtxType, MonolithDeviceCtx
+from monolith.feature import EmbeddingFactory, FeatureColumn, FeatureSlice, FeatureSlotConfig
+from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2
+from monolith.layout import OutConfig
+from monolith.mode_keys import ModeKeys
+from monolith.optim.base import Compressor, Initializer, SliceOptimizer
+from monolith.params import InstantiableParams, Params
+from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
+from monolith.spec import EstimatorSpec
+
+logger = logging.getLogger(__name__)
+
+_COMBINERS = {"reduce_sum", "reduce_mean", "first_n"}
+_SIGNATURE_MASK = (1 << SIGNATURE_BITS_V2) - 1
+
+
+class TrainingHook:
+    """Called by the estimator around training; subclasses override what they need."""
+
+    def begin(self, estimator: Any) -> None:
+        """Before the first step."""
+
+    def after_step(self, step: int, batch: Batch, output: "ModelOutput") -> None:
+        """After each step, with its batch and the model's output."""
+
+    def end(self) -> None:
+        """After the last step (also on failure)."""
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """``model_fn``'s result, normalised: one entry per head in ``head_names``, ``labels``, ``preds``."""
+
+    mode: str
+    head_names: list[str]
+    labels: list[torch.Tensor | None] | None
+    preds: list[torch.Tensor]
+    classification: list[bool]
+    loss: torch.Tensor | None
+    predictions: torch.Tensor | dict[str, torch.Tensor]
+    optimizer: Any
+    training_hooks: list[TrainingHook]
+    extra_outputs: dict[str, Any]
+
+
+class MonolithBaseModel(torch.nn.Module, abc.ABC):
+    """Params, run state and the ``create_*_fn`` wrappers shared by every Monolith model."""
+
+    @classmethod
+    def params(cls) -> InstantiableParams:
+        """Monolith's params tree: ``name``, ``mode``, ``train.*``, ``eval.*``, ``serving.*``, ``metrics.*``."""
+        p = InstantiableParams(cls)
+        p.define("name", cls.__name__, "Name of this model.")
+        p.define("mode", ModeKeys.TRAIN, "Run mode.")
+        p.define("train", Params(), "Training params.")
+        p.train.define("max_steps", None, "Number of total steps to train.")
+        p.train.define("steps", None, "Number of steps to train in one call.")
+        p.train.define("per_replica_batch_size", None, "Batch size of one replica.")
+        p.train.define("save_checkpoints_steps", None, "Checkpoint every this many steps.")
+        p.train.define("label_key", "label", "Key of the label in the features.")
+        p.train.define("sample_bias", 0.0, "Sample bias for logit correction.")
+        p.train.define("use_gpu_emb_table", False, "Accepted for compatibility; tables live in host memory.")
+        p.define("eval", Params(), "Evaluation params.")
+        p.eval.define("per_replica_batch_size", None, "Batch size of one replica.")
+        p.eval.define("steps", None, "Number of steps to evaluate.")
+        p.eval.define("steps_per_eval", 10000, "Training steps between evaluations.")
+        p.define("serving", Params(), "Serving params.")
+        p.serving.define("export_when_saving", False, "Export a serving model with each checkpoint.")
+        p.serving.define("export_dir_base", "exported_models", "Export base dir (relative to model_dir).")
+        p.serving.define("export_mode", "standalone", "standalone or distributed.")
+        p.serving.define("shared_embedding", True, "Accepted for compatibility.")
+        p.define("metrics", Params(), "Metric params.")
+        p.metrics.define("enable_deep_insight", False, "Whether to sample examples for deep insight.")
+        p.metrics.define("deep_insight_target", "ctr_head", "Head name(s) when model_fn gives none.")
+        p.metrics.define("deep_insight_name", None, "Model name written with sampled examples.")
+        p.metrics.define("deep_insight_sample_ratio", 0.01, "Fraction of examples sampled.")
+        p.metrics.define("extra_fields_keys", [], "Extra features written with sampled examples.")
+        p.metrics.define("enable_throughput_hook", True, "Log examples/s.")
+        p.metrics.define("enable_kafka_metrics", False, "Send sampled examples to Kafka.")
+        p.metrics.define("enable_file_metrics", False, "Write sampled examples to files.")
+        p.metrics.define("file_base_name", "deep_insight", "Directory of the file metrics.")
+        p.metrics.define("file_ext", "txt", "Extension of the file metrics.")
+        p.metrics.define("dump_filename", "", "File name of the file metrics.")
+        p.define("output_path", None, "Where prediction/eval output files go (None: not written).")
+        p.define("output_fields", None, "Comma-separated features written before the predictions.")
+        p.define("delimiter", "\t", "Field delimiter of output files.")
+        p.define("file_name", None, "Output file name.")
+        p.define("enable_grads_and_vars_summary", False, "Write gradient/variable summaries.")
+        p.define("dense_weight_decay", 0.001, "L2 decay added to dense gradients.")
+        p.define("clip_norm", 1000.0, "Clip gradients by this global norm.")
+        p.define("sparse_norm_warmup_steps", None, "Warm the sparse clip norm up over these steps.")
+        p.define("default_occurrence_threshold", 0, "Occurrence threshold of features that set none.")
+        return p
+
+    def __init__(self, params: InstantiableParams | None = None) -> None:
+        torch.nn.Module.__init__(self)
+        object.__setattr__(self, "p", params if params is not None else type(self).params())
+        self.fs_dict: dict[str, Any] = {}
+        self.fc_dict: dict[str, FeatureColumn] = {}
+        self.slice_dict: dict[str, dict[str, FeatureSlice]] = {}
+        self._layout_dict: dict[str, OutConfig] = {}
+        self._occurrence_threshold: dict[str, int] = {}
+        self._share_slot_mapping: dict[str, str] = {}
+        self._feature_slots: dict[str, int] = {}
+        self._losses: list[torch.Tensor] = []
+        self._hooks: list[TrainingHook] = []
+        self._extra_outputs: dict[str, Any] = {}
+        self._default_dense_optimizer: Any = None
+        self.ctx = EmbeddingFactory()
+
+    # ------------------------------------------------------------------ params as attributes
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        p = self.__dict__.get("p")
+        if p is not None:
+            if name == "batch_size":
+                group = p.eval if p.mode == ModeKeys.EVAL else p.train
+                return group.per_replica_batch_size
+            if p.contain(name):
+                return getattr(p, name)
+        raise AttributeError(f"'{type(self).__name__}' has no attribute or param '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        p = self.__dict__.get("p")
+        if p is not None and not isinstance(value, torch.nn.Module):
+            if name == "batch_size":
+                p.train.per_replica_batch_size = value
+                p.eval.per_replica_batch_size = value
+                return
+            if p.contain(name) and name != "p":
+                setattr(p, name, value)
+                return
+        super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ run state
+    def _get_real_mode(self, mode: str) -> str:
+        """PREDICT stays PREDICT; TRAIN means the model's own ``p.mode`` (TRAIN or EVAL)."""
+        if mode == ModeKeys.PREDICT:
+            return mode
+        if mode == ModeKeys.TRAIN:
+            return self.p.mode
+        raise ValueError(f"model error! mode {mode!r}: model_fn is called with TRAIN or PREDICT")
+
+    def is_fused_layout(self) -> bool:
+        """Fused layouts are a TF graph optimisation; eager models never use them."""
+        return False
+
+    def instantiate(self) -> "MonolithBaseModel":
+        return self
+
+    def add_loss(self, losses: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Adds auxiliary loss(es) to the training loss of this step."""
+        if isinstance(losses, (list, tuple)):
+            self._losses.extend(losses)
+        else:
+            self._losses.append(losses)
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        return self._losses
+
+    @property
+    def _training_hooks(self) -> list[TrainingHook]:
+        return self._hooks
+
+    def add_training_hook(self, hook: TrainingHook) -> None:
+        """Adds a hook; at most one file-metric and one Kafka-metric hook."""
+        kind = getattr(hook, "metric_sink", None)
+        if kind is not None and any(getattr(h, "metric_sink", None) == kind for h in self._hooks):
+            raise ValueError(f"a {kind} metric hook is already added; only one is allowed")
+        self._hooks.append(hook)
+
+    def add_extra_output(self, name: str, outputs: Any, head_name: str | None = None,
+                         head_type: str | None = None) -> None:
+        """Adds a named serving signature output; a repeated name raises ``KeyError``."""
+        if name in self._extra_outputs:
+            raise KeyError(f"extra output '{name}' already exists")
+        self._extra_outputs[name] = outputs
+
+    @property
+    def _export_outputs(self) -> dict[str, Any]:
+        return self._extra_outputs
+
+    def add_layout(self, name: str, slice_list: Sequence[tuple[str, FeatureSlice]], out_type: str | None,
+                   shape_list: Sequence[Sequence[int]]) -> None:
+        """Records the layout of embedding output ``name``."""
+        self._layout_dict[name] = OutConfig.build(slice_list, out_type, shape_list)
+
+    @property
+    def layout_dict(self) -> dict[str, OutConfig]:
+        return self._layout_dict
+
+    @layout_dict.setter
+    def layout_dict(self, value: dict[str, OutConfig]) -> None:
+        self._layout_dict = value
+
+    def clean(self) -> None:
+        """Forgets the feature-slot caches (``fs_dict``, ``fc_dict``, ``slice_dict``, thresholds)."""
+        self.fs_dict = {}
+        self.fc_dict = {}
+        self.slice_dict = {}
+        self._occurrence_threshold = {}
+
+    # ------------------------------------------------------------------ the three user functions
+    @abc.abstractmethod
+    def input_fn(self, mode: str) -> Iterable[Batch]:
+        """An iterable of :class:`~monolith.sparse.Batch` for ``mode``."""
+
+    @abc.abstractmethod
+    def model_fn(self, features: Batch, mode: str) -> EstimatorSpec | tuple:
+        """The model: an :class:`EstimatorSpec` or ``(label, loss, pred)``."""
+
+    @abc.abstractmethod
+    def serving_input_receiver_fn(self) -> Any:
+        """What the serving endpoint accepts (a :class:`~monolith.export.ServingInputReceiver`)."""
+
+    def create_input_fn(self, mode: str | None = None) -> Callable[..., Iterable[Batch]]:
+        """``input_fn`` run in the input device context."""
+
+        def input_fn(run_mode: str | None = None) -> Iterable[Batch]:
+            with MonolithDeviceCtx(DeviceCtxType.INPUT_FN):
+                return self.input_fn(run_mode if run_mode is not None else mode)
+
+        return input_fn
+
+    def create_serving_input_receiver_fn(self) -> Callable[[], Any]:
+        """``serving_input_receiver_fn`` run in the receiver device context."""
+
+        def receiver_fn() -> Any:
+            with MonolithDeviceCtx(DeviceCtxType.INPUT_RECEIVER_FN):
+                return self.serving_input_receiver_fn()
+
+        return receiver_fn
+
+    def create_model_fn(self) -> Callable[[Batch, str], ModelOutput]:
+        """``model_fn`` wrapped: runs it for one batch and normalises what it returns."""
+        self.clean()
+
+        def model_fn(features: Batch, mode: str) -> ModelOutput:
+            real_mode = self._get_real_mode(mode)
+            self._losses, self._hooks, self._extra_outputs = [], [], {}
+            self.ctx.begin_step(features)
+            with MonolithDeviceCtx(DeviceCtxType.MODEL_FN):
+                spec = self.model_fn(features, real_mode)
+            return self._normalize_spec(spec, real_mode)
+
+        return model_fn
+
+    def _normalize_spec(self, spec: Any, mode: str) -> ModelOutput:
+        if isinstance(spec, EstimatorSpec):
+            label, loss, pred = spec.label, spec.loss, spec.pred
+            optimizer, classification = spec.optimizer, spec.classification
+            if isinstance(pred, dict):
+                head_name = list(pred)
+            else:
+                head_name = spec.head_name or self.p.metrics.deep_insight_target.split(",")
+        elif isinstance(spec, (tuple, list)) and len(spec) == 3:
+            label, loss, pred = spec
+            optimizer, classification = None, True
+            head_name = list(pred) if isinstance(pred, dict) else self.p.metrics.deep_insight_target
+            logger.warning("if this is not a classification task, pls. return EstimatorSpec in model_fn and specify it")
+        else:
+            raise Exception("EstimatorSpec Error!")
+
+        if isinstance(pred, dict):
+            if label is not None and not isinstance(label, dict):
+                raise ValueError("model_fn: pred is a dict of heads, so label must be a dict (or None) too")
+            preds = list(pred.values())
+            labels = None if label is None else [label.get(h) for h in head_name]
+            predictions: Any = dict(pred)
+        elif isinstance(pred, (list, tuple)):
+            heads = head_name if isinstance(head_name, (list, tuple)) else [head_name]
+            if len(heads) != len(pred):
+                raise ValueError(f"model_fn: {len(pred)} preds but {len(heads)} head names {list(heads)}")
+            if label is not None and len(label) != len(pred):
+                raise ValueError(f"model_fn: {len(pred)} preds but {len(label)} labels")
+            head_name, preds = list(heads), list(pred)
+            labels = None if label is None else list(label)
+            predictions = dict(zip(head_name, preds))
+        else:
+            if isinstance(head_name, (list, tuple)):
+                if len(head_name) != 1:
+                    raise ValueError(f"model_fn: one pred tensor but head names {list(head_name)}")
+                head_name = head_name[0]
+            if not isinstance(head_name, str):
+                raise ValueError(f"model_fn: head_name must be a str, got {head_name!r}")
+            if not isinstance(pred, torch.Tensor):
+                raise ValueError(f"model_fn: pred must be a tensor, list or dict, got {type(pred).__name__}")
+            if label is not None and not isinstance(label, torch.Tensor):
+                raise ValueError(f"model_fn: label must be a tensor, got {type(label).__name__}")
+            head_name, preds, labels, predictions = [head_name], [pred], None if label is None else [label], pred
+
+        for name, p in zip(head_name, preds):
+            if p.dim() > 1 and not (p.dim() == 2 and p.shape[1] == 1):
+                raise ValueError(f"model_fn: pred of head '{name}' must be [batch] or [batch, 1], got {list(p.shape)}")
+        if isinstance(classification, (list, tuple)):
+            if len(classification) != len(head_name):
+                raise ValueError(f"model_fn: {len(classification)} classification flags for heads {head_name}")
+            classification = list(classification)
+        else:
+            classification = [bool(classification)] * len(head_name)
+        if loss is not None and self._losses:
+            loss = loss + torch.stack([torch.as_tensor(l).reshape(()) for l in self._losses]).sum()
+        return ModelOutput(mode, list(head_name), labels, preds, classification, loss, predictions,
+                           optimizer, list(self._hooks), dict(self._extra_outputs))
+
+
+class MonolithModel(MonolithBaseModel):
+    """A Monolith model with embedding features: feature columns, slices, shared slots and layouts."""
+
+    @classmethod
+    def params(cls) -> InstantiableParams:
+        p = super().params()
+        p.define("feature_list", None, "Path of the feature_list.conf file.")
+        return p
+
+    def __init__(self, params: InstantiableParams | None = None) -> None:
+        super().__init__(params)
+
+    # ------------------------------------------------------------------ feature names and slots
+    def register_slots(self, sparse_features: Sequence[int] | Mapping[str, int]) -> None:
+        """Declares feature name -> slot (a list of slots registers ``slot_{n}`` names)."""
+        if isinstance(sparse_features, (list, tuple)):
+            sparse_features = {f"slot_{slot}": slot for slot in sparse_features}
+        for name, slot in sparse_features.items():
+            if not 0 <= int(slot) <= MAX_SLOT_V2:
+                raise ValueError(f"slot {slot} of feature '{name}' out of range 0..{MAX_SLOT_V2}")
+            self._feature_slots[name] = int(slot)
+
+    def get_feature_name_and_slot(self, item: str | int | FeatureColumn) -> tuple[str, int]:
+        """Feature name and slot of a name, a slot number or a column.
+
+        A slot number is named ``slot_{n}``; a name registered with :meth:`register_slots` (or in
+        the feature list) has its slot; ``slot_{n}`` names parse; other names get the next free slot.
+        """
+        if isinstance(item, FeatureColumn):
+            return item.feature_name, item.feature_slot.slot
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"a feature is a name, a slot number or a FeatureColumn, got {item!r}")
+        if isinstance(item, int):
+            for name, slot in self._feature_slots.items():
+                if slot == item:
+                    return name, item
+            return f"slot_{item}", item
+        if item not in self._feature_slots:
+            suffix = item.rsplit("_", 1)[-1]
+            if (item.startswith("slot_") or item.startswith("fc_slot_")) and suffix.isdigit():
+                self._feature_slots[item] = int(suffix)
+            else:
+                used = set(self._feature_slots.values())
+                self._feature_slots[item] = next(s for s in range(1, MAX_SLOT_V2 + 1) if s not in used)
+        return item, self._feature_slots[item]
+
+    def _get_fs_conf(self, shared_name: str, slot: int, occurrence_threshold: int | None,
+                     expire_time: int) -> FeatureSlotConfig:
+        if occurrence_threshold is None:
+            occurrence_threshold = self.p.default_occurrence_threshold
+        return FeatureSlotConfig(name=shared_name, has_bias=False, slot_id=slot,
+                                 occurrence_threshold=occurrence_threshold, expire_time=expire_time)
+
+    # ------------------------------------------------------------------ feature columns
+    def create_embedding_feature_column(
+        self,
+        feature_name: str | int,
+        occurrence_threshold: int | None = None,
+        expire_time: int = 36500,
+        max_seq_length: int = 0,
+        shared_name: str | None = None,
+        combiner: str | None = None,
+    ) -> FeatureColumn:
+        """Declares an embedding feature (once; later calls return the same column).
+
+        Args:
+            feature_name: feature name (or slot number) as the input batch names it.
+            occurrence_threshold: admit a FID on its (T+1)-th occurrence (None: ``default_occurrence_threshold``).
+            expire_time: days without update after which a FID's row is evicted.
+            max_seq_length: > 0 makes a sequence feature pooled by ``first_n(max_seq_length)``.
+            shared_name: share the embedding table of this (already created) feature.
+            combiner: ``reduce_sum`` (default), ``reduce_mean`` or ``first_n``.
+        """
+        if combiner is not None:
+            if combiner not in _COMBINERS:
+                raise ValueError(f"combiner {combiner!r} is not one of {sorted(_COMBINERS)}")
+            combiner = (FeatureColumn.reduce_sum() if combiner == "reduce_sum" else
+                        FeatureColumn.reduce_mean() if combiner == "reduce_mean" else
+                        FeatureColumn.first_n(max_seq_length))
+        feature_name, slot = self.get_feature_name_and_slot(feature_name)
+        if feature_name in self.fc_dict:
+            return self.fc_dict[feature_name]
+        if shared_name:
+            self._share_slot_mapping[feature_name] = shared_name
+            if shared_name in self.fs_dict:
+                fs = self.fs_dict[shared_name]
+            elif shared_name in self.fc_dict:
+                fs = self.fc_dict[shared_name].feature_slot
+            else:
+                raise Exception(f"{feature_name} shared embedding with {shared_name}, "
+                                f"so {shared_name} should create first!")
+        else:
+            fs = self._feature_slot(feature_name, slot, occurrence_threshold, expire_time)
+        if combiner is None:
+            combiner = FeatureColumn.first_n(max_seq_length) if max_seq_length > 0 else FeatureColumn.reduce_sum()
+        fc = FeatureColumn(fs, feature_name, combiner=combiner)
+        self.fc_dict[feature_name] = fc
+        self._occurrence_threshold[feature_name] = fs.config.occurrence_threshold
+        return fc
+
+    def _feature_slot(self, name: str, slot: int, occurrence_threshold: int | None, expire_time: int):
+        # Feature slots outlive clean(): model_fn runs every step and must find the same tables.
+        for fs in self.ctx.feature_slots:
+            if fs.slot == slot:
+                return fs
+        return self.ctx.create_feature_slot(self._get_fs_conf(name, slot, occurrence_threshold, expire_time))
+
+    def _embedding_slice_lookup(self, fc: str | FeatureColumn, slice_name: str, slice_dim: int,
+                                initializer: Initializer | None, optimizer: SliceOptimizer | None,
+                                compressor: Compressor | None, learning_rate_fn: Callable[[int], float] | None,
+                                slice_list: list) -> torch.Tensor:
+        if isinstance(fc, str):
+            if fc not in self.fc_dict:
+                raise KeyError(f"feature '{fc}' has no feature column: call create_embedding_feature_column first")
+            fc = self.fc_dict[fc]
+        owner = self._share_slot_mapping.get(fc.feature_name, fc.feature_name)
+        fc_slice = fc.feature_slot.named_slice(slice_name, slice_dim, initializer, optimizer, compressor,
+                                               learning_rate_fn)
+        self.slice_dict.setdefault(owner, {})[slice_name] = fc_slice
+        slice_list.append((fc.feature_name, fc_slice))
+        return fc.embedding_lookup(fc_slice)
+
+    def lookup_embedding_slice(
+        self,
+        features: Sequence[Any] | Mapping[Any, int],
+        slice_name: str,
+        slice_dim: int | None = None,
+        initializer: Initializer | None = None,
+        optimizer: SliceOptimizer | None = None,
+        compressor: Compressor | None = None,
+        learning_rate_fn: Callable[[int], float] | None = None,
+        group_out_type: str = "add_n",
+        out_type: str | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Looks up slice ``slice_name`` of several features.
+
+        ``features`` is a list of names with one ``slice_dim``; a list of name groups with
+        ``slice_dim`` (each group's embeddings summed, ``group_out_type='add_n'``, or concatenated,
+        ``'concat'``); a list of ``(name, dim)`` pairs; or a dict name -> dim. With ``out_type``
+        None a list of ``[batch, dim]`` tensors comes back; ``concat`` gives ``[batch, sum dims]``,
+        ``stack`` ``[batch, n, dim]``, ``add_n``/``addn`` ``[batch, dim]``.
+        """
+        concat = ",".join(sorted(map(str, features)))
+        layout_name = f"{slice_name}_{hashlib.md5(concat.encode()).hexdigest()}"
+        lookup_args = (initializer, optimizer, compressor, learning_rate_fn)
+        embeddings: list[torch.Tensor] = []
+        slice_list: list[tuple[str, FeatureSlice]] = []
+
+        def one(feature: Any, dim: int) -> torch.Tensor:
+            name, _ = self.get_feature_name_and_slot(feature)
+            return self._embedding_slice_lookup(name, slice_name, dim, *lookup_args, slice_list)
+
+        if isinstance(features, dict):
+            embeddings = [one(name, dim) for name, dim in features.items()]
+        elif isinstance(features, (list, tuple)) and isinstance(slice_dim, int):
+            if all(isinstance(f, (str, int, FeatureColumn)) for f in features):
+                embeddings = [one(name, slice_dim) for name in features]
+            elif all(isinstance(f, (list, tuple)) for f in features):
+                if group_out_type not in ("concat", "add_n"):
+                    raise ValueError(f"group_out_type must be 'concat' or 'add_n', got {group_out_type!r}")
+                for group in features:
+                    local = [one(name, slice_dim) for name in group]
+                    embeddings.append(torch.stack(local).sum(0) if group_out_type == "add_n" else torch.cat(local, 1))
+            else:
+                raise ValueError("ValueError for features")
+        elif isinstance(features, (list, tuple)):
+            if not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in features):
+                raise ValueError("ValueError for features")
+            embeddings = [one(name, dim) for name, dim in features]
+        else:
+            raise ValueError("ValueError for features")
+
+        if out_type is None:
+            self.add_layout(layout_name, slice_list, out_type, [e.shape for e in embeddings])
+            return embeddings
+        if out_type not in ("concat", "stack", "add_n", "addn"):
+            raise ValueError(f"out_type must be None, 'concat', 'stack', 'add_n' or 'addn', got {out_type!r}")
+        if out_type == "concat":
+            out = torch.cat(embeddings, dim=1)
+        elif out_type == "stack":
+            out = torch.stack(embeddings, dim=1)
+        else:
+            out = torch.stack(embeddings).sum(0)
+        self.add_layout(layout_name, slice_list, out_type, [out.shape])
+        return out
+
+    # ------------------------------------------------------------------ shared slots
+    def share_slot(self, features: Batch | None = None, share_meta: Mapping[str, tuple[bool, int]] | None = None,
+                   variant_type: str = "example", suffix: str = "share") -> Batch | Callable[[Batch], Batch]:
+        """Reads features under other slots: ``share_meta`` maps name -> ``(inplace, slot)``.
+
+        In place, the feature's FIDs get the new slot; otherwise a copy named ``{name}_{suffix}``
+        does. With ``features`` None, returns the function that does it to a batch.
+        """
+        share_meta = dict(share_meta or {})
+        for name, (inplace, slot) in share_meta.items():
+            self.register_slots({name if inplace else f"{name}_{suffix}": slot})
+
+        def switch(batch: Batch) -> Batch:
+            jagged = batch.sparse.to_dict()
+            for name, (inplace, slot) in share_meta.items():
+                jagged[name if inplace else f"{name}_{suffix}"] = switch_slot(jagged[name], slot)
+            sparse = KeyedJaggedTensor.from_jagged_dict(jagged, stride=batch.sparse.stride())
+            return Batch(sparse, dict(batch.dense))
+
+        return switch if features is None else switch(features)
+
+
+def switch_slot(jagged: JaggedTensor, slot: int) -> JaggedTensor:
+    """The same FIDs with their slot bits replaced by ``slot`` (v2 layout)."""
+    if not 0 <= slot <= MAX_SLOT_V2:
+        raise ValueError(f"slot {slot} out of range 0..{MAX_SLOT_V2}")
+    values = (jagged.values() & _SIGNATURE_MASK) | (slot << SIGNATURE_BITS_V2)
+    return JaggedTensor(values, jagged.lengths())
