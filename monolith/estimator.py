@@ -1,0 +1,417 @@
+"""The train / evaluate / predict loop for Monolith models (Monolith's ``Estimator``).
+
+One training step, as DLRM's reference reads top to bottom::
+
+    batch -> model_fn (embedding lookups + dense layers) -> loss -> backward
+          -> clip every gradient by the global norm -> dense optimizer step
+          -> sparse updates of the embedding tables -> global step + 1
+
+The first batch runs ``model_fn`` once as a *build pass* (lookups give zeros) so that every
+feature slot and slice is declared before the tables are created, as Monolith builds its graph
+before running it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from monolith.checkpoint import CheckpointManager
+from monolith.metrics import AUC, MeanSquaredError
+from monolith.metrics.deep_insight import FileMetricHook
+from monolith.mode_keys import ModeKeys
+from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook
+from monolith.outputs import PredictionWriter
+from monolith.params import InstantiableParams
+from monolith.sparse import Batch
+from monolith.spec import EstimatorSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Estimator", "EstimatorSpec", "RunConfig"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """How a model is run (Monolith's ``RunnerConfig``, the fields that mean something here).
+
+    Args:
+        model_dir: checkpoints, summaries and exports go here.
+        save_checkpoints_steps: checkpoint every this many steps (None: only at the end of ``train``).
+        keep_checkpoint_max: how many checkpoints to keep.
+        log_step_count_steps: log loss, metrics and examples/s every this many steps.
+        use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
+        seed: seeds torch and the embedding initializers.
+        index: this worker's index (output file suffix); set from torch.distributed when it runs.
+        enable_summaries: write TensorBoard scalars to ``model_dir``.
+        progress_bar: show a tqdm bar on stderr for long loops.
+    """
+
+    model_dir: str = "model_dir"
+    save_checkpoints_steps: int | None = None
+    keep_checkpoint_max: int = 5
+    log_step_count_steps: int = 100
+    use_native_multi_hash_table: bool = True
+    seed: int = 0
+    index: int = 0
+    enable_summaries: bool = True
+    progress_bar: bool = True
+
+
+class _HeadMetrics:
+    """AUC (classification heads) or MSE (regression heads), one accumulator per head."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, AUC | MeanSquaredError] = {}
+
+    def update(self, output: ModelOutput) -> None:
+        if output.labels is None:
+            return
+        for head, label, pred, classification in zip(output.head_names, output.labels, output.preds,
+                                                      output.classification):
+            if label is None:
+                continue
+            metric = self._metrics.setdefault(head, AUC() if classification else MeanSquaredError())
+            metric.update(label.detach().reshape(-1), pred.detach().reshape(-1))
+
+    def compute(self) -> dict[str, float]:
+        return {f"{head}/{'auc' if isinstance(m, AUC) else 'mse'}": m.compute() for head, m in self._metrics.items()}
+
+
+class Estimator:
+    """Trains, evaluates and predicts a :class:`~monolith.model.MonolithBaseModel`.
+
+    Args:
+        model: the model, or its ``InstantiableParams`` (instantiated here).
+        config: a :class:`RunConfig` (or just ``model_dir``).
+
+    Example::
+
+        estimator = Estimator(MyModel(), RunConfig(model_dir="/tmp/run"))
+        estimator.train(max_steps=1000)
+        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": ..., "global_step": 1000}
+        for prediction in estimator.predict(): ...
+    """
+
+    def __init__(self, model: MonolithBaseModel | InstantiableParams, config: RunConfig | str | None = None) -> None:
+        if isinstance(model, InstantiableParams):
+            model = model.instantiate()
+        if not isinstance(model, MonolithBaseModel):
+            raise TypeError(f"Estimator needs a MonolithBaseModel or its params, got {type(model).__name__}")
+        if isinstance(config, str) or config is None:
+            config = RunConfig(model_dir=config or "model_dir")
+        self.model = model
+        self.config = config
+        self.global_step = 0
+        self.model.ctx.use_native_multi_hash_table = config.use_native_multi_hash_table
+        self.model.ctx.seed = config.seed
+        self._model_fn = model.create_model_fn()
+        self._dense_optimizer: torch.optim.Optimizer | None = None
+        self._checkpoints = CheckpointManager(config.model_dir, config.keep_checkpoint_max)
+        self._restored: str | None = None
+        self._pending_optimizer_state: dict | None = None
+        self._batches_consumed = 0
+        self._summary_writer = None
+        self.dedup = "local"
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self, batch: Batch) -> None:
+        """Build pass on the first batch: declare features, create tables and the dense optimizer."""
+        if self.model.ctx.built:
+            return
+        torch.manual_seed(self.config.seed)
+        with torch.no_grad():
+            output = self._model_fn(batch, ModeKeys.PREDICT if self.model.p.mode == ModeKeys.PREDICT
+                                    else ModeKeys.TRAIN)
+        self.model.ctx.build()
+        if self.model.p.mode == ModeKeys.TRAIN:
+            self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
+        self._restore_latest()
+
+    def _make_dense_optimizer(self, optimizer: Any) -> torch.optim.Optimizer | None:
+        optimizer = optimizer if optimizer is not None else self.model._default_dense_optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if optimizer is None:
+            if params and self.model.p.mode == ModeKeys.TRAIN:
+                raise Exception("dense_optimizer not found!")
+            return None
+        if isinstance(optimizer, torch.optim.Optimizer):
+            return optimizer
+        if callable(optimizer):
+            return optimizer(params) if params else None
+        raise TypeError(f"EstimatorSpec.optimizer must be a torch optimizer or a callable taking the params, "
+                        f"got {type(optimizer).__name__}")
+
+    def _restore_latest(self) -> None:
+        latest = self._checkpoints.latest()
+        if latest is None or latest == self._restored:
+            return
+        dense, tables, manifest = CheckpointManager.read(latest)
+        self.model.load_state_dict(dense["model"])
+        self._pending_optimizer_state = dense.get("optimizer")
+        self._load_optimizer_state()
+        self.model.ctx.load_state_dict(tables, source=latest)
+        self.global_step = int(manifest["global_step"])
+        self._batches_consumed = int(dense.get("batches_consumed", self.global_step))
+        torch.set_rng_state(dense["torch_rng"])
+        self._restored = latest
+        logger.info("restored %s (global step %d)", latest, self.global_step)
+
+    def _load_optimizer_state(self) -> None:
+        if self._dense_optimizer is not None and self._pending_optimizer_state is not None:
+            self._dense_optimizer.load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+
+    def save_checkpoint(self) -> str:
+        """Writes a checkpoint of the current state to ``model_dir``; returns its path."""
+        dense = {
+            "model": self.model.state_dict(),
+            "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
+            "global_step": self.global_step,
+            "batches_consumed": self._batches_consumed,
+            "torch_rng": torch.get_rng_state(),
+        }
+        path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict())
+        self._restored = path
+        return path
+
+    def _summary(self, tag: str, value: float) -> None:
+        if not self.config.enable_summaries or not math.isfinite(value):
+            return
+        if self._summary_writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+            self._summary_writer = SummaryWriter(self.config.model_dir)
+        self._summary_writer.add_scalar(tag, value, self.global_step)
+
+    def _hooks(self, output: ModelOutput) -> list[TrainingHook]:
+        hooks = list(output.training_hooks)
+        metrics = self.model.p.metrics
+        if metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0:
+            hooks.append(FileMetricHook(
+                metrics.file_base_name, metrics.deep_insight_name or self.model.p.name,
+                metrics.deep_insight_sample_ratio, metrics.dump_filename, metrics.file_ext,
+                metrics.extra_fields_keys, self.config.index, self.config.seed))
+        return hooks
+
+    # ------------------------------------------------------------------ training
+    def train(self, max_steps: int | None = None, steps: int | None = None) -> dict[str, float]:
+        """Trains until the global step reaches ``max_steps`` (or for ``steps`` more steps, or until
+        the input ends); returns the last logged metrics."""
+        self.model.p.mode = ModeKeys.TRAIN
+        self.model.train()
+        self.model.ctx.train(True)
+        max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
+        batches = self._input(ModeKeys.TRAIN)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("input_fn(TRAIN) produced no batch")
+        self._build(first)
+        if steps is not None:
+            max_steps = self.global_step + steps
+        batches = self._resume(first, batches)
+        metrics = _HeadMetrics()
+        hooks: list[TrainingHook] | None = None
+        progress = self._progress(max_steps)
+        last: dict[str, float] = {}
+        started, examples = time.perf_counter(), 0
+        try:
+            for batch in batches:
+                if max_steps is not None and self.global_step >= max_steps:
+                    break
+                output = self.train_step(batch)
+                self._batches_consumed += 1
+                metrics.update(output)
+                examples += batch.batch_size
+                if hooks is None:
+                    hooks = self._hooks(output)
+                    for hook in hooks:
+                        hook.begin(self)
+                for hook in hooks:
+                    hook.after_step(self.global_step, batch, output)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{output.loss.item():.4g}",
+                                         examples_per_sec=f"{examples / (time.perf_counter() - started):.0f}")
+                if self.global_step % self.config.log_step_count_steps == 0:
+                    last = self._log(output, metrics, examples / (time.perf_counter() - started))
+                if self.config.save_checkpoints_steps and self.global_step % self.config.save_checkpoints_steps == 0:
+                    self.save_checkpoint()
+            if examples:
+                if self.global_step % self.config.log_step_count_steps:
+                    last = self._log(output, metrics, examples / (time.perf_counter() - started))
+                self.save_checkpoint()
+        finally:
+            for hook in hooks or []:
+                hook.end()
+            if progress is not None:
+                progress.close()
+            if self._summary_writer is not None:
+                self._summary_writer.flush()
+        return last
+
+    def train_step(self, batch: Batch) -> ModelOutput:
+        """One step: forward, backward, global-norm clipping, dense and sparse updates."""
+        output = self._model_fn(batch, ModeKeys.TRAIN)
+        if self._dense_optimizer is None:
+            # Built by an evaluate/predict call: the dense optimizer comes with the first training step.
+            self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
+            self._load_optimizer_state()
+        if output.loss is None:
+            raise ValueError("model_fn returned no loss in TRAIN mode")
+        if not torch.isfinite(output.loss):
+            self.model.ctx.discard_gradients()
+            raise FloatingPointError(f"loss is {output.loss.item()} at global step {self.global_step}; "
+                                     f"the last checkpoint is kept")
+        if self._dense_optimizer is not None:
+            self._dense_optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        dense_scale, sparse_scale, norm = self._clip_scales()
+        self._summary("global_gradient_norm", norm)
+        if self._dense_optimizer is not None:
+            decay = self.model.p.dense_weight_decay
+            with torch.no_grad():
+                for param in self.model.parameters():
+                    if param.grad is None:
+                        continue
+                    if dense_scale != 1.0:
+                        param.grad.mul_(dense_scale)
+                    if decay:
+                        param.grad.add_(param, alpha=decay)
+            self._dense_optimizer.step()
+        self.model.ctx.apply_gradients(self.global_step, sparse_scale, self.dedup)
+        self.global_step += 1
+        return output
+
+    def _clip_scales(self) -> tuple[float, float, float]:
+        """Scales of the dense and sparse gradients under clipping by the global norm.
+
+        The norm covers dense and sparse gradients together; the sparse clip norm ramps up from 0
+        over ``sparse_norm_warmup_steps`` (Monolith's ``_gen_norm_warmup``).
+        """
+        squared = self.model.ctx.grad_squared_norm()
+        for param in self.model.parameters():
+            if param.grad is not None:
+                squared += float(param.grad.detach().double().pow(2).sum())
+        norm = math.sqrt(squared)
+        clip_norm = self.model.p.clip_norm
+        if clip_norm is None:
+            return 1.0, 1.0, norm
+        sparse_clip = clip_norm
+        warmup = self.model.p.sparse_norm_warmup_steps
+        if warmup:
+            sparse_clip = clip_norm * min(self.global_step / warmup, 1.0)
+        return clip_norm / max(norm, clip_norm), sparse_clip / max(norm, sparse_clip) if sparse_clip > 0 else 0.0, norm
+
+    def _log(self, output: ModelOutput, metrics: _HeadMetrics, examples_per_sec: float) -> dict[str, float]:
+        values = {"loss": float(output.loss.item()), **metrics.compute(), "examples_per_sec": examples_per_sec}
+        for tag, value in values.items():
+            self._summary(tag, value)
+        print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
+        return {**values, "global_step": self.global_step}
+
+    def _progress(self, max_steps: int | None):
+        if not self.config.progress_bar or max_steps is None or max_steps - self.global_step < 50:
+            return None
+        # disable=None: no bar when stderr is not a terminal (CI logs, pipes).
+        return tqdm(total=max_steps, initial=self.global_step, desc="train", unit="step", file=sys.stderr,
+                    dynamic_ncols=True, disable=None)
+
+    # ------------------------------------------------------------------ input
+    def _input(self, mode: str) -> Iterator[Batch]:
+        batches = self.model.create_input_fn(mode)(mode)
+        if not isinstance(batches, Iterable):
+            raise TypeError(f"input_fn({mode!r}) must return an iterable of Batch, got {type(batches).__name__}")
+        return iter(batches)
+
+    def _resume(self, first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
+        """The input from where the restored checkpoint left it (the same data order as an
+        uninterrupted run when ``input_fn`` is deterministic)."""
+        def chained() -> Iterator[Batch]:
+            yield first
+            yield from rest
+
+        batches = chained()
+        for _ in range(self._batches_consumed):
+            if next(batches, None) is None:
+                break
+        return batches
+
+    # ------------------------------------------------------------------ evaluation and prediction
+    def _inference(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
+        self.model.p.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT
+        self.model.eval()
+        self.model.ctx.train(False)
+        batches = self._input(mode)
+        count = 0
+        with torch.no_grad():
+            for batch in batches:
+                if steps is not None and count >= steps:
+                    break
+                if count == 0:
+                    self._build(batch)
+                    self._restore_latest()  # a checkpoint written since the model was built
+                yield batch, self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
+                count += 1
+
+    def _writer(self) -> PredictionWriter | None:
+        p = self.model.p
+        if p.output_path is None:
+            return None
+        return PredictionWriter(p.output_path, p.output_fields, p.delimiter, self.config.index)
+
+    def evaluate(self, steps: int | None = None) -> dict[str, float]:
+        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, mean loss and the global step.
+
+        With ``output_path`` set, predictions are written as in :meth:`predict`.
+        """
+        metrics = _HeadMetrics()
+        losses: list[float] = []
+        writer = self._writer()
+        try:
+            for batch, output in self._inference(ModeKeys.EVAL, steps if steps is not None else self.model.p.eval.steps):
+                metrics.update(output)
+                if output.loss is not None:
+                    losses.append(float(output.loss))
+                if writer is not None:
+                    writer.write(batch, output.predictions)
+        finally:
+            if writer is not None:
+                writer.close()
+        result = {**metrics.compute(), "loss": float(np.mean(losses)) if losses else float("nan"),
+                  "global_step": self.global_step}
+        for tag, value in result.items():
+            self._summary(f"eval/{tag}", float(value))
+        print("eval: " + ", ".join(f"{k} = {v:.6g}" for k, v in result.items()), file=sys.stderr)
+        return result
+
+    def predict(self, steps: int | None = None) -> Iterator[dict[str, float] | float]:
+        """Yields one prediction per example of ``input_fn(PREDICT)`` (a dict for several heads).
+
+        With ``output_path`` set, each batch is also written to ``{output_path}/part-{index:05d}``.
+        """
+        writer = self._writer()
+        try:
+            for batch, output in self._inference(ModeKeys.PREDICT, steps):
+                if writer is not None:
+                    writer.write(batch, output.predictions)
+                predictions = output.predictions
+                if isinstance(predictions, dict):
+                    columns = {k: v.detach().reshape(batch.batch_size, -1).squeeze(-1).tolist()
+                               for k, v in predictions.items()}
+                    for i in range(batch.batch_size):
+                        yield {k: v[i] for k, v in columns.items()}
+                else:
+                    yield from predictions.detach().reshape(batch.batch_size, -1).squeeze(-1).tolist()
+        finally:
+            if writer is not None:
+                writer.close()
