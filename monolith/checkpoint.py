@@ -4,11 +4,13 @@ Layout under ``model_dir``::
 
     checkpoint               JSON index: {"latest": "ckpt-200", "all": ["ckpt-100", "ckpt-200"]}
     ckpt-200/dense.pt        torch.save of dense params, optimizer state, global step, RNG states
-    ckpt-200/tables/NAME.npz one file per table (EmbeddingHashTable.save format)
-    ckpt-200/manifest.json   what the checkpoint holds, written last inside the directory
+    ckpt-200/tables/NAME.shard-00001-of-00002.npz   each rank's shard of each table
+    ckpt-200/manifest.json   global step, table names and the number of shards, written last
 
-A checkpoint is assembled in a temporary directory and renamed into place, then the index is
-replaced atomically; a crash at any point leaves the previous checkpoint as the latest one.
+A checkpoint is assembled in a staging directory (every rank writing its own shards) and renamed
+into place by rank 0 once all ranks are done, then the index is replaced atomically: a crash or a
+dead rank at any point leaves the previous checkpoint as the latest one. Shards are merged and
+split again on reading, so a checkpoint written by N ranks restores into M ranks.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,40 +67,48 @@ class CheckpointManager:
         return os.path.join(self.model_dir, latest) if latest else None
 
     # ------------------------------------------------------------------ writing
-    def save(self, global_step: int, dense_state: dict[str, Any], table_states: dict[str, dict[str, np.ndarray]],
-             extra: dict[str, Any] | None = None) -> str:
-        """Writes checkpoint ``ckpt-{global_step}`` and makes it the latest; returns its path."""
-        os.makedirs(self.model_dir, exist_ok=True)
+    def save(self, global_step: int, dense_state: dict[str, Any] | None,
+             table_states: dict[str, dict[str, np.ndarray]], extra: dict[str, Any] | None = None,
+             rank: int = 0, world_size: int = 1, barrier: Callable[[], None] = lambda: None) -> str:
+        """Writes checkpoint ``ckpt-{global_step}`` and makes it the latest; returns its path.
+
+        Every rank calls this with its own table shards; ``dense_state`` is only needed on rank 0.
+        ``barrier`` synchronises the ranks (a no-op in one process).
+        """
         name = f"{_PREFIX}{global_step}"
         final = os.path.join(self.model_dir, name)
-        staging = tempfile.mkdtemp(prefix=f".{name}.", dir=self.model_dir)
-        try:
-            torch.save(dense_state, os.path.join(staging, "dense.pt"))
+        staging = os.path.join(self.model_dir, f".{name}.staging")
+        if rank == 0:
+            os.makedirs(self.model_dir, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
             os.makedirs(os.path.join(staging, "tables"))
-            for table_name, state in table_states.items():
-                with open(os.path.join(staging, "tables", f"{_safe(table_name)}.npz"), "wb") as f:
-                    np.savez(f, **state)
-            manifest = {"global_step": global_step, "tables": sorted(table_states), **(extra or {})}
+        barrier()
+        for table_name, state in table_states.items():
+            with open(os.path.join(staging, "tables", _shard_file(table_name, rank, world_size)), "wb") as f:
+                np.savez(f, **state)
+        barrier()
+        if rank == 0:
+            torch.save(dense_state, os.path.join(staging, "dense.pt"))
+            manifest = {"global_step": global_step, "tables": sorted(table_states), "num_shards": world_size,
+                        **(extra or {})}
             with atomic_write(os.path.join(staging, "manifest.json"), "w") as f:
                 json.dump(manifest, f)
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        index = self._read_index()
-        kept = [n for n in index["all"] if n != name] + [name]
-        with atomic_write(os.path.join(self.model_dir, INDEX_FILE), "w") as f:
-            json.dump({"latest": name, "all": kept[-self.keep_checkpoint_max:]}, f)
-        for old in kept[: -self.keep_checkpoint_max]:
-            shutil.rmtree(os.path.join(self.model_dir, old), ignore_errors=True)
+            index = self._read_index()
+            kept = [n for n in index["all"] if n != name] + [name]
+            with atomic_write(os.path.join(self.model_dir, INDEX_FILE), "w") as f:
+                json.dump({"latest": name, "all": kept[-self.keep_checkpoint_max:]}, f)
+            for old in kept[: -self.keep_checkpoint_max]:
+                shutil.rmtree(os.path.join(self.model_dir, old), ignore_errors=True)
+        barrier()
         return final
 
     # ------------------------------------------------------------------ reading
     @staticmethod
-    def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-        """``(dense_state, table_states, manifest)`` of the checkpoint at ``path``."""
+    def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, list[dict[str, np.ndarray]]], dict[str, Any]]:
+        """``(dense_state, {table: [shard states]}, manifest)`` of the checkpoint at ``path``."""
         path = os.fspath(path)
         manifest_path = os.path.join(path, "manifest.json")
         try:
@@ -113,15 +122,25 @@ class CheckpointManager:
             dense = torch.load(os.path.join(path, "dense.pt"), weights_only=False)
         except Exception as error:  # torch raises several kinds for a damaged file
             raise ValueError(f"{path}/dense.pt: unreadable dense state ({error})") from error
-        tables = {}
+        tables: dict[str, list[dict[str, np.ndarray]]] = {}
+        shards = int(manifest.get("num_shards", 1))
         for table_name in manifest["tables"]:
-            file = os.path.join(path, "tables", f"{_safe(table_name)}.npz")
-            try:
-                with np.load(file, allow_pickle=False) as npz:
-                    tables[table_name] = {key: npz[key] for key in npz.files}
-            except (OSError, ValueError, EOFError) as error:
-                raise ValueError(f"{file}: unreadable table state ({error})") from error
+            tables[table_name] = []
+            for rank in range(shards):
+                file = os.path.join(path, "tables", _shard_file(table_name, rank, shards))
+                try:
+                    with np.load(file, allow_pickle=False) as npz:
+                        tables[table_name].append({key: npz[key] for key in npz.files})
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{file}: shard {rank} of {shards} of table '{table_name}' "
+                                            f"is missing") from None
+                except (OSError, ValueError, EOFError) as error:
+                    raise ValueError(f"{file}: unreadable table shard ({error})") from error
         return dense, tables, manifest
+
+
+def _shard_file(table_name: str, rank: int, world_size: int) -> str:
+    return f"{_safe(table_name)}.shard-{rank:05d}-of-{world_size:05d}.npz"
 
 
 def _safe(name: str) -> str:

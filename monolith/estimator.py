@@ -26,6 +26,8 @@ import torch
 from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
+from monolith.distributed.context import DistributedContext, init_from_env
+from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
@@ -52,6 +54,9 @@ class RunConfig:
         use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
         seed: seeds torch and the embedding initializers.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
+        dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
+            on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
+            as Monolith's sync training does).
         enable_summaries: write TensorBoard scalars to ``model_dir``.
         progress_bar: show a tqdm bar on stderr for long loops.
     """
@@ -63,6 +68,7 @@ class RunConfig:
     use_native_multi_hash_table: bool = True
     seed: int = 0
     index: int = 0
+    dense_reduce: str = "sum"
     enable_summaries: bool = True
     progress_bar: bool = True
 
@@ -83,8 +89,16 @@ class _HeadMetrics:
             metric = self._metrics.setdefault(head, AUC() if classification else MeanSquaredError())
             metric.update(label.detach().reshape(-1), pred.detach().reshape(-1))
 
-    def compute(self) -> dict[str, float]:
-        return {f"{head}/{'auc' if isinstance(m, AUC) else 'mse'}": m.compute() for head, m in self._metrics.items()}
+    def compute(self, dist_ctx: DistributedContext | None = None) -> dict[str, float]:
+        """Per-head values; under torch.distributed over every rank's examples, not a mean of ranks."""
+        metrics = self._metrics
+        if dist_ctx is not None:
+            merged: dict[str, AUC | MeanSquaredError] = {}
+            for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in metrics.items()}):
+                for head, (kind, state) in states.items():
+                    merged.setdefault(head, kind()).merge(state)
+            metrics = merged
+        return {f"{head}/{'auc' if isinstance(m, AUC) else 'mse'}": m.compute() for head, m in metrics.items()}
 
 
 class Estimator:
@@ -122,6 +136,14 @@ class Estimator:
         self._batches_consumed = 0
         self._summary_writer = None
         self.dedup = "local"
+        self.dist = init_from_env()
+        if self.dist is not None:
+            # Sync training: sharded tables, unique ids with summed gradients, one output file per rank.
+            config.index = self.dist.rank
+            self.dedup = "sum"
+            self.model.ctx.module_factory = ShardedHashEmbedding
+        if config.dense_reduce not in ("sum", "mean"):
+            raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {config.dense_reduce!r}")
 
     # ------------------------------------------------------------------ set-up
     def _build(self, batch: Batch) -> None:
@@ -133,9 +155,23 @@ class Estimator:
             output = self._model_fn(batch, ModeKeys.PREDICT if self.model.p.mode == ModeKeys.PREDICT
                                     else ModeKeys.TRAIN)
         self.model.ctx.build()
+        if self.dist is not None:
+            self._check_ranks_agree()
+            self.dist.broadcast_tensors(list(self.model.state_dict().values()))
         if self.model.p.mode == ModeKeys.TRAIN:
             self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
         self._restore_latest()
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must declare the same tables and dense parameters."""
+        layout = {
+            "tables": {name: [s.describe() for s in m.table.slices] for name, m in self.model.ctx.tables.items()},
+            "dense": {name: list(t.shape) for name, t in self.model.state_dict().items()},
+        }
+        for rank, theirs in enumerate(self.dist.all_gather_object(layout)):
+            if theirs != layout:
+                raise RuntimeError(f"rank {self.dist.rank}: rank {rank} built a different model "
+                                   f"(tables/dense parameters differ); every rank must run the same model_fn")
 
     def _make_dense_optimizer(self, optimizer: Any) -> torch.optim.Optimizer | None:
         optimizer = optimizer if optimizer is not None else self.model._default_dense_optimizer
@@ -159,7 +195,9 @@ class Estimator:
         self.model.load_state_dict(dense["model"])
         self._pending_optimizer_state = dense.get("optimizer")
         self._load_optimizer_state()
-        self.model.ctx.load_state_dict(tables, source=latest)
+        rank, world = (self.dist.rank, self.dist.world_size) if self.dist is not None else (0, 1)
+        self.model.ctx.load_state_dict({name: table_state_for_rank(shards, rank, world)
+                                        for name, shards in tables.items()}, source=latest)
         self.global_step = int(manifest["global_step"])
         self._batches_consumed = int(dense.get("batches_consumed", self.global_step))
         torch.set_rng_state(dense["torch_rng"])
@@ -180,7 +218,12 @@ class Estimator:
             "batches_consumed": self._batches_consumed,
             "torch_rng": torch.get_rng_state(),
         }
-        path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict())
+        if self.dist is None:
+            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict())
+        else:
+            path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
+                                          self.model.ctx.state_dict(), rank=self.dist.rank,
+                                          world_size=self.dist.world_size, barrier=self.dist.barrier)
         self._restored = path
         return path
 
@@ -225,7 +268,7 @@ class Estimator:
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
         try:
-            for batch in batches:
+            for batch in self._in_step(batches):
                 if max_steps is not None and self.global_step >= max_steps:
                     break
                 output = self.train_step(batch)
@@ -275,6 +318,8 @@ class Estimator:
         if self._dense_optimizer is not None:
             self._dense_optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
+        if self.dist is not None:
+            self._all_reduce_dense_grads()
         dense_scale, sparse_scale, norm = self._clip_scales()
         self._summary("global_gradient_norm", norm)
         if self._dense_optimizer is not None:
@@ -292,6 +337,13 @@ class Estimator:
         self.global_step += 1
         return output
 
+    def _all_reduce_dense_grads(self) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.dist.all_reduce_tensors(grads)
+        if self.config.dense_reduce == "mean":
+            for grad in grads:
+                grad.div_(self.dist.world_size)
+
     def _clip_scales(self) -> tuple[float, float, float]:
         """Scales of the dense and sparse gradients under clipping by the global norm.
 
@@ -299,6 +351,8 @@ class Estimator:
         over ``sparse_norm_warmup_steps`` (Monolith's ``_gen_norm_warmup``).
         """
         squared = self.model.ctx.grad_squared_norm()
+        if self.dist is not None:
+            squared = self.dist.all_reduce_sum(squared)  # dense gradients are already all-reduced
         for param in self.model.parameters():
             if param.grad is not None:
                 squared += float(param.grad.detach().double().pow(2).sum())
@@ -313,7 +367,8 @@ class Estimator:
         return clip_norm / max(norm, clip_norm), sparse_clip / max(norm, sparse_clip) if sparse_clip > 0 else 0.0, norm
 
     def _log(self, output: ModelOutput, metrics: _HeadMetrics, examples_per_sec: float) -> dict[str, float]:
-        values = {"loss": float(output.loss.item()), **metrics.compute(), "examples_per_sec": examples_per_sec}
+        values = {"loss": float(output.loss.item()), **metrics.compute(self.dist),
+                  "examples_per_sec": examples_per_sec}
         for tag, value in values.items():
             self._summary(tag, value)
         print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
@@ -354,14 +409,38 @@ class Estimator:
         batches = self._input(mode)
         count = 0
         with torch.no_grad():
-            for batch in batches:
+            for batch in self._in_step(batches, pad_exhausted=True):
                 if steps is not None and count >= steps:
                     break
                 if count == 0:
                     self._build(batch)
                     self._restore_latest()  # a checkpoint written since the model was built
-                yield batch, self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
+                output = self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
                 count += 1
+                if batch.batch_size:
+                    yield batch, output
+
+    def _in_step(self, batches: Iterator[Batch], pad_exhausted: bool = False) -> Iterator[Batch]:
+        """The batches, kept in lock-step across ranks (lookups are collectives).
+
+        Training stops when any rank runs out of data; inference goes on while any rank has data,
+        the exhausted ranks joining with empty batches.
+        """
+        if self.dist is None:
+            yield from batches
+            return
+        last: Batch | None = None
+        while True:
+            batch = next(batches, None)
+            have = self.dist.count(batch is not None)
+            if have < self.dist.world_size and not (pad_exhausted and have > 0):
+                return
+            if batch is None:
+                if last is None:
+                    raise RuntimeError(f"rank {self.dist.rank}: input_fn produced no batch while other ranks did")
+                batch = last.empty_like()
+            last = batch
+            yield batch
 
     def _writer(self) -> PredictionWriter | None:
         p = self.model.p
@@ -387,7 +466,9 @@ class Estimator:
         finally:
             if writer is not None:
                 writer.close()
-        result = {**metrics.compute(), "loss": float(np.mean(losses)) if losses else float("nan"),
+        if self.dist is not None:
+            losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
+        result = {**metrics.compute(self.dist), "loss": float(np.mean(losses)) if losses else float("nan"),
                   "global_step": self.global_step}
         for tag, value in result.items():
             self._summary(f"eval/{tag}", float(value))

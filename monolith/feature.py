@@ -191,6 +191,8 @@ class EmbeddingFactory:
         self.feature_slots: list[FeatureSlot] = []
         self.tables: dict[str, HashEmbedding] = {}
         self._table_of_slot: dict[int, HashEmbedding] = {}
+        #: Wraps each table in its module: HashEmbedding, or a sharded module under torch.distributed.
+        self.module_factory: Callable[[EmbeddingHashTable], HashEmbedding] = HashEmbedding
         self.built = False
         self._batch: Batch | None = None
         self._rows_cache: dict[str, torch.Tensor] = {}
@@ -239,7 +241,7 @@ class EmbeddingFactory:
             seed=self.seed + zlib.crc32(name.encode()),
             name=name,
         )
-        module = HashEmbedding(table)
+        module = self.module_factory(table)
         self.tables[name] = module
         for s in slots:
             self._table_of_slot[s.slot] = module
@@ -293,7 +295,7 @@ class EmbeddingFactory:
     def discard_gradients(self) -> None:
         """Drops pending gradients (a step that was not applied)."""
         for module in self.tables.values():
-            module.pending.clear()
+            module.discard_gradients()
 
     def train(self, mode: bool = True) -> None:
         for module in self.tables.values():

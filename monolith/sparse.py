@@ -380,6 +380,13 @@ class Batch:
         """Sparse keys, then dense keys."""
         return [*self.sparse.keys(), *self.dense]
 
+    def empty_like(self) -> Batch:
+        """A batch of 0 examples with the same features (a rank with no data left joins collectives with it)."""
+        sparse = KeyedJaggedTensor(
+            self.sparse.keys(), self.sparse.values()[:0], torch.zeros(0, dtype=torch.int64), stride=0
+        )
+        return Batch(sparse, {k: v[:0] for k, v in self.dense.items()})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(
             self.sparse.to(device, non_blocking=non_blocking),

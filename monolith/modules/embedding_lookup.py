@@ -72,6 +72,10 @@ class HashEmbedding(torch.nn.Module):
         """Sum of squares of the pending gradients (this table's share of the global norm)."""
         return float(sum(torch.sum(p.grads.double() ** 2) for p in self.pending))
 
+    def discard_gradients(self) -> None:
+        """Drops the pending gradients (a step that is not applied)."""
+        self.pending = []
+
     def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
         """Applies the pending gradients (times ``scale``) in lookup order and clears them."""
         if not self.pending:

@@ -1,0 +1,85 @@
+"""The process group a run trains in: torch.distributed set up from torchrun's environment.
+
+``torchrun --nproc_per_node=N`` sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init_from_env` joins that group (gloo on CPU, nccl where CUDA is available). A plain
+``python`` run has no ``WORLD_SIZE`` and stays a single process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass
+class DistributedContext:
+    """Rank, world size and the collectives the training loop needs."""
+
+    rank: int
+    world_size: int
+    group: Any = None
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def all_reduce_sum(self, value: float) -> float:
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor, group=self.group)
+        return float(tensor.item())
+
+    def count(self, flag: bool) -> int:
+        """How many ranks pass ``flag`` True (one small all-reduce)."""
+        tensor = torch.tensor([int(flag)], dtype=torch.int64)
+        dist.all_reduce(tensor, group=self.group)
+        return int(tensor.item())
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj, group=self.group)
+        return gathered
+
+    def all_reduce_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Sums ``tensors`` over ranks in place, as one flat buffer (one collective per step)."""
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, group=self.group)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def broadcast_tensors(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        for t in tensors:
+            dist.broadcast(t, src=src, group=self.group)
+
+
+def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:
+    """Joins the torchrun process group; None for a single-process run."""
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if dist.get_world_size() <= 1:
+        return None
+    return DistributedContext(dist.get_rank(), dist.get_world_size())
+
+
+def get_rank() -> int:
+    """This process's rank (0 outside torch.distributed): for ``input_fn`` to pick its data shard."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def get_world_size() -> int:
+    """Number of training processes (1 outside torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
