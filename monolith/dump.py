@@ -1,0 +1,566 @@
+"""Model dump: a plain, JSON-serialisable record of a built model (Monolith's ``model_dump``).
+
+Monolith's ``DumpUtils`` is a process-wide singleton that fills protobufs hung on the TF graph
+while the graph is built: feature columns, embedding slices, params, input/output tensor names,
+signatures, table configs and the graph defs. Eager PyTorch has no graph to hang state on, so here
+the record is an explicit :class:`ModelDump`, built from a model after its build pass with
+:meth:`ModelDump.from_model`, written with :meth:`ModelDump.dump` and read back with
+:meth:`ModelDump.load`. Tensor names and graph defs have no eager counterpart: shapes and dtypes
+stand in for the tensors, and the model's class (recorded in its params) stands in for the graph.
+
+Example::
+
+    estimator = Estimator(model, RunConfig(model_dir=tmp))
+    estimator.train(max_steps=1)
+    ModelDump.from_model(model, optimizer=estimator._dense_optimizer).dump(f"{tmp}/model_dump.json")
+    dump = ModelDump.load(f"{tmp}/model_dump.json")
+    dump.get_slot_to_occurrence_threshold()        # {1: 0, 2: 5}
+    params, layouts = dump.restore_params()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import os
+import types
+import typing
+from typing import Any, Mapping, NamedTuple, TypeVar
+
+import torch
+
+import monolith.optim
+from monolith.atomic import atomic_write
+from monolith.feature import FeatureSlot
+from monolith.layout import OutConfig
+from monolith.model import ModelOutput, MonolithModel
+from monolith.modules.combiners import Combiner, make_combiner
+from monolith.optim.base import Compressor, Initializer, SliceOptimizer
+from monolith.params import InstantiableParams, Params
+from monolith.sparse import Batch, JaggedTensor
+from monolith.table import SliceConfig, SlotConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DenseOptimizerDump",
+    "FeatureDump",
+    "InputFeatureDump",
+    "ModelDump",
+    "ModelFnDump",
+    "ModelParams",
+    "ParamGroupDump",
+    "SignatureDump",
+    "SliceDump",
+    "TableDump",
+    "restore_compressor",
+    "restore_initializer",
+    "restore_optimizer",
+]
+
+_FORMAT = "monolith.model_dump"
+_VERSION = 1
+#: TF's default serving signature key, which Monolith's exports use.
+SERVING_SIGNATURE = "serving_default"
+
+
+# --------------------------------------------------------------------------------------- records
+@dataclasses.dataclass
+class FeatureDump:
+    """One embedding feature column, as ``create_embedding_feature_column`` declared it.
+
+    ``slot`` is the slot its FIDs carry; ``slot_name`` names the feature slot whose rows (and
+    slices) it reads, the owner's for a feature created with ``shared_name``. The occurrence
+    threshold and expire time are that feature slot's.
+    """
+
+    name: str
+    slot: int
+    slot_name: str
+    occurrence_threshold: int
+    expire_time: int
+    combiner: str
+    max_seq_length: int
+    shared_name: str | None
+
+
+@dataclasses.dataclass
+class SliceDump:
+    """One embedding slice of a feature slot: its name, width and update rule (``config()`` dicts)."""
+
+    name: str
+    dim: int
+    initializer: dict[str, Any]
+    optimizer: dict[str, Any]
+    compressor: dict[str, Any]
+
+    def restore(self) -> SliceConfig:
+        """The table slice this records."""
+        return SliceConfig(self.name, self.dim, restore_initializer(self.initializer),
+                           restore_optimizer(self.optimizer), restore_compressor(self.compressor))
+
+
+@dataclasses.dataclass
+class TableDump:
+    """One embedding table: its row width and the admission/expiry settings in force per slot."""
+
+    dim: int
+    slots: list[SlotConfig]
+
+
+@dataclasses.dataclass
+class ModelFnDump:
+    """What ``model_fn`` returned: one entry per head; shapes have ``-1`` for the batch dimension."""
+
+    head_names: list[str]
+    classification: list[bool]
+    label_shapes: list[list[int] | None]
+    pred_shapes: list[list[int]]
+    extra_outputs: list[str]
+
+
+@dataclasses.dataclass
+class InputFeatureDump:
+    """One input tensor: sparse (jagged FIDs) or dense with its dtype and last dimension.
+
+    ``last_dim`` is 0 for a per-example scalar (``[batch]``); both are None for sparse features.
+    """
+
+    is_sparse: bool
+    dtype: str | None
+    last_dim: int | None
+
+
+@dataclasses.dataclass
+class SignatureDump:
+    """A serving signature: the receiver features it takes and the outputs it returns."""
+
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclasses.dataclass
+class ParamGroupDump:
+    """One ``param_groups`` entry: the model parameters' names and the (encoded) hyper-parameters."""
+
+    params: list[str]
+    hyper_parameters: dict[str, Any]
+
+
+@dataclasses.dataclass
+class DenseOptimizerDump:
+    """The dense ``torch.optim`` optimizer: class, defaults and param groups, without tensors or state.
+
+    Monolith pickles the optimizer; tensors are the checkpoint's business, so only the
+    configuration is kept here.
+    """
+
+    cls: str
+    defaults: dict[str, Any]
+    param_groups: list[ParamGroupDump]
+
+    @classmethod
+    def from_optimizer(cls, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> "DenseOptimizerDump":
+        """Records ``optimizer``, naming its tensors by ``model.named_parameters()``.
+
+        Raises:
+            ValueError: a tensor of the optimizer is not a parameter of ``model``.
+        """
+        names = {id(p): name for name, p in model.named_parameters()}
+        groups = []
+        for i, group in enumerate(optimizer.param_groups):
+            unknown = sum(id(p) not in names for p in group["params"])
+            if unknown:
+                raise ValueError(f"dense optimizer param group {i} has {unknown} tensors that are not "
+                                 f"parameters of the model")
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            groups.append(ParamGroupDump([names[id(p)] for p in group["params"]],
+                                         _encode_mapping(hyper, f"optimizer.param_groups[{i}]")))
+        return cls(_reference(type(optimizer)), _encode_mapping(optimizer.defaults, "optimizer.defaults"), groups)
+
+    def restore(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """A new optimizer of the recorded class and hyper-parameters over ``model``'s parameters."""
+        optimizer_cls = _resolve(self.cls)
+        parameters = dict(model.named_parameters())
+        missing = sorted({n for g in self.param_groups for n in g.params} - set(parameters))
+        if missing:
+            raise ValueError(f"model has no parameters {missing} named by the dumped dense optimizer")
+        groups = [{"params": [parameters[n] for n in g.params], **_decode_mapping(g.hyper_parameters)}
+                  for g in self.param_groups]
+        # ``defaults`` may hold keys the constructor does not take (set by subclasses or schedulers).
+        accepted = inspect.signature(optimizer_cls).parameters
+        defaults = {k: v for k, v in _decode_mapping(self.defaults).items() if k in accepted}
+        return optimizer_cls(groups, **defaults)
+
+
+class ModelParams(NamedTuple):
+    """What :meth:`ModelDump.restore_params` gives back: the model's params and its layouts."""
+
+    p: InstantiableParams
+    layout_dict: dict[str, OutConfig]
+
+
+@dataclasses.dataclass
+class ModelDump:
+    """A model's configuration after its build pass (Monolith's ``ModelDump`` proto, as plain data).
+
+    Attributes:
+        params: the model's ``p``, encoded (see :meth:`restore_params`).
+        layouts: embedding output name -> ``OutConfig.to_dict()``.
+        features: the embedding feature columns.
+        emb_slices: feature slot name -> its slices, in column order.
+        table_configs: embedding table name -> its width and per-slot settings.
+        model_fn: the heads ``model_fn`` returned (None when no output was given).
+        input_features: the input batch's features (sparse, then dense).
+        serving_input_receiver: the serving receiver's features (None when none was given).
+        signatures: serving signatures (with a receiver and an output only).
+        dense_optimizer: the dense optimizer (None when none was given).
+    """
+
+    params: Any = None
+    layouts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    features: list[FeatureDump] = dataclasses.field(default_factory=list)
+    emb_slices: dict[str, list[SliceDump]] = dataclasses.field(default_factory=dict)
+    table_configs: dict[str, TableDump] = dataclasses.field(default_factory=dict)
+    model_fn: ModelFnDump | None = None
+    input_features: dict[str, InputFeatureDump] = dataclasses.field(default_factory=dict)
+    serving_input_receiver: dict[str, InputFeatureDump] | None = None
+    signatures: dict[str, SignatureDump] = dataclasses.field(default_factory=dict)
+    dense_optimizer: DenseOptimizerDump | None = None
+
+    # ------------------------------------------------------------------------------ building
+    @classmethod
+    def from_model(cls, model: MonolithModel, output: ModelOutput | None = None,
+                   optimizer: torch.optim.Optimizer | None = None, input_batch: Batch | None = None,
+                   receiver: Any = None) -> "ModelDump":
+        """Records ``model`` after its build pass (its feature slots, slices and tables exist).
+
+        Args:
+            model: the model.
+            output: a ``ModelOutput`` of its ``model_fn`` (heads, shapes, extra outputs).
+            optimizer: its dense optimizer.
+            input_batch: a batch of its ``input_fn``.
+            receiver: what its ``serving_input_receiver_fn`` gave: an object with a ``features``
+                mapping (Monolith's ``ServingInputReceiver``) or that mapping, name -> JaggedTensor
+                (sparse) or tensor (dense).
+
+        Raises:
+            ValueError: a slice has a ``learning_rate_fn`` (code, which a dump cannot hold), or
+                ``output`` carries training hooks (Monolith refuses both for safety), or the
+                optimizer's class cannot be imported back or it holds tensors the model does not.
+        """
+        if output is not None and output.training_hooks:
+            raise ValueError("For safety purpose, customer hooks is not allowed! "
+                             f"(model_fn added {[type(h).__name__ for h in output.training_hooks]})")
+        receiver_features = None if receiver is None else _describe_inputs(getattr(receiver, "features", receiver))
+        dump = cls(
+            params=_encode(model.p, "p"),
+            layouts={name: config.to_dict() for name, config in model.layout_dict.items()},
+            features=[_feature(model, name) for name in model.fc_dict],
+            emb_slices={fc.feature_slot.name: _slices(fc.feature_slot) for fc in model.fc_dict.values()},
+            table_configs=_tables(model),
+            model_fn=None if output is None else _model_fn(output),
+            input_features={} if input_batch is None else _describe_inputs(
+                {**input_batch.sparse.to_dict(), **input_batch.dense}),
+            serving_input_receiver=receiver_features,
+            signatures={} if receiver_features is None or output is None else _signatures(
+                list(receiver_features), output),
+            dense_optimizer=None if optimizer is None else DenseOptimizerDump.from_optimizer(optimizer, model),
+        )
+        # Through JSON and back, so the record equals what load() returns and fails here if it could not.
+        return _from_plain(cls, json.loads(json.dumps(dataclasses.asdict(dump))))
+
+    # ------------------------------------------------------------------------------ files
+    def dump(self, path: str | os.PathLike) -> None:
+        """Writes the record to ``path`` as JSON (atomically: readers never see half a file)."""
+        text = json.dumps({"format": _FORMAT, "version": _VERSION, "model_dump": dataclasses.asdict(self)}, indent=1)
+        with atomic_write(path, "w") as f:
+            f.write(text)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelDump":
+        """Reads a record written by :meth:`dump`.
+
+        Raises:
+            ValueError: ``path`` is not a whole model dump of this version (the message names it).
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or data.get("format") != _FORMAT:
+                raise ValueError(f"no {_FORMAT!r} format marker")
+            if data.get("version") != _VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {_VERSION}")
+            return _from_plain(cls, data["model_dump"])
+        except (ValueError, TypeError, KeyError) as e:  # JSON and UTF-8 decode errors are ValueErrors
+            raise ValueError(f"{os.fspath(path)}: not a readable model dump: {e}") from e
+
+    # ------------------------------------------------------------------------------ reading
+    def restore_params(self) -> ModelParams:
+        """The model's params and its layouts, rebuilt.
+
+        Raises:
+            ValueError: no params were recorded, or the layout dict is empty (as Monolith raises).
+        """
+        if self.params is None:
+            raise ValueError("model dump has no params")
+        if not self.layouts:
+            raise ValueError("layout_dict is empty")
+        return ModelParams(_decode(self.params), {n: OutConfig.from_dict(d) for n, d in self.layouts.items()})
+
+    @property
+    def feature_slice_dims(self) -> dict[str, list[int]]:
+        """Feature name -> the dims of the slices of the rows it reads."""
+        return {f.name: [s.dim for s in self.emb_slices[f.slot_name]] for f in self.features}
+
+    @property
+    def feature_combiners(self) -> dict[str, Combiner]:
+        """Feature name -> its combiner."""
+        return {f.name: make_combiner(f.combiner, f.max_seq_length) for f in self.features}
+
+    def get_slot_to_occurrence_threshold(self) -> dict[int, int]:
+        """Slot -> occurrence threshold of the features read under it."""
+        return {f.slot: f.occurrence_threshold for f in self.features}
+
+    def get_slot_to_expire_time(self) -> dict[int, int]:
+        """Slot -> expire time (days) of the features read under it."""
+        return {f.slot: f.expire_time for f in self.features}
+
+    def has_collected(self) -> bool:
+        """Whether table configs, slice dims and combiners were all collected (a built model).
+
+        Raises:
+            ValueError: only some were, which no dump of a model should be.
+        """
+        collected = {"table_configs": bool(self.table_configs), "feature_slice_dims": bool(self.feature_slice_dims),
+                     "feature_combiners": bool(self.feature_combiners)}
+        if all(collected.values()):
+            return True
+        if any(collected.values()):
+            raise ValueError(f"model dump is partly collected: {collected}")
+        return False
+
+
+# --------------------------------------------------------------------------------------- collecting
+def _feature(model: MonolithModel, name: str) -> FeatureDump:
+    fc = model.fc_dict[name]
+    config = fc.feature_slot.config
+    return FeatureDump(name, model.get_feature_name_and_slot(name)[1], fc.feature_slot.name,
+                       config.occurrence_threshold, config.expire_time, fc.combiner.name,
+                       fc.combiner.max_seq_length, model._share_slot_mapping.get(name))
+
+
+def _slices(feature_slot: FeatureSlot) -> list[SliceDump]:
+    """A feature slot's slices in column order, under the names ``lookup_embedding_slice`` gave them."""
+    names = {s.start: name for name, s in feature_slot.named_slices.items()}
+    out, start = [], 0
+    for config in feature_slot.slices:
+        if config.learning_rate_fn is not None:
+            raise ValueError(f"for safety purpose learning_rate_fn is not allowed "
+                             f"(slice '{names.get(start, config.name)}' of feature slot '{feature_slot.name}')")
+        out.append(SliceDump(names.get(start, config.name), config.dim, config.initializer.config(),
+                             config.optimizer.config(), config.compressor.config()))
+        start += config.dim
+    return out
+
+
+def _tables(model: MonolithModel) -> dict[str, TableDump]:
+    """Each built table with the settings it applies to the slots of the FIDs fed to it."""
+    table_of_slot = model.ctx._table_of_slot
+    slots: dict[str, set[int]] = {}
+    for slot, module in table_of_slot.items():
+        slots.setdefault(module.table.name, set()).add(slot)
+    for name, fc in model.fc_dict.items():
+        # A shared feature's FIDs keep their own slot but go to the owner's table.
+        module = table_of_slot.get(fc.feature_slot.slot)
+        if module is not None:
+            slots[module.table.name].add(model.get_feature_name_and_slot(name)[1])
+    return {name: TableDump(module.table.dim, [module.table.slot_config(s) for s in sorted(slots[name])])
+            for name, module in model.ctx.tables.items()}
+
+
+def _shape(tensor: torch.Tensor) -> list[int]:
+    return [-1, *tensor.shape[1:]]
+
+
+def _model_fn(output: ModelOutput) -> ModelFnDump:
+    labels = output.labels if output.labels is not None else [None] * len(output.head_names)
+    return ModelFnDump(list(output.head_names), list(output.classification),
+                       [None if t is None else _shape(t) for t in labels], [_shape(t) for t in output.preds],
+                       list(output.extra_outputs))
+
+
+def _describe_inputs(tensors: Mapping[str, JaggedTensor | torch.Tensor]) -> dict[str, InputFeatureDump]:
+    out = {}
+    for name, t in tensors.items():
+        if isinstance(t, JaggedTensor):
+            out[name] = InputFeatureDump(True, None, None)
+        elif isinstance(t, torch.Tensor):
+            out[name] = InputFeatureDump(False, str(t.dtype).removeprefix("torch."),
+                                         int(t.shape[-1]) if t.dim() > 1 else 0)
+        else:
+            raise TypeError(f"input feature '{name}' must be a JaggedTensor or a tensor, got {type(t).__name__}")
+    return out
+
+
+def _signatures(inputs: list[str], output: ModelOutput) -> dict[str, SignatureDump]:
+    signatures = {SERVING_SIGNATURE: SignatureDump(inputs, list(output.head_names))}
+    for name, value in output.extra_outputs.items():
+        signatures[name] = SignatureDump(inputs, list(value) if isinstance(value, Mapping) else [name])
+    return signatures
+
+
+# --------------------------------------------------------------------------------------- optim configs
+#: ``config()`` keys that differ from the constructor keyword (the attribute keeps Monolith's proto name).
+_CONFIG_TO_KWARG = {"l1_regularization_strength": "l1_regularization",
+                    "l2_regularization_strength": "l2_regularization", "r": "fixed_range"}
+
+_T = TypeVar("_T")
+
+
+def _restore_optim(config: Mapping[str, Any], base: type[_T]) -> _T:
+    cls = getattr(monolith.optim, str(config.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{config.get('type')!r} names no {base.__name__} class of monolith.optim")
+    # Keys the constructor does not take (e.g. MovingAverage's fixed learning_rate 0) are derived values.
+    accepted = inspect.signature(cls).parameters
+    kwargs = {_CONFIG_TO_KWARG.get(k, k): v for k, v in config.items() if _CONFIG_TO_KWARG.get(k, k) in accepted}
+    restored = cls(**kwargs)
+    if restored.config() != dict(config):
+        raise ValueError(f"{cls.__name__} config {dict(config)} rebuilds as {restored.config()}")
+    return restored
+
+
+def restore_initializer(config: Mapping[str, Any]) -> Initializer:
+    """The initializer whose ``config()`` is ``config``."""
+    return _restore_optim(config, Initializer)
+
+
+def restore_optimizer(config: Mapping[str, Any]) -> SliceOptimizer:
+    """The slice optimizer whose ``config()`` is ``config``."""
+    return _restore_optim(config, SliceOptimizer)
+
+
+def restore_compressor(config: Mapping[str, Any]) -> Compressor:
+    """The compressor whose ``config()`` is ``config``."""
+    return _restore_optim(config, Compressor)
+
+
+# --------------------------------------------------------------------------------------- value encoding
+# Values become JSON with every object tagged, so nothing is ambiguous: {"$tuple": [...]},
+# {"$dict": [[key, value], ...]}, {"$ref": "module:qualname"} for classes and functions, and
+# {"$params": ref, "items": {...}} for Params groups. Lists and scalars stay as they are.
+
+
+class _Unserialisable(ValueError):
+    """A value that cannot be recorded (a skipped param, or an error where it is needed)."""
+
+
+def _reference(obj: Any) -> str:
+    """``module:qualname`` of a class or function that can be imported back."""
+    name = f"{getattr(obj, '__module__', None)}:{getattr(obj, '__qualname__', None)}"
+    try:
+        found = _resolve(name)
+    except ValueError:
+        found = None
+    if found is not obj:
+        raise _Unserialisable(f"{obj!r} cannot be imported back by its qualified name")
+    return name
+
+
+def _resolve(name: str) -> Any:
+    module, _, qualname = name.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import {name!r}: {e}") from e
+    return obj
+
+
+def _encode(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, dict):
+        return {"$dict": [[_encode(k, path), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()]}
+    if isinstance(value, Params):
+        return {"$params": _reference(type(value)), "items": _encode_mapping(dict(value.iter_params()), path)}
+    if callable(value):  # classes and functions
+        return {"$ref": _reference(value)}
+    raise _Unserialisable(f"{type(value).__name__} is not serialisable")
+
+
+def _encode_mapping(mapping: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """Encodes each value; one that cannot be recorded is left out with a warning."""
+    out = {}
+    for name, value in mapping.items():
+        try:
+            out[name] = _encode(value, f"{path}.{name}")
+        except _Unserialisable as e:
+            logger.warning("model dump: skipping %s.%s: %s", path, name, e)
+    return out
+
+
+def _decode(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_decode(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "$tuple" in data:
+        return tuple(_decode(v) for v in data["$tuple"])
+    if "$dict" in data:
+        return {_decode(k): _decode(v) for k, v in data["$dict"]}
+    if "$ref" in data:
+        return _resolve(data["$ref"])
+    if "$params" in data:
+        params = _resolve(data["$params"])()
+        for name, value in _decode_mapping(data["items"]).items():
+            if params.contain(name):  # e.g. InstantiableParams' own ``cls``
+                setattr(params, name, value)
+            else:
+                params.define(name, value)
+        return params
+    raise ValueError(f"unknown encoded value {data!r}")
+
+
+def _decode_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _decode(value) for name, value in data.items()}
+
+
+# --------------------------------------------------------------------------------------- JSON -> records
+def _from_plain(tp: Any, data: Any) -> Any:
+    """``data`` (parsed JSON) as type ``tp``: dataclasses, lists, str-keyed dicts, optionals, scalars."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if data is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _from_plain(inner, data)
+    if origin is list:
+        if not isinstance(data, list):
+            raise TypeError(f"expected a list, got {type(data).__name__}")
+        return [_from_plain(args[0], v) for v in data]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        return {k: _from_plain(args[1], v) for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        if not isinstance(data, dict) or set(data) != set(names):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise TypeError(f"{tp.__name__} needs fields {names}, got {got}")
+        return tp(**{n: _from_plain(hints[n], data[n]) for n in names})
+    if tp is Any:
+        return data
+    if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+        raise TypeError(f"expected {tp.__name__}, got {data!r}")
+    return data
