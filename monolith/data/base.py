@@ -1,0 +1,237 @@
+"""The reader contract every data source follows, and the machinery the readers share.
+
+A reader is an iterable of :class:`~monolith.sparse.Batch`:
+
+* ``batch.sparse`` -- a :class:`~monolith.sparse.KeyedJaggedTensor` of int64 FIDs, one key per feature;
+* ``batch.dense["label"]`` -- float32 ``[batch]``; other dense entries are float32 ``[batch]`` or
+  ``[batch, d]``, and ``req_time`` (where a source has one) is int64 ``[batch]``.
+
+Every batch has exactly ``batch_size`` examples, except the last one of a pass, which is smaller (or
+dropped with ``drop_last=True``). Batches run across file boundaries.
+
+A malformed record (line of a text file, row of a Parquet file) is skipped: it is logged once as a
+warning with its file and 1-based line (row) number, kept in ``reader.bad_records`` (the first
+:data:`MAX_BAD_RECORDS_KEPT` of a pass) and counted in ``reader.num_bad_records``. Both are reset at
+the start of each pass. With ``strict=True`` the first malformed record raises ``ValueError`` instead.
+
+Readers parse a file block by block into :class:`Rows` (numpy arrays for many examples) and only then
+cut batches, so the per-example work happens in numpy/pyarrow, not in Python loops.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monolith.sparse import Batch, KeyedJaggedTensor
+
+__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
+
+logger = logging.getLogger("monolith.data")
+
+#: How many malformed records a reader keeps (and logs) per pass; the rest are only counted.
+MAX_BAD_RECORDS_KEPT = 1000
+
+PathOrPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+#: A jagged column as numpy: (values ``[total]``, offsets ``[num + 1]`` with a leading 0).
+Jagged = tuple[np.ndarray, np.ndarray]
+
+
+def jagged(values: np.ndarray, lengths: np.ndarray) -> Jagged:
+    """Pack ``values`` ``[total]`` split by ``lengths`` ``[num]`` as (values, offsets ``[num + 1]``)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.asarray(values, dtype=np.int64), offsets
+
+
+@dataclass
+class Rows:
+    """A block of ``num`` examples held as numpy arrays, before it is cut into batches.
+
+    Attributes:
+        num: number of examples.
+        sparse: feature name -> (int64 FIDs ``[total]``, int64 offsets ``[num + 1]``), in key order.
+            Offsets rather than lengths, so slicing many batches out of one block stays O(batch).
+        dense: name -> array with leading dimension ``num``.
+    """
+
+    num: int
+    sparse: dict[str, Jagged]
+    dense: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls) -> Rows:
+        return cls(0, {}, {})
+
+    def slice(self, start: int, stop: int) -> Rows:
+        """Examples ``start:stop`` (views, no copies)."""
+        sparse = {}
+        for name, (values, offsets) in self.sparse.items():
+            sparse[name] = values[offsets[start] : offsets[stop]], offsets[start : stop + 1] - offsets[start]
+        return Rows(stop - start, sparse, {k: v[start:stop] for k, v in self.dense.items()})
+
+    def select(self, keep: np.ndarray) -> Rows:
+        """The examples where the bool mask ``keep`` ``[num]`` is true."""
+        sparse = {}
+        for name, (values, offsets) in self.sparse.items():
+            lengths = np.diff(offsets)
+            sparse[name] = jagged(values[np.repeat(keep, lengths)], lengths[keep])
+        return Rows(int(keep.sum()), sparse, {k: v[keep] for k, v in self.dense.items()})
+
+    @staticmethod
+    def concat(blocks: Sequence[Rows]) -> Rows:
+        """Stack blocks with the same features, example after example."""
+        if len(blocks) == 1:
+            return blocks[0]
+        sparse = {}
+        for name in blocks[0].sparse:
+            parts = [b.sparse[name] for b in blocks]
+            lengths = np.concatenate([np.diff(offsets) for _, offsets in parts])
+            sparse[name] = jagged(np.concatenate([values for values, _ in parts]), lengths)
+        dense = {k: np.concatenate([b.dense[k] for b in blocks]) for k in blocks[0].dense}
+        return Rows(sum(b.num for b in blocks), sparse, dense)
+
+    def to_batch(self) -> Batch:
+        """The block as one :class:`Batch` (key-major KJT lengths, as TorchRec lays them out)."""
+        keys = list(self.sparse)
+        if keys:
+            values = np.concatenate([v for v, _ in self.sparse.values()])
+            lengths = np.concatenate([np.diff(o) for _, o in self.sparse.values()])
+        else:
+            values = lengths = np.empty(0, dtype=np.int64)
+        kjt = KeyedJaggedTensor(keys, torch.from_numpy(values), torch.from_numpy(lengths), stride=self.num)
+        # Arrays backed by pyarrow buffers are read-only; torch wants writable memory.
+        dense = {k: torch.from_numpy(np.require(v, requirements=("C", "W"))) for k, v in self.dense.items()}
+        return Batch(kjt, dense)
+
+
+class RowErrors:
+    """The first problem found in each malformed example of a block of ``num`` examples."""
+
+    def __init__(self, num: int) -> None:
+        self.num = num
+        self._reasons: dict[int, str] = {}
+
+    def add(self, rows: np.ndarray, reason: Callable[[int], str]) -> None:
+        """Mark examples ``rows`` bad; ``reason(k)`` describes the problem of ``rows[k]``.
+
+        Only the first problem of an example is kept, and ``reason`` is called only for those.
+        """
+        for k, row in enumerate(np.asarray(rows).tolist()):
+            if row not in self._reasons:
+                self._reasons[row] = reason(k)
+
+    def keep(self) -> np.ndarray:
+        """Bool mask ``[num]`` of the good examples."""
+        mask = np.ones(self.num, dtype=bool)
+        mask[list(self._reasons)] = False
+        return mask
+
+    def finish(self, rows: Rows, line_numbers: np.ndarray) -> tuple[Rows, list[tuple[int, str]]]:
+        """Drop the bad examples of ``rows``; return them as (line number, reason) pairs too."""
+        if not self._reasons:
+            return rows, []
+        bad = [(int(line_numbers[r]), reason) for r, reason in self._reasons.items()]
+        return rows.select(self.keep()), bad
+
+
+def rebatch(blocks: Iterable[Rows], batch_size: int, drop_last: bool) -> Iterator[Batch]:
+    """Cut a stream of blocks into batches of exactly ``batch_size`` (the last one may be short)."""
+    pending: list[Rows] = []
+    count = 0
+    for block in blocks:
+        if not block.num:
+            continue
+        pending.append(block)
+        count += block.num
+        if count < batch_size:
+            continue
+        merged = Rows.concat(pending)
+        full = count - count % batch_size
+        for start in range(0, full, batch_size):
+            yield merged.slice(start, start + batch_size).to_batch()
+        pending = [merged.slice(full, count)] if full < count else []
+        count -= full
+    if count and not drop_last:
+        yield Rows.concat(pending).to_batch()
+
+
+def _existing_files(paths: PathOrPaths) -> list[str]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = [os.fspath(p) for p in paths]
+    if not files:
+        raise ValueError("a reader needs at least one file")
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data file not found: {path}")
+    return files
+
+
+class Reader(abc.ABC):
+    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order.
+
+    Args:
+        paths: one file or a sequence of files, read in the given order.
+        batch_size: examples per batch.
+        drop_last: drop the last, short batch of a pass.
+        strict: raise ``ValueError`` on the first malformed record instead of skipping it.
+
+    Attributes:
+        paths: the files, as strings.
+        bad_records: ``(file, line number, reason)`` of the skipped records of the current pass,
+            the first :data:`MAX_BAD_RECORDS_KEPT` of them.
+        num_bad_records: how many records the current pass skipped in all.
+
+    Raises:
+        FileNotFoundError: a path is not a file (raised at construction, naming the path).
+        ValueError: ``batch_size < 1`` or no paths.
+    """
+
+    def __init__(self, paths: PathOrPaths, batch_size: int, *, drop_last: bool = False, strict: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.paths = _existing_files(paths)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.strict = strict
+        self.bad_records: list[tuple[str, int, str]] = []
+        self.num_bad_records = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.bad_records, self.num_bad_records = [], 0
+        yield from rebatch(self._blocks(), self.batch_size, self.drop_last)
+        if self.num_bad_records > len(self.bad_records):
+            logger.warning(
+                "%s skipped %d malformed records in all (only the first %d were logged)",
+                type(self).__name__,
+                self.num_bad_records,
+                len(self.bad_records),
+            )
+
+    def _blocks(self) -> Iterator[Rows]:
+        for path in self.paths:
+            for rows, bad in self._read_file(path):
+                for line_no, reason in sorted(bad):
+                    self._bad_record(path, line_no, reason)
+                yield rows
+
+    @abc.abstractmethod
+    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        """Yield blocks of the file's good examples, each with the (line number, reason) of the
+        malformed records found while parsing it."""
+
+    def _bad_record(self, path: str, line_no: int, reason: str) -> None:
+        if self.strict:
+            raise ValueError(f"{path}, line {line_no}: malformed record: {reason}")
+        self.num_bad_records += 1
+        if len(self.bad_records) < MAX_BAD_RECORDS_KEPT:
+            self.bad_records.append((path, line_no, reason))
+            logger.warning("skipping malformed record at %s, line %d: %s", path, line_no, reason)

@@ -1,0 +1,234 @@
+"""Column-per-feature files: :class:`ParquetReader` and :class:`CsvReader`.
+
+Each row is one example. A sparse column holds an int, a string, or a list of ints/strings per row:
+ints become ``extract_fid(value, slot)``, strings ``hash_string_fid(value, slot)``, and null gives
+no FID. Dense columns become float32 ``[batch]`` entries of ``Batch.dense`` under their own names
+(null/empty -> 0.0), the label column ``Batch.dense["label"]`` (float32; null/empty is malformed),
+and an optional request-time column ``Batch.dense["req_time"]`` (int64; null/empty is malformed).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from monolith.data.base import PathOrPaths, Reader, RowErrors, Rows
+from monolith.data.columns import cast_numeric, check_slots, parse_column, sparse_fids
+from monolith.data.text import DEFAULT_BLOCK_SIZE, header_names, read_delimited
+
+__all__ = ["ParquetReader", "CsvReader"]
+
+SparseColumns = Mapping[str, int] | Sequence[str]
+
+
+class _TabularReader(Reader):
+    """Shared column handling; subclasses say how to read a file and how to parse a number."""
+
+    def __init__(
+        self,
+        paths: PathOrPaths,
+        sparse_columns: SparseColumns,
+        dense_columns: Sequence[str],
+        label_column: str,
+        batch_size: int,
+        *,
+        req_time_column: str | None,
+        drop_last: bool,
+        strict: bool,
+    ) -> None:
+        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict)
+        if isinstance(sparse_columns, Mapping):
+            self.sparse_slots = check_slots(dict(sparse_columns))
+        else:
+            names = self._column_names(self.paths[0])
+            missing = [c for c in sparse_columns if c not in names]
+            if missing:
+                raise ValueError(f"{self.paths[0]} has no columns {missing}; it has {names}")
+            self.sparse_slots = {c: names.index(c) + 1 for c in sparse_columns}
+        self.dense_columns = list(dense_columns)
+        self.label_column = label_column
+        self.req_time_column = req_time_column
+        outputs = [*self.sparse_slots, *self.dense_columns, "label"] + (["req_time"] if req_time_column else [])
+        clash = sorted({n for n in outputs if outputs.count(n) > 1})
+        if clash:
+            raise ValueError(f"batch names {clash} would be used twice (sparse features, dense columns, label)")
+        optional = [req_time_column] if req_time_column else []
+        self.columns = list(dict.fromkeys([*self.sparse_slots, *self.dense_columns, label_column, *optional]))
+
+    @abc.abstractmethod
+    def _column_names(self, path: str) -> list[str]:
+        """All column names of a file, in order (for the default slots)."""
+
+    @abc.abstractmethod
+    def _number(self, column: pa.Array, to: pa.DataType, name: str, errors: RowErrors, required: bool) -> np.ndarray:
+        """Column ``[num]`` as numpy of type ``to``; missing -> 0, or a problem when ``required``."""
+
+    def _rows(self, batch: pa.RecordBatch, errors: RowErrors, *, text: bool) -> Rows:
+        sparse = {
+            name: sparse_fids(batch.column(name), slot, name, text=text) for name, slot in self.sparse_slots.items()
+        }
+        dense = {c: self._number(batch.column(c), pa.float32(), c, errors, False) for c in self.dense_columns}
+        dense["label"] = self._number(batch.column(self.label_column), pa.float32(), self.label_column, errors, True)
+        if self.req_time_column:
+            column = batch.column(self.req_time_column)
+            dense["req_time"] = self._number(column, pa.int64(), self.req_time_column, errors, True)
+        return Rows(batch.num_rows, sparse, dense)
+
+
+class ParquetReader(_TabularReader):
+    """Reads Parquet files; one row per example. Malformed-record "line numbers" are 1-based rows.
+
+    Args:
+        paths: one file or a sequence of files.
+        sparse_columns: feature name -> slot, or a list of names whose slot is then the column's
+            1-based position in the first file's schema. Column types: integer, string/binary, or a
+            list of either.
+        dense_columns: numeric columns, each ``Batch.dense[name]`` float32 ``[batch]``; null -> 0.
+        label_column: numeric column -> ``Batch.dense["label"]`` float32 ``[batch]``; null rows are
+            malformed.
+        batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
+        req_time_column: optional integer column -> ``Batch.dense["req_time"]`` int64 ``[batch]``.
+        read_rows: rows read from the file at a time.
+
+    Raises:
+        ValueError: a file lacks a column (while reading), or names collide.
+        TypeError: a column has an unsupported type (while reading).
+    """
+
+    def __init__(
+        self,
+        paths: PathOrPaths,
+        sparse_columns: SparseColumns,
+        dense_columns: Sequence[str],
+        label_column: str,
+        batch_size: int,
+        *,
+        req_time_column: str | None = None,
+        drop_last: bool = False,
+        strict: bool = False,
+        read_rows: int = 65536,
+    ) -> None:
+        super().__init__(
+            paths,
+            sparse_columns,
+            dense_columns,
+            label_column,
+            batch_size,
+            req_time_column=req_time_column,
+            drop_last=drop_last,
+            strict=strict,
+        )
+        self.read_rows = read_rows
+
+    def _column_names(self, path: str) -> list[str]:
+        return pq.read_schema(path).names
+
+    def _number(self, column: pa.Array, to: pa.DataType, name: str, errors: RowErrors, required: bool) -> np.ndarray:
+        if required and column.null_count:
+            nulls = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+            errors.add(nulls, lambda k: f"column {name!r} is null")
+        return cast_numeric(column, to, name)
+
+    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        file = pq.ParquetFile(path)
+        missing = [c for c in self.columns if c not in file.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{path} has no columns {missing}; it has {file.schema_arrow.names}")
+        first = 1
+        for batch in file.iter_batches(batch_size=self.read_rows, columns=self.columns):
+            errors = RowErrors(batch.num_rows)
+            rows = self._rows(batch, errors, text=False)
+            yield errors.finish(rows, np.arange(first, first + batch.num_rows))
+            first += batch.num_rows
+
+
+class CsvReader(_TabularReader):
+    """Reads delimited text files (CSV, TSV, optionally .gz) through pyarrow; one line per example.
+
+    Cells are text, so a sparse cell that is a base-10 integer (at most 18 digits, optional '-')
+    is an int (``extract_fid``), any other non-empty cell a string (``hash_string_fid``), and an
+    empty cell gives no FID. With ``list_delimiter`` a sparse cell holds several values, e.g.
+    ``"12|7|abc"`` with ``list_delimiter="|"``.
+
+    Args:
+        paths: one file or a sequence of files.
+        sparse_columns: feature name -> slot, or a list of names whose slot is then the column's
+            1-based position in the first file's header (or in ``column_names``).
+        dense_columns: each ``Batch.dense[name]`` float32 ``[batch]``; empty -> 0.0.
+        label_column: -> ``Batch.dense["label"]`` float32 ``[batch]``.
+        batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
+        req_time_column: optional integer column -> ``Batch.dense["req_time"]`` int64 ``[batch]``.
+        delimiter: field separator.
+        quote_char: quoting character, or ``False`` for none.
+        list_delimiter: separator of the values inside a sparse cell, or ``None`` for one value.
+        column_names: names of all columns when the files have no header line.
+
+    A line is malformed when it has the wrong number of fields, an empty or non-numeric label or
+    request time, or a non-numeric dense value. Blank lines are skipped silently.
+    """
+
+    def __init__(
+        self,
+        paths: PathOrPaths,
+        sparse_columns: SparseColumns,
+        dense_columns: Sequence[str],
+        label_column: str,
+        batch_size: int,
+        *,
+        req_time_column: str | None = None,
+        drop_last: bool = False,
+        strict: bool = False,
+        delimiter: str = ",",
+        quote_char: str | bool = '"',
+        list_delimiter: str | None = None,
+        column_names: Sequence[str] | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+    ) -> None:
+        # Set before the base constructor, which reads the header through them for default slots.
+        self.delimiter = delimiter
+        self.quote_char = quote_char
+        self.list_delimiter = list_delimiter
+        self.column_names = list(column_names) if column_names is not None else None
+        self.block_size = block_size
+        super().__init__(
+            paths,
+            sparse_columns,
+            dense_columns,
+            label_column,
+            batch_size,
+            req_time_column=req_time_column,
+            drop_last=drop_last,
+            strict=strict,
+        )
+
+    def _column_names(self, path: str) -> list[str]:
+        if self.column_names is not None:
+            return self.column_names
+        return header_names(path, self.delimiter, self.quote_char)
+
+    def _number(self, column: pa.Array, to: pa.DataType, name: str, errors: RowErrors, required: bool) -> np.ndarray:
+        what = "an integer" if pa.types.is_integer(to) else "a number"
+        return parse_column(column, to, f"column {name!r}", errors, required=required, what=what)
+
+    def _convert(self, batch: pa.RecordBatch, lines: np.ndarray) -> tuple[Rows, list[tuple[int, str]]]:
+        if self.list_delimiter is not None:
+            split = {c: pc.split_pattern(batch.column(c), self.list_delimiter) for c in self.sparse_slots}
+            batch = pa.RecordBatch.from_pydict({c: split.get(c, batch.column(c)) for c in batch.schema.names})
+        errors = RowErrors(batch.num_rows)
+        return errors.finish(self._rows(batch, errors, text=True), lines)
+
+    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        return read_delimited(
+            path,
+            self.columns,
+            self._convert,
+            delimiter=self.delimiter,
+            quote_char=self.quote_char,
+            column_names=self.column_names,
+            block_size=self.block_size,
+        )
