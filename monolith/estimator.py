@@ -54,6 +54,9 @@ class RunConfig:
         use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
         seed: seeds torch and the embedding initializers.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
+        dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
+            in order), "sum" (one update per distinct id with the summed gradient, as Monolith's
+            sync training); None picks "sum" under torch.distributed and "local" otherwise.
         dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
             on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
             as Monolith's sync training does).
@@ -68,6 +71,7 @@ class RunConfig:
     use_native_multi_hash_table: bool = True
     seed: int = 0
     index: int = 0
+    dedup: str | None = None
     dense_reduce: str = "sum"
     enable_summaries: bool = True
     progress_bar: bool = True
@@ -135,21 +139,29 @@ class Estimator:
         self._pending_optimizer_state: dict | None = None
         self._batches_consumed = 0
         self._summary_writer = None
-        self.dedup = "local"
         self.dist = init_from_env()
+        self.dedup = config.dedup or ("sum" if self.dist is not None else "local")
+        if self.dedup not in ("local", "sum") or (self.dist is not None and self.dedup == "local"):
+            raise ValueError(f"RunConfig.dedup must be 'local' (single process only) or 'sum', got {config.dedup!r}")
         if self.dist is not None:
-            # Sync training: sharded tables, unique ids with summed gradients, one output file per rank.
+            # Sync training: sharded tables (whose owners always sum per id), one output file per rank.
             config.index = self.dist.rank
-            self.dedup = "sum"
             self.model.ctx.module_factory = ShardedHashEmbedding
         if config.dense_reduce not in ("sum", "mean"):
             raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {config.dense_reduce!r}")
 
     # ------------------------------------------------------------------ set-up
-    def _build(self, batch: Batch) -> None:
-        """Build pass on the first batch: declare features, create tables and the dense optimizer."""
+    def build(self, batch: Batch | None = None) -> None:
+        """Build pass: runs ``model_fn`` once on ``batch`` (default: the first training batch) to
+        declare features, then creates the tables and the dense optimizer and restores the latest
+        checkpoint. ``train``/``evaluate``/``predict`` do it themselves; call it to inspect or seed
+        tables before training."""
         if self.model.ctx.built:
             return
+        if batch is None:
+            batch = next(self._input(ModeKeys.TRAIN), None)
+            if batch is None:
+                raise ValueError("input_fn(TRAIN) produced no batch")
         torch.manual_seed(self.config.seed)
         with torch.no_grad():
             output = self._model_fn(batch, ModeKeys.PREDICT if self.model.p.mode == ModeKeys.PREDICT
@@ -165,6 +177,7 @@ class Estimator:
     def _check_ranks_agree(self) -> None:
         """Every rank must declare the same tables and dense parameters."""
         layout = {
+            "feature_slots": [(fs.name, fs.slot, fs.dim) for fs in self.model.ctx.feature_slots],
             "tables": {name: [s.describe() for s in m.table.slices] for name, m in self.model.ctx.tables.items()},
             "dense": {name: list(t.shape) for name, t in self.model.state_dict().items()},
         }
@@ -236,8 +249,8 @@ class Estimator:
             self._summary_writer = SummaryWriter(self.config.model_dir)
         self._summary_writer.add_scalar(tag, value, self.global_step)
 
-    def _hooks(self, output: ModelOutput) -> list[TrainingHook]:
-        hooks = list(output.training_hooks)
+    def _hooks(self, training_hooks: list[TrainingHook]) -> list[TrainingHook]:
+        hooks = list(training_hooks)
         metrics = self.model.p.metrics
         if metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0:
             hooks.append(FileMetricHook(
@@ -258,12 +271,18 @@ class Estimator:
         first = next(batches, None)
         if first is None:
             raise ValueError("input_fn(TRAIN) produced no batch")
-        self._build(first)
+        built_now = not self.model.ctx.built
+        self.build(first)
         if steps is not None:
             max_steps = self.global_step + steps
         batches = self._resume(first, batches)
         metrics = _HeadMetrics()
-        hooks: list[TrainingHook] | None = None
+        # Hooks begin before the first step: those of the build pass when it ran now (tables exist,
+        # checkpoint restored), else those of the first step.
+        hooks: list[TrainingHook] | None = self._hooks(self.model._training_hooks) if built_now else None
+        for hook in hooks or []:
+            hook.begin(self)
+        saved_step = None
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
@@ -271,12 +290,14 @@ class Estimator:
             for batch in self._in_step(batches):
                 if max_steps is not None and self.global_step >= max_steps:
                     break
+                if self.dist is not None:
+                    self.dist.heartbeat(self.global_step)
                 output = self.train_step(batch)
                 self._batches_consumed += 1
                 metrics.update(output)
                 examples += batch.batch_size
                 if hooks is None:
-                    hooks = self._hooks(output)
+                    hooks = self._hooks(output.training_hooks)
                     for hook in hooks:
                         hook.begin(self)
                 for hook in hooks:
@@ -289,10 +310,17 @@ class Estimator:
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
                 if self.config.save_checkpoints_steps and self.global_step % self.config.save_checkpoints_steps == 0:
                     self.save_checkpoint()
+                    saved_step = self.global_step
+        except RuntimeError as error:
+            if self.dist is None:
+                raise
+            raise self._rank_failure(error) from error
+        else:
             if examples:
                 if self.global_step % self.config.log_step_count_steps:
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
-                self.save_checkpoint()
+                if saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
+                    self.save_checkpoint()
         finally:
             for hook in hooks or []:
                 hook.end()
@@ -301,6 +329,13 @@ class Estimator:
             if self._summary_writer is not None:
                 self._summary_writer.flush()
         return last
+
+    def _rank_failure(self, error: RuntimeError) -> RuntimeError:
+        """A failed collective as an error that names the rank(s) that stopped."""
+        lagging = [r for r in self.dist.lagging_ranks(self.global_step) if r != self.dist.rank]
+        who = f"rank(s) {lagging} stopped" if lagging else "another rank stopped or hung"
+        return RuntimeError(f"rank {self.dist.rank}: training stopped at global step {self.global_step}: {who}; "
+                            f"the latest complete checkpoint is {self._checkpoints.latest()} ({error})")
 
     def train_step(self, batch: Batch) -> ModelOutput:
         """One step: forward, backward, global-norm clipping, dense and sparse updates."""
@@ -355,7 +390,10 @@ class Estimator:
             squared = self.dist.all_reduce_sum(squared)  # dense gradients are already all-reduced
         for param in self.model.parameters():
             if param.grad is not None:
-                squared += float(param.grad.detach().double().pow(2).sum())
+                grad = param.grad.detach()
+                if grad.is_sparse:  # e.g. nn.Embedding(sparse=True): the norm of the summed rows
+                    grad = grad.coalesce().values()
+                squared += float(torch.linalg.vector_norm(grad)) ** 2
         norm = math.sqrt(squared)
         clip_norm = self.model.p.clip_norm
         if clip_norm is None:
@@ -413,7 +451,7 @@ class Estimator:
                 if steps is not None and count >= steps:
                     break
                 if count == 0:
-                    self._build(batch)
+                    self.build(batch)
                     self._restore_latest()  # a checkpoint written since the model was built
                 output = self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
                 count += 1

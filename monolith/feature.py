@@ -246,6 +246,14 @@ class EmbeddingFactory:
         for s in slots:
             self._table_of_slot[s.slot] = module
 
+    def table_of_slot(self, slot: int) -> HashEmbedding:
+        """The table module serving ``slot`` (after :meth:`build`)."""
+        try:
+            return self._table_of_slot[slot]
+        except KeyError:
+            raise KeyError(f"slot {slot} has no table yet (tables: {sorted(self.tables)}); "
+                           f"build the model first") from None
+
     # ------------------------------------------------------------------ per step
     def begin_step(self, batch: Batch | None) -> None:
         """Sets the batch that lookups read; clears the per-step row cache."""

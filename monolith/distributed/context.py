@@ -24,6 +24,27 @@ class DistributedContext:
     world_size: int
     group: Any = None
 
+    def heartbeat(self, step: int) -> None:
+        """Records in the rendezvous store that this rank reached ``step`` (names a dead rank later)."""
+        store = _store()
+        if store is not None:
+            store.set(f"monolith/heartbeat/{self.rank}", str(step))
+
+    def lagging_ranks(self, step: int) -> list[int]:
+        """Ranks whose last heartbeat is before ``step``: after a failed collective, the dead ones."""
+        store = _store()
+        if store is None:
+            return []
+        lagging = []
+        for rank in range(self.world_size):
+            try:
+                seen = int(store.get(f"monolith/heartbeat/{rank}"))
+            except Exception:  # no heartbeat at all, or the store went with the dead rank
+                seen = -1
+            if seen < step:
+                lagging.append(rank)
+        return lagging
+
     def barrier(self) -> None:
         dist.barrier(group=self.group)
 
@@ -57,6 +78,14 @@ class DistributedContext:
     def broadcast_tensors(self, tensors: list[torch.Tensor], src: int = 0) -> None:
         for t in tensors:
             dist.broadcast(t, src=src, group=self.group)
+
+
+def _store():
+    """The rendezvous key-value store of the default group (hosted by torchrun's agent)."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError, ValueError):
+        return None
 
 
 def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:

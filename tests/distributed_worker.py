@@ -1,0 +1,250 @@
+"""Programs the distributed tests run under torchrun (and, for references, in one process).
+
+    python -m torch.distributed.run --nproc_per_node=2 tests/distributed_worker.py SCENARIO OUT_DIR [ARGS]
+
+Each scenario writes what it computed under OUT_DIR for the test to compare.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from monolith.distributed import ShardedHashEmbedding, get_rank, get_world_size, init_from_env, shard_of  # noqa: E402
+from monolith.estimator import Estimator, EstimatorSpec, RunConfig  # noqa: E402
+from monolith.fid import make_fid  # noqa: E402
+from monolith.model import MonolithModel, TrainingHook  # noqa: E402
+from monolith.optim import SgdOptimizer, ZerosInitializer  # noqa: E402
+from monolith.sparse import Batch, KeyedJaggedTensor  # noqa: E402
+from monolith.table import EmbeddingHashTable, SliceConfig  # noqa: E402
+
+NUM_FEATURES, BATCH, DIM, FID_MAX = 17, 455, 15, 100_000
+LR = 0.01
+LOSS_SCALE = 1.0 / (2 * BATCH)  # a fixed mean over the global batch: the sum over ranks stays exact
+
+
+def reference_vector(out_dir: str) -> None:
+    """REFERENCE.md's distributed vector: 2 shards, SGD lr 1, loss = 2 x embedding, ids [0, 3, 0, 1]."""
+    ctx = init_from_env()
+    table = EmbeddingHashTable([SliceConfig("v", 1, initializer=ZerosInitializer(),
+                                            optimizer=SgdOptimizer(learning_rate=1.0))])
+    module = ShardedHashEmbedding(table)
+    ids = torch.tensor([0, 3, 0, 1]) if ctx.rank == 0 else torch.tensor([], dtype=torch.int64)
+    (2 * module(ids)).sum().backward()
+    module.apply_gradients(global_step=0)
+    module.eval()
+    result = {"lookup": module(torch.tensor([0, 3, 0, 1])).reshape(-1).tolist(),
+              "owned": sorted(table.items()[0].tolist())}
+    with open(os.path.join(out_dir, f"vector-{ctx.rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def comp_batches(step: int, rank: int, world_size: int) -> Batch:
+    """Rank ``rank``'s part of the global batch of ``step``: 1..24 FIDs per feature and row."""
+    rng = np.random.default_rng(1000 + step)
+    keys, values, lengths = [], [], []
+    rows = BATCH * 2  # the global batch of the two-rank run
+    part = slice(rank * rows // world_size, (rank + 1) * rows // world_size)
+    for i in range(NUM_FEATURES):
+        n = rng.integers(1, 25, rows)
+        raw = rng.integers(0, FID_MAX, int(n.sum()))
+        offsets = np.concatenate([[0], np.cumsum(n)])
+        keys.append(f"feature{i}")
+        values.append(make_fid(i + 1, raw[offsets[part.start]: offsets[part.stop]]))
+        lengths.append(n[part])
+    label = rng.normal(size=rows).astype(np.float32)[part]
+    sparse = KeyedJaggedTensor(keys, torch.from_numpy(np.concatenate(values)),
+                               torch.from_numpy(np.concatenate(lengths)))
+    return Batch(sparse, {"label": torch.from_numpy(label)})
+
+
+class EmbeddingUpdateModel(MonolithModel):
+    """Monolith's model_comp_test model: framework embeddings and a plain reference, two MLP towers.
+
+    The reference is one plain tensor over every (feature, raw id), looked up and segment-summed
+    in torch; it starts from the same rows as the tables, and :class:`ReferenceSgd` applies plain
+    SGD to it with the gradients of every rank summed, which is what sync training promises.
+    """
+
+    def __init__(self, params=None, world_size: int = 1, rank: int = 0):
+        super().__init__(params)
+        self.p.train.max_steps = 50
+        self.batch_size = BATCH * 2 // world_size
+        self.world_size, self.rank = world_size, rank
+        torch.manual_seed(42)
+        self.reference = torch.empty(NUM_FEATURES * FID_MAX, DIM).uniform_(-0.05, 0.05)
+        self.reference_lookups: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.tower = self._mlp()
+        self.reference_tower = copy.deepcopy(self.tower)  # equal towers keep equal embeddings equal
+        self.max_embedding_gap = 0.0
+        self.reference_sgd = ReferenceSgd(self)
+
+    @staticmethod
+    def _mlp() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(NUM_FEATURES * DIM, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+
+    def input_fn(self, mode):
+        return (comp_batches(step, self.rank, self.world_size) for step in range(self.p.train.max_steps))
+
+    def model_fn(self, features, mode):
+        names = [f"feature{i}" for i in range(NUM_FEATURES)]
+        for name in names:
+            self.create_embedding_feature_column(name)
+        ours = self.lookup_embedding_slice(names, "vec", DIM, initializer=ZerosInitializer(),
+                                           optimizer=SgdOptimizer(learning_rate=LR), out_type="concat")
+        theirs = []
+        self.reference_lookups = []
+        for i, name in enumerate(names):
+            jagged = features[name]
+            index = i * FID_MAX + (jagged.values() & ((1 << 48) - 1))
+            looked_up = self.reference[index].requires_grad_(mode == "train")
+            self.reference_lookups.append((index, looked_up))
+            rows = torch.repeat_interleave(torch.arange(jagged.lengths().numel()), jagged.lengths())
+            theirs.append(torch.zeros(jagged.lengths().numel(), DIM).index_add(0, rows, looked_up))
+        theirs = torch.cat(theirs, dim=1)
+        if self.ctx.built:
+            self.max_embedding_gap = max(self.max_embedding_gap, float((ours - theirs).detach().abs().max()))
+        label = features["label"]
+        loss = ((self.tower(ours).reshape(-1) - label) ** 2).sum()
+        loss = (loss + ((self.reference_tower(theirs).reshape(-1) - label) ** 2).sum()) * LOSS_SCALE
+        self.add_training_hook(self.reference_sgd)
+        return EstimatorSpec(label=label, pred=self.tower(ours).reshape(-1), head_name="mse", loss=loss,
+                             optimizer=functools.partial(torch.optim.SGD, lr=LR), classification=False)
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+class ReferenceSgd(TrainingHook):
+    """Plain SGD on the reference rows, with every rank's gradients summed (all_gather)."""
+
+    def __init__(self, model: EmbeddingUpdateModel):
+        self.model = model
+
+    def after_step(self, step, batch, output) -> None:
+        index = torch.cat([i for i, _ in self.model.reference_lookups])
+        grad = torch.cat([rows.grad for _, rows in self.model.reference_lookups])
+        if torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (index, grad))
+            index, grad = torch.cat([i for i, _ in gathered]), torch.cat([g for _, g in gathered])
+        self.model.reference.index_add_(0, index, grad, alpha=-LR)
+
+
+class SeedTables:
+    """Gives the tables the reference's initial rows (non-zero, so gradients are not all zero)."""
+
+    def __init__(self, model: EmbeddingUpdateModel):
+        self.model = model
+
+    def seed(self) -> None:
+        weight = self.model.reference
+        for i in range(NUM_FEATURES):
+            slot = i + 1
+            module = self.model.ctx.table_of_slot(slot)
+            fids = torch.from_numpy(make_fid(slot, np.arange(FID_MAX)))
+            mine = torch.ones(FID_MAX, dtype=torch.bool)
+            if isinstance(module, ShardedHashEmbedding):
+                mine = shard_of(fids, module.world_size) == module.rank
+            module.table.assign(fids[mine], weight[i * FID_MAX:(i + 1) * FID_MAX][mine])
+
+
+def run_comp(model_dir: str, multi_hash_table: bool, world_size: int, rank: int) -> EmbeddingUpdateModel:
+    """Trains the comp model 50 steps; returns it."""
+    model = EmbeddingUpdateModel(world_size=world_size, rank=rank)
+    model.p.clip_norm = 1e9
+    estimator = Estimator(model, RunConfig(model_dir=model_dir, use_native_multi_hash_table=multi_hash_table,
+                                           dedup="sum", log_step_count_steps=1000, enable_summaries=False))
+    estimator.build()
+    SeedTables(model).seed()
+    estimator.train()
+    return model
+
+
+def comp(out_dir: str, multi_hash_table: str) -> None:
+    init_from_env()
+    rank, world = get_rank(), get_world_size()
+    model = run_comp(os.path.join(out_dir, "model"), multi_hash_table == "on", world, rank)
+    tables = {name: module.table.items() for name, module in model.ctx.tables.items()}
+    torch.save({"gap": model.max_embedding_gap, "dense": model.state_dict(),
+                "tables": {name: (torch.from_numpy(k), torch.from_numpy(r)) for name, (k, r) in tables.items()}},
+               os.path.join(out_dir, f"comp-{rank}.pt"))
+
+
+class SmallModel(MonolithModel):
+    """Two features and a linear head: enough to exercise checkpoints across world sizes."""
+
+    def __init__(self, params=None, extra_feature: bool = False, die_at_step: int | None = None):
+        super().__init__(params)
+        self.batch_size = 64
+        self.extra_feature = extra_feature
+        self.die_at_step = die_at_step
+        torch.manual_seed(7)
+        self.head = torch.nn.Linear(8, 1)
+
+    def input_fn(self, mode):
+        rank, world = get_rank(), get_world_size()
+        for step in range(20):
+            rng = np.random.default_rng(step * world + rank)
+            ids = make_fid(1, rng.integers(0, 500, self.batch_size)), make_fid(2, rng.integers(0, 500, self.batch_size))
+            sparse = KeyedJaggedTensor(["uid", "mov"], torch.from_numpy(np.concatenate(ids)),
+                                       torch.ones(2 * self.batch_size, dtype=torch.int64))
+            yield Batch(sparse, {"label": torch.from_numpy((rng.random(self.batch_size) < 0.3).astype(np.float32))})
+
+    def model_fn(self, features, mode):
+        names = ["uid", "mov"] + (["extra"] if self.extra_feature and get_rank() == 1 else [])
+        for name in names:
+            self.create_embedding_feature_column(name)
+        emb = self.lookup_embedding_slice(["uid", "mov"], "vec", 4, out_type="concat")
+        logits = self.head(emb).reshape(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, features["label"], reduction="sum")
+        if self.die_at_step is not None:
+            self.add_training_hook(ExitAtStep(self.die_at_step))
+        return EstimatorSpec(label=features["label"], pred=torch.sigmoid(logits), head_name="ctr", loss=loss,
+                             optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+class ExitAtStep(TrainingHook):
+    """Ends the process abruptly after global step ``step``, as a crashed worker would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, step, batch, output) -> None:
+        if step == self.step:
+            os._exit(3)
+
+
+def small(out_dir: str, steps: str, mode: str = "train") -> None:
+    """Trains SmallModel to ``steps`` (restoring the latest checkpoint), then writes its state.
+
+    ``mode`` ``die`` makes rank 1 exit abruptly after 2 steps; ``disagree`` makes rank 1 declare a
+    feature the others do not.
+    """
+    init_from_env()
+    rank = get_rank()
+    model = SmallModel(extra_feature=mode == "disagree", die_at_step=3 if mode == "die" and rank == 1 else None)
+    estimator = Estimator(model, RunConfig(model_dir=os.path.join(out_dir, "model"), save_checkpoints_steps=2,
+                                           log_step_count_steps=1000, enable_summaries=False))
+    estimator.train(max_steps=int(steps))
+    keys, rows = next(iter(model.ctx.tables.values())).table.items()
+    metrics = estimator.evaluate(steps=3)
+    torch.save({"keys": torch.from_numpy(keys), "rows": torch.from_numpy(rows), "dense": model.state_dict(),
+                "tables": {n: m.table.items() for n, m in model.ctx.tables.items()}, "metrics": metrics},
+               os.path.join(out_dir, f"small-{rank}.pt"))
+
+
+if __name__ == "__main__":
+    scenario, out = sys.argv[1], sys.argv[2]
+    {"vector": reference_vector, "comp": comp, "small": small}[scenario](out, *sys.argv[3:])
