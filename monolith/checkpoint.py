@@ -62,9 +62,18 @@ class CheckpointManager:
         return [os.path.join(self.model_dir, name) for name in self._read_index()["all"]]
 
     def latest(self) -> str | None:
-        """Path of the newest checkpoint, or None."""
-        latest = self._read_index()["latest"]
-        return os.path.join(self.model_dir, latest) if latest else None
+        """Path of the newest complete checkpoint, or None.
+
+        A checkpoint the index names but that is gone or incomplete (no manifest: a crash while it
+        was being replaced) is skipped for the newest complete one the index lists.
+        """
+        index = self._read_index()
+        names = [n for n in index["all"] if n != index["latest"]] + ([index["latest"]] if index["latest"] else [])
+        for name in reversed(names):
+            path = os.path.join(self.model_dir, name)
+            if os.path.isfile(os.path.join(path, "manifest.json")):
+                return path
+        return None
 
     # ------------------------------------------------------------------ writing
     def save(self, global_step: int, dense_state: dict[str, Any] | None,

@@ -124,9 +124,9 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         p.define("output_path", None, "Where prediction/eval output files go (None: not written).")
         p.define("output_fields", None, "Comma-separated features written before the predictions.")
         p.define("delimiter", "\t", "Field delimiter of output files.")
-        p.define("file_name", None, "Output file name.")
+        p.define("file_name", "", "The test input file name.")
         p.define("enable_grads_and_vars_summary", False, "Write gradient/variable summaries.")
-        p.define("dense_weight_decay", 0.001, "L2 decay added to dense gradients.")
+        p.define("dense_weight_decay", 0.0, "L2 decay added to dense gradients.")
         p.define("clip_norm", 1000.0, "Clip gradients by this global norm.")
         p.define("sparse_norm_warmup_steps", None, "Warm the sparse clip norm up over these steps.")
         p.define("default_occurrence_threshold", 0, "Occurrence threshold of features that set none.")
@@ -308,6 +308,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         if isinstance(pred, dict):
             if label is not None and not isinstance(label, dict):
                 raise ValueError("model_fn: pred is a dict of heads, so label must be a dict (or None) too")
+            if label is not None and set(label) != set(pred):
+                raise ValueError(f"model_fn: label heads {list(label)} do not match pred heads {list(pred)}")
             preds = list(pred.values())
             labels = None if label is None else [label.get(h) for h in head_name]
             predictions: Any = dict(pred)
@@ -436,6 +438,12 @@ class MonolithModel(MonolithBaseModel):
                 fs = self.fs_dict[shared_name]
             elif shared_name in self.fc_dict:
                 fs = self.fc_dict[shared_name].feature_slot
+            elif shared_name in self._feature_slots:
+                # A feature with a known slot (registered or in the feature list) gets its slot now,
+                # as Monolith does when get_feature_name_and_slot resolves the shared name.
+                fs = self._feature_slot(shared_name, self._feature_slots[shared_name], occurrence_threshold,
+                                        expire_time)
+                self.fs_dict[shared_name] = fs
             else:
                 raise Exception(f"{feature_name} shared embedding with {shared_name}, "
                                 f"so {shared_name} should create first!")
@@ -490,6 +498,8 @@ class MonolithModel(MonolithBaseModel):
         None a list of ``[batch, dim]`` tensors comes back; ``concat`` gives ``[batch, sum dims]``,
         ``stack`` ``[batch, n, dim]``, ``add_n``/``addn`` ``[batch, dim]``.
         """
+        if not isinstance(features, (dict, list, tuple)):
+            raise ValueError("ValueError for features")
         concat = ",".join(sorted(map(str, features)))
         layout_name = f"{slice_name}_{hashlib.md5(concat.encode()).hexdigest()}"
         lookup_args = (initializer, optimizer, compressor, learning_rate_fn)

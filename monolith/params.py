@@ -136,6 +136,7 @@ class Params:
 
     def set(self, **kwargs: Any) -> "Params":
         """Sets several parameters; a dotted name such as ``"train.max_steps"`` (passed as ``**{...}``) reaches into groups."""
+        self._check_mutable()  # a frozen tree is frozen through set() too, as in Monolith
         for name, value in kwargs.items():
             group, key = self._get_nested(name)
             setattr(group, key, value)
@@ -162,7 +163,7 @@ class Params:
             yield name, param.value
 
     def copy(self) -> "Params":
-        """Deep copy (nested groups copied, values deep-copied)."""
+        """Deep copy (nested groups copied, values deep-copied); a frozen Params gives a frozen copy."""
         return self._copy_to(Params())
 
     def _copy_to(self, target: "Params") -> "Params":
@@ -171,6 +172,7 @@ class Params:
                 target._params[name].value = copy.deepcopy(param.value)
             else:
                 target._params[name] = _Param(name, copy.deepcopy(param.value), param.description)
+        object.__setattr__(target, "_immutable", self._immutable)
         return target
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,7 +192,7 @@ class InstantiableParams(Params):
         if self.cls is None:
             raise ValueError("InstantiableParams.cls is None: nothing to instantiate")
         parameters = inspect.signature(self.cls.__init__).parameters
-        if "params" in parameters or len(parameters) == 2:
+        if "params" in parameters:
             return self.cls(self)
         flat: dict[str, Any] = {}
         _flatten(self, flat)

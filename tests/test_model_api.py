@@ -1,0 +1,532 @@
+"""The Monolith model API (``native_model.MonolithModel``): feature columns, embedding slices, layouts,
+shared slots, hooks, extra outputs, losses and the normalisation of what ``model_fn`` returns.
+
+Embedding values are checked against rows assigned to the tables by the test and pooled by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monolith.feature import FeatureColumn
+from monolith.fid import make_fid
+from monolith.layout import OutConfig, SliceLayout
+from monolith.losses import get_sigmoid_loss_and_pred
+from monolith.metrics.deep_insight import FileMetricHook
+from monolith.mode_keys import ModeKeys
+from monolith.model import MonolithModel, TrainingHook, switch_slot
+from monolith.modules.combiners import FirstN, ReduceMean, ReduceSum
+from monolith.optim.optimizers import SgdOptimizer
+from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
+from monolith.spec import EstimatorSpec
+
+SLOTS = {"a": 1, "b": 2, "c": 3}
+MASK48 = (1 << 48) - 1
+
+
+class ApiModel(MonolithModel):
+    """A model whose ``model_fn`` is given by the test."""
+
+    def __init__(self, params=None, fn=None):
+        super().__init__(params)
+        self.fn = fn
+        self.register_slots(SLOTS)
+
+    def input_fn(self, mode):
+        return []
+
+    def model_fn(self, features, mode):
+        return self.fn(self, features, mode)
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+def make_batch() -> Batch:
+    rows = {
+        "a": [[1], [2, 3], []],
+        "b": [[4, 4], [5], [6, 1]],
+        "c": [[7, 8, 9], [], [1]],
+    }
+    sparse = KeyedJaggedTensor.from_lists(
+        {name: [[make_fid(SLOTS[name], v) for v in row] for row in rs] for name, rs in rows.items()})
+    return Batch(sparse, {"label": torch.tensor([1.0, 0.0, 1.0]), "line_id": torch.tensor([10, 11, 12])})
+
+
+def row_values(fid: int, dim: int) -> np.ndarray:
+    """The row the test assigns to ``fid``: distinct, deterministic values."""
+    return np.random.default_rng(int(fid)).normal(size=dim).astype(np.float32)
+
+
+def build(model: ApiModel, batch: Batch, declare):
+    """Build pass (lookups give zeros), tables built, every FID of the batch assigned, then a real pass."""
+    model.ctx.begin_step(batch)
+    declare(model)
+    model.ctx.build()
+    for fs in model.ctx.feature_slots:
+        table = model.ctx.tables[fs.name].table
+        fids = sorted({int(v) for name, col in fs.feature_columns.items() for v in batch.sparse[name].values()})
+        table.assign(np.array(fids, dtype=np.int64), np.stack([row_values(f, table.dim) for f in fids]))
+    model.ctx.begin_step(batch)
+    return declare(model)
+
+
+def pooled(batch: Batch, name: str, start: int, end: int, dim: int, combiner: str = "sum") -> torch.Tensor:
+    """Hand-pooled ``[batch, end-start]``: columns ``start..end`` of feature ``name``'s rows (of width ``dim``)."""
+    out = []
+    for row in batch.sparse[name].to_lists():
+        vals = [row_values(f, dim)[start:end] for f in row]
+        if not vals:
+            out.append(np.zeros(end - start, np.float32))
+        elif combiner == "sum":
+            out.append(np.sum(vals, axis=0))
+        else:
+            out.append(np.mean(vals, axis=0))
+    return torch.tensor(np.array(out, dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------- feature columns
+def test_create_embedding_feature_column_is_created_once():
+    model = ApiModel()
+    fc = model.create_embedding_feature_column("a")
+    assert isinstance(fc, FeatureColumn) and fc.feature_name == "a"
+    assert fc.feature_slot.slot == 1
+    assert model.create_embedding_feature_column("a") is fc
+    assert model.create_embedding_feature_column("a", combiner="reduce_mean") is fc  # the first one wins
+    assert model.fc_dict == {"a": fc}
+    # A slot number names the registered feature.
+    assert model.create_embedding_feature_column(1) is fc
+    assert len(model.ctx.feature_slots) == 1
+
+
+def test_default_and_explicit_combiners():
+    model = ApiModel()
+    assert isinstance(model.create_embedding_feature_column("a").combiner, ReduceSum)
+    seq = model.create_embedding_feature_column("b", max_seq_length=4).combiner
+    assert isinstance(seq, FirstN) and seq.max_seq_length == 4
+    assert isinstance(model.create_embedding_feature_column("c", combiner="reduce_mean").combiner, ReduceMean)
+    assert isinstance(model.create_embedding_feature_column("d", combiner="reduce_sum", max_seq_length=3).combiner,
+                      ReduceSum)
+    first = model.create_embedding_feature_column("e", combiner="first_n", max_seq_length=2).combiner
+    assert isinstance(first, FirstN) and first.max_seq_length == 2
+    with pytest.raises(ValueError, match="combiner"):
+        model.create_embedding_feature_column("f", combiner="reduce_max")
+    assert "f" not in model.fc_dict
+
+
+def test_occurrence_threshold_defaults_to_the_model_param():
+    model = ApiModel()
+    model.p.default_occurrence_threshold = 3
+    batch = make_batch()
+
+    def declare(m):
+        m.create_embedding_feature_column("a")
+        m.create_embedding_feature_column("b", occurrence_threshold=5, expire_time=7)
+        m.create_embedding_feature_column("c", occurrence_threshold=0)
+        return m.lookup_embedding_slice(["a", "b", "c"], "vec", 2)
+
+    build(model, batch, declare)
+    assert model.fc_dict["a"].feature_slot.config.occurrence_threshold == 3
+    assert model.fc_dict["b"].feature_slot.config.occurrence_threshold == 5
+    assert model.fc_dict["c"].feature_slot.config.occurrence_threshold == 0
+    assert model.fc_dict["b"].feature_slot.config.expire_time == 7
+    # The built tables enforce them.
+    assert model.ctx.tables["a"].table.slot_config(1).occurrence_threshold == 3
+    assert model.ctx.tables["b"].table.slot_config(2).occurrence_threshold == 5
+    assert model.ctx.tables["b"].table.slot_config(2).expire_time == 7
+    assert model.ctx.tables["c"].table.slot_config(3).occurrence_threshold == 0
+
+
+def test_shared_name_reuses_the_slot_and_its_rows():
+    model = ApiModel()
+    batch = make_batch()
+
+    def declare(m):
+        m.create_embedding_feature_column("a")
+        m.create_embedding_feature_column("b", shared_name="a")
+        return m.lookup_embedding_slice(["a", "b"], "vec", 3)
+
+    emb_a, emb_b = build(model, batch, declare)
+    fc_a, fc_b = model.fc_dict["a"], model.fc_dict["b"]
+    assert fc_b.feature_slot is fc_a.feature_slot
+    assert list(model.ctx.tables) == ["a"]  # one table for both
+    assert model.slice_dict == {"a": {"vec": fc_a.feature_slot.named_slices["vec"]}}
+    # b's FIDs are read from a's table (the test assigned b's FIDs into it).
+    torch.testing.assert_close(emb_a, pooled(batch, "a", 0, 3, 3))
+    torch.testing.assert_close(emb_b, pooled(batch, "b", 0, 3, 3))
+
+
+def test_shared_name_must_be_created_first():
+    model = ApiModel()
+    with pytest.raises(Exception, match="b shared embedding with zzz, so zzz should create first!"):
+        model.create_embedding_feature_column("b", shared_name="zzz")
+    assert "b" not in model.fc_dict
+    assert model.ctx.feature_slots == []
+
+
+def test_shared_name_with_a_known_slot_creates_its_slot():
+    model = ApiModel()
+    fc_b = model.create_embedding_feature_column("b", shared_name="a")  # "a" is registered with slot 1
+    assert fc_b.feature_slot.slot == 1 and model.fs_dict["a"] is fc_b.feature_slot
+    fc_a = model.create_embedding_feature_column("a")
+    assert fc_a.feature_slot is fc_b.feature_slot
+    assert len(model.ctx.feature_slots) == 1
+
+
+# ----------------------------------------------------------------------------- lookups
+def _columns(model):
+    for name in ("a", "b", "c"):
+        model.create_embedding_feature_column(name)
+
+
+def test_lookup_list_with_dim_and_out_types():
+    model = ApiModel()
+    batch = make_batch()
+
+    def declare(m):
+        _columns(m)
+        return {
+            None: m.lookup_embedding_slice(["a", "b", "c"], "vec", 2),
+            "concat": m.lookup_embedding_slice(["a", "b", "c"], "vec", 2, out_type="concat"),
+            "stack": m.lookup_embedding_slice(["a", "b", "c"], "vec", 2, out_type="stack"),
+            "add_n": m.lookup_embedding_slice(["a", "b", "c"], "vec", 2, out_type="add_n"),
+            "addn": m.lookup_embedding_slice(["a", "b", "c"], "vec", 2, out_type="addn"),
+        }
+
+    out = build(model, batch, declare)
+    expected = [pooled(batch, n, 0, 2, 2) for n in ("a", "b", "c")]
+    assert isinstance(out[None], list) and len(out[None]) == 3
+    for got, want in zip(out[None], expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(out["concat"], torch.cat(expected, 1))
+    torch.testing.assert_close(out["stack"], torch.stack(expected, 1))
+    torch.testing.assert_close(out["add_n"], expected[0] + expected[1] + expected[2])
+    torch.testing.assert_close(out["addn"], out["add_n"])
+    assert out["concat"].shape == (3, 6) and out["stack"].shape == (3, 3, 2)
+
+
+def test_lookup_dict_pairs_columns_and_slots_with_several_slices():
+    model = ApiModel()
+    batch = make_batch()
+
+    def declare(m):
+        _columns(m)
+        vec = m.lookup_embedding_slice({"a": 3, "b": 2}, "vec")
+        pairs = m.lookup_embedding_slice([("c", 4), ("a", 3)], "vec", out_type="concat")
+        bias = m.lookup_embedding_slice([m.fc_dict["a"], 2, "c"], "bias", 1, out_type="add_n")
+        return vec, pairs, bias
+
+    vec, pairs, bias = build(model, batch, declare)
+    # Row widths: a = vec 3 + bias 1, b = vec 2 + bias 1, c = vec 4 + bias 1.
+    torch.testing.assert_close(vec[0], pooled(batch, "a", 0, 3, 4))
+    torch.testing.assert_close(vec[1], pooled(batch, "b", 0, 2, 3))
+    torch.testing.assert_close(pairs, torch.cat([pooled(batch, "c", 0, 4, 5), pooled(batch, "a", 0, 3, 4)], 1))
+    want_bias = pooled(batch, "a", 3, 4, 4) + pooled(batch, "b", 2, 3, 3) + pooled(batch, "c", 4, 5, 5)
+    torch.testing.assert_close(bias, want_bias)
+    assert model.slice_dict["a"]["vec"].start == 0 and model.slice_dict["a"]["bias"].start == 3
+    assert model.ctx.tables["a"].table.dim == 4
+
+
+def test_lookup_groups_add_n_and_concat():
+    model = ApiModel()
+    batch = make_batch()
+
+    def declare(m):
+        _columns(m)
+        return (m.lookup_embedding_slice([["a", "b"], ["c"]], "vec", 2),
+                m.lookup_embedding_slice([("a", "b"), ("b", "c")], "vec", 2, group_out_type="concat"),
+                m.lookup_embedding_slice([[1, 2], [3]], "vec", 2, out_type="concat"))
+
+    add, cat, slots = build(model, batch, declare)
+    a, b, c = (pooled(batch, n, 0, 2, 2) for n in ("a", "b", "c"))
+    torch.testing.assert_close(add[0], a + b)
+    torch.testing.assert_close(add[1], c)
+    torch.testing.assert_close(cat[0], torch.cat([a, b], 1))
+    torch.testing.assert_close(cat[1], torch.cat([b, c], 1))
+    torch.testing.assert_close(slots, torch.cat([a + b, c], 1))
+
+
+def test_lookup_reduce_mean_and_first_n():
+    model = ApiModel()
+    batch = make_batch()
+
+    def declare(m):
+        m.create_embedding_feature_column("a", combiner="reduce_mean")
+        m.create_embedding_feature_column("c", max_seq_length=2)
+        return m.lookup_embedding_slice(["a"], "vec", 2), m.lookup_embedding_slice(["c"], "vec", 2)
+
+    (mean,), (seq,) = build(model, batch, declare)
+    torch.testing.assert_close(mean, pooled(batch, "a", 0, 2, 2, combiner="mean"))
+    assert seq.shape == (3, 2, 2)
+    c7, c8, c1 = (torch.from_numpy(row_values(make_fid(3, v), 2)) for v in (7, 8, 1))
+    want = torch.zeros(3, 2, 2)
+    want[0, 0], want[0, 1], want[2, 0] = c7, c8, c1  # cut at 2, padded with zeros
+    torch.testing.assert_close(seq, want)
+    layout = next(iter(model.layout_dict.values()))
+    assert layout.out_type == "none"
+    assert model.layout_dict[f"vec_{hashlib.md5(b'c').hexdigest()}"].shape == ((-1, 2, 2),)
+
+
+@pytest.mark.parametrize("features, slice_dim", [
+    (["a", ["b", "c"]], 2),            # names mixed with groups
+    ([("a", 2, 1)], None),              # not (feature, dim) pairs
+    (["a", "b"], None),                 # names without a dim
+    ("a", 2),                           # not a list or dict
+    (5, 2),
+])
+def test_lookup_bad_features(features, slice_dim):
+    model = ApiModel()
+    model.ctx.begin_step(make_batch())
+    _columns(model)
+    with pytest.raises(ValueError, match="ValueError for features"):
+        model.lookup_embedding_slice(features, "vec", slice_dim)
+
+
+def test_lookup_bad_out_type_and_group_out_type():
+    model = ApiModel()
+    model.ctx.begin_step(make_batch())
+    _columns(model)
+    with pytest.raises(ValueError, match="out_type"):
+        model.lookup_embedding_slice(["a", "b"], "vec", 2, out_type="sum")
+    with pytest.raises(ValueError, match="group_out_type"):
+        model.lookup_embedding_slice([["a", "b"]], "vec", 2, group_out_type="stack")
+    with pytest.raises(KeyError, match="create_embedding_feature_column"):
+        model.lookup_embedding_slice(["zzz"], "vec", 2)
+
+
+def test_layout_out_config_contents():
+    model = ApiModel()
+    batch = make_batch()
+
+    def declare(m):
+        _columns(m)
+        m.lookup_embedding_slice(["b", "a"], "vec", 4, out_type="concat")
+        m.lookup_embedding_slice({"c": 4, "a": 4}, "vec", out_type="stack")
+        m.lookup_embedding_slice(["a", "b", "c"], "bias", 1, out_type="add_n")
+        m.lookup_embedding_slice([("c", 4), ("b", 4)], "vec")
+
+    build(model, batch, declare)
+    md5 = lambda s: hashlib.md5(s.encode()).hexdigest()
+    pairs_key = ",".join(sorted(map(str, [("c", 4), ("b", 4)])))
+    assert set(model.layout_dict) == {f"vec_{md5('a,b')}", f"vec_{md5('a,c')}", f"bias_{md5('a,b,c')}",
+                                      f"vec_{md5(pairs_key)}"}
+    assert model.layout_dict[f"vec_{md5('a,b')}"] == OutConfig(
+        (SliceLayout("b", 0, 4), SliceLayout("a", 0, 4)), "concat", ((-1, 8),))
+    assert model.layout_dict[f"vec_{md5('a,c')}"] == OutConfig(
+        (SliceLayout("c", 0, 4), SliceLayout("a", 0, 4)), "stack", ((-1, 2, 4),))
+    assert model.layout_dict[f"bias_{md5('a,b,c')}"] == OutConfig(
+        (SliceLayout("a", 4, 5), SliceLayout("b", 4, 5), SliceLayout("c", 4, 5)), "addn", ((-1, 1),))
+    assert model.layout_dict[f"vec_{md5(pairs_key)}"] == OutConfig(
+        (SliceLayout("c", 0, 4), SliceLayout("b", 0, 4)), "none", ((-1, 4), (-1, 4)))
+    as_dict = model.layout_dict[f"vec_{md5('a,b')}"].to_dict()
+    assert as_dict["slice_configs"][0] == {"feature_name": "b", "start": 0, "end": 4}
+    assert OutConfig.from_dict(as_dict) == model.layout_dict[f"vec_{md5('a,b')}"]
+
+
+# ----------------------------------------------------------------------------- share_slot
+def test_share_slot_in_place_and_with_suffix():
+    model = ApiModel()
+    batch = make_batch()
+    out = model.share_slot(batch, {"a": (False, 9), "b": (True, 12)})
+    assert isinstance(out, Batch)
+    assert out.sparse.keys() == ["a", "b", "c", "a_share"]
+    a, b = batch.sparse["a"], batch.sparse["b"]
+    # The copy and the in-place feature carry the new slot; signatures and lengths are kept.
+    want_a = [[(v & MASK48) | (9 << 48) for v in row] for row in a.to_lists()]
+    want_b = [[(v & MASK48) | (12 << 48) for v in row] for row in b.to_lists()]
+    assert out.sparse["a_share"].to_lists() == want_a
+    assert out.sparse["a"].to_lists() == a.to_lists()
+    assert out.sparse["b"].to_lists() == want_b
+    assert out.sparse["c"].to_lists() == batch.sparse["c"].to_lists()
+    assert torch.equal(out.dense["label"], batch.dense["label"])
+    # The slots are registered for the names read afterwards.
+    assert model.get_feature_name_and_slot("a_share") == ("a_share", 9)
+    assert model.get_feature_name_and_slot("b") == ("b", 12)
+    assert model.create_embedding_feature_column("a_share").feature_slot.slot == 9
+
+
+def test_share_slot_returns_a_function_and_custom_suffix():
+    model = ApiModel()
+    fn = model.share_slot(None, {"c": (False, 20)}, suffix="copy")
+    assert callable(fn)
+    batch = make_batch()
+    out = fn(batch)
+    assert out.sparse["c_copy"].to_lists() == [[(v & MASK48) | (20 << 48) for v in row]
+                                               for row in batch.sparse["c"].to_lists()]
+    assert model.get_feature_name_and_slot("c_copy") == ("c_copy", 20)
+
+
+def test_switch_slot():
+    jt = JaggedTensor.from_lists([[make_fid(3, 5), make_fid(7, (1 << 48) - 1)], []])
+    out = switch_slot(jt, 100)
+    assert out.to_lists() == [[make_fid(100, 5), make_fid(100, (1 << 48) - 1)], []]
+    with pytest.raises(ValueError):
+        switch_slot(jt, 1 << 15)
+
+
+# ----------------------------------------------------------------------------- hooks, outputs, losses
+def test_add_extra_output_repeat_is_key_error():
+    model = ApiModel()
+    model.add_extra_output("emb", torch.ones(2))
+    with pytest.raises(KeyError, match="emb"):
+        model.add_extra_output("emb", torch.zeros(2))
+    assert torch.equal(model._export_outputs["emb"], torch.ones(2))
+
+
+def test_add_training_hook_at_most_one_file_metric_hook(tmp_path):
+    model = ApiModel()
+    plain1, plain2 = TrainingHook(), TrainingHook()
+    model.add_training_hook(plain1)
+    model.add_training_hook(plain2)
+    model.add_training_hook(FileMetricHook(str(tmp_path), "m", 0.5))
+    with pytest.raises(ValueError, match="file"):
+        model.add_training_hook(FileMetricHook(str(tmp_path), "m2", 0.5))
+    assert len(model._training_hooks) == 3 and model._training_hooks[:2] == [plain1, plain2]
+
+
+def _spec_fn(extra_loss=None, hook=None, output=None):
+    def fn(m, features, mode):
+        m.create_embedding_feature_column("a")
+        emb = m.lookup_embedding_slice(["a"], "vec", 2, out_type="concat",
+                                       optimizer=SgdOptimizer(0.1))
+        logits = emb.sum(1) + m.bias
+        if extra_loss is not None:
+            m.add_loss(extra_loss(emb))
+        if hook is not None:
+            m.add_training_hook(hook)
+        if output is not None:
+            m.add_extra_output("out", output)
+        loss, pred = get_sigmoid_loss_and_pred("ctr", logits, features["label"], 3, mode=mode)
+        return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss)
+    return fn
+
+
+def test_add_loss_adds_to_the_loss_each_step():
+    model = ApiModel(fn=_spec_fn(extra_loss=lambda emb: [emb.pow(2).sum(), torch.tensor(2.0)]))
+    model.bias = torch.nn.Parameter(torch.tensor(0.3))
+    model_fn = model.create_model_fn()
+    batch = make_batch()
+    for _ in range(2):  # the auxiliary losses of one step do not leak into the next
+        out = model_fn(batch, ModeKeys.TRAIN)
+        logits = torch.full((3,), 0.3)  # build pass: embeddings are zeros
+        base = F.binary_cross_entropy_with_logits(logits, batch.dense["label"], reduction="sum")
+        torch.testing.assert_close(out.loss, base + 2.0)
+        assert len(model.losses) == 2
+
+
+def test_hooks_and_extra_outputs_are_per_call():
+    hook = TrainingHook()
+    model = ApiModel(fn=_spec_fn(hook=hook, output=torch.ones(3)))
+    model.bias = torch.nn.Parameter(torch.tensor(0.0))
+    model_fn = model.create_model_fn()
+    first = model_fn(make_batch(), ModeKeys.TRAIN)
+    second = model_fn(make_batch(), ModeKeys.TRAIN)  # no "already exists" errors on the next step
+    assert first.training_hooks == [hook] and second.training_hooks == [hook]
+    assert list(second.extra_outputs) == ["out"]
+
+
+def test_get_sigmoid_loss_and_pred_inside_model_fn():
+    model = ApiModel(fn=_spec_fn())
+    model.bias = torch.nn.Parameter(torch.tensor(-0.2))
+    batch = make_batch()
+    model_fn = model.create_model_fn()
+    model_fn(batch, ModeKeys.TRAIN)  # build pass
+    model.ctx.build()
+    table = model.ctx.tables["a"].table
+    fids = [make_fid(1, v) for v in (1, 2, 3)]
+    table.assign(np.array(fids), np.array([[0.5, -1.0], [0.25, 0.75], [2.0, 0.0]], dtype=np.float32))
+    out = model_fn(batch, ModeKeys.TRAIN)
+    logits = torch.tensor([0.5 - 1.0, 0.25 + 0.75 + 2.0 + 0.0, 0.0]) - 0.2
+    label = batch.dense["label"]
+    want_loss = -(label * torch.log(torch.sigmoid(logits)) + (1 - label) * torch.log(1 - torch.sigmoid(logits))).sum()
+    torch.testing.assert_close(out.loss, want_loss)
+    torch.testing.assert_close(out.predictions, torch.sigmoid(logits))
+    assert out.head_names == ["ctr"] and out.classification == [True] and out.mode == ModeKeys.TRAIN
+    out.loss.backward()
+    torch.testing.assert_close(model.bias.grad, (torch.sigmoid(logits) - label).sum())
+
+    pred_out = model_fn(batch, ModeKeys.PREDICT)
+    assert pred_out.loss is None and pred_out.mode == ModeKeys.PREDICT
+    torch.testing.assert_close(pred_out.predictions, torch.sigmoid(logits))
+
+    model.p.mode = ModeKeys.EVAL
+    eval_out = model_fn(batch, ModeKeys.TRAIN)
+    assert eval_out.mode == ModeKeys.EVAL
+    torch.testing.assert_close(eval_out.loss, want_loss)
+    with pytest.raises(ValueError):
+        model_fn(batch, ModeKeys.EVAL)
+
+
+# ----------------------------------------------------------------------------- EstimatorSpec normalisation
+def _run(spec):
+    model = ApiModel(fn=lambda m, f, mode: spec)
+    return model.create_model_fn()(make_batch(), ModeKeys.TRAIN)
+
+
+def test_dict_preds_give_head_names_in_insertion_order():
+    p1, p2 = torch.rand(3), torch.rand(3)
+    l1, l2 = torch.ones(3), torch.zeros(3)
+    loss = torch.tensor(1.5)
+    out = _run(EstimatorSpec(label={"zeta": l1, "alpha": l2}, pred={"zeta": p1, "alpha": p2}, loss=loss,
+                             classification=[True, False]))
+    assert out.head_names == ["zeta", "alpha"]
+    assert out.preds[0] is p1 and out.preds[1] is p2
+    assert out.labels[0] is l1 and out.labels[1] is l2
+    assert out.classification == [True, False]
+    assert list(out.predictions) == ["zeta", "alpha"]
+    assert out.loss is loss
+    # Labels are matched by head name, not by position.
+    out = _run(EstimatorSpec(label={"alpha": l2, "zeta": l1}, pred={"zeta": p1, "alpha": p2}, loss=loss))
+    assert out.labels[0] is l1 and out.labels[1] is l2
+
+
+def test_list_preds_and_single_pred_head_names():
+    p1, p2, lab = torch.rand(3), torch.rand(3, 1), torch.ones(3)
+    out = _run(EstimatorSpec(label=[lab, lab], pred=[p1, p2], head_name=["x", "y"], loss=torch.tensor(0.0),
+                             classification=[False, False]))
+    assert out.head_names == ["x", "y"] and out.classification == [False, False]
+    assert out.predictions["x"] is p1 and out.predictions["y"] is p2
+    # One pred without a head name takes metrics.deep_insight_target.
+    out = _run(EstimatorSpec(label=lab, pred=p1, loss=torch.tensor(0.0)))
+    assert out.head_names == ["ctr_head"] and out.predictions is p1 and out.classification == [True]
+    out = _run(EstimatorSpec(label=lab, pred=p1, head_name=["only"], loss=torch.tensor(0.0)))
+    assert out.head_names == ["only"]
+
+
+def test_tuple_result_is_a_classification_with_a_warning(caplog):
+    p, lab, loss = torch.rand(3), torch.ones(3), torch.tensor(0.7)
+    with caplog.at_level(logging.WARNING, logger="monolith.model"):
+        out = _run((lab, loss, p))
+    assert "pls. return EstimatorSpec" in caplog.text
+    assert out.classification == [True] and out.head_names == ["ctr_head"]
+    assert out.loss is loss and out.preds[0] is p and out.labels[0] is lab
+    out = _run([{"h1": lab, "h2": lab}, loss, {"h1": p, "h2": p}])
+    assert out.head_names == ["h1", "h2"] and out.classification == [True, True]
+
+
+@pytest.mark.parametrize("bad", [None, {"loss": 1}, (1, 2), "spec", torch.ones(3)])
+def test_other_results_are_an_estimator_spec_error(bad):
+    with pytest.raises(Exception, match="EstimatorSpec Error!"):
+        _run(bad)
+
+
+@pytest.mark.parametrize("spec", [
+    EstimatorSpec(label=[torch.ones(3)], pred=[torch.rand(3), torch.rand(3)], head_name=["a", "b"]),
+    EstimatorSpec(label=[torch.ones(3), torch.ones(3)], pred=[torch.rand(3), torch.rand(3)], head_name=["a"]),
+    EstimatorSpec(label=torch.ones(3), pred=torch.rand(3), head_name=["a", "b"]),
+    EstimatorSpec(label={"a": torch.ones(3)}, pred={"a": torch.rand(3), "b": torch.rand(3)}),
+    EstimatorSpec(label={"a": torch.ones(3), "c": torch.ones(3)}, pred={"a": torch.rand(3), "b": torch.rand(3)}),
+    EstimatorSpec(label=torch.ones(3), pred={"a": torch.rand(3)}),
+    EstimatorSpec(label=torch.ones(3), pred=torch.rand(3, 2), head_name="a"),
+    EstimatorSpec(label=[torch.ones(3)] * 2, pred=[torch.rand(3)] * 2, head_name=["a", "b"],
+                  classification=[True]),
+])
+def test_mismatched_heads_and_labels_are_value_errors(spec):
+    with pytest.raises(ValueError):
+        _run(spec)
