@@ -177,14 +177,16 @@ class Estimator:
     def _check_ranks_agree(self) -> None:
         """Every rank must declare the same tables and dense parameters."""
         layout = {
+            "model_dir": os.path.abspath(self.config.model_dir),
             "feature_slots": [(fs.name, fs.slot, fs.dim) for fs in self.model.ctx.feature_slots],
             "tables": {name: [s.describe() for s in m.table.slices] for name, m in self.model.ctx.tables.items()},
             "dense": {name: list(t.shape) for name, t in self.model.state_dict().items()},
         }
         for rank, theirs in enumerate(self.dist.all_gather_object(layout)):
             if theirs != layout:
-                raise RuntimeError(f"rank {self.dist.rank}: rank {rank} built a different model "
-                                   f"(tables/dense parameters differ); every rank must run the same model_fn")
+                differs = sorted(k for k in layout if theirs[k] != layout[k])
+                raise RuntimeError(f"rank {self.dist.rank}: rank {rank} built a different model ({', '.join(differs)} "
+                                   f"differ); every rank must run the same model_fn with the same model_dir")
 
     def _make_dense_optimizer(self, optimizer: Any) -> torch.optim.Optimizer | None:
         optimizer = optimizer if optimizer is not None else self.model._default_dense_optimizer
