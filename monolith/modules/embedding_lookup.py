@@ -14,19 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from monolith.table.embedding_table import EmbeddingHashTable
+from monolith.table.embedding_table import EmbeddingHashTable, RowHint
 
 _lookup_sequence = itertools.count()
 
 
 @dataclass
 class PendingGradient:
-    """Gradient of one lookup: ``grads[i]`` belongs to ``ids[i]``; ``order`` is the lookup's sequence."""
+    """Gradient of one lookup: ``grads[i]`` belongs to ``ids[i]``; ``order`` is the lookup's sequence;
+    ``hint`` is where the lookup found the ids."""
 
     order: int
     ids: torch.Tensor
     grads: torch.Tensor
     req_time: torch.Tensor | int | None
+    hint: RowHint | None = None
 
 
 class _TableLookup(torch.autograd.Function):
@@ -34,11 +36,12 @@ class _TableLookup(torch.autograd.Function):
     def forward(ctx, anchor, module, ids, req_time):  # noqa: D401 - autograd signature
         ctx.module, ctx.ids, ctx.req_time = module, ids, req_time
         ctx.order = next(_lookup_sequence)
-        return module.table.lookup(ids)
+        out, ctx.hint = module.table.lookup_with_hint(ids)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grad.detach(), ctx.req_time))
+        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grad.detach(), ctx.req_time, ctx.hint))
         return None, None, None, None
 
 
@@ -82,11 +85,26 @@ class HashEmbedding(torch.nn.Module):
             return
         pending = sorted(self.pending, key=lambda p: p.order)
         self.pending = []
-        ids = torch.cat([p.ids.reshape(-1) for p in pending])
-        grads = torch.cat([p.grads for p in pending])
+        ids = _cat([p.ids.reshape(-1) for p in pending])
+        grads = _cat([p.grads for p in pending])
         if scale != 1.0:
             grads = grads * scale
-        self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup)
+        self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup, hint=_concat_hints(pending))
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    # A single lookup (the common case) needs no copy.
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _concat_hints(pending: list[PendingGradient]) -> RowHint | None:
+    """One hint for the concatenated ids, if every lookup left one under the same row numbering."""
+    hints = [p.hint for p in pending]
+    if any(h is None or h.numbering is not hints[0].numbering for h in hints):
+        return None
+    if len(hints) == 1:
+        return hints[0]
+    return RowHint(np.concatenate([h.rows for h in hints]), hints[0].numbering)
 
 
 def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:

@@ -1,0 +1,164 @@
+"""``python -m benchmarks`` (``make bench``): runs every benchmark, checks the goals, writes RESULTS.md.
+
+``--quick`` runs small sizes and only prints, leaving RESULTS.md alone (for a fast look, e.g. ``make run``).
+A new benchmark is one more :class:`Benchmark` appended to :data:`BENCHMARKS`: a module with
+``run(**kwargs) -> dict`` and ``report(results) -> str``, the keyword sets of its runs, and its goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import inspect
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import numba
+import numpy as np
+import torch
+
+from benchmarks import fid_map_benchmark, fused_update_benchmark
+from monolith.atomic import atomic_write
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """One target and whether the measured figure meets it."""
+
+    name: str
+    target: str
+    measured: str
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A benchmark module, the keyword arguments of each of its runs (full and quick), and its goals."""
+
+    title: str
+    module: ModuleType
+    runs: list[dict]
+    quick_runs: list[dict]
+    goals: Callable[[list[dict]], list[Goal]]
+
+
+def _fid_map_goals(results: list[dict]) -> list[Goal]:
+    largest = max(results, key=lambda r: r["distinct"])
+    worst_bytes = max(r["map_bytes_per_key"] for r in results)
+    return [
+        Goal(
+            f"FID map skewed stream at {largest['distinct']:,} keys, one thread",
+            ">= 25M ids/s",
+            f"{largest['stream_ids_per_s'] / 1e6:.1f}M ids/s",
+            largest["stream_ids_per_s"] >= 25e6,
+        ),
+        Goal("FID map overhead per key", "<= 48 bytes", f"{worst_bytes:.1f} bytes", worst_bytes <= 48),
+    ]
+
+
+def _fused_goals(results: list[dict]) -> list[Goal]:
+    goals = []
+    for r in results:
+        baseline = r["systems"][fused_update_benchmark.BASELINE]["steps_per_s"]
+        for name in (fused_update_benchmark.MERGED, fused_update_benchmark.PER_SLOT):
+            ours = r["systems"][name]
+            goals.append(Goal(
+                f"Fused lookup + update, {name}, vs torch EmbeddingBag + Adagrad",
+                ">= 1.0x",
+                f"{ours['vs_baseline']:.2f}x ({ours['steps_per_s']:.1f} vs {baseline:.1f} steps/s)",
+                ours["vs_baseline"] >= 1.0,
+            ))
+    return goals
+
+
+BENCHMARKS: list[Benchmark] = [
+    Benchmark(
+        "FID map: lookup-or-insert against a Python dict",
+        fid_map_benchmark,
+        runs=[{"distinct": 1_000_000}, {"distinct": 10_000_000}],
+        quick_runs=[{"distinct": 100_000, "stream": 2_000_000, "dict_sample": 200_000}],
+        goals=_fid_map_goals,
+    ),
+    Benchmark(
+        "Fused lookup + sparse Adagrad update against torch EmbeddingBag",
+        fused_update_benchmark,
+        runs=[{}],
+        quick_runs=[{"batch": 512, "baseline_rows": 1 << 16, "distinct": 100_000, "warmup": 3, "steps": 10}],
+        goals=_fused_goals,
+    ),
+]
+
+
+def machine() -> str:
+    """One line: cores, CPU model, memory, library versions and the load when the run began."""
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{len(os.sched_getaffinity(0))} cores (nproc), {model}, {memory_gib:.0f} GiB; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, numba {numba.__version__}; "
+        f"load average {os.getloadavg()[0]:.1f} at start (a shared machine: figures move with other work on it)"
+    )
+
+
+def _about(module: ModuleType) -> str:
+    # A module docstring's first paragraph says what it measures.
+    return inspect.getdoc(module).split("\n\n")[0].replace("\n", " ")
+
+
+def run_all(quick: bool) -> str:
+    """Runs every benchmark (small sizes when ``quick``); returns the results document as markdown."""
+    header = machine()
+    sections, goals = [], []
+    for bench in BENCHMARKS:
+        print(f"running {bench.title} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        results = [bench.module.run(**kwargs) for kwargs in (bench.quick_runs if quick else bench.runs)]
+        print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        sections.append(f"## {bench.title}\n\n{_about(bench.module)}\n\n{bench.module.report(results)}")
+        goals.extend(bench.goals(results))
+    goal_lines = ["| goal | target | measured | result |", "| --- | --- | --- | --- |"]
+    goal_lines += [f"| {g.name} | {g.target} | {g.measured} | {'PASS' if g.passed else 'FAIL'} |" for g in goals]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "`.venv/bin/python -m benchmarks --quick`" if quick else "`make bench` (`.venv/bin/python -m benchmarks`)"
+    intro = [
+        "# Benchmark results" + (" (quick sizes)" if quick else ""),
+        "",
+        f"Made by {command} on {now}.",
+        "",
+        f"Machine: {header}.",
+        "",
+        "## Goals",
+        "",
+        *goal_lines,
+    ]
+    return "\n".join(intro) + "\n\n" + "\n\n".join(sections) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: runs the benchmarks, prints the document and, unless ``--quick``, writes RESULTS.md."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; print only, RESULTS.md is left alone")
+    args = parser.parse_args(argv)
+    document = run_all(args.quick)
+    print(document)
+    if not args.quick:
+        with atomic_write(RESULTS, "w") as f:
+            f.write(document)
+        print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
