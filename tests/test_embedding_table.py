@@ -197,3 +197,22 @@ def test_bad_input_names_the_problem():
         table.lookup(np.array([1.5]))
     with pytest.raises(ValueError, match="slot 40000"):
         SlotConfig(40000)
+
+
+def test_changed_since_reports_written_rows_and_evict_expired_the_dropped_fids():
+    table = sgd_table(slots=[SlotConfig(1, expire_time=1)])
+    first, second = make_fid(1, 1), make_fid(1, 2)
+    table.apply_gradients(np.array([first]), np.ones((1, 1), np.float32), req_time=0)
+    marker = table.change_marker
+    keys, rows = table.changed_since(marker)
+    assert keys.size == 0 and rows.shape == (0, 1)
+    table.apply_gradients(np.array([second]), np.ones((1, 1), np.float32), req_time=86400)
+    table.assign(np.array([first]), np.full((1, 1), 0.5, np.float32), req_time=0)
+    keys, rows = table.changed_since(marker)
+    order = np.argsort(keys)
+    np.testing.assert_array_equal(keys[order], [first, second])
+    np.testing.assert_allclose(rows[order], [[0.5], [-0.1]])
+    later = table.change_marker
+    np.testing.assert_array_equal(table.evict_expired(), [first])  # day 0 vs newest day 1: expired
+    assert table.changed_since(later)[0].size == 0  # eviction writes no row
+    np.testing.assert_array_equal(table.contains(np.array([first, second])), [False, True])

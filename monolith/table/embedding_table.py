@@ -119,6 +119,10 @@ class EmbeddingHashTable:
         self._capacity = 1024
         self._keys = np.empty(self._capacity, dtype=np.int64)
         self._timestamps = np.zeros(self._capacity, dtype=np.int64)
+        # Change counter of each row's last write, so the rows changed since a marker can be
+        # pushed to serving (Monolith's real-time parameter sync).
+        self._changes = 0
+        self._changed_at = np.zeros(self._capacity, dtype=np.int64)
         self._weights: list[np.ndarray] = []
         self._states: list[np.ndarray] = []
         SlotConfig(0, default_occurrence_threshold, default_expire_time)  # validates the defaults
@@ -241,7 +245,22 @@ class EmbeddingHashTable:
             slice_grads = np.ascontiguousarray(grads[:, column : column + config.dim])
             config.optimizer.apply(weights, state, rows, slice_grads, config.learning_rate(global_step), global_step)
             column += config.dim
+        self._record_writes(rows, times)
+
+    def _record_writes(self, rows: np.ndarray, times: np.ndarray) -> None:
         _touch(self._timestamps, rows, times)
+        self._changes += 1
+        self._changed_at[rows] = self._changes
+
+    @property
+    def change_marker(self) -> int:
+        """A marker of the table's writes so far, for :meth:`changed_since`."""
+        return self._changes
+
+    def changed_since(self, marker: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(fids, rows)`` of the rows written (updated, inserted, assigned) after ``marker``."""
+        changed = np.flatnonzero(self._changed_at[: len(self)] > marker)
+        return self._keys[changed].copy(), self._gather(changed)
 
     def _admit_and_insert(self, keys: np.ndarray, hint: RowHint | None = None) -> np.ndarray:
         """Rows of ``keys`` after admitting and inserting new ids; -1 for occurrences filtered out."""
@@ -294,6 +313,7 @@ class EmbeddingHashTable:
             return b
 
         self._keys, self._timestamps = grown(self._keys), grown(self._timestamps)
+        self._changed_at = grown(self._changed_at)
         self._weights = [grown(w) for w in self._weights]
         self._states = [grown(s) for s in self._states]
         self._capacity = capacity
@@ -311,7 +331,7 @@ class EmbeddingHashTable:
         for config, weights in zip(self.slices, self._weights):
             weights[rows] = values[:, column : column + config.dim]
             column += config.dim
-        _touch(self._timestamps, rows, _as_times(req_time, keys.size))
+        self._record_writes(rows, _as_times(req_time, keys.size))
 
     # ----------------------------------------------------------------- expiry
     def _unexpired(self, now: int | None) -> np.ndarray:
@@ -328,9 +348,13 @@ class EmbeddingHashTable:
 
         ``now`` (seconds) defaults to the newest update time in the table, as Monolith does.
         """
+        return int(self.evict_expired(now).size)
+
+    def evict_expired(self, now: int | None = None) -> np.ndarray:
+        """Like :meth:`evict`, returning the FIDs dropped (serving must drop them too)."""
         keep = self._unexpired(now)
-        dropped = int(keep.size - keep.sum())
-        if dropped:
+        dropped = self._keys[: len(self)][~keep].copy()
+        if dropped.size:
             self._compact(np.flatnonzero(keep))
         if self._filter.enabled and len(self._filter):
             self._filter.forget(self._keys[: len(self)])
@@ -340,6 +364,7 @@ class EmbeddingHashTable:
         size = rows.size
         self._keys[:size] = self._keys[rows]
         self._timestamps[:size] = self._timestamps[rows]
+        self._changed_at[:size] = self._changed_at[rows]
         for weights, state in zip(self._weights, self._states):
             weights[:size] = weights[rows]
             state[:size] = state[rows]
@@ -360,9 +385,8 @@ class EmbeddingHashTable:
             "version": _FORMAT_VERSION,
             "name": self.name,
             "slices": [s.describe() for s in self.slices],
-            "slot_thresholds": {int(s): int(t) for s, t in enumerate(self._thresholds) if t},
-            "slot_expire_days": {int(s): int(d) for s, d in enumerate(self._expire_days)
-                                 if d != DEFAULT_EXPIRE_TIME_DAYS},
+            "slot_thresholds": _per_slot_settings(self._thresholds),
+            "slot_expire_days": _per_slot_settings(self._expire_days),
         }
         state = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -390,6 +414,8 @@ class EmbeddingHashTable:
         self._capacity = max(1024, size)
         self._keys = np.zeros(self._capacity, dtype=np.int64)
         self._timestamps = np.zeros(self._capacity, dtype=np.int64)
+        self._changes += 1  # every loaded row counts as changed
+        self._changed_at = np.full(self._capacity, self._changes, dtype=np.int64)
         self._keys[:size] = keys
         self._timestamps[:size] = state["timestamps"]
         for index, config in enumerate(self.slices):
@@ -416,6 +442,13 @@ class EmbeddingHashTable:
         except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
             raise ValueError(f"{path}: not a readable embedding table file ({error})") from error
         self.load_state_dict(state, source=path)
+
+
+def _per_slot_settings(values: np.ndarray) -> dict:
+    """A per-slot array as its most common value and the slots that differ (compact in the meta)."""
+    distinct, counts = np.unique(values, return_counts=True)
+    default = distinct[np.argmax(counts)]
+    return {"default": int(default), "slots": {int(s): int(values[s]) for s in np.flatnonzero(values != default)}}
 
 
 def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
