@@ -116,17 +116,22 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ reading
     @staticmethod
+    def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+        """The manifest of the checkpoint at ``path`` (cheap: no tables are read)."""
+        manifest_path = os.path.join(os.fspath(path), "manifest.json")
+        try:
+            with open(manifest_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{os.fspath(path)}: not a checkpoint (no manifest.json)") from None
+        except ValueError as error:
+            raise ValueError(f"{manifest_path}: unreadable manifest ({error})") from error
+
+    @staticmethod
     def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, list[dict[str, np.ndarray]]], dict[str, Any]]:
         """``(dense_state, {table: [shard states]}, manifest)`` of the checkpoint at ``path``."""
         path = os.fspath(path)
-        manifest_path = os.path.join(path, "manifest.json")
-        try:
-            with open(manifest_path) as f:
-                manifest = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: not a checkpoint (no manifest.json)") from None
-        except ValueError as error:
-            raise ValueError(f"{manifest_path}: unreadable manifest ({error})") from error
+        manifest = CheckpointManager.read_manifest(path)
         try:
             dense = torch.load(os.path.join(path, "dense.pt"), weights_only=False)
         except Exception as error:  # torch raises several kinds for a damaged file

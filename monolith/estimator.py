@@ -14,12 +14,13 @@ before running it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from monolith.checkpoint import CheckpointManager
 from monolith.distributed.context import DistributedContext, init_from_env
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
+from monolith.export import export_saved_model
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
@@ -139,6 +141,7 @@ class Estimator:
         self._pending_optimizer_state: dict | None = None
         self._batches_consumed = 0
         self._summary_writer = None
+        self._source = None
         self.dist = init_from_env()
         self.dedup = config.dedup or ("sum" if self.dist is not None else "local")
         if self.dedup not in ("local", "sum") or (self.dist is not None and self.dedup == "local"):
@@ -233,14 +236,35 @@ class Estimator:
             "batches_consumed": self._batches_consumed,
             "torch_rng": torch.get_rng_state(),
         }
+        input_state = self._source.state_dict() if self._source is not None else None
         if self.dist is None:
-            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict())
+            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict(),
+                                          extra={"input_states": [input_state]})
         else:
             path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
-                                          self.model.ctx.state_dict(), rank=self.dist.rank,
-                                          world_size=self.dist.world_size, barrier=self.dist.barrier)
+                                          self.model.ctx.state_dict(),
+                                          extra={"input_states": self.dist.all_gather_object(input_state)},
+                                          rank=self.dist.rank, world_size=self.dist.world_size,
+                                          barrier=self.dist.barrier)
         self._restored = path
+        if self._source is not None and hasattr(self._source, "commit"):
+            self._source.commit()  # the stream's consumed offsets go with the checkpoint
         return path
+
+    def _restore_input_state(self) -> None:
+        """Positions a stateful input where the latest checkpoint left it (before it is read)."""
+        latest = self._checkpoints.latest()
+        if latest is None:
+            return
+        states = CheckpointManager.read_manifest(latest).get("input_states") or []
+        rank = self.dist.rank if self.dist is not None else 0
+        if rank < len(states) and states[rank] is not None:
+            self._source.load_state_dict(states[rank])
+
+    def export_saved_model(self, export_dir: str | os.PathLike) -> str:
+        """Exports the model for serving to ``export_dir/<global_step>/`` and returns that path
+        (see :func:`monolith.export.export_saved_model`)."""
+        return export_saved_model(self, export_dir)
 
     def _summary(self, tag: str, value: float) -> None:
         if not self.config.enable_summaries or not math.isfinite(value):
@@ -262,14 +286,26 @@ class Estimator:
         return hooks
 
     # ------------------------------------------------------------------ training
-    def train(self, max_steps: int | None = None, steps: int | None = None) -> dict[str, float]:
+    def train(self, max_steps: int | None = None, steps: int | None = None,
+              input_fn: Callable[[str], Iterable[Batch]] | None = None,
+              hooks: Sequence[TrainingHook] = ()) -> dict[str, float]:
         """Trains until the global step reaches ``max_steps`` (or for ``steps`` more steps, or until
-        the input ends); returns the last logged metrics."""
+        the input ends); returns the last logged metrics.
+
+        ``input_fn`` replaces the model's (e.g. a :class:`~monolith.streaming.KafkaSource`);
+        ``hooks`` run besides the model's own (e.g. :class:`~monolith.streaming.ParameterSync`).
+        An input with ``state_dict``/``load_state_dict`` (a stream) is checkpointed and resumed by
+        its own state; any other input is resumed by skipping the batches already trained.
+        """
         self.model.p.mode = ModeKeys.TRAIN
         self.model.train()
         self.model.ctx.train(True)
         max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
-        batches = self._input(ModeKeys.TRAIN)
+        source = (input_fn or self.model.create_input_fn(ModeKeys.TRAIN))(ModeKeys.TRAIN)
+        self._source = source if _is_stateful(source) else None
+        if self._source is not None:
+            self._restore_input_state()
+        batches = iter(source)
         first = next(batches, None)
         if first is None:
             raise ValueError("input_fn(TRAIN) produced no batch")
@@ -277,11 +313,12 @@ class Estimator:
         self.build(first)
         if steps is not None:
             max_steps = self.global_step + steps
-        batches = self._resume(first, batches)
+        batches = itertools.chain([first], batches) if self._source is not None else self._resume(first, batches)
         metrics = _HeadMetrics()
         # Hooks begin before the first step: those of the build pass when it ran now (tables exist,
         # checkpoint restored), else those of the first step.
-        hooks: list[TrainingHook] | None = self._hooks(self.model._training_hooks) if built_now else None
+        extra_hooks = list(hooks)
+        hooks: list[TrainingHook] | None = self._hooks(self.model._training_hooks) + extra_hooks if built_now else None
         for hook in hooks or []:
             hook.begin(self)
         saved_step = None
@@ -299,7 +336,7 @@ class Estimator:
                 metrics.update(output)
                 examples += batch.batch_size
                 if hooks is None:
-                    hooks = self._hooks(output.training_hooks)
+                    hooks = self._hooks(output.training_hooks) + extra_hooks
                     for hook in hooks:
                         hook.begin(self)
                 for hook in hooks:
@@ -536,3 +573,8 @@ class Estimator:
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _is_stateful(source: object) -> bool:
+    """Whether an input can save and restore its position (a stream, e.g. KafkaSource)."""
+    return callable(getattr(source, "state_dict", None)) and callable(getattr(source, "load_state_dict", None))

