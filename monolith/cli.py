@@ -1,4 +1,4 @@
-"""The ``monolith`` command: train, evaluate, predict or dump a model given as ``module:Class``.
+"""The ``monolith`` command: train, evaluate, predict, dump or export a model given as ``module:Class``.
 
 Usage::
 
@@ -7,6 +7,7 @@ Usage::
     monolith evaluate --model my_models:CtrModel --model-dir /tmp/ctr
     monolith predict  --model my_models:CtrModel --model-dir /tmp/ctr --output-path /tmp/ctr/predictions
     monolith dump     --model my_models:CtrModel --model-dir /tmp/ctr          # -> /tmp/ctr/model_dump.json
+    monolith export   --model my_models:CtrModel --model-dir /tmp/ctr          # -> /tmp/ctr/exported_models/<step>
     torchrun --nproc_per_node=2 -m monolith train --model my_models:CtrModel --model-dir /tmp/ctr
 
 ``python -m monolith ...`` is the same command. The model is built as ``Class.params()`` with the
@@ -38,13 +39,14 @@ import torch
 from monolith.checkpoint import CheckpointManager
 from monolith.dump import ModelDump
 from monolith.estimator import Estimator, RunConfig
+from monolith.export import ExportSignature
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithBaseModel
 from monolith.params import InstantiableParams, Params
 
 __all__ = ["CliError", "apply_overrides", "build_params", "load_model_class", "main", "parse_value"]
 
-COMMANDS = ("train", "evaluate", "predict", "dump")
+COMMANDS = ("train", "evaluate", "predict", "dump", "export")
 
 
 class CliError(Exception):
@@ -217,12 +219,24 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
             "tables": sorted(dump.table_configs)}
 
 
-_RUN = {"train": _train, "evaluate": _evaluate, "predict": _predict, "dump": _dump}
+def _export(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    model_dir = estimator.config.model_dir
+    if CheckpointManager(model_dir).latest() is None:
+        raise CliError(f"export: no checkpoint in {os.path.abspath(model_dir)} to export; train first")
+    export_dir = args.export_dir or os.path.join(model_dir, estimator.model.p.serving.export_dir_base)
+    path = estimator.export_saved_model(export_dir)
+    signature = ExportSignature.load(path)
+    return {"export": os.path.abspath(path), "program": signature.program, "outputs": signature.outputs,
+            "tables": sorted(signature.tables)}
+
+
+_RUN = {"train": _train, "evaluate": _evaluate, "predict": _predict, "dump": _dump, "export": _export}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="monolith", description="Train, evaluate, predict or dump a Monolith model given as module:Class.",
+        prog="monolith",
+        description="Train, evaluate, predict, dump or export a Monolith model given as module:Class.",
         epilog="Under torchrun (torchrun --nproc_per_node=N -m monolith train ...) the ranks train synchronously.")
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--model", required=True, metavar="MODULE:CLASS",
@@ -244,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="predict/evaluate: directory of the prediction files (the output_path param); "
                              "predict defaults to MODEL_DIR/predictions")
     parser.add_argument("--dump-path", default=None, help="dump: the JSON file (default: MODEL_DIR/model_dump.json)")
+    parser.add_argument("--export-dir", default=None,
+                        help="export: where the export goes, as <global_step>/ (default: MODEL_DIR/ joined with "
+                             "the serving.export_dir_base param, exported_models)")
     parser.add_argument("--seed", type=int, default=None, help="RunConfig.seed (default: 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")

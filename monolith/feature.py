@@ -196,6 +196,9 @@ class EmbeddingFactory:
         self.built = False
         self._batch: Batch | None = None
         self._rows_cache: dict[str, torch.Tensor] = {}
+        #: When set, :meth:`lookup` returns ``lookup_override(column, slice)`` instead of reading the
+        #: tables: the exporter feeds the inputs of the dense serving program through it.
+        self.lookup_override: Callable[[FeatureColumn, FeatureSlice], torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ building
     def create_feature_slot(self, config: FeatureSlotConfig) -> FeatureSlot:
@@ -262,6 +265,8 @@ class EmbeddingFactory:
 
     def lookup(self, column: FeatureColumn, s: FeatureSlice) -> torch.Tensor:
         """Pooled ``[batch, ...]`` embedding of ``column``'s slice ``s`` for the current batch."""
+        if self.lookup_override is not None:
+            return self.lookup_override(column, s)
         if self._batch is None:
             raise RuntimeError("embedding lookup outside a step: no batch has been set on the factory")
         try:
