@@ -180,7 +180,26 @@ def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfi
 
 # ---------------------------------------------------------------------------------------- commands
 def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
-    metrics = estimator.train(max_steps=args.max_steps, steps=args.steps)
+    input_fn, hooks = None, []
+    if args.stream is not None:
+        from monolith.streaming import KafkaSource, decode_examples
+
+        model = estimator.model
+        rank = estimator.dist.rank if estimator.dist is not None else 0
+        try:
+            source = KafkaSource.from_url(args.stream, model.batch_size or 256,
+                                          parse_fn=getattr(model, "parse_stream", decode_examples),
+                                          partitions=[rank], group_id=args.stream_group or model.p.name,
+                                          idle_timeout_s=args.stream_idle_timeout)
+        except ValueError as e:
+            raise CliError(f"--stream: {e}") from None
+        input_fn = lambda mode: source  # noqa: E731 - the stream replaces input_fn(TRAIN)
+    if args.serving_url is not None:
+        from monolith.streaming import ParameterSync
+
+        hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
+                                   evict_interval_s=args.evict_interval))
+    metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks)
     latest = CheckpointManager(estimator.config.model_dir).latest()
     return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
 
@@ -236,7 +255,8 @@ _RUN = {"train": _train, "evaluate": _evaluate, "predict": _predict, "dump": _du
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monolith",
-        description="Train, evaluate, predict, dump or export a Monolith model given as module:Class.",
+        description="Train, evaluate, predict, dump or export a Monolith model given as module:Class; "
+                    "`monolith serve --model EXPORT_DIR --port P` serves an export.",
         epilog="Under torchrun (torchrun --nproc_per_node=N -m monolith train ...) the ranks train synchronously.")
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--model", required=True, metavar="MODULE:CLASS",
@@ -261,6 +281,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-dir", default=None,
                         help="export: where the export goes, as <global_step>/ (default: MODEL_DIR/ joined with "
                              "the serving.export_dir_base param, exported_models)")
+    parser.add_argument("--stream", default=None, metavar="kafka://HOST:PORT/TOPIC",
+                        help="train: read training examples from this Kafka topic (rank r reads partition r), "
+                             "parsed by the model's parse_stream(messages) if it has one, else as JSON examples "
+                             "(monolith.streaming.encode_example); offsets are kept with each checkpoint")
+    parser.add_argument("--stream-group", default=None, help="train --stream: consumer group (default: the model name)")
+    parser.add_argument("--stream-idle-timeout", type=float, default=None,
+                        help="train --stream: stop after this many seconds without a message (default: never)")
+    parser.add_argument("--serving-url", default=None, metavar="http://HOST:PORT",
+                        help="train: push changed embedding rows and dense weights to this serving process")
+    parser.add_argument("--sync-interval", type=float, default=10.0,
+                        help="train --serving-url: seconds between parameter pushes (default 10)")
+    parser.add_argument("--evict-interval", type=float, default=None,
+                        help="train --serving-url: seconds between expiry sweeps whose evictions reach serving")
     parser.add_argument("--seed", type=int, default=None, help="RunConfig.seed (default: 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")
@@ -269,6 +302,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # `monolith serve --model EXPORT_DIR --port P`: --model is an export here, not a class.
+        from monolith.serving.__main__ import main as serve
+
+        serve(argv[1:])
+        return 0
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -142,6 +143,8 @@ class Estimator:
         self._batches_consumed = 0
         self._summary_writer = None
         self._source = None
+        #: Held during each training step; other threads (ParameterSync) read parameters between steps.
+        self.step_lock = threading.Lock()
         self.dist = init_from_env()
         self.dedup = config.dedup or ("sum" if self.dist is not None else "local")
         if self.dedup not in ("local", "sum") or (self.dist is not None and self.dedup == "local"):
@@ -331,7 +334,8 @@ class Estimator:
                     break
                 if self.dist is not None:
                     self.dist.heartbeat(self.global_step)
-                output = self.train_step(batch)
+                with self.step_lock:
+                    output = self.train_step(batch)
                 self._batches_consumed += 1
                 metrics.update(output)
                 examples += batch.batch_size

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 import streaming_worker as worker  # noqa: E402
 from monolith.fid import make_fid  # noqa: E402
+from monolith.model import TrainingHook  # noqa: E402
 from monolith.streaming import KafkaSource, LocalKafkaBroker, ParameterSync, encode_example  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "streaming_worker.py")
@@ -75,13 +76,28 @@ def test_a_bad_message_skips_its_batch_and_training_goes_on(broker):
     assert source.state_dict()["offsets"] == {"0": 9}  # and not read again after a restart
 
 
+class PushEveryStep(TrainingHook):
+    """Drives a ParameterSync by step instead of by clock, so a test knows what each push holds."""
+
+    def __init__(self, sync: ParameterSync):
+        self.sync = sync
+
+    def after_step(self, step, batch, output) -> None:
+        self.sync.push()
+
+
+def stepped_sync(push_fn, **kwargs) -> tuple[ParameterSync, PushEveryStep]:
+    sync = ParameterSync("http://unused", interval_s=3600, push_fn=push_fn, **kwargs)
+    return sync, PushEveryStep(sync)
+
+
 def test_online_training_pushes_changed_rows_and_dense_weights(broker, tmp_path):
     broker.create_topic("online")
     produce(broker, "online", worker.events(96))
     pushes = []
-    sync = ParameterSync("http://unused", interval_s=1e-9, push_fn=lambda url, update: pushes.append(update))
-    estimator = worker.train(broker.bootstrap_servers, "online", str(tmp_path / "model"), hooks=[sync])
-    assert estimator.global_step == 3 and len(pushes) == 4  # one per step, and a final one
+    sync, driver = stepped_sync(lambda url, update: pushes.append(update))
+    estimator = worker.train(broker.bootstrap_servers, "online", str(tmp_path / "model"), hooks=[sync, driver])
+    assert estimator.global_step == 3 and len(pushes) == 3  # one per step; the final push has nothing new
     # Replaying the pushes onto empty tables gives exactly the trained tables.
     for name, module in estimator.model.ctx.tables.items():
         replayed: dict[int, np.ndarray] = {}
@@ -106,10 +122,9 @@ def test_evicted_fids_are_pushed_as_deleted(broker, tmp_path):
     new = encode_example({"uid": new_fids[:1], "mov": new_fids[1:]}, 0.0, req_time=400 * 86400)
     produce(broker, "evict", [old] * 32 + [new] * 32)
     pushes = []
-    sync = ParameterSync("http://unused", interval_s=1e-9, evict_interval_s=1e-9,
-                         push_fn=lambda url, update: pushes.append(update))
+    sync, driver = stepped_sync(lambda url, update: pushes.append(update), evict_interval_s=1e-9)
     # Expire time 100 days: once day-400 rows exist, the day-0 rows are past it and go.
-    estimator = worker.train(broker.bootstrap_servers, "evict", str(tmp_path / "model"), hooks=[sync],
+    estimator = worker.train(broker.bootstrap_servers, "evict", str(tmp_path / "model"), hooks=[sync, driver],
                              expire_time=100)
     deleted = {int(v) for update in pushes for part in update["tables"].values() for v in part["deleted"]}
     assert deleted == set(old_fids)
@@ -129,12 +144,27 @@ def test_a_failed_push_is_retried_with_the_next_one(broker, tmp_path):
             raise OSError("serving is down")
         delivered.append(update)
 
-    sync = ParameterSync("http://unused", interval_s=1e-9, push_fn=flaky)
-    estimator = worker.train(broker.bootstrap_servers, "retry", str(tmp_path / "model"), hooks=[sync])
+    sync, driver = stepped_sync(flaky)
+    estimator = worker.train(broker.bootstrap_servers, "retry", str(tmp_path / "model"), hooks=[sync, driver])
     # The rows of the failed first push travel with the second one.
     first_ids = set(attempts[0]["tables"]["uid"]["ids"].tolist())
     assert first_ids <= set(delivered[0]["tables"]["uid"]["ids"].tolist())
     assert estimator.global_step == 2
+
+
+def test_pushes_run_on_a_clock_even_when_the_stream_is_quiet(broker, tmp_path):
+    broker.create_topic("quiet")
+    produce(broker, "quiet", worker.events(32))
+    pushes = []
+    sync = ParameterSync("http://unused", interval_s=0.2, push_fn=lambda url, update: pushes.append(
+        (time.monotonic(), update)))
+    worker.train(broker.bootstrap_servers, "quiet", str(tmp_path / "model"), hooks=[sync])
+    ended = time.monotonic()
+    # One step trains the only batch, then the stream is idle for 3 s before training ends: the
+    # step's rows reach serving on the clock, long before the final push at the end.
+    first_at, first = pushes[0]
+    assert first["tables"]["uid"]["ids"].numel() > 0
+    assert ended - first_at > 2.0
 
 
 def test_sigkill_mid_stream_and_restart_match_an_uninterrupted_run(broker, tmp_path):

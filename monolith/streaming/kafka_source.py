@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 ParseFn = Callable[[Sequence[bytes]], Batch]
 
+_POLL_S = 0.05
+
 
 def encode_example(sparse: dict[str, Sequence[int]], label: float, dense: dict[str, Sequence[float]] | None = None,
                    req_time: int | None = None) -> bytes:
@@ -100,7 +102,7 @@ class KafkaSource:
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, batch_size: int, parse_fn: ParseFn = decode_examples,
-                 partitions: Sequence[int] = (0,), group_id: str = "monolith", max_batch_wait_s: float = 0.5,
+                 partitions: Sequence[int] = (0,), group_id: str = "monolith", max_batch_wait_s: float = 0.2,
                  idle_timeout_s: float | None = None, consumer_config: dict[str, Any] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -168,8 +170,10 @@ class KafkaSource:
         first_at = last_message_at = time.monotonic()
         try:
             while True:
-                wait = self.max_batch_wait_s - (time.monotonic() - first_at) if pending else 1.0
-                messages = self._consumer.consume(self.batch_size - len(pending), timeout=max(wait, 0.01))
+                # consume() blocks until it has all it asked for or the timeout passes: short timeouts
+                # keep a lone fresh event from waiting on a batch that will not fill.
+                wait = self.max_batch_wait_s - (time.monotonic() - first_at) if pending else _POLL_S
+                messages = self._consumer.consume(self.batch_size - len(pending), timeout=min(max(wait, 0.001), _POLL_S))
                 now = time.monotonic()
                 for message in messages:
                     if message.error() is not None:
