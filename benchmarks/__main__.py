@@ -23,7 +23,13 @@ import numba
 import numpy as np
 import torch
 
-from benchmarks import fid_map_benchmark, fused_update_benchmark
+from benchmarks import (
+    distributed_benchmark,
+    fid_map_benchmark,
+    freshness_benchmark,
+    fused_update_benchmark,
+    serving_benchmark,
+)
 from monolith.atomic import atomic_write
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -79,6 +85,18 @@ def _fused_goals(results: list[dict]) -> list[Goal]:
     return goals
 
 
+def _distributed_goals(results: list[dict]) -> list[Goal]:
+    one = next(r for r in results if r["processes"] == 1)["examples_per_sec"]
+    two = next(r for r in results if r["processes"] == 2)["examples_per_sec"]
+    return [Goal("2 training processes vs 1 on 2 cores (examples/s)", ">= 1.6x", f"{two / one:.2f}x", two / one >= 1.6)]
+
+
+def _freshness_goals(results: list[dict]) -> list[Goal]:
+    return [Goal(f"freshness (event produced -> prediction changed), sync interval {r['sync_interval_s']:g} s",
+                 "< 2 s", f"{r['freshness_max_s']:.2f} s worst of {r['measurements']}", r["freshness_max_s"] < 2.0)
+            for r in results if r["sync_interval_s"] == 1.0]
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "FID map: lookup-or-insert against a Python dict",
@@ -93,6 +111,27 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{}],
         quick_runs=[{"batch": 512, "baseline_rows": 1 << 16, "distinct": 100_000, "warmup": 3, "steps": 10}],
         goals=_fused_goals,
+    ),
+    Benchmark(
+        "Synchronous training: 1 vs 2 processes (torchrun, gloo)",
+        distributed_benchmark,
+        runs=[{"processes": 1}, {"processes": 2}],
+        quick_runs=[{"processes": 1, "steps": 5, "batch_size": 512}, {"processes": 2, "steps": 5, "batch_size": 512}],
+        goals=_distributed_goals,
+    ),
+    Benchmark(
+        "Serving: HTTP predict throughput and latency under a local load",
+        serving_benchmark,
+        runs=[{"duration_s": 30, "batch_size": 1}, {"duration_s": 30, "batch_size": 64}],
+        quick_runs=[{"duration_s": 3, "batch_size": 8, "fids_per_table": 10_000}],
+        goals=lambda results: [],
+    ),
+    Benchmark(
+        "Real-time freshness: broker -> trainer -> parameter sync -> server",
+        freshness_benchmark,
+        runs=[{"sync_interval_s": 1.0, "measurements": 10}],
+        quick_runs=[{"sync_interval_s": 1.0, "measurements": 2}],
+        goals=_freshness_goals,
     ),
 ]
 
