@@ -47,6 +47,14 @@ def reference_vector(out_dir: str) -> None:
         json.dump(result, f)
 
 
+def reference_vector_single_process() -> None:
+    """The vector's table work in one process (SGD slices, zero init), e.g. to compile its kernels."""
+    table = EmbeddingHashTable([SliceConfig("v", 1, initializer=ZerosInitializer(),
+                                            optimizer=SgdOptimizer(learning_rate=1.0))])
+    table.apply_gradients(np.array([0, 3, 0, 1]), np.full((4, 1), 2.0, np.float32), dedup="sum")
+    table.lookup(np.array([0, 3]))
+
+
 def comp_batches(step: int, rank: int, world_size: int) -> Batch:
     """Rank ``rank``'s part of the global batch of ``step``: 1..24 FIDs per feature and row."""
     rng = np.random.default_rng(1000 + step)

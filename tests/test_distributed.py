@@ -16,6 +16,15 @@ from monolith.estimator import Estimator, RunConfig
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels(tmp_path_factory):
+    """Compiles (and caches) the table kernels once here, so the two ranks of each run load them
+    instead of both compiling and writing numba's cache at the same moment."""
+    Estimator(worker.SmallModel(), RunConfig(model_dir=str(tmp_path_factory.mktemp("warm")), dedup="sum",
+                                             log_step_count_steps=1000, enable_summaries=False)).train(max_steps=2)
+    worker.reference_vector_single_process()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
