@@ -37,12 +37,14 @@ from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
+from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Estimator", "EstimatorSpec", "RunConfig"]
+# RunnerConfig and ServiceDiscoveryType are importable from here, as from Monolith's estimator module.
+__all__ = ["Estimator", "EstimatorSpec", "RunConfig", "RunnerConfig", "ServiceDiscoveryType"]
 
 
 @dataclasses.dataclass
@@ -51,7 +53,10 @@ class RunConfig:
 
     Args:
         model_dir: checkpoints, summaries and exports go here.
-        save_checkpoints_steps: checkpoint every this many steps (None: only at the end of ``train``).
+        save_checkpoints_steps: checkpoint every this many steps (None: the model's
+            ``train.save_checkpoints_steps`` param; neither: only at the end of ``train``).
+        save_checkpoints_secs: checkpoint when this many seconds passed since the last one (None:
+            the model's ``train.save_checkpoints_secs`` param); not together with steps.
         keep_checkpoint_max: how many checkpoints to keep.
         log_step_count_steps: log loss, metrics and examples/s every this many steps.
         use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
@@ -69,6 +74,7 @@ class RunConfig:
 
     model_dir: str = "model_dir"
     save_checkpoints_steps: int | None = None
+    save_checkpoints_secs: float | None = None
     keep_checkpoint_max: int = 5
     log_step_count_steps: int = 100
     use_native_multi_hash_table: bool = True
@@ -113,7 +119,8 @@ class Estimator:
 
     Args:
         model: the model, or its ``InstantiableParams`` (instantiated here).
-        config: a :class:`RunConfig` (or just ``model_dir``).
+        config: a :class:`RunConfig` (or just ``model_dir``), or Monolith's
+            :class:`~monolith.runner_config.RunnerConfig`, which also sets some model params.
 
     Example::
 
@@ -123,13 +130,16 @@ class Estimator:
         for prediction in estimator.predict(): ...
     """
 
-    def __init__(self, model: MonolithBaseModel | InstantiableParams, config: RunConfig | str | None = None) -> None:
+    def __init__(self, model: MonolithBaseModel | InstantiableParams,
+                 config: RunConfig | RunnerConfig | str | None = None) -> None:
         if isinstance(model, InstantiableParams):
             model = model.instantiate()
         if not isinstance(model, MonolithBaseModel):
             raise TypeError(f"Estimator needs a MonolithBaseModel or its params, got {type(model).__name__}")
         if isinstance(config, str) or config is None:
             config = RunConfig(model_dir=config or "model_dir")
+        elif isinstance(config, RunnerConfig):
+            config = config.configure(model)
         self.model = model
         self.config = config
         self.global_step = 0
@@ -231,7 +241,11 @@ class Estimator:
             self._pending_optimizer_state = None
 
     def save_checkpoint(self) -> str:
-        """Writes a checkpoint of the current state to ``model_dir``; returns its path."""
+        """Writes a checkpoint of the current state to ``model_dir``; returns its path.
+
+        With the ``serving.export_when_saving`` param, the checkpointed model is also exported
+        (:meth:`export_saved_model`) when it has a serving receiver, as Monolith's exporting saver.
+        """
         dense = {
             "model": self.model.state_dict(),
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
@@ -252,6 +266,14 @@ class Estimator:
         self._restored = path
         if self._source is not None and hasattr(self._source, "commit"):
             self._source.commit()  # the stream's consumed offsets go with the checkpoint
+        if self.model.p.serving.export_when_saving:
+            if self.dist is not None:
+                logger.warning("serving.export_when_saving: not exported under torch.distributed (an export runs "
+                               "in one process: `monolith export` the checkpoint %s)", path)
+            elif self.model.create_serving_input_receiver_fn()() is None:
+                logger.warning("serving.export_when_saving: not exported, serving_input_receiver_fn returned None")
+            else:
+                self.export_saved_model()
         return path
 
     def _restore_input_state(self) -> None:
@@ -264,9 +286,12 @@ class Estimator:
         if rank < len(states) and states[rank] is not None:
             self._source.load_state_dict(states[rank])
 
-    def export_saved_model(self, export_dir: str | os.PathLike) -> str:
+    def export_saved_model(self, export_dir: str | os.PathLike | None = None) -> str:
         """Exports the model for serving to ``export_dir/<global_step>/`` and returns that path
-        (see :func:`monolith.export.export_saved_model`)."""
+        (see :func:`monolith.export.export_saved_model`); ``export_dir`` defaults to ``model_dir``
+        joined with the ``serving.export_dir_base`` param, as in Monolith."""
+        if export_dir is None:
+            export_dir = os.path.join(self.config.model_dir, self.model.p.serving.export_dir_base)
         return export_saved_model(self, export_dir)
 
     def _summary(self, tag: str, value: float) -> None:
@@ -304,6 +329,7 @@ class Estimator:
         self.model.train()
         self.model.ctx.train(True)
         max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
+        every_steps, every_secs = self._checkpoint_every()
         source = (input_fn or self.model.create_input_fn(ModeKeys.TRAIN))(ModeKeys.TRAIN)
         self._source = source if _is_stateful(source) else None
         if self._source is not None:
@@ -324,7 +350,7 @@ class Estimator:
         hooks: list[TrainingHook] | None = self._hooks(self.model._training_hooks) + extra_hooks if built_now else None
         for hook in hooks or []:
             hook.begin(self)
-        saved_step = None
+        saved_step, saved_at = None, time.monotonic()
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
@@ -351,9 +377,14 @@ class Estimator:
                                          examples_per_sec=f"{examples / (time.perf_counter() - started):.0f}")
                 if self.global_step % self.config.log_step_count_steps == 0:
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
-                if self.config.save_checkpoints_steps and self.global_step % self.config.save_checkpoints_steps == 0:
+                due = bool(every_steps) and self.global_step % every_steps == 0
+                if every_secs:
+                    due = time.monotonic() - saved_at >= every_secs
+                    if self.dist is not None:  # saving is collective: every rank saves when one is due
+                        due = self.dist.count(due) > 0
+                if due:
                     self.save_checkpoint()
-                    saved_step = self.global_step
+                    saved_step, saved_at = self.global_step, time.monotonic()
         except RuntimeError as error:
             if self.dist is None:
                 raise
@@ -372,6 +403,15 @@ class Estimator:
             if self._summary_writer is not None:
                 self._summary_writer.flush()
         return last
+
+    def _checkpoint_every(self) -> tuple[int | None, float | None]:
+        """(steps, seconds) between checkpoints: the RunConfig's, else the model's ``train.*`` params."""
+        train = self.model.p.train
+        steps = self.config.save_checkpoints_steps or train.save_checkpoints_steps
+        secs = self.config.save_checkpoints_secs or train.save_checkpoints_secs
+        if steps and secs:
+            raise ValueError("Can not provide both save_checkpoints_secs and save_checkpoints_steps.")
+        return steps, secs
 
     def _rank_failure(self, error: RuntimeError) -> RuntimeError:
         """A failed collective as an error that names the rank(s) that stopped."""

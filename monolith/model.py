@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import hashlib
 import logging
-from typing import Any, Callable, Iterable, Mapping, Sequence
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -47,6 +49,9 @@ from monolith.optim.base import Compressor, Initializer, SliceOptimizer
 from monolith.params import InstantiableParams, Params
 from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
 from monolith.spec import EstimatorSpec
+
+if TYPE_CHECKING:
+    from monolith.data.feature_list import FeatureList
 
 logger = logging.getLogger(__name__)
 
@@ -88,44 +93,79 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
 
     @classmethod
     def params(cls) -> InstantiableParams:
-        """Monolith's params tree: ``name``, ``mode``, ``train.*``, ``eval.*``, ``serving.*``, ``metrics.*``."""
+        """Monolith's params tree, every name of ``BaseLayer``, ``BaseTask``, ``NativeTask`` and
+        ``MonolithBaseModel``: ``name``, ``mode``, ``accelerator``, ``input.*``, ``train.*``,
+        ``eval.*``, ``serving.*``, ``metrics.*`` and the model-level names.
+
+        Names whose Monolith feature does not exist here are accepted and ignored; their
+        description starts with "Ignored" and says why. A name that is not defined raises
+        ``AttributeError`` naming it.
+        """
         p = InstantiableParams(cls)
         p.define("name", cls.__name__, "Name of this model.")
-        p.define("mode", ModeKeys.TRAIN, "Run mode.")
+        p.define("mode", ModeKeys.TRAIN, "Run mode, set by the Estimator.")
+        p.define("accelerator", None, "Ignored: the device comes from MonolithDeviceCtx (CUDA when available).")
+        p.define("input", Params(), "Input params.")
+        p.input.define("eval_examples", None, "Number of total examples for evaluation (for input_fn).")
+        p.input.define("train_examples", None, "Number of total examples for training (for input_fn).")
         p.define("train", Params(), "Training params.")
-        p.train.define("max_steps", None, "Number of total steps to train.")
         p.train.define("steps", None, "Number of steps to train in one call.")
+        p.train.define("max_steps", None, "Number of total steps to train (Estimator.train's default).")
         p.train.define("per_replica_batch_size", None, "Batch size of one replica.")
-        p.train.define("save_checkpoints_steps", None, "Checkpoint every this many steps.")
+        p.train.define("file_pattern", None, "Training input files (for input_fn).")
+        p.train.define("repeat", False, "Whether to repeat the training input (for input_fn).")
         p.train.define("label_key", "label", "Key of the label in the features.")
+        p.train.define("save_checkpoints_steps", None, "Checkpoint every this many steps when the run config sets "
+                                                       "neither steps nor seconds.")
+        p.train.define("save_checkpoints_secs", None, "Checkpoint every this many seconds when the run config sets "
+                                                      "neither steps nor seconds.")
+        p.train.define("dense_only_save_checkpoints_secs", None, "Ignored: every checkpoint holds dense and sparse parts.")
+        p.train.define("dense_only_save_checkpoints_steps", None, "Ignored: every checkpoint holds dense and sparse parts.")
+        p.train.define("max_pending_seconds_for_barrier", 30, "Ignored: no PS barrier (ranks run in lock-step).")
+        p.train.define("slow_start_steps", 0, "Ignored: workers start together (torch.distributed).")
         p.train.define("sample_bias", 0.0, "Sample bias for logit correction.")
-        p.train.define("use_gpu_emb_table", False, "Accepted for compatibility; tables live in host memory.")
+        p.train.define("use_gpu_emb_table", False, "Ignored: tables live in host memory.")
+        p.train.define("use_fountain", False, "Ignored: no fountain data service (input_fn reads the data).")
+        p.train.define("fountain_zk_host", "", "Ignored: no fountain data service.")
+        p.train.define("fountain_model_name", "", "Ignored: no fountain data service.")
+        p.train.define("fountain_parse_on_server", False, "Ignored: no fountain data service.")
+        p.train.define("fountain_precompute_value_rowids", False, "Ignored: no fountain data service.")
         p.define("eval", Params(), "Evaluation params.")
         p.eval.define("per_replica_batch_size", None, "Batch size of one replica.")
-        p.eval.define("steps", None, "Number of steps to evaluate.")
-        p.eval.define("steps_per_eval", 10000, "Training steps between evaluations.")
+        p.eval.define("steps_per_eval", 10000, "Ignored: Estimator.train does not evaluate in between.")
+        p.eval.define("steps", None, "Number of steps to evaluate (Estimator.evaluate's default).")
         p.define("serving", Params(), "Serving params.")
-        p.serving.define("export_when_saving", False, "Export a serving model with each checkpoint.")
-        p.serving.define("export_dir_base", "exported_models", "Export base dir (relative to model_dir).")
-        p.serving.define("export_mode", "standalone", "standalone or distributed.")
-        p.serving.define("shared_embedding", True, "Accepted for compatibility.")
+        p.serving.define("export_with_gpu_allowed", False, "Ignored: exports are device-independent programs.")
+        p.serving.define("export_with_cleared_entry_devices", False, "Ignored: exports carry no device placement.")
+        p.serving.define("export_when_saving", False, "Export a serving model with each checkpoint (models whose "
+                                                      "serving_input_receiver_fn returns a receiver).")
+        p.serving.define("export_dir_base", "exported_models", "Export base dir (relative to model_dir, or absolute).")
+        p.serving.define("export_mode", "standalone", "Ignored: every export is standalone (tables in the export).")
+        p.serving.define("shared_embedding", True, "Ignored: exports always copy the tables.")
+        p.serving.define("with_remote_gpu", False, "Ignored: no remote-GPU serving.")
         p.define("metrics", Params(), "Metric params.")
-        p.metrics.define("enable_deep_insight", False, "Whether to sample examples for deep insight.")
+        p.metrics.define("enable_deep_insight", False, "Set from RunnerConfig.is_local; sampling itself is "
+                                                       "enable_file_metrics.")
         p.metrics.define("deep_insight_target", "ctr_head", "Head name(s) when model_fn gives none.")
         p.metrics.define("deep_insight_name", None, "Model name written with sampled examples.")
         p.metrics.define("deep_insight_sample_ratio", 0.01, "Fraction of examples sampled.")
         p.metrics.define("extra_fields_keys", [], "Extra features written with sampled examples.")
-        p.metrics.define("enable_throughput_hook", True, "Log examples/s.")
-        p.metrics.define("enable_kafka_metrics", False, "Send sampled examples to Kafka.")
+        p.metrics.define("enable_throughput_hook", True, "Ignored: examples/s are always logged.")
+        p.metrics.define("enable_kafka_metrics", False, "Ignored: no Kafka metric sink (use enable_file_metrics).")
+        p.metrics.define("enable_tf2_profiler_hook", True, "Ignored: no TensorFlow profiler (use torch.profiler).")
         p.metrics.define("enable_file_metrics", False, "Write sampled examples to files.")
         p.metrics.define("file_base_name", "deep_insight", "Directory of the file metrics.")
         p.metrics.define("file_ext", "txt", "Extension of the file metrics.")
+        p.metrics.define("parse_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")
+        p.metrics.define("key_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")
+        p.metrics.define("layout_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")
         p.metrics.define("dump_filename", "", "File name of the file metrics.")
+        p.metrics.define("use_data_service", False, "Ignored: no data service.")
         p.define("output_path", None, "Where prediction/eval output files go (None: not written).")
         p.define("output_fields", None, "Comma-separated features written before the predictions.")
         p.define("delimiter", "\t", "Field delimiter of output files.")
-        p.define("file_name", "", "The test input file name.")
-        p.define("enable_grads_and_vars_summary", False, "Write gradient/variable summaries.")
+        p.define("file_name", "", "The test input file name (for input_fn).")
+        p.define("enable_grads_and_vars_summary", False, "Ignored: the global gradient norm is always summarised.")
         p.define("dense_weight_decay", 0.0, "L2 decay added to dense gradients.")
         p.define("clip_norm", 1000.0, "Clip gradients by this global norm.")
         p.define("sparse_norm_warmup_steps", None, "Warm the sparse clip norm up over these steps.")
@@ -375,8 +415,9 @@ class MonolithModel(MonolithBaseModel):
     def get_feature_name_and_slot(self, item: str | int | FeatureColumn) -> tuple[str, int]:
         """Feature name and slot of a name, a slot number or a column.
 
-        A slot number is named ``slot_{n}``; a name registered with :meth:`register_slots` (or in
-        the feature list) has its slot; ``slot_{n}`` names parse; other names get the next free slot.
+        A slot number is named ``slot_{n}`` (or after its feature in the ``feature_list`` param's
+        file); a name registered with :meth:`register_slots` or in the feature list has its slot;
+        ``slot_{n}`` names parse; other names get the next free slot.
         """
         if isinstance(item, FeatureColumn):
             return item.feature_name, item.feature_slot.slot
@@ -386,15 +427,22 @@ class MonolithModel(MonolithBaseModel):
             for name, slot in self._feature_slots.items():
                 if slot == item:
                     return name, item
-            return f"slot_{item}", item
+            listed = self._feature_list().get(item) if self.p.feature_list else None
+            return (listed.feature_name if listed is not None else f"slot_{item}"), item
         if item not in self._feature_slots:
             suffix = item.rsplit("_", 1)[-1]
-            if (item.startswith("slot_") or item.startswith("fc_slot_")) and suffix.isdigit():
+            listed = self._feature_list().get(item) if self.p.feature_list else None
+            if listed is not None and listed.slot is not None:
+                self._feature_slots[item] = listed.slot
+            elif (item.startswith("slot_") or item.startswith("fc_slot_")) and suffix.isdigit():
                 self._feature_slots[item] = int(suffix)
             else:
                 used = set(self._feature_slots.values())
                 self._feature_slots[item] = next(s for s in range(1, MAX_SLOT_V2 + 1) if s not in used)
         return item, self._feature_slots[item]
+
+    def _feature_list(self) -> "FeatureList":
+        return _parse_feature_list(os.fspath(self.p.feature_list))
 
     def _get_fs_conf(self, shared_name: str, slot: int, occurrence_threshold: int | None,
                      expire_time: int) -> FeatureSlotConfig:
@@ -564,6 +612,14 @@ class MonolithModel(MonolithBaseModel):
             return Batch(sparse, dict(batch.dense))
 
         return switch if features is None else switch(features)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_feature_list(path: str) -> "FeatureList":
+    """The feature list at ``path``, parsed once per process (as Monolith caches it)."""
+    from monolith.data.feature_list import FeatureList  # late: monolith.data pulls in pyarrow
+
+    return FeatureList.parse(path)
 
 
 def switch_slot(jagged: JaggedTensor, slot: int) -> JaggedTensor:
