@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-peers clean
 
 install: $(STAMP)
 
@@ -26,5 +26,14 @@ test: install
 bench: install
 	$(PY) -m benchmarks
 
+# The side-by-side benchmarks need TorchRec and matplotlib, which live in their own venv
+# (benchmarks/setup_peers.sh); `make bench` without it skips TorchRec and the plots.
+PEERS := benchmarks/.venv-peers
+$(PEERS)/.installed: benchmarks/setup_peers.sh pyproject.toml
+	PYTHON=$(PYTHON) bash benchmarks/setup_peers.sh
+
+bench-peers: install $(PEERS)/.installed
+	$(PY) -m benchmarks
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PEERS) build *.egg-info

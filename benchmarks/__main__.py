@@ -28,6 +28,9 @@ from benchmarks import (
     fid_map_benchmark,
     freshness_benchmark,
     fused_update_benchmark,
+    growth_benchmark,
+    peers_benchmark,
+    quality_benchmark,
     serving_benchmark,
 )
 from monolith.atomic import atomic_write
@@ -97,6 +100,29 @@ def _freshness_goals(results: list[dict]) -> list[Goal]:
             for r in results if r["sync_interval_s"] == 1.0]
 
 
+def _peers_goals(results: list[dict]) -> list[Goal]:
+    goals = []
+    for r in results:
+        ours = r["systems"][peers_benchmark.MONOLITH]["examples_per_s"]
+        targets = {peers_benchmark.TORCH: 1.0, peers_benchmark.TORCHREC_MC.format(interval=1): 2.0}
+        for name, target in targets.items():
+            if name in r["systems"]:  # the TorchRec systems run only with the peers venv
+                theirs = r["systems"][name]["examples_per_s"]
+                goals.append(Goal(f"Training examples/s, monolith vs {name}", f">= {target:.1f}x",
+                                  f"{ours / theirs:.2f}x ({ours:,.0f} vs {theirs:,.0f})", ours / theirs >= target))
+    return goals
+
+
+def _growth_goals(results: list[dict]) -> list[Goal]:
+    goals = []
+    for r in results:
+        first, last = r["points"][0], r["points"][-1]
+        ratio = last["examples_per_s"] / first["examples_per_s"]
+        goals.append(Goal(f"Training examples/s flat as the tables grow ({first['ids']:,} -> {last['ids']:,} ids)",
+                          ">= 0.9x", f"{ratio:.2f}x", ratio >= 0.9))
+    return goals
+
+
 BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "FID map: lookup-or-insert against a Python dict",
@@ -132,6 +158,30 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{"sync_interval_s": 1.0, "measurements": 10}],
         quick_runs=[{"sync_interval_s": 1.0, "measurements": 2}],
         goals=_freshness_goals,
+    ),
+    Benchmark(
+        "Training side by side: monolith, plain PyTorch and TorchRec on a Criteo-like workload",
+        peers_benchmark,
+        runs=[{}],
+        quick_runs=[{"steps": 10, "warmup": 3, "batch": 512, "rows": 1 << 14, "vocab": 100_000, "hidden": (64, 32)}],
+        goals=_peers_goals,
+    ),
+    Benchmark(
+        "Growth: examples/s and memory from 1M to 50M distinct ids",
+        growth_benchmark,
+        runs=[{}],
+        quick_runs=[{"sizes": (100_000, 1_000_000), "steps": 5, "warmup": 2, "batch": 512, "vocab": 100_000,
+                     "hidden": (64, 32)}],
+        goals=_growth_goals,
+    ),
+    Benchmark(
+        "Model quality on real data: DeepFM, monolith against hashed plain PyTorch",
+        quality_benchmark,
+        runs=[{"dataset": name, "plot_to": str(RESULTS.with_name(f"quality_{name}.png"))}
+              for name in ("movielens", "adult")],
+        quick_runs=[{"dataset": "movielens", "seeds": (0,), "epochs": 1, "evals": 2, "thresholds": (1,),
+                     "expire_times": (30,)}],
+        goals=lambda results: [],
     ),
 ]
 

