@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import os
@@ -88,6 +89,22 @@ def _store():
         return None
 
 
+def _leave_group() -> None:
+    """Leaves the group at interpreter exit, once every rank got there.
+
+    Without it, a rank that finishes first tears down its communication threads while they still
+    run, which aborts the process ("terminate called without an active exception") and fails the
+    whole torchrun job.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except RuntimeError:  # a rank already died: nothing left to wait for
+        pass
+    dist.destroy_process_group()
+
+
 def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:
     """Joins the torchrun process group; None for a single-process run."""
     if not dist.is_available():
@@ -97,6 +114,7 @@ def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:
             return None
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        atexit.register(_leave_group)
     if dist.get_world_size() <= 1:
         return None
     return DistributedContext(dist.get_rank(), dist.get_world_size())
