@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -72,8 +71,13 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """Most resident bytes this process has had (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Most resident bytes this process has had: VmHWM, which starts afresh at exec (ru_maxrss would carry
+    the high-water mark of the parent that started the process)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")
 
 
 def monolith_estimator(config: dict, first: Batch, model_dir: str) -> Estimator:

@@ -17,7 +17,7 @@ def test_peers_runs_ours_and_plain_pytorch_in_turns(monkeypatch):
 
 
 def test_growth_fills_tables_to_each_size():
-    result = growth_benchmark.run(sizes=(2_000, 5_000), steps=1, warmup=1, **_TOY)
+    result = growth_benchmark.run(sizes=(2_000, 5_000), steps=1, windows=1, warmup=1, **_TOY)
     assert [p["ids"] for p in result["points"]][1] >= 5_000
     assert "| distinct ids held |" in growth_benchmark.report([result])
 
