@@ -154,10 +154,10 @@ class CheckpointManager:
 
 
 def _shard_file(table_name: str, rank: int, world_size: int) -> str:
-    return f"{_safe(table_name)}.shard-{rank:05d}-of-{world_size:05d}.npz"
+    return f"{table_file_stem(table_name)}.shard-{rank:05d}-of-{world_size:05d}.npz"
 
 
-def _safe(name: str) -> str:
+def table_file_stem(name: str) -> str:
     """Table names become file names; keep them to a portable character set."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from monolith.checkpoint import _safe
+from monolith.checkpoint import table_file_stem
 from monolith.dump import ModelDump, restore_compressor
 from monolith.export.receiver import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice
@@ -450,7 +450,7 @@ def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelO
     kind, reason = _save_program(program, staging)
     tables = {}
     for name, module in model.ctx.tables.items():
-        tables[name] = f"{TABLES_DIR}/{_safe(name)}.npz"
+        tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
         save_table(os.path.join(staging, tables[name]), module.table)
     # Training hooks never run in serving, so the dump (which refuses them) is made without them.
     ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]),
