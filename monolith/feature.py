@@ -236,7 +236,7 @@ class EmbeddingFactory:
         name = slots[0].name if len(slots) == 1 else "merged_" + "_".join(str(s.slot) for s in slots)
         first = slots[0].slot_config
         table = EmbeddingHashTable(
-            [dataclasses.replace(c, name=c.name) for c in slots[0].slices],
+            list(slots[0].slices),
             [s.slot_config for s in slots],
             # With one table per slot the slot's settings hold for any FID fed to it.
             default_occurrence_threshold=first.occurrence_threshold if len(slots) == 1 else 0,

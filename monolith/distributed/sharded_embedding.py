@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from monolith.modules.embedding_lookup import HashEmbedding
+from monolith.modules.embedding_lookup import HashEmbedding, widen_to
 from monolith.table.embedding_table import EmbeddingHashTable
 from monolith.table.shards import merge_states, select_keys
 
@@ -128,7 +128,7 @@ class ShardedHashEmbedding(HashEmbedding):
         ids, grads, times = [], [], []
         for record in sorted(lookups, key=lambda r: r.order):
             grad = record.grad if record.grad is not None else torch.zeros((record.num_unique, self.table.dim))
-            grad = _widen(grad, self.table.dim)
+            grad = widen_to(grad, self.table.dim)
             received = _exchange(grad[record.send_order], record.send_counts, record.recv_counts, self.group)
             self.bytes_sent += grad.numel() * 4
             ids.append(record.recv_ids)
@@ -143,13 +143,6 @@ class ShardedHashEmbedding(HashEmbedding):
 
     def discard_gradients(self) -> None:
         self._lookups, self._local_squared_norm = [], 0.0
-
-
-def _widen(grad: torch.Tensor, dim: int) -> torch.Tensor:
-    """Pads a gradient taken before a slice was added to the table's full row width."""
-    if grad.shape[1] == dim:
-        return grad
-    return torch.nn.functional.pad(grad, (0, dim - grad.shape[1]))
 
 
 def _times_per_unique(req_time, inverse: torch.Tensor, num_unique: int) -> torch.Tensor:

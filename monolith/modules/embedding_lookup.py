@@ -86,10 +86,17 @@ class HashEmbedding(torch.nn.Module):
         pending = sorted(self.pending, key=lambda p: p.order)
         self.pending = []
         ids = _cat([p.ids.reshape(-1) for p in pending])
-        grads = _cat([p.grads for p in pending])
+        grads = _cat([widen_to(p.grads, self.table.dim) for p in pending])
         if scale != 1.0:
             grads = grads * scale
         self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup, hint=_concat_hints(pending))
+
+
+def widen_to(grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """Pads a gradient taken before a slice was added to the table's full row width."""
+    if grad.shape[1] == dim:
+        return grad
+    return torch.nn.functional.pad(grad, (0, dim - grad.shape[1]))
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
