@@ -65,6 +65,16 @@ def test_kafka_source_batches_offsets_resume_and_commit(broker):
     assert sum(b.batch_size for b in fresh) == 38
 
 
+def test_a_refused_commit_is_reported_not_raised(caplog):
+    # No broker listens on the port: the commit cannot reach a coordinator. The checkpoint holds
+    # the offsets, so training must go on; the next checkpoint's commit catches up.
+    source = KafkaSource("127.0.0.1:1", "nowhere", batch_size=4, group_id="g-refused",
+                         consumer_config={"session.timeout.ms": 1500, "log_level": 0})
+    source.load_state_dict({"topic": "nowhere", "offsets": {"0": 5}})
+    assert source.commit() is False
+    assert "offsets {0: 5} not committed to group 'g-refused'" in caplog.text
+
+
 def test_a_bad_message_skips_its_batch_and_training_goes_on(broker):
     broker.create_topic("bad")
     good = worker.events(8)
@@ -181,7 +191,8 @@ def test_sigkill_mid_stream_and_restart_match_an_uninterrupted_run(broker, tmp_p
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    subprocess.run(command, env=env, check=True, timeout=180, capture_output=True)
+    restart = subprocess.run(command, env=env, timeout=180, capture_output=True, text=True)
+    assert restart.returncode == 0, restart.stderr
     restarted = torch.load(tmp_path / "out.pt", weights_only=False)
     assert restarted["global_step"] == reference["global_step"] == 12
     for name in reference["keys"]:

@@ -133,17 +133,26 @@ class KafkaSource:
             raise ValueError(f"input state is for topic {state.get('topic')!r}, this source reads {self.topic!r}")
         self._offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
 
-    def commit(self) -> None:
-        """Commits the offsets of :meth:`state_dict` to the consumer group."""
+    def commit(self) -> bool:
+        """Commits the offsets of :meth:`state_dict` to the consumer group; False if the broker refused.
+
+        The checkpoint, not the group, is what a restarted trainer resumes from: a refused commit
+        (coordinator moving, broker busy) is logged and the next checkpoint's commit catches up.
+        """
         offsets = {p: o for p, o in (self._offsets or {}).items() if o >= 0}
         if not offsets:
-            return
-        from confluent_kafka import Consumer, TopicPartition
+            return True
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         consumer = self._consumer or Consumer({"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
                                                "enable.auto.commit": False, **self.consumer_config})
         try:
             consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()], asynchronous=False)
+            return True
+        except KafkaException as error:
+            logger.warning("kafka %s: offsets %s not committed to group %r: %s", self.topic, offsets, self.group_id,
+                           error)
+            return False
         finally:
             if consumer is not self._consumer:
                 consumer.close()
