@@ -35,6 +35,7 @@ from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook
+from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
@@ -337,6 +338,12 @@ class Estimator:
         batches = iter(source)
         first = next(batches, None)
         if first is None:
+            if self._source is not None:
+                # A stream with nothing new (a restarted trainer that had consumed it all) is quiet,
+                # not broken: there is nothing to train and the checkpoint stays as it is.
+                logger.warning("train: the stream produced no batch before its idle timeout; nothing trained "
+                               "(latest checkpoint: %s)", self._checkpoints.latest())
+                return {}
             raise ValueError("input_fn(TRAIN) produced no batch")
         built_now = not self.model.ctx.built
         self.build(first)
@@ -463,29 +470,25 @@ class Estimator:
                 grad.div_(self.dist.world_size)
 
     def _clip_scales(self) -> tuple[float, float, float]:
-        """Scales of the dense and sparse gradients under clipping by the global norm.
+        """Scales of the dense and sparse gradients under clipping by the global norm, and the norm.
 
         The norm covers dense and sparse gradients together; the sparse clip norm ramps up from 0
-        over ``sparse_norm_warmup_steps`` (Monolith's ``_gen_norm_warmup``).
+        over ``sparse_norm_warmup_steps`` (Monolith's ``_gen_norm_warmup``). Without clipping or
+        summaries nobody reads the norm, and the pass over every gradient is skipped (NaN norm).
         """
+        clip_norm = self.model.p.clip_norm
+        if clip_norm is None and not self.config.enable_summaries:
+            return 1.0, 1.0, math.nan
         squared = self.model.ctx.grad_squared_norm()
         if self.dist is not None:
             squared = self.dist.all_reduce_sum(squared)  # dense gradients are already all-reduced
-        for param in self.model.parameters():
-            if param.grad is not None:
-                grad = param.grad.detach()
-                if grad.is_sparse:  # e.g. nn.Embedding(sparse=True): the norm of the summed rows
-                    grad = grad.coalesce().values()
-                squared += float(torch.linalg.vector_norm(grad)) ** 2
+        squared += squared_norm(p.grad for p in self.model.parameters() if p.grad is not None)
         norm = math.sqrt(squared)
-        clip_norm = self.model.p.clip_norm
-        if clip_norm is None:
-            return 1.0, 1.0, norm
         sparse_clip = clip_norm
         warmup = self.model.p.sparse_norm_warmup_steps
-        if warmup:
+        if warmup and clip_norm is not None:
             sparse_clip = clip_norm * min(self.global_step / warmup, 1.0)
-        return clip_norm / max(norm, clip_norm), sparse_clip / max(norm, sparse_clip) if sparse_clip > 0 else 0.0, norm
+        return (*clip_scales(norm, clip_norm, sparse_clip), norm)
 
     def _log(self, output: ModelOutput, metrics: _HeadMetrics, examples_per_sec: float) -> dict[str, float]:
         values = {"loss": float(output.loss.item()), **metrics.compute(self.dist),

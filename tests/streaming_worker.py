@@ -1,9 +1,10 @@
 """A trainer reading a Kafka stream, run in a subprocess by the streaming tests.
 
-    python tests/streaming_worker.py BOOTSTRAP TOPIC MODEL_DIR OUT_FILE [SAVE_STEPS]
+    python tests/streaming_worker.py BOOTSTRAP TOPIC MODEL_DIR OUT_FILE [SAVE_STEPS [STEP_DELAY_S]]
 
 Trains :class:`StreamModel` on the topic until it is idle for 3 s, checkpointing every SAVE_STEPS
-steps, then writes the final parameters to OUT_FILE.
+steps, then writes the final parameters to OUT_FILE. STEP_DELAY_S paces the steps, so that a test
+killing the trainer mid-stream finds it mid-stream however fast the machine is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ import torch
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
 from monolith.fid import make_fid
 from monolith.losses import get_sigmoid_loss_and_pred
-from monolith.model import MonolithModel
+from monolith.model import MonolithModel, TrainingHook
 from monolith.optim import AdagradOptimizer
 from monolith.streaming import KafkaSource, encode_example
 
@@ -83,7 +85,18 @@ def final_state(estimator: Estimator) -> dict:
     return {"dense": estimator.model.state_dict(), "keys": keys, "rows": rows, "global_step": estimator.global_step}
 
 
+class StepDelay(TrainingHook):
+    """Sleeps after every step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def after_step(self, step, batch, output) -> None:
+        time.sleep(self.seconds)
+
+
 if __name__ == "__main__":
     bootstrap, topic, model_dir, out_file = sys.argv[1:5]
     save_steps = int(sys.argv[5]) if len(sys.argv) > 5 else None
-    torch.save(final_state(train(bootstrap, topic, model_dir, save_steps)), out_file)
+    delay = [StepDelay(float(sys.argv[6]))] if len(sys.argv) > 6 else []
+    torch.save(final_state(train(bootstrap, topic, model_dir, save_steps, hooks=delay)), out_file)

@@ -40,11 +40,14 @@ def _reference(name, emb, lengths, n):
     return torch.stack(rows)
 
 
+@pytest.mark.parametrize("one_id_per_example", [False, True])
 @pytest.mark.parametrize("name", ["reduce_sum", "reduce_mean", "first_n"])
-def test_values_and_gradients_match_loop_reference(name):
+def test_values_and_gradients_match_loop_reference(name, one_id_per_example):
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(0, 6, (17,), generator=gen)
     lengths[3] = 0
+    if one_id_per_example:  # the pooling-free fast path
+        lengths = torch.ones(17, dtype=torch.int64)
     base = torch.randn(int(lengths.sum()), 4, generator=gen, dtype=torch.float64)
     upstream = torch.randn((17, 3, 4) if name == "first_n" else (17, 4), generator=gen, dtype=torch.float64)
 

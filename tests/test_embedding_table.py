@@ -59,6 +59,22 @@ def test_sum_dedup_matches_reference_distributed_vector():
     torch.testing.assert_close(module.table.lookup(np.array([0, 3, 0, 1])), torch.tensor([[-4.0], [-2.0], [-4.0], [-2.0]]))
 
 
+def test_a_hint_taken_before_an_insert_finds_the_inserted_row():
+    # Two lookups of id 7 before either is applied: the second apply must update the row the
+    # first one created, not create another (its hint still says "absent").
+    table = sgd_table(lr=1.0)
+    _, first = table.lookup_with_hint(np.array([7, 8]))
+    _, second = table.lookup_with_hint(np.array([7]))
+    table.apply_gradients(np.array([7, 8]), torch.tensor([[1.0], [2.0]]), hint=first)
+    table.apply_gradients(np.array([7]), torch.tensor([[4.0]]), hint=second)
+    assert len(table) == 2
+    torch.testing.assert_close(table.lookup(np.array([7, 8])), torch.tensor([[-5.0], [-2.0]]))
+    # With no insert in between, the hint's absent ids go straight to admission.
+    _, hint = table.lookup_with_hint(np.array([9, 7]))
+    table.apply_gradients(np.array([9, 7]), torch.tensor([[1.0], [1.0]]), hint=hint)
+    torch.testing.assert_close(table.lookup(np.array([7, 8, 9])), torch.tensor([[-6.0], [-2.0], [-1.0]]))
+
+
 def test_occurrence_threshold_admits_on_t_plus_first_occurrence():
     # REFERENCE: threshold 3, ids [0, 0, 1] each step, SGD lr 0.1, loss = -embedding.
     module = HashEmbedding(sgd_table(default_occurrence_threshold=3))
@@ -216,3 +232,18 @@ def test_changed_since_reports_written_rows_and_evict_expired_the_dropped_fids()
     np.testing.assert_array_equal(table.evict_expired(), [first])  # day 0 vs newest day 1: expired
     assert table.changed_since(later)[0].size == 0  # eviction writes no row
     np.testing.assert_array_equal(table.contains(np.array([first, second])), [False, True])
+
+
+def test_large_tables_grow_without_copying_and_count_only_rows_in_use():
+    table = EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))])
+    ids = np.arange(1, 300_001, dtype=np.int64)
+    table.apply_gradients(ids[:100_000], np.ones((100_000, 4), np.float32))
+    store = table._weights[0]
+    before = table.lookup(ids[:100_000])
+    table.apply_gradients(ids[100_000:], np.ones((200_000, 4), np.float32))
+    # Past the small sizes the row store is reserved far ahead: 200k more rows, same buffer.
+    assert table._weights[0] is store
+    torch.testing.assert_close(table.lookup(ids[:100_000]), before)
+    # Bytes per row: key, time, change marker (8 each) + weights and Adagrad sums (16 each), plus the map.
+    rows_bytes = len(table) * (3 * 8 + 2 * 16)
+    assert rows_bytes < table.nbytes <= rows_bytes + table._map.nbytes

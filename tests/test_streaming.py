@@ -184,13 +184,15 @@ def test_sigkill_mid_stream_and_restart_match_an_uninterrupted_run(broker, tmp_p
     model_dir = tmp_path / "model"
     command = [sys.executable, WORKER, broker.bootstrap_servers, "killed", str(model_dir), str(tmp_path / "out.pt"), "2"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Paced at 0.3 s a step, the first run is still 6 steps from the end when ckpt-6 appears.
+    first = subprocess.Popen(command + ["0.3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (model_dir / "ckpt-6").exists():  # killed once a few checkpoints exist, mid-stream
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
+    assert not (model_dir / "ckpt-12").exists()  # it died mid-stream
     restart = subprocess.run(command, env=env, timeout=180, capture_output=True, text=True)
     assert restart.returncode == 0, restart.stderr
     restarted = torch.load(tmp_path / "out.pt", weights_only=False)
@@ -200,3 +202,15 @@ def test_sigkill_mid_stream_and_restart_match_an_uninterrupted_run(broker, tmp_p
         torch.testing.assert_close(restarted["rows"][name], reference["rows"][name], atol=0, rtol=0)
     for name, value in reference["dense"].items():
         torch.testing.assert_close(restarted["dense"][name], value, atol=0, rtol=0)
+
+
+def test_a_restarted_trainer_with_nothing_new_to_read_ends_quietly(broker, tmp_path, caplog):
+    broker.create_topic("drained")
+    produce(broker, "drained", worker.events(32 * 2))
+    model_dir = str(tmp_path / "model")
+    assert worker.train(broker.bootstrap_servers, "drained", model_dir).global_step == 2
+    index = (tmp_path / "model" / "checkpoint").read_text()
+    # The whole topic was trained and checkpointed: a restart finds the stream idle.
+    worker.train(broker.bootstrap_servers, "drained", model_dir)
+    assert "the stream produced no batch" in caplog.text
+    assert (tmp_path / "model" / "checkpoint").read_text() == index

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from monolith.modules.embedding_lookup import HashEmbedding, widen_to
+from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable
 from monolith.table.shards import merge_states, select_keys
 
@@ -54,7 +55,8 @@ class _Lookup:
     recv_ids: torch.Tensor  # ids this rank owns, as other ranks asked for them
     recv_times: torch.Tensor
     num_unique: int
-    grad: torch.Tensor | None = None
+    grad: torch.Tensor | None = None  # summed per distinct id
+    occurrence_grad: torch.Tensor | None = None  # per occurrence, for the global norm
 
 
 class _ShardedLookup(torch.autograd.Function):
@@ -68,7 +70,7 @@ class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         record: _Lookup = ctx.record
-        ctx.module._local_squared_norm += float(grad.double().pow(2).sum())
+        record.occurrence_grad = grad
         summed = torch.zeros((record.num_unique, grad.shape[1]), dtype=grad.dtype)
         summed.index_add_(0, record.inverse, grad)
         record.grad = summed
@@ -89,7 +91,6 @@ class ShardedHashEmbedding(HashEmbedding):
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self._lookups: list[_Lookup] = []
-        self._local_squared_norm = 0.0
         self.bytes_sent = 0
 
     def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -120,11 +121,11 @@ class ShardedHashEmbedding(HashEmbedding):
 
     def grad_squared_norm(self) -> float:
         """This rank's share of the squared global norm (per-occurrence gradients, before routing)."""
-        return self._local_squared_norm
+        return squared_norm(r.occurrence_grad for r in self._lookups if r.occurrence_grad is not None)
 
     def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "sum") -> None:
         """Sends every lookup's gradient to the owners, which apply the summed updates."""
-        lookups, self._lookups, self._local_squared_norm = self._lookups, [], 0.0
+        lookups, self._lookups = self._lookups, []
         ids, grads, times = [], [], []
         for record in sorted(lookups, key=lambda r: r.order):
             grad = record.grad if record.grad is not None else torch.zeros((record.num_unique, self.table.dim))
@@ -142,7 +143,7 @@ class ShardedHashEmbedding(HashEmbedding):
         self.table.apply_gradients(torch.cat(ids), grads, global_step, torch.cat(times).numpy(), dedup="sum")
 
     def discard_gradients(self) -> None:
-        self._lookups, self._local_squared_norm = [], 0.0
+        self._lookups = []
 
 
 def _times_per_unique(req_time, inverse: torch.Tensor, num_unique: int) -> torch.Tensor:

@@ -19,9 +19,11 @@ import torch
 __all__ = ["Combiner", "ReduceSum", "ReduceMean", "FirstN", "make_combiner"]
 
 
-def _row_ids(embeddings: torch.Tensor, lengths: torch.Tensor, combiner: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_ids(embeddings: torch.Tensor, lengths: torch.Tensor,
+             combiner: str) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Validate the inputs; return each id's example index ``[total_ids]`` and ``lengths``, both
-    int64 on ``embeddings``' device."""
+    int64 on ``embeddings``' device. The index is None when every example has exactly one id
+    (Criteo-like slots), where sum and mean pool nothing and a copy is the whole work."""
     if embeddings.dim() != 2:
         raise ValueError(f"{combiner}: embeddings must be [total_ids, dim], got shape {tuple(embeddings.shape)}")
     if lengths.dim() != 1 or lengths.dtype == torch.bool or lengths.is_floating_point():
@@ -35,6 +37,8 @@ def _row_ids(embeddings: torch.Tensor, lengths: torch.Tensor, combiner: str) -> 
             f"{combiner}: lengths must be non-negative and sum to embeddings.shape[0]={embeddings.shape[0]}, "
             f"got sum {total}"
         )
+    if total == lengths.numel() and (total == 0 or int(lengths.max()) == 1):
+        return None, lengths  # one id per example: pooling is the identity
     batch = torch.arange(lengths.numel(), device=embeddings.device)
     return torch.repeat_interleave(batch, lengths, output_size=total), lengths
 
@@ -62,6 +66,8 @@ class ReduceSum(Combiner):
 
     def __call__(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         rows, lengths = _row_ids(embeddings, lengths, self.name)
+        if rows is None:
+            return embeddings.clone(memory_format=torch.contiguous_format)
         out = embeddings.new_zeros(lengths.numel(), embeddings.shape[1])
         # Out-of-place index_add keeps autograd: grad of each id is its row's output grad.
         return out.index_add(0, rows, embeddings)
@@ -74,6 +80,8 @@ class ReduceMean(Combiner):
 
     def __call__(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         rows, lengths = _row_ids(embeddings, lengths, self.name)
+        if rows is None:
+            return embeddings.clone(memory_format=torch.contiguous_format)
         sums = embeddings.new_zeros(lengths.numel(), embeddings.shape[1]).index_add(0, rows, embeddings)
         # Empty rows have a zero sum; dividing by 1 instead of 0 keeps them 0 rather than NaN.
         counts = lengths.to(embeddings.dtype).clamp(min=1)
@@ -98,6 +106,8 @@ class FirstN(Combiner):
 
     def __call__(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         rows, lengths = _row_ids(embeddings, lengths, self.name)
+        if rows is None:
+            rows = torch.arange(lengths.numel(), device=embeddings.device)
         n, dim = self.max_seq_length, embeddings.shape[1]
         starts = torch.cumsum(lengths, 0) - lengths
         pos = torch.arange(rows.numel(), device=rows.device) - starts[rows]

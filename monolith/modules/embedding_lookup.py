@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable, RowHint
 
 _lookup_sequence = itertools.count()
@@ -73,7 +74,7 @@ class HashEmbedding(torch.nn.Module):
 
     def grad_squared_norm(self) -> float:
         """Sum of squares of the pending gradients (this table's share of the global norm)."""
-        return float(sum(torch.sum(p.grads.double() ** 2) for p in self.pending))
+        return squared_norm(p.grads for p in self.pending)
 
     def discard_gradients(self) -> None:
         """Drops the pending gradients (a step that is not applied)."""
@@ -111,7 +112,7 @@ def _concat_hints(pending: list[PendingGradient]) -> RowHint | None:
         return None
     if len(hints) == 1:
         return hints[0]
-    return RowHint(np.concatenate([h.rows for h in hints]), hints[0].numbering)
+    return RowHint(np.concatenate([h.rows for h in hints]), hints[0].numbering, min(h.size for h in hints))
 
 
 def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:

@@ -73,14 +73,18 @@ def _slots_of(keys: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class RowHint:
-    """Where a lookup found its ids: ``rows`` (-1 where absent) under the table's row ``numbering``.
+    """Where a lookup found its ids: ``rows`` (-1 where absent) under the table's row ``numbering``,
+    when the table held ``size`` rows.
 
     :meth:`EmbeddingHashTable.apply_gradients` of the same ids reuses the rows instead of searching the
     map again, unless rows were renumbered (eviction, load) since, which gives the table a new numbering.
+    Rows are only appended under one numbering, so while the table still holds ``size`` rows the
+    absent ids are still absent.
     """
 
     rows: np.ndarray
     numbering: object
+    size: int
 
 
 class EmbeddingHashTable:
@@ -174,9 +178,13 @@ class EmbeddingHashTable:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the map, the row stores and the occurrence counters."""
-        stores = sum(a.nbytes for a in self._weights + self._states)
-        return self._map.nbytes + stores + self._keys.nbytes + self._timestamps.nbytes
+        """Bytes of the map and of the rows in use (keys, times, weights and optimizer state).
+
+        Reserved row capacity is not counted: its pages take memory only once rows are written.
+        """
+        per_row = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in self._weights + self._states)
+        per_row += self._keys.itemsize + self._timestamps.itemsize + self._changed_at.itemsize
+        return self._map.nbytes + len(self) * per_row
 
     # ----------------------------------------------------------------- reading
     def lookup(self, ids) -> torch.Tensor:
@@ -186,7 +194,7 @@ class EmbeddingHashTable:
     def lookup_with_hint(self, ids) -> tuple[torch.Tensor, RowHint]:
         """:meth:`lookup`, and a :class:`RowHint` that spares :meth:`apply_gradients` of the same ids a search."""
         rows = self._map.find(_as_ids(ids))
-        return torch.from_numpy(self._gather(rows)), RowHint(rows, self._numbering)
+        return torch.from_numpy(self._gather(rows)), RowHint(rows, self._numbering, len(self))
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((rows.size, self.dim), dtype=np.float32)
@@ -238,7 +246,7 @@ class EmbeddingHashTable:
             return
         if dedup == "sum":
             # Grouping by hash (O(n)) and summing in a kernel beat np.unique's sort and np.add.at several-fold.
-            groups = FidMap(rows.size)
+            groups = FidMap(2 * rows.size)  # room for every row below the load limit: no rehash
             rows, grads, times = _sum_by_group(groups.find_or_insert(rows), len(groups), rows, grads, times)
         column = 0
         for config, weights, state in zip(self.slices, self._weights, self._states):
@@ -266,9 +274,10 @@ class EmbeddingHashTable:
         """Rows of ``keys`` after admitting and inserting new ids; -1 for occurrences filtered out."""
         if hint is not None and hint.numbering is self._numbering and hint.rows.shape == keys.shape:
             rows = hint.rows.copy()
-            # Ids absent at lookup time may have been inserted by an update since.
-            absent = np.flatnonzero(rows < 0)
-            rows[absent] = self._map.find(keys[absent])
+            if hint.size != len(self):
+                # Ids absent at lookup time may have been inserted by an update since.
+                absent = np.flatnonzero(rows < 0)
+                rows[absent] = self._map.find(keys[absent])
         else:
             rows = self._map.find(keys)
         missing = np.flatnonzero(rows < 0)
@@ -303,9 +312,7 @@ class EmbeddingHashTable:
     def _grow_stores(self, size: int) -> None:
         if size <= self._capacity:
             return
-        capacity = self._capacity
-        while capacity < size:
-            capacity *= 2
+        capacity = _store_capacity(size, self._capacity)
 
         def grown(a: np.ndarray) -> np.ndarray:
             b = np.zeros((capacity,) + a.shape[1:], dtype=a.dtype)
@@ -466,6 +473,27 @@ def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
     if missing:
         raise ValueError(f"{source}: embedding table file lacks {missing}")
     return meta
+
+
+#: Row stores double while small; from this many rows on they are reserved in large steps.
+_RESERVE_FROM_ROWS = 1 << 16
+#: Rows of the first large reservation (later ones are 8x the rows needed).
+_RESERVE_ROWS = 1 << 24
+
+
+def _store_capacity(size: int, capacity: int) -> int:
+    """Row capacity to hold ``size`` rows, grown from ``capacity``.
+
+    ``np.zeros`` of a large array maps zero pages that the OS backs only when first written, so
+    capacity beyond the rows in use costs address space, not memory. A large table therefore
+    reserves far ahead: it then grows for millions of rows without copying its stores (a copy
+    that would stall training for seconds) and touches each page once, not once per doubling.
+    """
+    while capacity < min(size, _RESERVE_FROM_ROWS):
+        capacity *= 2
+    if capacity >= size:
+        return capacity
+    return max(_RESERVE_ROWS, 8 * size)
 
 
 def _as_ids(ids) -> np.ndarray:
