@@ -369,7 +369,7 @@ def _slices(feature_slot: FeatureSlot) -> list[SliceDump]:
 
 def _tables(model: MonolithModel) -> dict[str, TableDump]:
     """Each built table with the settings it applies to the slots of the FIDs fed to it."""
-    table_of_slot = model.ctx._table_of_slot
+    table_of_slot = model.ctx.slot_tables()
     slots: dict[str, set[int]] = {}
     for slot, module in table_of_slot.items():
         slots.setdefault(module.table.name, set()).add(slot)

@@ -249,6 +249,10 @@ class EmbeddingFactory:
         for s in slots:
             self._table_of_slot[s.slot] = module
 
+    def slot_tables(self) -> dict[int, HashEmbedding]:
+        """Slot -> the table module serving it, for every slot with a table."""
+        return dict(self._table_of_slot)
+
     def table_of_slot(self, slot: int) -> HashEmbedding:
         """The table module serving ``slot`` (after :meth:`build`)."""
         try:

