@@ -53,8 +53,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(processes: int, steps: int = 30, batch_size: int = 4096, hidden: str = "512,256") -> dict[str, float]:
-    """Trains with ``processes`` processes (torchrun for more than one); returns the measurements."""
+def _train(processes: int, threads: int, steps: int, batch_size: int, hidden: str) -> dict[str, float]:
+    """One timed run of ``processes`` processes (torchrun for more than one) of ``threads`` threads each."""
     with tempfile.TemporaryDirectory() as out:
         args = ["worker", out, str(steps), str(batch_size), hidden]
         script = [sys.executable, "-m", "benchmarks.distributed_benchmark"]
@@ -62,21 +62,47 @@ def run(processes: int, steps: int = 30, batch_size: int = 4096, hidden: str = "
             script = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                       "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m",
                       "benchmarks.distributed_benchmark"]
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(script + args, check=True, env=env, capture_output=True)
         ranks = [json.load(open(os.path.join(out, name))) for name in sorted(os.listdir(out)) if name.endswith(".json")]
-    return {"processes": processes, "examples_per_sec": sum(r["examples_per_sec"] for r in ranks) / len(ranks)
-            * len(ranks), "bytes_per_step": sum(r["bytes_per_step"] for r in ranks) / len(ranks)}
+    return {"examples_per_sec": sum(r["examples_per_sec"] for r in ranks),
+            "bytes_per_step": sum(r["bytes_per_step"] for r in ranks) / len(ranks)}
 
 
-def report(results: list[dict[str, float]]) -> str:
-    """Markdown table of :func:`run` results, with the speed-up over one process."""
-    base = results[0]["examples_per_sec"]
-    lines = ["| processes | examples/s (all processes) | speed-up | bytes sent per step and rank |",
-             "| --- | --- | --- | --- |"]
-    for r in results:
-        lines.append(f"| {r['processes']} | {r['examples_per_sec']:,.0f} | {r['examples_per_sec'] / base:.2f}x | "
-                     f"{r['bytes_per_step'] / 1e6:.2f} MB |")
+def run(rounds: int = 3, steps: int = 30, batch_size: int = 4096, hidden: str = "512,256") -> dict:
+    """Examples/s of one process on every core, one process on one core, and one process per core.
+
+    The configurations take turns for ``rounds`` rounds and each reports its median, so a burst of
+    other work on a shared machine does not decide the comparison.
+    """
+    cores = os.cpu_count() or 1
+    configs = [(1, cores), (1, 1), (cores, 1)]
+    runs: dict[tuple[int, int], list[dict[str, float]]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for processes, threads in configs:
+            runs[(processes, threads)].append(_train(processes, threads, steps, batch_size, hidden))
+    rows = []
+    for (processes, threads), results in runs.items():
+        results = sorted(results, key=lambda r: r["examples_per_sec"])
+        median = results[len(results) // 2]
+        rows.append({"processes": processes, "threads": threads, **median,
+                     "all": [round(r["examples_per_sec"]) for r in results]})
+    return {"rounds": rounds, "steps": steps, "batch_size": batch_size, "rows": rows}
+
+
+def report(results: list[dict]) -> str:
+    """Markdown table of :func:`run` results, with speed-ups over one process on every core."""
+    r = results[0]
+    base = r["rows"][0]["examples_per_sec"]
+    lines = [f"Each process trains batches of {r['batch_size']:,} for {r['steps']} timed steps; the configurations "
+             f"take turns for {r['rounds']} rounds and each row is the median round (all rounds in brackets).", "",
+             "| processes x torch threads | examples/s (all processes) | vs 1 process on every core | "
+             "bytes sent per step and rank | rounds (examples/s) |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        lines.append(f"| {row['processes']} x {row['threads']} | {row['examples_per_sec']:,.0f} | "
+                     f"{row['examples_per_sec'] / base:.2f}x | {row['bytes_per_step'] / 1e6:.2f} MB | "
+                     f"{', '.join(f'{v:,}' for v in row['all'])} |")
     return "\n".join(lines)
 
 
@@ -85,5 +111,4 @@ if __name__ == "__main__":
         rank = os.environ.get("RANK", "0")
         worker(os.path.join(sys.argv[2], f"rank-{rank}.json"), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
-        torch.set_num_threads(os.cpu_count())
-        print(report([run(1), run(2)]))
+        print(report([run()]))

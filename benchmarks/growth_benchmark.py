@@ -120,11 +120,12 @@ def report(results: list[dict]) -> str:
             lines.append(
                 f"| {p['ids']:,} | {p['examples_per_s']:,.0f} | {p['examples_per_s'] / first:.2f}x | "
                 f"{p['fastest_examples_per_s']:,.0f} | "
-                f"{p['rss'] / 2**30:.2f} GiB | {p['bytes_per_id']:.0f} | {p['table_bytes'] / p['ids']:.0f} | "
+                f"{p['rss'] / 2**30:.2f} GiB | {p['bytes_per_id']:.0f} | {p['table_bytes'] / p['ids_after']:.0f} | "
                 f"{p['ids_after']:,} |"
             )
-        lines += ["", f"Peak resident memory: {r['points'][-1]['peak_rss'] / 2**30:.2f} GiB. Table bytes count "
-                      f"allocated capacity (row stores double as they grow), resident bytes only the pages written."]
+        lines += ["", f"Peak resident memory: {r['points'][-1]['peak_rss'] / 2**30:.2f} GiB. Table bytes (per id "
+                      f"held after the timed steps) count the hash maps and the rows in use; resident memory "
+                      f"also holds the pages the maps' and stores' growth left behind."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

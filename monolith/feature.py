@@ -196,6 +196,8 @@ class EmbeddingFactory:
         self.built = False
         self._batch: Batch | None = None
         self._rows_cache: dict[str, torch.Tensor] = {}
+        #: Lookups of the current step already done together, by feature name (see begin_step).
+        self._routed: dict[str, Any] = {}
         #: When set, :meth:`lookup` returns ``lookup_override(column, slice)`` instead of reading the
         #: tables: the exporter feeds the inputs of the dense serving program through it.
         self.lookup_override: Callable[[FeatureColumn, FeatureSlice], torch.Tensor] | None = None
@@ -263,9 +265,29 @@ class EmbeddingFactory:
 
     # ------------------------------------------------------------------ per step
     def begin_step(self, batch: Batch | None) -> None:
-        """Sets the batch that lookups read; clears the per-step row cache."""
+        """Sets the batch that lookups read; clears the per-step row cache.
+
+        Where the tables do lookups better together (sharded tables: one exchange for every
+        feature), the rows of every feature of the batch with a table are looked up here at once.
+        """
         self._batch = batch
         self._rows_cache = {}
+        self._routed = {}
+        module_type = type(next(iter(self.tables.values()), None))
+        if batch is None or not getattr(module_type, "routes_lookups_together", False):
+            return
+        requests, names = [], []
+        # Slot and column order is the model's declaration order: the same on every rank.
+        for feature_slot in self.feature_slots:
+            module = self._table_of_slot.get(feature_slot.slot)
+            if module is None or module.table.dim != feature_slot.dim:
+                continue
+            for name in feature_slot.feature_columns:
+                if name in batch.sparse.keys():
+                    jagged = batch.sparse[name]
+                    requests.append((module, jagged.values(), self._req_time_per_id(jagged)))
+                    names.append(name)
+        self._routed = dict(zip(names, module_type.lookup_together(requests)))
 
     def lookup(self, column: FeatureColumn, s: FeatureSlice) -> torch.Tensor:
         """Pooled ``[batch, ...]`` embedding of ``column``'s slice ``s`` for the current batch."""
@@ -289,7 +311,11 @@ class EmbeddingFactory:
             return torch.zeros(jagged.values().numel(), column.feature_slot.dim)
         cached = self._rows_cache.get(column.feature_name)
         if cached is None:
-            cached = module(jagged.values(), req_time=self._req_time_per_id(jagged))
+            routed = self._routed.pop(column.feature_name, None)
+            if routed is not None:
+                cached = module(jagged.values(), routed=routed)
+            else:
+                cached = module(jagged.values(), req_time=self._req_time_per_id(jagged))
             self._rows_cache[column.feature_name] = cached
         return cached
 
@@ -306,8 +332,9 @@ class EmbeddingFactory:
 
     def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
         """Applies every table's pending gradients (times ``scale``)."""
-        for module in self.tables.values():
-            module.apply_gradients(global_step, scale, dedup)
+        modules = list(self.tables.values())
+        if modules:
+            type(modules[0]).apply_gradients_together(modules, global_step, scale, dedup)
 
     def discard_gradients(self) -> None:
         """Drops pending gradients (a step that was not applied)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -60,6 +61,10 @@ class HashEmbedding(torch.nn.Module):
         emb.apply_gradients(global_step=1)          # rows 3 and 8 updated by their optimizers
     """
 
+    #: Whether a step's lookups are better done together, by ``lookup_together(requests)`` (sharded
+    #: tables: one exchange for every feature); a local table looks each feature up by itself.
+    routes_lookups_together = False
+
     def __init__(self, table: EmbeddingHashTable) -> None:
         super().__init__()
         self.table = table
@@ -71,6 +76,13 @@ class HashEmbedding(torch.nn.Module):
         if torch.is_grad_enabled() and self.training:
             return _TableLookup.apply(self._anchor, self, ids, req_time)
         return self.table.lookup(ids)
+
+    @staticmethod
+    def apply_gradients_together(modules: Sequence["HashEmbedding"], global_step: int, scale: float = 1.0,
+                                 dedup: str = "local") -> None:
+        """:meth:`apply_gradients` of every module (sharded tables exchange their gradients at once)."""
+        for module in modules:
+            module.apply_gradients(global_step, scale, dedup)
 
     def grad_squared_norm(self) -> float:
         """Sum of squares of the pending gradients (this table's share of the global norm)."""
