@@ -43,7 +43,10 @@ class _TableLookup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grad.detach(), ctx.req_time, ctx.hint))
+        # Contiguous once here (a feature's gradient is often a strided column block of a
+        # concatenation's): the norm and the table's kernels then read it in place.
+        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grad.detach().contiguous(), ctx.req_time,
+                                                  ctx.hint))
         return None, None, None, None
 
 
