@@ -443,9 +443,12 @@ class Estimator:
         if self._dense_optimizer is not None:
             self._dense_optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
+        # Without clipping or summaries nobody reads the global norm: its pass over every gradient is skipped.
+        needs_norm = self.model.p.clip_norm is not None or self.config.enable_summaries
+        sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
         if self.dist is not None:
-            self._all_reduce_dense_grads()
-        dense_scale, sparse_scale, norm = self._clip_scales()
+            sparse_squared = self._all_reduce_dense_grads(sparse_squared)
+        dense_scale, sparse_scale, norm = self._clip_scales(sparse_squared)
         self._summary("global_gradient_norm", norm)
         if self._dense_optimizer is not None:
             decay = self.model.p.dense_weight_decay
@@ -462,27 +465,29 @@ class Estimator:
         self.global_step += 1
         return output
 
-    def _all_reduce_dense_grads(self) -> None:
+    def _all_reduce_dense_grads(self, sparse_squared: float | None) -> float | None:
+        """Sums the dense gradients over ranks and, in the same collective, the ranks' shares of the
+        squared sparse norm (each rank holds the gradients of its own lookups); returns that sum."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self.dist.all_reduce_tensors(grads)
+        share = torch.tensor([sparse_squared or 0.0], dtype=grads[0].dtype if grads else torch.float32)
+        self.dist.all_reduce_tensors(grads + [share])
         if self.config.dense_reduce == "mean":
             for grad in grads:
                 grad.div_(self.dist.world_size)
+        return float(share) if sparse_squared is not None else None
 
-    def _clip_scales(self) -> tuple[float, float, float]:
+    def _clip_scales(self, sparse_squared: float | None) -> tuple[float, float, float]:
         """Scales of the dense and sparse gradients under clipping by the global norm, and the norm.
 
-        The norm covers dense and sparse gradients together; the sparse clip norm ramps up from 0
-        over ``sparse_norm_warmup_steps`` (Monolith's ``_gen_norm_warmup``). Without clipping or
-        summaries nobody reads the norm, and the pass over every gradient is skipped (NaN norm).
+        The norm covers dense and sparse gradients together (``sparse_squared``: the sparse part,
+        over all ranks; None when the norm is not needed, giving no clipping and a NaN norm); the
+        sparse clip norm ramps up from 0 over ``sparse_norm_warmup_steps`` (Monolith's
+        ``_gen_norm_warmup``).
         """
         clip_norm = self.model.p.clip_norm
-        if clip_norm is None and not self.config.enable_summaries:
+        if sparse_squared is None:
             return 1.0, 1.0, math.nan
-        squared = self.model.ctx.grad_squared_norm()
-        if self.dist is not None:
-            squared = self.dist.all_reduce_sum(squared)  # dense gradients are already all-reduced
-        squared += squared_norm(p.grad for p in self.model.parameters() if p.grad is not None)
+        squared = sparse_squared + squared_norm(p.grad for p in self.model.parameters() if p.grad is not None)
         norm = math.sqrt(squared)
         sparse_clip = clip_norm
         warmup = self.model.p.sparse_norm_warmup_steps

@@ -165,10 +165,11 @@ class SeedTables:
             module.table.assign(fids[mine], weight[i * FID_MAX:(i + 1) * FID_MAX][mine])
 
 
-def run_comp(model_dir: str, multi_hash_table: bool, world_size: int, rank: int) -> EmbeddingUpdateModel:
+def run_comp(model_dir: str, multi_hash_table: bool, world_size: int, rank: int,
+             clip_norm: float = 1e9) -> EmbeddingUpdateModel:
     """Trains the comp model 50 steps; returns it."""
     model = EmbeddingUpdateModel(world_size=world_size, rank=rank)
-    model.p.clip_norm = 1e9
+    model.p.clip_norm = clip_norm
     estimator = Estimator(model, RunConfig(model_dir=model_dir, use_native_multi_hash_table=multi_hash_table,
                                            dedup="sum", log_step_count_steps=1000, enable_summaries=False))
     estimator.build()
@@ -177,10 +178,10 @@ def run_comp(model_dir: str, multi_hash_table: bool, world_size: int, rank: int)
     return model
 
 
-def comp(out_dir: str, multi_hash_table: str) -> None:
+def comp(out_dir: str, multi_hash_table: str, clip_norm: str = "1e9") -> None:
     init_from_env()
     rank, world = get_rank(), get_world_size()
-    model = run_comp(os.path.join(out_dir, "model"), multi_hash_table == "on", world, rank)
+    model = run_comp(os.path.join(out_dir, "model"), multi_hash_table == "on", world, rank, float(clip_norm))
     tables = {name: module.table.items() for name, module in model.ctx.tables.items()}
     torch.save({"gap": model.max_embedding_gap, "dense": model.state_dict(),
                 "tables": {name: (torch.from_numpy(k), torch.from_numpy(r)) for name, (k, r) in tables.items()}},

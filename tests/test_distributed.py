@@ -84,6 +84,25 @@ def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, m
         np.testing.assert_allclose(got_rows, rows[order], atol=1e-5, rtol=0)
 
 
+def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path):
+    """Each rank holds the gradients of its own lookups: the clipping norm must sum every rank's."""
+    ok(torchrun("comp", str(tmp_path), "on", "0.001", timeout=600))
+    ranks = [torch.load(tmp_path / f"comp-{rank}.pt", weights_only=False) for rank in (0, 1)]
+    single = worker.run_comp(str(tmp_path / "single"), True, world_size=1, rank=0, clip_norm=0.001)
+    unclipped = worker.run_comp(str(tmp_path / "unclipped"), True, world_size=1, rank=0)
+    for name, module in single.ctx.tables.items():
+        keys, rows = module.table.items()
+        order = np.argsort(keys)
+        got_keys, got_rows = merged_rows([r["tables"] for r in ranks], name)
+        np.testing.assert_array_equal(got_keys, keys[order])
+        np.testing.assert_allclose(got_rows, rows[order], atol=1e-6, rtol=0)
+    # Clipping moves the dense weights by ~0.1 here; a norm missing the other rank's share, by ~1e-7.
+    dense = single.state_dict()
+    assert max((value - unclipped.state_dict()[name]).abs().max() for name, value in dense.items()) > 1e-2
+    for name, value in dense.items():
+        torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-8, rtol=0)
+
+
 def small_model_state(model_dir: str) -> worker.SmallModel:
     model = worker.SmallModel()
     Estimator(model, RunConfig(model_dir=model_dir, log_step_count_steps=1000, enable_summaries=False)).build()

@@ -49,11 +49,6 @@ class DistributedContext:
     def barrier(self) -> None:
         dist.barrier(group=self.group)
 
-    def all_reduce_sum(self, value: float) -> float:
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor, group=self.group)
-        return float(tensor.item())
-
     def count(self, flag: bool) -> int:
         """How many ranks pass ``flag`` True (one small all-reduce)."""
         tensor = torch.tensor([int(flag)], dtype=torch.int64)
