@@ -64,6 +64,17 @@ def merged_rows(tables_per_rank: list[dict], name: str) -> tuple[np.ndarray, np.
     return keys[order], rows[order]
 
 
+def assert_tables_match(ranks: list[dict], single, atol: float) -> None:
+    """The ranks' table shards, merged, hold the single process's ids and rows."""
+    assert set(ranks[0]["tables"]) == set(single.ctx.tables)
+    for name, module in single.ctx.tables.items():
+        keys, rows = module.table.items()
+        order = np.argsort(keys)
+        got_keys, got_rows = merged_rows([r["tables"] for r in ranks], name)
+        np.testing.assert_array_equal(got_keys, keys[order])
+        np.testing.assert_allclose(got_rows, rows[order], atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize("multi_hash_table", ["on", "off"])
 def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, multi_hash_table):
     """Monolith's CpuSyncTrainTest: 17 features, batch 455 per rank, dim 15, 50 steps."""
@@ -75,13 +86,7 @@ def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, m
     for name, value in single.state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-5, rtol=0)
         torch.testing.assert_close(ranks[1]["dense"][name], value, atol=1e-5, rtol=0)
-    assert set(ranks[0]["tables"]) == set(single.ctx.tables)
-    for name, module in single.ctx.tables.items():
-        keys, rows = module.table.items()
-        order = np.argsort(keys)
-        got_keys, got_rows = merged_rows([r["tables"] for r in ranks], name)
-        np.testing.assert_array_equal(got_keys, keys[order])
-        np.testing.assert_allclose(got_rows, rows[order], atol=1e-5, rtol=0)
+    assert_tables_match(ranks, single, atol=1e-5)
 
 
 def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path):
@@ -90,12 +95,7 @@ def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path
     ranks = [torch.load(tmp_path / f"comp-{rank}.pt", weights_only=False) for rank in (0, 1)]
     single = worker.run_comp(str(tmp_path / "single"), True, world_size=1, rank=0, clip_norm=0.001)
     unclipped = worker.run_comp(str(tmp_path / "unclipped"), True, world_size=1, rank=0)
-    for name, module in single.ctx.tables.items():
-        keys, rows = module.table.items()
-        order = np.argsort(keys)
-        got_keys, got_rows = merged_rows([r["tables"] for r in ranks], name)
-        np.testing.assert_array_equal(got_keys, keys[order])
-        np.testing.assert_allclose(got_rows, rows[order], atol=1e-6, rtol=0)
+    assert_tables_match(ranks, single, atol=1e-6)
     # Clipping moves the dense weights by ~0.1 here; a norm missing the other rank's share, by ~1e-7.
     dense = single.state_dict()
     assert max((value - unclipped.state_dict()[name]).abs().max() for name, value in dense.items()) > 1e-2
