@@ -18,8 +18,6 @@ import sys
 import tempfile
 import time
 
-import torch
-
 _WARMUP = 5
 
 

@@ -18,13 +18,14 @@ def squared_norm(tensors: Iterable[torch.Tensor]) -> float:
     return total
 
 
-def clip_scales(norm: float, clip_norm: float | None, sparse_clip_norm: float | None = None) -> tuple[float, float]:
-    """``(dense scale, sparse scale)`` bringing gradients of global ``norm`` within the clip norms.
+def clip_scales(norm: float, clip_norm: float | None, sparse_clip_norm: float | None) -> tuple[float, float]:
+    """``(dense scale, sparse scale)`` bringing gradients of global ``norm`` within the clip norms
+    (no clipping where ``clip_norm`` is None).
 
-    ``sparse_clip_norm`` (default ``clip_norm``) is the sparse gradients' own bound, which ramps up
-    from 0 during Monolith's sparse norm warm-up; a bound of 0 zeroes the sparse gradients.
+    ``sparse_clip_norm`` is the sparse gradients' own bound: ``clip_norm``, ramped up from 0 during
+    Monolith's sparse norm warm-up; a bound of 0 zeroes the sparse gradients.
     """
     if clip_norm is None:
         return 1.0, 1.0
-    sparse_clip = clip_norm if sparse_clip_norm is None else sparse_clip_norm
-    return clip_norm / max(norm, clip_norm), sparse_clip / max(norm, sparse_clip) if sparse_clip > 0 else 0.0
+    return (clip_norm / max(norm, clip_norm),
+            sparse_clip_norm / max(norm, sparse_clip_norm) if sparse_clip_norm > 0 else 0.0)
