@@ -22,6 +22,7 @@ import numba
 import numpy as np
 
 from monolith.optim.base import SliceOptimizer, check_int, check_real
+from monolith.table.prefetch import prefetch_row_ahead
 
 _F32 = np.float32
 
@@ -46,6 +47,7 @@ def _decayed(grad, weight, weight_decay):
 @numba.njit(cache=True, error_model="numpy")
 def _sgd_kernel(weights, rows, grads, lr):
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
         r = rows[i]
         for d in range(weights.shape[1]):
             weights[r, d] -= lr * grads[i, d]
@@ -54,6 +56,8 @@ def _sgd_kernel(weights, rows, grads, lr):
 @numba.njit(cache=True, error_model="numpy")
 def _adagrad_kernel(weights, state, rows, grads, lr, weight_decay):
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         for d in range(weights.shape[1]):
             g = _decayed(grads[i, d], weights[r, d], weight_decay)
@@ -65,6 +69,8 @@ def _adagrad_kernel(weights, state, rows, grads, lr, weight_decay):
 def _ftrl_kernel(weights, state, rows, grads, lr, beta, l1, l2):
     dim = weights.shape[1]
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         for d in range(dim):
             g = grads[i, d]
@@ -88,6 +94,8 @@ def _adam_kernel(weights, state, rows, grads, lr, beta1, beta2, epsilon, weight_
     powers = 3 * dim if amsgrad else 2 * dim
     one = _F32(1.0)
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         beta1_power = state[r, powers]
         beta2_power = state[r, powers + 1]
@@ -117,6 +125,8 @@ def _adam_kernel(weights, state, rows, grads, lr, beta1, beta2, epsilon, weight_
 def _momentum_kernel(weights, state, rows, grads, lr, momentum, weight_decay, use_nesterov):
     one = _F32(1.0)
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         for d in range(weights.shape[1]):
             w = weights[r, d]
@@ -135,6 +145,7 @@ def _momentum_kernel(weights, state, rows, grads, lr, momentum, weight_decay, us
 def _moving_average_kernel(weights, rows, grads, momentum):
     one = _F32(1.0)
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
         r = rows[i]
         for d in range(weights.shape[1]):
             weights[r, d] = momentum * weights[r, d] + (one - momentum) * grads[i, d]
@@ -146,6 +157,8 @@ def _rmsprop_kernel(weights, state, rows, grads, lr, momentum, grad_square_scale
     # stores n and w back as float. The denominator is float because it takes std::sqrt of the float n.
     one = _F32(1.0)
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         for d in range(weights.shape[1]):
             w = weights[r, d]
@@ -162,6 +175,8 @@ def _adadelta_kernel(weights, state, rows, grads, lr, averaging_ratio, epsilon, 
     dim = weights.shape[1]
     one = _F32(1.0)
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         for d in range(dim):
             w = weights[r, d]
@@ -178,6 +193,8 @@ def _group_adagrad_kernel(weights, state, rows, grads, lr, beta, l2, weight_deca
     # State per row: the accumulated sum of the row's largest squared gradient.
     dim = weights.shape[1]
     for i in range(rows.shape[0]):
+        prefetch_row_ahead(weights, rows, i)
+        prefetch_row_ahead(state, rows, i)
         r = rows[i]
         max_square = _F32(0.0)
         for d in range(dim):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from monolith.table.prefetch import PREFETCH_AHEAD, prefetch
+
 #: Marks an empty slot. A real key equal to it is kept aside in ``_sentinel_row``.
 EMPTY_KEY = np.int64(-(2**63))
 _MAX_LOAD_NUM, _MAX_LOAD_DEN = 3, 4
@@ -27,10 +29,17 @@ def _home_slot(key: np.int64, shift: np.uint64) -> np.int64:
     return np.int64((np.uint64(key) * _GOLDEN) >> shift)
 
 
+@numba.njit(cache=True, inline="always")
+def _prefetch_home(slots, shift, keys, i):
+    if i < keys.size:
+        prefetch(slots, 2 * _home_slot(keys[i], shift))
+
+
 @numba.njit(cache=True)
 def _find(slots, shift, sentinel_row, keys, out_rows):
     mask = slots.size // 2 - 1
     for i in range(keys.size):
+        _prefetch_home(slots, shift, keys, i + PREFETCH_AHEAD)
         key = keys[i]
         if key == EMPTY_KEY:
             out_rows[i] = sentinel_row[0]
@@ -52,6 +61,7 @@ def _find_or_insert(slots, shift, sentinel_row, keys, out_rows, start, size, max
     """Processes keys[start:] until done or the map is full; returns (next index, new size)."""
     mask = slots.size // 2 - 1
     for i in range(start, keys.size):
+        _prefetch_home(slots, shift, keys, i + PREFETCH_AHEAD)
         key = keys[i]
         if key == EMPTY_KEY:
             if sentinel_row[0] < 0:
@@ -82,6 +92,7 @@ def _insert_unique(slots, shift, keys, rows):
     """Re-inserts distinct keys (none equal to EMPTY_KEY) with given rows into an empty map."""
     mask = slots.size // 2 - 1
     for i in range(keys.size):
+        _prefetch_home(slots, shift, keys, i + PREFETCH_AHEAD)
         h = _home_slot(keys[i], shift)
         while slots[2 * h] != EMPTY_KEY:
             h = (h + 1) & mask
@@ -148,6 +159,12 @@ class FidMap:
             if done == keys.size:
                 return rows
             self._rehash(2 * self.capacity)
+
+    def clear(self) -> None:
+        """Removes every key, keeping the capacity (and its memory, already paged in)."""
+        self._slots.fill(EMPTY_KEY)
+        self._size = 0
+        self._sentinel_row[0] = -1
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """All ``(keys, rows)``, ordered by row."""
