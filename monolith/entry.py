@@ -26,22 +26,7 @@ from monolith.optim import (
     ZerosInitializer,
 )
 from monolith.optim.base import SliceOptimizer as Optimizer
-
-
-class HashTableConfig:
-    """Base of the table-kind configs; every kind maps onto :class:`monolith.table.EmbeddingHashTable`."""
-
-
-class CuckooHashTableConfig(HashTableConfig):
-    """Monolith's default CPU table; here the collisionless numba table. Arguments are accepted and ignored."""
-
-    def __init__(self, initial_capacity: int = 1, feature_evict_every_n_hours: int = 0) -> None:
-        self.initial_capacity = initial_capacity
-        self.feature_evict_every_n_hours = feature_evict_every_n_hours
-
-
-class GpucucoHashTableConfig(CuckooHashTableConfig):
-    """Monolith's GPU table; tables live in host memory here, so it is the same table."""
+from monolith.table.config import CuckooHashTableConfig, GpucucoHashTableConfig, HashTableConfig
 
 
 __all__ = [

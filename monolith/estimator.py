@@ -61,6 +61,8 @@ class RunConfig:
         keep_checkpoint_max: how many checkpoints to keep.
         log_step_count_steps: log loss, metrics and examples/s every this many steps.
         use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
+        hashtable_init_capacity: when above 0, ids every table holds before it first grows, its
+            memory allocated when the tables are built (Monolith's field of the same name).
         seed: seeds torch and the embedding initializers.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
         dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
@@ -79,6 +81,7 @@ class RunConfig:
     keep_checkpoint_max: int = 5
     log_step_count_steps: int = 100
     use_native_multi_hash_table: bool = True
+    hashtable_init_capacity: int = 0
     seed: int = 0
     index: int = 0
     dedup: str | None = None
@@ -145,6 +148,7 @@ class Estimator:
         self.config = config
         self.global_step = 0
         self.model.ctx.use_native_multi_hash_table = config.use_native_multi_hash_table
+        self.model.ctx.hashtable_init_capacity = config.hashtable_init_capacity
         self.model.ctx.seed = config.seed
         self._model_fn = model.create_model_fn()
         self._dense_optimizer: torch.optim.Optimizer | None = None

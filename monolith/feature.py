@@ -31,7 +31,7 @@ from monolith.optim.initializers import RandomUniformInitializer, ZerosInitializ
 from monolith.optim.optimizers import AdagradOptimizer, FtrlOptimizer
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable, SliceConfig, SlotConfig
-from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS
+from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, CuckooHashTableConfig, HashTableConfig
 
 
 @dataclasses.dataclass
@@ -50,6 +50,7 @@ class FeatureSlotConfig:
         default_factory=lambda: AdagradOptimizer(initial_accumulator_value=1.0))
     default_vec_compressor: Compressor = dataclasses.field(default_factory=Fp16Compressor)
     default_vec_learning_rate_fn: Callable[[int], float] | None = None
+    hashtable_config: HashTableConfig = dataclasses.field(default_factory=CuckooHashTableConfig)
     slot_id: int | None = None
     occurrence_threshold: int = 0
     expire_time: int = DEFAULT_EXPIRE_TIME_DAYS
@@ -183,11 +184,17 @@ class EmbeddingFactory:
             with identical slices share one merged table (Monolith's ``MergedMultiTypeHashTable``),
             keyed by the FIDs' own slot bits.
         seed: seeds the tables' initializers.
+        hashtable_init_capacity: when above 0, every table's ``initial_capacity`` (Monolith's
+            ``CpuTrainingConfig.hashtable_init_capacity``), in place of the slots' own
+            ``hashtable_config.initial_capacity``.
     """
 
-    def __init__(self, use_native_multi_hash_table: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, use_native_multi_hash_table: bool = True, seed: int = 0, hashtable_init_capacity: int = 0
+    ) -> None:
         self.use_native_multi_hash_table = use_native_multi_hash_table
         self.seed = seed
+        self.hashtable_init_capacity = hashtable_init_capacity
         self.feature_slots: list[FeatureSlot] = []
         self.tables: dict[str, HashEmbedding] = {}
         self._table_of_slot: dict[int, HashEmbedding] = {}
@@ -245,6 +252,8 @@ class EmbeddingFactory:
             default_expire_time=first.expire_time if len(slots) == 1 else DEFAULT_EXPIRE_TIME_DAYS,
             seed=self.seed + zlib.crc32(name.encode()),
             name=name,
+            initial_capacity=self.hashtable_init_capacity
+            or sum(s.config.hashtable_config.initial_capacity for s in slots),
         )
         module = self.module_factory(table)
         self.tables[name] = module

@@ -17,6 +17,8 @@ A misspelt field is a ``TypeError`` naming it, as for any dataclass.
 * ``log_step_count_steps`` -> ``RunConfig.log_step_count_steps``; ``save_summary_steps`` 0 or None
   turns TensorBoard summaries off (they are written at the log steps).
 * ``use_native_multi_hash_table`` -> the same field (None, Monolith's default, means True).
+* ``hashtable_init_capacity`` -> the same ``RunConfig`` field: ids every table holds before it
+  first grows, allocated when the tables are built.
 * ``index`` -> ``RunConfig.index`` (under torch.distributed the rank replaces it).
 * ``enable_fid_dedup`` -> ``RunConfig.dedup="sum"``: one update per distinct FID with the summed
   gradient, which is what deduplicating FIDs before the push does in Monolith.
@@ -47,8 +49,8 @@ TensorFlow session and gRPC tuning (``intra_op_parallelism_threads``, ``inter_op
 ``max_rpc_deadline_millis``, ``device_fn``, ``tensorboard_log_path``); the PS pipeline
 (``embedding_prefetch_capacity``, ``enable_embedding_postpush``, ``enable_variable_prefetch``,
 ``enable_variable_postpush``, ``enable_async_optimize``, ``enable_pipelined_*``,
-``reorder_fids_in_data_pipeline``, ``enable_variable_partition``, ``enable_fused_layout``,
-``hashtable_init_capacity``); the probabilistic occurrence filter (``filter_*``: the filter here
+``reorder_fids_in_data_pipeline``, ``enable_variable_partition``, ``enable_fused_layout``);
+the probabilistic occurrence filter (``filter_*``: the filter here
 counts exactly); GPU and partial-sync placement (``enable_gpu_training``,
 ``enable_partial_sync_training``, ``processes_per_gpu``, ``merge_sync_training_ckpt``,
 ``num_extra_dsworker_on_gpu_worker``: placement follows :class:`~monolith.device.MonolithDeviceCtx`);
@@ -259,6 +261,7 @@ class RunnerConfig:
             keep_checkpoint_max=self.checkpoints_max_to_keep,
             log_step_count_steps=self.log_step_count_steps,
             use_native_multi_hash_table=self.use_native_multi_hash_table is not False,
+            hashtable_init_capacity=self.hashtable_init_capacity,
             index=self.index,
             dedup="sum" if self.enable_fid_dedup else None,
             dense_reduce="mean" if self.enable_sync_training else "sum",

@@ -10,7 +10,8 @@ _TOY = {"batch": 64, "vocab": 1000, "hidden": (8,)}
 def test_peers_runs_ours_and_plain_pytorch_in_turns(monkeypatch):
     monkeypatch.setattr(peers_benchmark, "PEERS_PYTHON", Path("/nonexistent/python"))  # TorchRec: skipped
     result = peers_benchmark.run(steps=2, warmup=1, rows=1 << 10, **_TOY)
-    assert set(result["systems"]) == {peers_benchmark.MONOLITH, peers_benchmark.TORCH}
+    reserved = peers_benchmark.MONOLITH_RESERVED.format(rows=1 << 10)
+    assert set(result["systems"]) == {peers_benchmark.MONOLITH, reserved, peers_benchmark.TORCH}
     assert result["distinct"] > 0 and "TorchRec skipped" in result["skipped"]
     assert all(s["examples_per_s"] > 0 and s["peak_rss"] > 0 for s in result["systems"].values())
     assert "| plain PyTorch (hashed EmbeddingBag) |" in peers_benchmark.report([result])

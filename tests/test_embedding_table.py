@@ -247,3 +247,35 @@ def test_large_tables_grow_without_copying_and_count_only_rows_in_use():
     # Bytes per row: key, time, change marker (8 each) + weights and Adagrad sums (16 each), plus the map.
     rows_bytes = len(table) * (3 * 8 + 2 * 16)
     assert rows_bytes < table.nbytes <= rows_bytes + table._map.nbytes
+
+
+def test_initial_capacity_reserves_room_up_front_and_trains_like_a_growing_table(tmp_path):
+    def adagrad_table(**kwargs):
+        return EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))],
+                                  [SlotConfig(1, occurrence_threshold=0, expire_time=1)], seed=3, **kwargs)
+
+    reserved, growing = adagrad_table(initial_capacity=50_000), adagrad_table()
+    assert reserved.capacity >= 50_000 and growing.capacity < 50_000
+    built = reserved.capacity, reserved.nbytes
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        ids = make_fid(1 + step % 2, rng.integers(0, 40_000, 8_000))
+        grads = rng.standard_normal((ids.size, 4)).astype(np.float32)
+        for table in (reserved, growing):
+            table.apply_gradients(ids, grads, req_time=1_000 * step, dedup="sum")
+    assert 30_000 < len(reserved) <= 50_000
+    # Up to its initial capacity the table never grew, and the map's memory was all there from the start.
+    assert reserved.capacity == built[0]
+    assert reserved.nbytes - built[1] == len(reserved) * (3 * 8 + 2 * 16)
+    fids = np.sort(reserved.items()[0])
+    torch.testing.assert_close(reserved.lookup(fids), growing.lookup(fids), rtol=0, atol=0)
+    # Eviction and loading keep the room (slot 1's rows expire after one day; slot 2's stay).
+    assert reserved.evict(now=86_400 + 4_000) > 0
+    assert reserved.capacity == built[0]
+    reserved.save(tmp_path / "t.npz")
+    loaded = adagrad_table(initial_capacity=50_000)
+    loaded.load(tmp_path / "t.npz")
+    assert loaded.capacity == built[0]
+    torch.testing.assert_close(loaded.lookup(fids), reserved.lookup(fids), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="initial_capacity must be an int >= 0, got -1"):
+        adagrad_table(initial_capacity=-1)

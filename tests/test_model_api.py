@@ -530,3 +530,23 @@ def test_other_results_are_an_estimator_spec_error(bad):
 def test_mismatched_heads_and_labels_are_value_errors(spec):
     with pytest.raises(ValueError):
         _run(spec)
+
+
+@pytest.mark.parametrize("one_table_per_slot", [True, False])
+def test_slot_hashtable_config_sets_the_initial_capacity_of_its_table(one_table_per_slot):
+    from monolith.entry import CuckooHashTableConfig
+    from monolith.feature import EmbeddingFactory, FeatureSlotConfig
+
+    factory = EmbeddingFactory(use_native_multi_hash_table=one_table_per_slot)
+    for slot, capacity in ((1, 3000), (2, 5000)):
+        config = FeatureSlotConfig(slot_id=slot, hashtable_config=CuckooHashTableConfig(initial_capacity=capacity))
+        factory.create_feature_slot(config).add_feature_slice(4)
+    factory.build()
+    tables = {slot: module.table for slot, module in factory.slot_tables().items()}
+    if one_table_per_slot:
+        assert (tables[1].initial_capacity, tables[2].initial_capacity) == (3000, 5000)
+    else:  # one merged table serves both slots: room for the ids of both
+        assert tables[1] is tables[2] and tables[1].initial_capacity == 8000
+    assert all(t.capacity >= t.initial_capacity for t in tables.values())
+    with pytest.raises(ValueError, match="initial_capacity must be an int >= 0, got 1.5"):
+        CuckooHashTableConfig(initial_capacity=1.5)

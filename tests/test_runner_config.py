@@ -140,15 +140,32 @@ def test_field_mapping_onto_run_config():
     config = RunnerConfig(model_dir="/tmp/m", save_checkpoints_steps=7, checkpoints_max_to_keep=3,
                           log_step_count_steps=9, use_native_multi_hash_table=False, index=2, enable_fid_dedup=True,
                           enable_sync_training=True, save_summary_steps=0, num_ps=4, num_workers=8,
-                          discovery_type="zk", kafka_topics="a,b")
+                          discovery_type="zk", kafka_topics="a,b", hashtable_init_capacity=4096)
     assert config.to_run_config() == RunConfig(
         model_dir="/tmp/m", save_checkpoints_steps=7, keep_checkpoint_max=3, log_step_count_steps=9,
-        use_native_multi_hash_table=False, index=2, dedup="sum", dense_reduce="mean", enable_summaries=False)
+        use_native_multi_hash_table=False, hashtable_init_capacity=4096, index=2, dedup="sum",
+        dense_reduce="mean", enable_summaries=False)
     assert config.kafka_topics == ["a", "b"]
     defaults = RunnerConfig(save_checkpoints_secs=30).to_run_config("movie")
     assert defaults == RunConfig(model_dir=os.path.join("/tmp", getpass.getuser(), "movie"), save_checkpoints_secs=30,
                                  keep_checkpoint_max=10, use_native_multi_hash_table=True, dedup=None,
                                  dense_reduce="sum", enable_summaries=True)
+
+
+def test_hashtable_init_capacity_sizes_every_table_and_training_is_unchanged(tmp_path):
+    runs = {}
+    for capacity in (0, 5000):
+        torch.manual_seed(0)  # the same dense head in both runs
+        estimator = Estimator(TinyModel(), quiet(model_dir=str(tmp_path / str(capacity)),
+                                                 hashtable_init_capacity=capacity))
+        estimator.train()
+        runs[capacity] = estimator
+    tables = runs[5000].model.ctx.tables
+    assert sorted(tables) == ["item", "user"] and all(m.table.initial_capacity == 5000 for m in tables.values())
+    assert all(m.table.capacity >= 5000 for m in tables.values())
+    assert all(m.table.capacity < 5000 for m in runs[0].model.ctx.tables.values())
+    for name, rows in table_rows(runs[0]).items():
+        np.testing.assert_array_equal(table_rows(runs[5000])[name], rows)
 
 
 def test_ps_server_type_is_refused():

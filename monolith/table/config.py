@@ -1,4 +1,4 @@
-"""Plain configuration records of embedding tables: slices and slots.
+"""Plain configuration records of embedding tables: slices, slots and the table kind.
 
 Kept apart from the table itself (as TorchRec keeps ``EmbeddingBagConfig`` apart from its modules)
 so configs can be dumped, compared between ranks and rebuilt without touching any rows.
@@ -106,3 +106,30 @@ class SlotConfig:
             raise ValueError(f"slot {self.slot}: occurrence_threshold must be >= 0, got {self.occurrence_threshold}")
         if self.expire_time <= 0:
             raise ValueError(f"slot {self.slot}: expire_time must be > 0 days, got {self.expire_time}")
+
+
+class HashTableConfig:
+    """Base of Monolith's table-kind configs; every kind maps onto :class:`~monolith.table.EmbeddingHashTable`."""
+
+    initial_capacity: int = 0
+
+
+class CuckooHashTableConfig(HashTableConfig):
+    """Monolith's default CPU table; here the collisionless numba table.
+
+    Args:
+        initial_capacity: ids the table holds before it first grows; their map slots and rows are
+            allocated when the table is built (see :class:`~monolith.table.EmbeddingHashTable`).
+        feature_evict_every_n_hours: accepted and ignored; expiry runs when the trainer asks for it
+            (:class:`~monolith.streaming.ParameterSync`'s ``evict_interval_s``, or ``evict()`` of a table).
+    """
+
+    def __init__(self, initial_capacity: int = 1, feature_evict_every_n_hours: int = 0) -> None:
+        if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 0:
+            raise ValueError(f"{type(self).__name__}: initial_capacity must be an int >= 0, got {initial_capacity!r}")
+        self.initial_capacity = initial_capacity
+        self.feature_evict_every_n_hours = feature_evict_every_n_hours
+
+
+class GpucucoHashTableConfig(CuckooHashTableConfig):
+    """Monolith's GPU table; tables live in host memory here, so it is the same table."""

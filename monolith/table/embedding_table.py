@@ -98,6 +98,9 @@ class EmbeddingHashTable:
         default_occurrence_threshold: T for unlisted slots (admitted on the (T+1)-th occurrence).
         default_expire_time: expiry in days for unlisted slots.
         seed: seeds the initializers, so two tables built alike hold identical rows.
+        initial_capacity: ids the table holds before it first grows (Monolith's ``initial_capacity``
+            of ``CuckooHashTableConfig``). Its map slots and row stores are allocated and paged in
+            when the table is built, so training pays no growth until it holds that many ids.
 
     Example::
 
@@ -116,20 +119,25 @@ class EmbeddingHashTable:
         default_expire_time: int = DEFAULT_EXPIRE_TIME_DAYS,
         seed: int = 0,
         name: str = "table",
+        initial_capacity: int = 0,
     ) -> None:
+        if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 0:
+            raise ValueError(f"table '{name}': initial_capacity must be an int >= 0, got {initial_capacity!r}")
         self.name = name
         self.slices: list[SliceConfig] = []
         self._rng = np.random.default_rng(seed)
-        self._map = FidMap()
+        self.initial_capacity = initial_capacity
+        self._map = FidMap(max(initial_capacity, 768))
         self._groups: FidMap | None = None
         self._numbering = object()
-        self._capacity = 1024
-        self._keys = np.empty(self._capacity, dtype=np.int64)
-        self._timestamps = np.zeros(self._capacity, dtype=np.int64)
+        # Reserved as a table grown to initial_capacity would be, so that growing past it copies nothing.
+        self._capacity = _store_capacity(initial_capacity, 1024)
+        self._keys = self._new_store(np.int64)
+        self._timestamps = self._new_store(np.int64)
         # Change counter of each row's last write, so the rows changed since a marker can be
         # pushed to serving (Monolith's real-time parameter sync).
         self._changes = 0
-        self._changed_at = np.zeros(self._capacity, dtype=np.int64)
+        self._changed_at = self._new_store(np.int64)
         self._weights: list[np.ndarray] = []
         self._states: list[np.ndarray] = []
         SlotConfig(0, default_occurrence_threshold, default_expire_time)  # validates the defaults
@@ -146,12 +154,22 @@ class EmbeddingHashTable:
         """Appends a slice; rows that already exist get it freshly initialised."""
         if any(s.name == config.name for s in self.slices):
             raise ValueError(f"table '{self.name}' already has a slice named '{config.name}'")
-        weights = np.zeros((self._capacity, config.dim), dtype=np.float32)
-        state = np.zeros((self._capacity, config.optimizer.state_width(config.dim)), dtype=np.float32)
+        weights = self._new_store(np.float32, config.dim)
+        state = self._new_store(np.float32, config.optimizer.state_width(config.dim))
         self.slices.append(config)
         self._weights.append(weights)
         self._states.append(state)
         self._initialize(len(self.slices) - 1, 0, len(self))
+
+    def _new_store(self, dtype: type, width: int | None = None) -> np.ndarray:
+        """A zeroed row store of the table's capacity, the first ``initial_capacity`` rows paged in.
+
+        ``np.zeros`` maps pages lazily; writing the reserved rows once makes the OS back them now
+        rather than one page fault at a time while training.
+        """
+        store = np.zeros((self._capacity,) if width is None else (self._capacity, width), dtype=dtype)
+        store[: self.initial_capacity] = 0
+        return store
 
     def configure_slot(self, config: SlotConfig) -> None:
         """Sets the occurrence threshold and expire time of one slot."""
@@ -178,6 +196,11 @@ class EmbeddingHashTable:
 
     def __len__(self) -> int:
         return len(self._map)
+
+    @property
+    def capacity(self) -> int:
+        """How many ids the table holds before its map or its row stores next grow."""
+        return min(self._map.room, self._capacity)
 
     @property
     def nbytes(self) -> int:
@@ -265,8 +288,8 @@ class EmbeddingHashTable:
         about 1 ms per table and step on a 4,096 batch.
         """
         groups = self._groups
-        if groups is None or not 2 * n <= groups.capacity <= 8 * max(n, 1024):
-            groups = self._groups = FidMap(2 * n)
+        if groups is None or groups.room < n or groups.capacity > 8 * max(n, 1024):
+            groups = self._groups = FidMap(n)
         else:
             groups.clear()
         return groups
@@ -391,7 +414,7 @@ class EmbeddingHashTable:
         for weights, state in zip(self._weights, self._states):
             weights[:size] = weights[rows]
             state[:size] = state[rows]
-        self._map.rebuild(self._keys[:size])
+        self._map.rebuild(self._keys[:size], room_for=self.initial_capacity)
         self._numbering = object()
 
     # ----------------------------------------------------------------- persistence
@@ -432,18 +455,19 @@ class EmbeddingHashTable:
             raise ValueError(f"{source}: table slices {theirs} do not match this table's {ours}")
         keys = np.ascontiguousarray(state["keys"], dtype=np.int64)
         size = keys.size
-        self._map.rebuild(keys)
+        self._map.rebuild(keys, room_for=self.initial_capacity)
         self._numbering = object()
-        self._capacity = max(1024, size)
-        self._keys = np.zeros(self._capacity, dtype=np.int64)
-        self._timestamps = np.zeros(self._capacity, dtype=np.int64)
+        self._capacity = max(size, _store_capacity(self.initial_capacity, 1024))
+        self._keys = self._new_store(np.int64)
+        self._timestamps = self._new_store(np.int64)
         self._changes += 1  # every loaded row counts as changed
-        self._changed_at = np.full(self._capacity, self._changes, dtype=np.int64)
+        self._changed_at = self._new_store(np.int64)
+        self._changed_at[:size] = self._changes
         self._keys[:size] = keys
         self._timestamps[:size] = state["timestamps"]
         for index, config in enumerate(self.slices):
-            self._weights[index] = np.zeros((self._capacity, config.dim), dtype=np.float32)
-            self._states[index] = np.zeros((self._capacity, self._states[index].shape[1]), dtype=np.float32)
+            self._weights[index] = self._new_store(np.float32, config.dim)
+            self._states[index] = self._new_store(np.float32, self._states[index].shape[1])
             self._weights[index][:size] = state[f"weights_{index}"]
             self._states[index][:size] = state[f"state_{index}"]
         self._filter.load_state({"filter_keys": state["filter_keys"], "filter_counts": state["filter_counts"]})

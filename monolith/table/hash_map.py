@@ -103,6 +103,8 @@ def _insert_unique(slots, shift, keys, rows):
 class FidMap:
     """Maps int64 FIDs to dense row numbers ``0..len-1``, growing on demand.
 
+    ``initial_capacity`` keys fit before the map first grows (it allocates their slots up front).
+
     Example::
 
         m = FidMap()
@@ -110,11 +112,10 @@ class FidMap:
         m.find(np.array([9, 5]))               # -> array([1, -1])
     """
 
-    def __init__(self, initial_capacity: int = 1024) -> None:
+    def __init__(self, initial_capacity: int = 768) -> None:
         if initial_capacity < 1:
             raise ValueError(f"initial_capacity must be >= 1, got {initial_capacity}")
-        capacity = 1 << max(4, int(initial_capacity - 1).bit_length())
-        self._allocate(capacity)
+        self._allocate(_slots_for(initial_capacity))
         self._size = 0
         self._sentinel_row = np.full(1, -1, dtype=np.int64)
 
@@ -130,6 +131,11 @@ class FidMap:
     def capacity(self) -> int:
         """Number of slots; the map holds at most 3/4 of it before doubling."""
         return self._slots.size // 2
+
+    @property
+    def room(self) -> int:
+        """How many keys in all the map holds before it grows."""
+        return self._max_size
 
     @property
     def nbytes(self) -> int:
@@ -177,16 +183,14 @@ class FidMap:
         order = np.argsort(rows, kind="stable")
         return keys[order], rows[order]
 
-    def rebuild(self, keys: np.ndarray) -> None:
-        """Replaces the contents with distinct ``keys``, key ``i`` getting row ``i``."""
+    def rebuild(self, keys: np.ndarray, room_for: int = 0) -> None:
+        """Replaces the contents with distinct ``keys``, key ``i`` getting row ``i``, with room for
+        ``room_for`` keys in all before the map grows again."""
         keys = _as_keys(keys)
         rows = np.arange(keys.size, dtype=np.int64)
         sentinel = keys == EMPTY_KEY
         self._sentinel_row[0] = rows[sentinel][0] if sentinel.any() else -1
-        capacity = 16
-        while capacity * _MAX_LOAD_NUM // _MAX_LOAD_DEN < keys.size:
-            capacity *= 2
-        self._allocate(capacity)
+        self._allocate(_slots_for(max(keys.size, room_for)))
         _insert_unique(self._slots, self._shift, keys[~sentinel], rows[~sentinel])
         self._size = keys.size
 
@@ -195,6 +199,14 @@ class FidMap:
         keys, rows = self._slots[0::2][occupied], self._slots[1::2][occupied]
         self._allocate(capacity)
         _insert_unique(self._slots, self._shift, keys, rows)
+
+
+def _slots_for(keys: int) -> int:
+    """The fewest slots (a power of two, at least 16) that hold ``keys`` keys within the load limit."""
+    capacity = 16
+    while capacity * _MAX_LOAD_NUM // _MAX_LOAD_DEN < keys:
+        capacity *= 2
+    return capacity
 
 
 def _as_keys(keys) -> np.ndarray:
