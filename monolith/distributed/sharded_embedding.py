@@ -27,6 +27,7 @@ import torch.distributed as dist
 from monolith.modules.embedding_lookup import HashEmbedding, widen_to
 from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable
+from monolith.table.hash_map import KeyGrouper
 from monolith.table.shards import merge_states, select_keys
 
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64: torch multiplies int64 with wrap-around
@@ -81,7 +82,9 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     routed = []
     for module, ids, req_time in requests:
         ids = ids.reshape(-1).to(torch.int64)
-        unique, inverse = torch.unique(ids, return_inverse=True)
+        groups, count = module.grouper.group(ids.numpy())
+        inverse = torch.from_numpy(groups)
+        unique = torch.empty(count, dtype=torch.int64).index_put_((inverse,), ids)  # in order of first appearance
         times = _times_per_unique(req_time, inverse, unique.numel())
         owners = shard_of(unique, world)
         send_order = torch.argsort(owners, stable=True)
@@ -191,6 +194,8 @@ class ShardedHashEmbedding(HashEmbedding):
         self.rank = dist.get_rank(group)
         self._lookups: list[_Lookup] = []
         self.bytes_sent = 0
+        #: Deduplicates the ids of each lookup before they are routed.
+        self.grouper = KeyGrouper()
 
     def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None,
                 routed: tuple[_Lookup, torch.Tensor] | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from monolith.atomic import atomic_write
 from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SliceConfig, SlotConfig
-from monolith.table.hash_map import FidMap
+from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
 from monolith.table.prefetch import prefetch_row_ahead
 
@@ -128,7 +128,7 @@ class EmbeddingHashTable:
         self._rng = np.random.default_rng(seed)
         self.initial_capacity = initial_capacity
         self._map = FidMap(max(initial_capacity, 768))
-        self._groups: FidMap | None = None
+        self._grouper = KeyGrouper()
         self._numbering = object()
         # Reserved as a table grown to initial_capacity would be, so that growing past it copies nothing.
         self._capacity = _store_capacity(initial_capacity, 1024)
@@ -271,28 +271,15 @@ class EmbeddingHashTable:
         if rows.size == 0:
             return
         if dedup == "sum":
-            # Grouping by hash (O(n)) and summing in a kernel beat np.unique's sort and np.add.at several-fold.
-            groups = self._grouping_map(rows.size)
-            rows, grads, times = _sum_by_group(groups.find_or_insert(rows), len(groups), rows, grads, times)
+            # Grouping by hash and summing in a kernel beat np.unique and np.add.at several-fold.
+            groups, count = self._grouper.group(rows)
+            rows, grads, times = _sum_by_group(groups, count, rows, grads, times)
         column = 0
         for config, weights, state in zip(self.slices, self._weights, self._states):
             slice_grads = np.ascontiguousarray(grads[:, column : column + config.dim])
             config.optimizer.apply(weights, state, rows, slice_grads, config.learning_rate(global_step), global_step)
             column += config.dim
         self._record_writes(rows, times)
-
-    def _grouping_map(self, n: int) -> FidMap:
-        """An empty map with room for ``n`` keys below its load limit (so no rehash while grouping).
-
-        The map is kept between steps: a fresh one each step paid for paging in its memory again,
-        about 1 ms per table and step on a 4,096 batch.
-        """
-        groups = self._groups
-        if groups is None or groups.room < n or groups.capacity > 8 * max(n, 1024):
-            groups = self._groups = FidMap(n)
-        else:
-            groups.clear()
-        return groups
 
     def _record_writes(self, rows: np.ndarray, times: np.ndarray) -> None:
         _touch(self._timestamps, rows, times)

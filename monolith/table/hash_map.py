@@ -201,6 +201,28 @@ class FidMap:
         _insert_unique(self._slots, self._shift, keys, rows)
 
 
+class KeyGrouper:
+    """Numbers the distinct keys of one batch at a time ``0, 1, ...`` in order of first appearance.
+
+    Grouping by hash is O(n), several times faster than ``np.unique``'s or ``torch.unique``'s sort.
+    The map is kept from batch to batch: a fresh one each time paid for paging its memory in again
+    (about 1 ms for a 4,096 batch).
+    """
+
+    def __init__(self) -> None:
+        self._map: FidMap | None = None
+
+    def group(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
+        """The group of each of ``keys`` (int64 ``[n]``) and the number of groups."""
+        keys = _as_keys(keys)
+        groups = self._map
+        if groups is None or groups.room < keys.size or groups.capacity > 8 * max(keys.size, 1024):
+            groups = self._map = FidMap(max(keys.size, 1))
+        else:
+            groups.clear()
+        return groups.find_or_insert(keys), len(groups)
+
+
 def _slots_for(keys: int) -> int:
     """The fewest slots (a power of two, at least 16) that hold ``keys`` keys within the load limit."""
     capacity = 16
