@@ -62,7 +62,8 @@ class RunConfig:
         log_step_count_steps: log loss, metrics and examples/s every this many steps.
         use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
         hashtable_init_capacity: when above 0, ids every table holds before it first grows, its
-            memory allocated when the tables are built (Monolith's field of the same name).
+            memory allocated when the tables are built (Monolith's field of the same name; under
+            torch.distributed each rank's shard of a table reserves that many, as each Monolith PS does).
         seed: seeds torch and the embedding initializers.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
         dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
