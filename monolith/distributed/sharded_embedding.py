@@ -96,7 +96,7 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     dist.all_to_all_single(recv_counts.view(-1), send_counts.view(-1), group=group)
     send, recv = send_counts.tolist(), recv_counts.tolist()
     # Ids and times, grouped by destination rank, then by request.
-    keyed = [_split_rows(torch.stack([u[o], t[o]], dim=1), send_counts[:, i].tolist())
+    keyed = [_split_rows(torch.stack([u, t], dim=1)[o], send_counts[:, i].tolist())
              for i, (_, u, _, t, o, _) in enumerate(routed)]
     outgoing = torch.cat([keyed[i][r] for r in range(world) for i in range(len(routed))])
     incoming = _exchange(outgoing, [sum(row) for row in send], [sum(row) for row in recv], group)
@@ -119,9 +119,10 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     out = []
     for i, record in enumerate(records):
         answered = torch.cat([chunks[r * len(records) + i].view(-1, record.dim) for r in range(world)])
-        unique_rows = torch.empty_like(answered)
-        unique_rows[record.send_order] = answered
-        out.append((record, unique_rows[record.inverse]))
+        # answered[k] is the row of distinct id send_order[k]: gather each occurrence's row at once.
+        position = torch.empty_like(record.send_order)
+        position[record.send_order] = torch.arange(record.send_order.numel())
+        out.append((record, answered[position[record.inverse]]))
     return out
 
 
