@@ -24,20 +24,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from monolith.distributed.routing import plan_route, shard_of
 from monolith.modules.embedding_lookup import HashEmbedding, widen_to
 from monolith.optim.clipping import squared_norm
-from monolith.table.embedding_table import EmbeddingHashTable
+from monolith.table.embedding_table import EmbeddingHashTable, RowHint, sum_rows_by_group
 from monolith.table.hash_map import KeyGrouper
 from monolith.table.shards import merge_states, select_keys
 
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64: torch multiplies int64 with wrap-around
 _sequence = itertools.count()
-
-
-def shard_of(ids: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Owner rank of each FID: a multiplicative hash of the id modulo ``world_size``."""
-    mixed = (ids * _GOLDEN) >> 33  # the high bits depend on every bit of the id
-    return torch.remainder(mixed & 0x7FFFFFFF, world_size)
 
 
 def _exchange(tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group) -> torch.Tensor:
@@ -49,19 +43,23 @@ def _exchange(tensor: torch.Tensor, send_counts: list[int], recv_counts: list[in
 
 @dataclasses.dataclass
 class _Lookup:
-    """One forward lookup: how its ids were routed, and its gradient once backward ran."""
+    """One forward lookup: how its ids were routed, and its gradient once backward ran.
+
+    The lookup's distinct ids are laid out by owner rank (:func:`plan_route`): ``send_counts[r]``
+    of them for rank ``r``, in that order; rows come back and gradients go out in the same layout.
+    """
 
     order: int
     module: "ShardedHashEmbedding"
-    inverse: torch.Tensor  # occurrence -> index of its distinct id
-    send_order: torch.Tensor  # distinct ids sorted by owner
+    positions: torch.Tensor  # occurrence -> its distinct id's place in the layout
     send_counts: list[int]  # distinct ids sent to each rank
     recv_counts: list[int]  # ids received from each rank
     recv_ids: torch.Tensor  # ids this rank owns, as other ranks asked for them (by source rank)
     recv_times: torch.Tensor
+    hint: RowHint  # where this rank's table found recv_ids
     num_unique: int
     dim: int  # row width at lookup time
-    grad: torch.Tensor | None = None  # summed per distinct id
+    grad: torch.Tensor | None = None  # summed per distinct id, in the layout
     occurrence_grad: torch.Tensor | None = None  # per occurrence, for the global norm
 
 
@@ -81,35 +79,29 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     group, world = requests[0][0].group, requests[0][0].world_size
     routed = []
     for module, ids, req_time in requests:
-        ids = ids.reshape(-1).to(torch.int64)
-        groups, count = module.grouper.group(ids.numpy())
-        inverse = torch.from_numpy(groups)
-        unique = torch.empty(count, dtype=torch.int64).index_put_((inverse,), ids)  # in order of first appearance
-        times = _times_per_unique(req_time, inverse, unique.numel())
-        owners = shard_of(unique, world)
-        send_order = torch.argsort(owners, stable=True)
-        counts = torch.bincount(owners, minlength=world)
-        routed.append((module, unique, inverse, times, send_order, counts))
+        keys = np.ascontiguousarray(ids.reshape(-1).numpy(), dtype=np.int64)
+        groups, count = module.grouper.group(keys)
+        keyed, counts, positions = plan_route(keys, groups, count, _request_times(req_time, keys.size), world)
+        routed.append((module, torch.from_numpy(keyed), torch.from_numpy(counts), torch.from_numpy(positions)))
     # counts[r, t]: distinct ids of request t for rank r; every rank learns what it will receive.
-    send_counts = torch.stack([r[5] for r in routed], dim=1).contiguous()
+    send_counts = torch.stack([r[2] for r in routed], dim=1).contiguous()
     recv_counts = torch.empty_like(send_counts)
     dist.all_to_all_single(recv_counts.view(-1), send_counts.view(-1), group=group)
     send, recv = send_counts.tolist(), recv_counts.tolist()
-    # Ids and times, grouped by destination rank, then by request.
-    keyed = [_split_rows(torch.stack([u, t], dim=1)[o], send_counts[:, i].tolist())
-             for i, (_, u, _, t, o, _) in enumerate(routed)]
+    # (id, time) pairs, grouped by destination rank, then by request.
+    keyed = [_split_rows(r[1], [send[rank][i] for rank in range(world)]) for i, r in enumerate(routed)]
     outgoing = torch.cat([keyed[i][r] for r in range(world) for i in range(len(routed))])
     incoming = _exchange(outgoing, [sum(row) for row in send], [sum(row) for row in recv], group)
     pieces = _split_rows(incoming, [c for row in recv for c in row])  # by source rank, then request
     records, answers = [], []
-    for i, (module, unique, inverse, times, send_order, _) in enumerate(routed):
+    for i, (module, unique, _, positions) in enumerate(routed):
         mine = torch.cat([pieces[r * len(routed) + i] for r in range(world)])
-        dim = module.table.dim
-        rows = module.table.lookup(mine[:, 0])
-        answers.append(_split_rows(rows, recv_counts[:, i].tolist()))
-        records.append(_Lookup(next(_sequence), module, inverse, send_order, send_counts[:, i].tolist(),
-                               recv_counts[:, i].tolist(), mine[:, 0], mine[:, 1], unique.numel(), dim))
-        module.bytes_sent += outgoing.element_size() * 2 * unique.numel() + rows.numel() * 4
+        rows, hint = module.table.lookup_with_hint(mine[:, 0])
+        answers.append(_split_rows(rows, [recv[r][i] for r in range(world)]))
+        records.append(_Lookup(next(_sequence), module, positions, [send[r][i] for r in range(world)],
+                               [recv[r][i] for r in range(world)], mine[:, 0], mine[:, 1], hint,
+                               unique.shape[0], module.table.dim))
+        module.bytes_sent += unique.numel() * unique.element_size() + rows.numel() * rows.element_size()
     # Rows, as one flat float buffer: by requesting rank, then request.
     flat = torch.cat([answers[i][r].reshape(-1) for r in range(world) for i in range(len(routed))])
     row_elems = [[recv[r][i] * rec.dim for i, rec in enumerate(records)] for r in range(world)]
@@ -119,10 +111,7 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     out = []
     for i, record in enumerate(records):
         answered = torch.cat([chunks[r * len(records) + i].view(-1, record.dim) for r in range(world)])
-        # answered[k] is the row of distinct id send_order[k]: gather each occurrence's row at once.
-        position = torch.empty_like(record.send_order)
-        position[record.send_order] = torch.arange(record.send_order.numel())
-        out.append((record, answered[position[record.inverse]]))
+        out.append((record, answered.index_select(0, record.positions)))
     return out
 
 
@@ -137,26 +126,28 @@ def exchange_and_apply(records: Sequence[_Lookup], global_step: int, scale: floa
         dim = record.module.table.dim  # a slice added since the lookup widens the row
         grad = record.grad if record.grad is not None else torch.zeros((record.num_unique, dim))
         grad = widen_to(grad, dim)
-        outgoing.append(_split_rows(grad[record.send_order], record.send_counts))
+        outgoing.append(_split_rows(grad, record.send_counts))
         widths.append(dim)
-        record.module.bytes_sent += grad.numel() * 4
+        record.module.bytes_sent += grad.numel() * grad.element_size()
     flat = torch.cat([outgoing[i][r].reshape(-1) for r in range(world) for i in range(len(records))])
     send_elems = [[rec.send_counts[r] * w for rec, w in zip(records, widths)] for r in range(world)]
     recv_elems = [[rec.recv_counts[r] * w for rec, w in zip(records, widths)] for r in range(world)]
     received = _exchange(flat, [sum(row) for row in send_elems], [sum(row) for row in recv_elems], group)
     chunks = list(torch.split(received, [e for row in recv_elems for e in row]))
-    by_module: dict[int, tuple[ShardedHashEmbedding, list, list, list]] = {}
+    by_module: dict[int, tuple[ShardedHashEmbedding, list, list, list, list]] = {}
     for i, record in enumerate(records):
         grads = torch.cat([chunks[r * len(records) + i].view(-1, widths[i]) for r in range(world)])
-        _, ids, summed, times = by_module.setdefault(id(record.module), (record.module, [], [], []))
+        _, ids, summed, times, hints = by_module.setdefault(id(record.module), (record.module, [], [], [], []))
         ids.append(record.recv_ids)
         summed.append(grads)
         times.append(record.recv_times)
-    for module, ids, grads, times in by_module.values():
+        hints.append(record.hint)
+    for module, ids, grads, times, hints in by_module.values():
         grads = torch.cat(grads)
         if scale != 1.0:
             grads = grads * scale
-        module.table.apply_gradients(torch.cat(ids), grads, global_step, torch.cat(times).numpy(), dedup="sum")
+        module.table.apply_gradients(torch.cat(ids), grads, global_step, torch.cat(times).numpy(), dedup="sum",
+                                     hint=RowHint.concat(hints))
 
 
 class _ShardedLookup(torch.autograd.Function):
@@ -172,11 +163,9 @@ class _ShardedLookup(torch.autograd.Function):
         record: _Lookup = ctx.record
         # A feature's gradient is a column block of the concatenation's: strided, which makes
         # index_add_ and the norm several times slower than one copy.
-        grad = grad.contiguous()
+        grad = grad.detach().contiguous()
         record.occurrence_grad = grad
-        summed = torch.zeros((record.num_unique, grad.shape[1]), dtype=grad.dtype)
-        summed.index_add_(0, record.inverse, grad)
-        record.grad = summed
+        record.grad = torch.from_numpy(sum_rows_by_group(record.positions.numpy(), record.num_unique, grad.numpy()))
         return None, None
 
 
@@ -236,15 +225,15 @@ class ShardedHashEmbedding(HashEmbedding):
         self._lookups = []
 
 
-def _times_per_unique(req_time, inverse: torch.Tensor, num_unique: int) -> torch.Tensor:
-    """Newest request time of each distinct id (now where the batch has none)."""
+def _request_times(req_time, n: int) -> np.ndarray:
+    """A lookup's request times for :func:`plan_route`: ``[n]`` per id, or ``[1]`` for all (now where none)."""
     if req_time is None:
-        return torch.full((num_unique,), int(time.time()), dtype=torch.int64)
-    per_id = torch.as_tensor(req_time, dtype=torch.int64).reshape(-1)
-    if per_id.numel() == 1:
-        return per_id.expand(num_unique).clone()
-    latest = torch.zeros(num_unique, dtype=torch.int64)
-    return latest.scatter_reduce_(0, inverse, per_id, reduce="amax", include_self=False)
+        return np.array([int(time.time())], dtype=np.int64)
+    times = np.asarray(req_time.numpy() if isinstance(req_time, torch.Tensor) else req_time, dtype=np.int64)
+    times = times.reshape(-1)
+    if times.size not in (1, n):
+        raise ValueError(f"req_time must be one time or one per id ({n}), got {times.size} values")
+    return times
 
 
 def table_state_for_rank(states: list[dict[str, np.ndarray]], rank: int, world_size: int) -> dict[str, np.ndarray]:

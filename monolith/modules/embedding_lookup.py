@@ -105,7 +105,8 @@ class HashEmbedding(torch.nn.Module):
         grads = _cat([widen_to(p.grads, self.table.dim) for p in pending])
         if scale != 1.0:
             grads = grads * scale
-        self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup, hint=_concat_hints(pending))
+        hint = RowHint.concat([p.hint for p in pending])
+        self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup, hint=hint)
 
 
 def widen_to(grad: torch.Tensor, dim: int) -> torch.Tensor:
@@ -118,16 +119,6 @@ def widen_to(grad: torch.Tensor, dim: int) -> torch.Tensor:
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     # A single lookup (the common case) needs no copy.
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _concat_hints(pending: list[PendingGradient]) -> RowHint | None:
-    """One hint for the concatenated ids, if every lookup left one under the same row numbering."""
-    hints = [p.hint for p in pending]
-    if any(h is None or h.numbering is not hints[0].numbering for h in hints):
-        return None
-    if len(hints) == 1:
-        return hints[0]
-    return RowHint(np.concatenate([h.rows for h in hints]), hints[0].numbering, min(h.size for h in hints))
 
 
 def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:

@@ -47,19 +47,27 @@ def _gather(weights, rows, out, column):
 
 
 @numba.njit(cache=True)
+def sum_rows_by_group(groups, count, values):
+    """``[count, dim]``: row ``g`` is the sum of the rows of ``values`` in group ``g``, in their order."""
+    summed = np.zeros((count, values.shape[1]), dtype=values.dtype)
+    for i in range(groups.size):
+        g = groups[i]
+        for j in range(values.shape[1]):
+            summed[g, j] += values[i, j]
+    return summed
+
+
+@numba.njit(cache=True)
 def _sum_by_group(groups, count, rows, grads, times):
     """Per group ``0..count-1``: its row, its gradients summed in occurrence order, its latest time."""
     group_rows = np.empty(count, dtype=np.int64)
-    summed = np.zeros((count, grads.shape[1]), dtype=np.float32)
     latest = np.zeros(count, dtype=np.int64)
     for i in range(groups.size):
         g = groups[i]
         group_rows[g] = rows[i]
-        for j in range(grads.shape[1]):
-            summed[g, j] += grads[i, j]
         if times[i] > latest[g]:
             latest[g] = times[i]
-    return group_rows, summed, latest
+    return group_rows, sum_rows_by_group(groups, count, grads), latest
 
 
 @numba.njit(cache=True)
@@ -87,6 +95,15 @@ class RowHint:
     rows: np.ndarray
     numbering: object
     size: int
+
+    @staticmethod
+    def concat(hints: "list[RowHint | None]") -> "RowHint | None":
+        """One hint for the concatenated ids of several lookups, if each left one under the same numbering."""
+        if not hints or any(h is None or h.numbering is not hints[0].numbering for h in hints):
+            return None
+        if len(hints) == 1:
+            return hints[0]
+        return RowHint(np.concatenate([h.rows for h in hints]), hints[0].numbering, min(h.size for h in hints))
 
 
 class EmbeddingHashTable:
