@@ -452,7 +452,10 @@ class Estimator:
         needs_norm = self.model.p.clip_norm is not None or self.config.enable_summaries
         sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
         if self.dist is not None:
-            sparse_squared = self._all_reduce_dense_grads(sparse_squared)
+            # The sparse gradients travel to their owners while the dense ones are being summed.
+            summed = self._start_dense_all_reduce(sparse_squared)
+            self.model.ctx.exchange_gradients()
+            sparse_squared = summed()
         dense_scale, sparse_scale, norm = self._clip_scales(sparse_squared)
         self._summary("global_gradient_norm", norm)
         if self._dense_optimizer is not None:
@@ -470,16 +473,22 @@ class Estimator:
         self.global_step += 1
         return output
 
-    def _all_reduce_dense_grads(self, sparse_squared: float | None) -> float | None:
-        """Sums the dense gradients over ranks and, in the same collective, the ranks' shares of the
-        squared sparse norm (each rank holds the gradients of its own lookups); returns that sum."""
+    def _start_dense_all_reduce(self, sparse_squared: float | None) -> Callable[[], float | None]:
+        """Starts summing the dense gradients over ranks and, in the same collective, the ranks' shares
+        of the squared sparse norm (each rank holds the gradients of its own lookups); the returned
+        function waits for the sums and returns the squared sparse norm."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         share = torch.tensor([sparse_squared or 0.0], dtype=grads[0].dtype if grads else torch.float32)
-        self.dist.all_reduce_tensors(grads + [share])
-        if self.config.dense_reduce == "mean":
-            for grad in grads:
-                grad.div_(self.dist.world_size)
-        return float(share) if sparse_squared is not None else None
+        finish = self.dist.start_all_reduce(grads + [share])
+
+        def summed() -> float | None:
+            finish()
+            if self.config.dense_reduce == "mean":
+                for grad in grads:
+                    grad.div_(self.dist.world_size)
+            return float(share) if sparse_squared is not None else None
+
+        return summed
 
     def _clip_scales(self, sparse_squared: float | None) -> tuple[float, float, float]:
         """Scales of the dense and sparse gradients under clipping by the global norm, and the norm.

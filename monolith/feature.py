@@ -339,6 +339,13 @@ class EmbeddingFactory:
         """Sum of squares of all pending sparse gradients."""
         return sum(module.grad_squared_norm() for module in self.tables.values())
 
+    def exchange_gradients(self) -> None:
+        """Sends the pending sparse gradients to the ranks that own their ids (sharded tables; a no-op
+        for local ones), ahead of :meth:`apply_gradients`, so the exchange can overlap other work."""
+        modules = list(self.tables.values())
+        if modules:
+            type(modules[0]).exchange_gradients_together(modules)
+
     def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
         """Applies every table's pending gradients (times ``scale``)."""
         modules = list(self.tables.values())

@@ -11,7 +11,7 @@ import atexit
 import dataclasses
 import datetime
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -62,14 +62,24 @@ class DistributedContext:
 
     def all_reduce_tensors(self, tensors: list[torch.Tensor]) -> None:
         """Sums ``tensors`` over ranks in place, as one flat buffer (one collective per step)."""
+        self.start_all_reduce(tensors)()
+
+    def start_all_reduce(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
+        """Starts :meth:`all_reduce_tensors` in the background; the returned function waits for it
+        and writes the sums into ``tensors``. Other collectives may run meanwhile."""
         if not tensors:
-            return
+            return lambda: None
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, group=self.group)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        work = dist.all_reduce(flat, group=self.group, async_op=True)
+
+        def finish() -> None:
+            work.wait()
+            offset = 0
+            for t in tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+        return finish
 
     def broadcast_tensors(self, tensors: list[torch.Tensor], src: int = 0) -> None:
         for t in tensors:

@@ -115,9 +115,19 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     return out
 
 
-def exchange_and_apply(records: Sequence[_Lookup], global_step: int, scale: float = 1.0) -> None:
+@dataclasses.dataclass
+class _Received:
+    """Summed gradients that ranks sent for ids this rank owns, waiting to be applied."""
+
+    ids: torch.Tensor
+    grads: torch.Tensor
+    times: torch.Tensor
+    hint: RowHint  # where this rank's table found the ids at lookup time
+
+
+def exchange_gradients(records: Sequence[_Lookup]) -> None:
     """Sends the gradients of ``records`` (every rank's, in the same order) to their owners in one
-    exchange; each owner applies one summed update per distinct id to its tables."""
+    exchange; each owner keeps what it received in its module until :func:`apply_received`."""
     if not records:
         return
     group, world = records[0].module.group, records[0].module.world_size
@@ -134,20 +144,22 @@ def exchange_and_apply(records: Sequence[_Lookup], global_step: int, scale: floa
     recv_elems = [[rec.recv_counts[r] * w for rec, w in zip(records, widths)] for r in range(world)]
     received = _exchange(flat, [sum(row) for row in send_elems], [sum(row) for row in recv_elems], group)
     chunks = list(torch.split(received, [e for row in recv_elems for e in row]))
-    by_module: dict[int, tuple[ShardedHashEmbedding, list, list, list, list]] = {}
     for i, record in enumerate(records):
         grads = torch.cat([chunks[r * len(records) + i].view(-1, widths[i]) for r in range(world)])
-        _, ids, summed, times, hints = by_module.setdefault(id(record.module), (record.module, [], [], [], []))
-        ids.append(record.recv_ids)
-        summed.append(grads)
-        times.append(record.recv_times)
-        hints.append(record.hint)
-    for module, ids, grads, times, hints in by_module.values():
-        grads = torch.cat(grads)
-        if scale != 1.0:
-            grads = grads * scale
-        module.table.apply_gradients(torch.cat(ids), grads, global_step, torch.cat(times).numpy(), dedup="sum",
-                                     hint=RowHint.concat(hints))
+        record.module._received.append(_Received(record.recv_ids, grads, record.recv_times, record.hint))
+
+
+def apply_received(module: "ShardedHashEmbedding", global_step: int, scale: float = 1.0) -> None:
+    """The owner's update: one per distinct id, with the gradients every rank sent for it summed."""
+    received, module._received = module._received, []
+    if not received:
+        return
+    grads = torch.cat([r.grads for r in received])
+    if scale != 1.0:
+        grads = grads * scale
+    module.table.apply_gradients(torch.cat([r.ids for r in received]), grads, global_step,
+                                 torch.cat([r.times for r in received]).numpy(), dedup="sum",
+                                 hint=RowHint.concat([r.hint for r in received]))
 
 
 class _ShardedLookup(torch.autograd.Function):
@@ -183,6 +195,7 @@ class ShardedHashEmbedding(HashEmbedding):
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self._lookups: list[_Lookup] = []
+        self._received: list[_Received] = []
         self.bytes_sent = 0
         #: Deduplicates the ids of each lookup before they are routed.
         self.grouper = KeyGrouper()
@@ -204,14 +217,21 @@ class ShardedHashEmbedding(HashEmbedding):
         return route_and_lookup(requests)
 
     @staticmethod
-    def apply_gradients_together(modules: Sequence["ShardedHashEmbedding"], global_step: int, scale: float = 1.0,
-                                 dedup: str = "sum") -> None:
-        """Every module's pending gradients in one exchange (see :func:`exchange_and_apply`)."""
+    def exchange_gradients_together(modules: Sequence["ShardedHashEmbedding"]) -> None:
+        """Every module's pending gradients to their owners in one exchange (see :func:`exchange_gradients`)."""
         records = []
         for module in modules:
             records.extend(module._lookups)
             module._lookups = []
-        exchange_and_apply(sorted(records, key=lambda r: r.order), global_step, scale)
+        exchange_gradients(sorted(records, key=lambda r: r.order))
+
+    @staticmethod
+    def apply_gradients_together(modules: Sequence["ShardedHashEmbedding"], global_step: int, scale: float = 1.0,
+                                 dedup: str = "sum") -> None:
+        """Exchanges the gradients still pending, then each owner applies what it received (times ``scale``)."""
+        ShardedHashEmbedding.exchange_gradients_together(modules)
+        for module in modules:
+            apply_received(module, global_step, scale)
 
     def grad_squared_norm(self) -> float:
         """This rank's share of the squared global norm (per-occurrence gradients, before routing)."""
@@ -223,6 +243,7 @@ class ShardedHashEmbedding(HashEmbedding):
 
     def discard_gradients(self) -> None:
         self._lookups = []
+        self._received = []
 
 
 def _request_times(req_time, n: int) -> np.ndarray:

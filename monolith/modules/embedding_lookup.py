@@ -81,6 +81,10 @@ class HashEmbedding(torch.nn.Module):
         return self.table.lookup(ids)
 
     @staticmethod
+    def exchange_gradients_together(modules: Sequence["HashEmbedding"]) -> None:
+        """Sends pending gradients to the ranks that apply them (sharded tables); a local table has none to send."""
+
+    @staticmethod
     def apply_gradients_together(modules: Sequence["HashEmbedding"], global_step: int, scale: float = 1.0,
                                  dedup: str = "local") -> None:
         """:meth:`apply_gradients` of every module (sharded tables exchange their gradients at once)."""
