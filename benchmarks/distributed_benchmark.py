@@ -83,7 +83,7 @@ def _train(processes: int, threads: int, steps: int, batch_size: int, hidden: st
             "bytes_per_step": sum(r["bytes_per_step"] for r in ranks) / len(ranks)}
 
 
-def run(rounds: int = 3, steps: int = 30, batch_size: int = 4096, hidden: str = "512,256") -> dict:
+def run(rounds: int = 5, steps: int = 30, batch_size: int = 4096, hidden: str = "512,256") -> dict:
     """Examples/s of one process on every core, one process on one core, and one process per core.
 
     The configurations take turns for ``rounds`` rounds and each reports its median, so a burst of
