@@ -8,9 +8,11 @@ the summed gradient of every id from every rank and applies one update per disti
 
 The lookups of a step are routed together, as TorchRec's input distribution does: the ids of
 every feature of every table travel in one exchange, the rows of all of them in a second, and at
-apply time the gradients of all of them in a third, whatever the number of tables. Collectives run
-in the same order on every rank, never inside autograd's backward, whose order is an
-implementation detail.
+apply time the gradients of all of them in a third, whatever the number of tables. The gradient
+exchange (:func:`exchange_gradients`) is separate from the owners' update (:func:`apply_received`)
+so the training loop can run it while the dense gradients are all-reduced. Collectives run in the
+same order on every rank, never inside autograd's backward, whose order is an implementation
+detail.
 """
 
 from __future__ import annotations
@@ -173,10 +175,11 @@ class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         record: _Lookup = ctx.record
-        # A feature's gradient is a column block of the concatenation's: strided, which makes
-        # index_add_ and the norm several times slower than one copy.
+        # A feature's gradient is a column block of the concatenation's: strided, which makes the
+        # sum and the norm several times slower than one copy.
         grad = grad.detach().contiguous()
         record.occurrence_grad = grad
+        # Summed per distinct id straight into the layout the owners expect.
         record.grad = torch.from_numpy(sum_rows_by_group(record.positions.numpy(), record.num_unique, grad.numpy()))
         return None, None
 
