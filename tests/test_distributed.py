@@ -34,7 +34,8 @@ def free_port() -> int:
 def torchrun(*args: str, timeout: float = 300, monitor_interval: float = 0.1) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", f"--monitor-interval={monitor_interval}", WORKER, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # faulthandler prints every thread's Python stack if a rank aborts (e.g. in a C++ teardown).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
