@@ -91,10 +91,13 @@ def _fused_goals(results: list[dict]) -> list[Goal]:
 def _distributed_goals(results: list[dict]) -> list[Goal]:
     rows = results[0]["rows"]
     single = rows[1]  # one process on one core
-    many = rows[-1]  # one process per core
+    ceiling = next(row for row in rows if row["independent"])  # one process per core, no communication
+    many = rows[-1]  # one process per core, synchronous
     scaling = many["examples_per_sec"] / single["examples_per_sec"]
     return [Goal(f"{many['processes']} training processes on {many['processes']} cores vs 1 process on 1 core "
-                 "(examples/s)", ">= 1.6x", f"{scaling:.2f}x", scaling >= 1.6)]
+                 "(examples/s)", ">= 1.6x",
+                 f"{scaling:.2f}x (independent processes: {ceiling['examples_per_sec'] / single['examples_per_sec']:.2f}x)",
+                 scaling >= 1.6)]
 
 
 def _freshness_goals(results: list[dict]) -> list[Goal]:

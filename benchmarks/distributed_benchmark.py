@@ -3,9 +3,10 @@
 Each process trains batches of ``batch_size`` (so 2 processes train twice the examples per step);
 the figure is examples/s of all processes together, timed over the steps after warm-up (start-up
 and the checkpoint that ends training are not counted). Bytes sent per step and rank count the
-embedding all_to_all traffic (ids, rows, gradients) and the dense all-reduce payload.
+embedding all_to_all traffic (ids, rows, gradients) and the dense all-reduce payload. Processes
+that train alone at the same time show the most any synchronous run could reach on the machine.
 
-    python -m benchmarks.distributed_benchmark          # both runs, prints the table
+    python -m benchmarks.distributed_benchmark          # every configuration, prints the table
 """
 
 from __future__ import annotations
@@ -67,39 +68,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(processes: int, threads: int, steps: int, batch_size: int, hidden: str) -> dict[str, float]:
-    """One timed run of ``processes`` processes (torchrun for more than one) of ``threads`` threads each."""
+def _train(processes: int, threads: int, independent: bool, steps: int, batch_size: int,
+           hidden: str) -> dict[str, float]:
+    """One timed run of ``processes`` processes of ``threads`` threads each: one synchronous job
+    (torchrun for more than one), or ``independent`` processes that each train alone at the same time."""
     with tempfile.TemporaryDirectory() as out:
-        args = ["worker", out, str(steps), str(batch_size), hidden]
-        script = [sys.executable, "-m", "benchmarks.distributed_benchmark"]
-        if processes > 1:
-            script = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                      "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m",
-                      "benchmarks.distributed_benchmark"]
+        module = ["-m", "benchmarks.distributed_benchmark"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run(script + args, check=True, env=env, capture_output=True)
-        ranks = [json.load(open(os.path.join(out, name))) for name in sorted(os.listdir(out)) if name.endswith(".json")]
+        if processes > 1 and not independent:
+            commands = [[sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *module, "worker", out]]
+        else:  # each in its own folder: its own checkpoints
+            commands = [[sys.executable, *module, "worker", os.path.join(out, str(i))] for i in range(processes)]
+        jobs = []
+        for command in commands:
+            os.makedirs(command[-1], exist_ok=True)
+            jobs.append(subprocess.Popen(command + [str(steps), str(batch_size), hidden], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for job, command in zip(jobs, commands):
+            _, stderr = job.communicate()
+            if job.returncode:
+                raise RuntimeError(f"{' '.join(command)} failed ({job.returncode}):\n{stderr[-3000:]}")
+        ranks = [json.load(open(os.path.join(folder, name))) for folder, _, names in os.walk(out)
+                 for name in names if name.startswith("rank-") and name.endswith(".json")]
     return {"examples_per_sec": sum(r["examples_per_sec"] for r in ranks),
             "bytes_per_step": sum(r["bytes_per_step"] for r in ranks) / len(ranks)}
 
 
 def run(rounds: int = 5, steps: int = 30, batch_size: int = 4096, hidden: str = "512,256") -> dict:
-    """Examples/s of one process on every core, one process on one core, and one process per core.
+    """Examples/s of one process on every core, one process on one core, one process per core training
+    on its own (no communication: what the machine gives that many processes at once, the ceiling of
+    synchronous training), and one process per core training synchronously.
 
     The configurations take turns for ``rounds`` rounds and each reports its median, so a burst of
     other work on a shared machine does not decide the comparison.
     """
     cores = os.cpu_count() or 1
-    configs = [(1, cores), (1, 1), (cores, 1)]
-    runs: dict[tuple[int, int], list[dict[str, float]]] = {c: [] for c in configs}
+    configs = [(1, cores, False), (1, 1, False), (cores, 1, True), (cores, 1, False)]
+    runs: dict[tuple[int, int, bool], list[dict[str, float]]] = {c: [] for c in configs}
     for _ in range(rounds):
-        for processes, threads in configs:
-            runs[(processes, threads)].append(_train(processes, threads, steps, batch_size, hidden))
+        for config in configs:
+            runs[config].append(_train(*config, steps, batch_size, hidden))
     rows = []
-    for (processes, threads), results in runs.items():
+    for (processes, threads, independent), results in runs.items():
         results = sorted(results, key=lambda r: r["examples_per_sec"])
         median = results[len(results) // 2]
-        rows.append({"processes": processes, "threads": threads, **median,
+        rows.append({"processes": processes, "threads": threads, "independent": independent, **median,
                      "all": [round(r["examples_per_sec"]) for r in results]})
     return {"rounds": rounds, "steps": steps, "batch_size": batch_size, "rows": rows}
 
@@ -113,12 +127,15 @@ def report(results: list[dict]) -> str:
              "ends training are not counted); the configurations "
              f"take turns for {r['rounds']} rounds and each row is the median round (all rounds in brackets). "
              "Scaling is measured against one process on one core; one process whose torch threads use every core "
-             "is shown beside it.", "",
+             "is shown beside it. Independent processes train alone at the same time, without communicating: "
+             "what the machine gives that many processes at once (shared caches, memory bandwidth, clock), the "
+             "ceiling of synchronous training on it.", "",
              "| processes x torch threads | examples/s (all processes) | vs 1 process on 1 core | "
              "vs 1 process on every core | bytes sent per step and rank | rounds (examples/s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in r["rows"]:
-        lines.append(f"| {row['processes']} x {row['threads']} | {row['examples_per_sec']:,.0f} | "
+        label = f"{row['processes']} x {row['threads']}" + (", independent" if row["independent"] else "")
+        lines.append(f"| {label} | {row['examples_per_sec']:,.0f} | "
                      f"{row['examples_per_sec'] / one_core:.2f}x | {row['examples_per_sec'] / every_core:.2f}x | "
                      f"{row['bytes_per_step'] / 1e6:.2f} MB | {', '.join(f'{v:,}' for v in row['all'])} |")
     return "\n".join(lines)
