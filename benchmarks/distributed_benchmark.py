@@ -76,19 +76,21 @@ def _train(processes: int, threads: int, independent: bool, steps: int, batch_si
         module = ["-m", "benchmarks.distributed_benchmark"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         if processes > 1 and not independent:
-            commands = [[sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *module, "worker", out]]
+            launches = [(out, [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *module])]
         else:  # each in its own folder: its own checkpoints
-            commands = [[sys.executable, *module, "worker", os.path.join(out, str(i))] for i in range(processes)]
+            launches = [(os.path.join(out, str(i)), [sys.executable, *module]) for i in range(processes)]
         jobs = []
-        for command in commands:
-            os.makedirs(command[-1], exist_ok=True)
-            jobs.append(subprocess.Popen(command + [str(steps), str(batch_size), hidden], env=env,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        for job, command in zip(jobs, commands):
-            _, stderr = job.communicate()
-            if job.returncode:
-                raise RuntimeError(f"{' '.join(command)} failed ({job.returncode}):\n{stderr[-3000:]}")
+        for folder, command in launches:
+            os.makedirs(folder, exist_ok=True)
+            # stderr to a file, not a pipe: a pipe nobody reads while the others run could stall a process.
+            with open(os.path.join(folder, "stderr.txt"), "w") as stderr:
+                jobs.append(subprocess.Popen(command + ["worker", folder, str(steps), str(batch_size), hidden],
+                                             env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+        for job, (folder, command) in zip(jobs, launches):
+            if job.wait():
+                with open(os.path.join(folder, "stderr.txt")) as stderr:
+                    raise RuntimeError(f"{' '.join(command)} failed ({job.returncode}):\n{stderr.read()[-3000:]}")
         ranks = [json.load(open(os.path.join(folder, name))) for folder, _, names in os.walk(out)
                  for name in names if name.startswith("rank-") and name.endswith(".json")]
     return {"examples_per_sec": sum(r["examples_per_sec"] for r in ranks),
