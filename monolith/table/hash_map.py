@@ -31,8 +31,10 @@ def _home_slot(key: np.int64, shift: np.uint64) -> np.int64:
 
 @numba.njit(cache=True, inline="always")
 def _prefetch_home(slots, shift, keys, i):
-    if i < keys.size:
-        prefetch(slots, 2 * _home_slot(keys[i], shift))
+    # Branch-free (past the end it prefetches the last key's slot again): with a branch here,
+    # numba keeps a reference-count increment and decrement of every array per key, atomic
+    # operations that made a probe of a cache-resident map 7x slower.
+    prefetch(slots, 2 * _home_slot(keys[min(i, keys.size - 1)], shift))
 
 
 @numba.njit(cache=True)

@@ -51,7 +51,7 @@ def prefetch(typingctx, array, index):
 @numba.njit(cache=True, inline="always")
 def prefetch_row_ahead(store, rows, i):
     """Prefetches the row of ``store`` (``[n, width]``) that a loop over ``rows`` reaches
-    :data:`PREFETCH_AHEAD` ids after ``i``; rows below 0 (absent ids) are skipped."""
-    ahead = i + PREFETCH_AHEAD
-    if ahead < rows.shape[0] and rows[ahead] >= 0:
-        prefetch(store, (rows[ahead], 0))
+    :data:`PREFETCH_AHEAD` ids after ``i``; for a row below 0 (an absent id) it prefetches row 0."""
+    # Branch-free, for the reason given in hash_map._prefetch_home: past the end it prefetches
+    # the last row again. A prefetch never faults, even on an empty store.
+    prefetch(store, (max(rows[min(i + PREFETCH_AHEAD, rows.shape[0] - 1)], 0), 0))
