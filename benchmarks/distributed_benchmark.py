@@ -4,7 +4,10 @@ Each process trains batches of ``batch_size`` (so 2 processes train twice the ex
 the figure is examples/s of all processes together, timed over the steps after warm-up (start-up
 and the checkpoint that ends training are not counted). Bytes sent per step and rank count the
 embedding all_to_all traffic (ids, rows, gradients) and the dense all-reduce payload. Processes
-that train alone at the same time show the most any synchronous run could reach on the machine.
+that train alone at the same time show the most any synchronous run could reach on the machine;
+the same processes held at a barrier after every step (still no communication) show what lock-step
+alone costs there: ranks wait for the slowest at every step, and their identical phases meet in the
+shared caches and memory bus at the same moments.
 
     python -m benchmarks.distributed_benchmark          # every configuration, prints the table
 """
@@ -18,10 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
+
+import torch.distributed as dist
 
 from monolith.model import TrainingHook
 
 _WARMUP = 5
+SYNCHRONOUS, INDEPENDENT, LOCKSTEP = "synchronous", "independent", "independent, one barrier per step"
+_LOCKSTEP_ENV = "MONOLITH_BENCH_LOCKSTEP"  # "port,rank,world" of a lock-step process
 
 
 class _StepClock(TrainingHook):
@@ -35,6 +43,18 @@ class _StepClock(TrainingHook):
     def after_step(self, step, batch, output) -> None:
         self.times.append(time.perf_counter())
         self.bytes_sent.append(sum(getattr(m, "bytes_sent", 0) for m in self.model.ctx.tables.values()))
+
+
+class _Lockstep(TrainingHook):
+    """Holds independent processes at a barrier (a key-value store, no process group) after every step."""
+
+    def __init__(self, port: int, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.store = dist.TCPStore("127.0.0.1", port, world, is_master=rank == 0, timeout=timedelta(seconds=300))
+
+    def after_step(self, step, batch, output) -> None:
+        self.store.set(f"{step}/{self.rank}", "")
+        self.store.wait([f"{step}/{r}" for r in range(self.world)])
 
 
 def worker(out_file: str, steps: int, batch_size: int, hidden: str) -> None:
@@ -52,7 +72,10 @@ def worker(out_file: str, steps: int, batch_size: int, hidden: str) -> None:
     estimator = Estimator(model, RunConfig(model_dir=os.path.join(os.path.dirname(out_file), "model"),
                                            log_step_count_steps=10**9, enable_summaries=False, progress_bar=False))
     clock = _StepClock(model)
-    estimator.train(max_steps=_WARMUP + steps, hooks=[clock])
+    hooks: list[TrainingHook] = [clock]
+    if os.environ.get(_LOCKSTEP_ENV):
+        hooks.append(_Lockstep(*(int(v) for v in os.environ[_LOCKSTEP_ENV].split(","))))
+    estimator.train(max_steps=_WARMUP + steps, hooks=hooks)
     elapsed = clock.times[-1] - clock.times[_WARMUP - 1]
     sparse_bytes = clock.bytes_sent[-1] - clock.bytes_sent[_WARMUP - 1]
     world = estimator.dist.world_size if estimator.dist is not None else 1
@@ -68,26 +91,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(processes: int, threads: int, independent: bool, steps: int, batch_size: int,
-           hidden: str) -> dict[str, float]:
-    """One timed run of ``processes`` processes of ``threads`` threads each: one synchronous job
-    (torchrun for more than one), or ``independent`` processes that each train alone at the same time."""
+def _train(processes: int, threads: int, kind: str, steps: int, batch_size: int, hidden: str) -> dict[str, float]:
+    """One timed run of ``processes`` processes of ``threads`` threads each: one :data:`SYNCHRONOUS` job
+    (torchrun for more than one), or processes that each train alone at the same time
+    (:data:`INDEPENDENT`), or alone but held at a barrier after every step (:data:`LOCKSTEP`)."""
     with tempfile.TemporaryDirectory() as out:
         module = ["-m", "benchmarks.distributed_benchmark"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        if processes > 1 and not independent:
+        if processes > 1 and kind == SYNCHRONOUS:
             launches = [(out, [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *module])]
+                               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *module], env)]
         else:  # each in its own folder: its own checkpoints
-            launches = [(os.path.join(out, str(i)), [sys.executable, *module]) for i in range(processes)]
+            port = _free_port()
+            launches = [(os.path.join(out, str(i)), [sys.executable, *module],
+                         {**env, _LOCKSTEP_ENV: f"{port},{i},{processes}"} if kind == LOCKSTEP else env)
+                        for i in range(processes)]
         jobs = []
-        for folder, command in launches:
+        for folder, command, job_env in launches:
             os.makedirs(folder, exist_ok=True)
             # stderr to a file, not a pipe: a pipe nobody reads while the others run could stall a process.
             with open(os.path.join(folder, "stderr.txt"), "w") as stderr:
                 jobs.append(subprocess.Popen(command + ["worker", folder, str(steps), str(batch_size), hidden],
-                                             env=env, stdout=subprocess.DEVNULL, stderr=stderr))
-        for job, (folder, command) in zip(jobs, launches):
+                                             env=job_env, stdout=subprocess.DEVNULL, stderr=stderr))
+        for job, (folder, command, _) in zip(jobs, launches):
             if job.wait():
                 with open(os.path.join(folder, "stderr.txt")) as stderr:
                     raise RuntimeError(f"{' '.join(command)} failed ({job.returncode}):\n{stderr.read()[-3000:]}")
@@ -100,22 +126,24 @@ def _train(processes: int, threads: int, independent: bool, steps: int, batch_si
 def run(rounds: int = 5, steps: int = 30, batch_size: int = 4096, hidden: str = "512,256") -> dict:
     """Examples/s of one process on every core, one process on one core, one process per core training
     on its own (no communication: what the machine gives that many processes at once, the ceiling of
-    synchronous training), and one process per core training synchronously.
+    synchronous training), the same held at a barrier after every step (what lock-step alone costs),
+    and one process per core training synchronously.
 
     The configurations take turns for ``rounds`` rounds and each reports its median, so a burst of
     other work on a shared machine does not decide the comparison.
     """
     cores = os.cpu_count() or 1
-    configs = [(1, cores, False), (1, 1, False), (cores, 1, True), (cores, 1, False)]
-    runs: dict[tuple[int, int, bool], list[dict[str, float]]] = {c: [] for c in configs}
+    configs = [(1, cores, SYNCHRONOUS), (1, 1, SYNCHRONOUS), (cores, 1, INDEPENDENT), (cores, 1, LOCKSTEP),
+               (cores, 1, SYNCHRONOUS)]
+    runs: dict[tuple[int, int, str], list[dict[str, float]]] = {c: [] for c in configs}
     for _ in range(rounds):
         for config in configs:
             runs[config].append(_train(*config, steps, batch_size, hidden))
     rows = []
-    for (processes, threads, independent), results in runs.items():
+    for (processes, threads, kind), results in runs.items():
         results = sorted(results, key=lambda r: r["examples_per_sec"])
         median = results[len(results) // 2]
-        rows.append({"processes": processes, "threads": threads, "independent": independent, **median,
+        rows.append({"processes": processes, "threads": threads, "kind": kind, **median,
                      "all": [round(r["examples_per_sec"]) for r in results]})
     return {"rounds": rounds, "steps": steps, "batch_size": batch_size, "rows": rows}
 
@@ -131,12 +159,14 @@ def report(results: list[dict]) -> str:
              "Scaling is measured against one process on one core; one process whose torch threads use every core "
              "is shown beside it. Independent processes train alone at the same time, without communicating: "
              "what the machine gives that many processes at once (shared caches, memory bandwidth, clock), the "
-             "ceiling of synchronous training on it.", "",
+             "ceiling of synchronous training on it. Held at a barrier after every step, they show what "
+             "lock-step alone costs there (waiting for the slowest, identical phases contending at the same moments).",
+             "",
              "| processes x torch threads | examples/s (all processes) | vs 1 process on 1 core | "
              "vs 1 process on every core | bytes sent per step and rank | rounds (examples/s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in r["rows"]:
-        label = f"{row['processes']} x {row['threads']}" + (", independent" if row["independent"] else "")
+        label = f"{row['processes']} x {row['threads']}" + (f", {row['kind']}" if row["kind"] != SYNCHRONOUS else "")
         lines.append(f"| {label} | {row['examples_per_sec']:,.0f} | "
                      f"{row['examples_per_sec'] / one_core:.2f}x | {row['examples_per_sec'] / every_core:.2f}x | "
                      f"{row['bytes_per_step'] / 1e6:.2f} MB | {', '.join(f'{v:,}' for v in row['all'])} |")
