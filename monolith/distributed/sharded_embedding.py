@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from monolith.distributed.routing import plan_route, shard_of
-from monolith.modules.embedding_lookup import HashEmbedding, widen_to
+from monolith.modules.embedding_lookup import HashEmbedding, cat_or_only, widen_to
 from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable, RowHint, sum_rows_by_group
 from monolith.table.hash_map import KeyGrouper
@@ -156,11 +156,11 @@ def apply_received(module: "ShardedHashEmbedding", global_step: int, scale: floa
     received, module._received = module._received, []
     if not received:
         return
-    grads = torch.cat([r.grads for r in received])
+    grads = cat_or_only([r.grads for r in received])
     if scale != 1.0:
         grads = grads * scale
-    module.table.apply_gradients(torch.cat([r.ids for r in received]), grads, global_step,
-                                 torch.cat([r.times for r in received]).numpy(), dedup="sum",
+    module.table.apply_gradients(cat_or_only([r.ids for r in received]), grads, global_step,
+                                 cat_or_only([r.times for r in received]).numpy(), dedup="sum",
                                  hint=RowHint.concat([r.hint for r in received]))
 
 

@@ -105,8 +105,8 @@ class HashEmbedding(torch.nn.Module):
             return
         pending = sorted(self.pending, key=lambda p: p.order)
         self.pending = []
-        ids = _cat([p.ids.reshape(-1) for p in pending])
-        grads = _cat([widen_to(p.grads, self.table.dim) for p in pending])
+        ids = cat_or_only([p.ids.reshape(-1) for p in pending])
+        grads = cat_or_only([widen_to(p.grads, self.table.dim) for p in pending])
         if scale != 1.0:
             grads = grads * scale
         hint = RowHint.concat([p.hint for p in pending])
@@ -120,8 +120,9 @@ def widen_to(grad: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nn.functional.pad(grad, (0, dim - grad.shape[1]))
 
 
-def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    # A single lookup (the common case) needs no copy.
+def cat_or_only(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors)``, without the copy when there is only one (one lookup per table and step,
+    the common case)."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
