@@ -91,8 +91,9 @@ def _fused_goals(results: list[dict]) -> list[Goal]:
 def _distributed_goals(results: list[dict]) -> list[Goal]:
     rows = results[0]["rows"]
     single = rows[1]  # one process on one core
-    many = rows[-1]  # one process per core, synchronous
-    speedup = {row["kind"]: row["examples_per_sec"] / single["examples_per_sec"] for row in rows[2:]}
+    per_core = {row["kind"]: row for row in rows[2:]}  # one process per core, by kind
+    speedup = {kind: row["examples_per_sec"] / single["examples_per_sec"] for kind, row in per_core.items()}
+    many = per_core[distributed_benchmark.SYNCHRONOUS]
     scaling = speedup[distributed_benchmark.SYNCHRONOUS]
     return [Goal(f"{many['processes']} training processes on {many['processes']} cores vs 1 process on 1 core "
                  "(examples/s)", ">= 1.6x",

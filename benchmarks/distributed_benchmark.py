@@ -102,9 +102,9 @@ def _train(processes: int, threads: int, kind: str, steps: int, batch_size: int,
             launches = [(out, [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *module], env)]
         else:  # each in its own folder: its own checkpoints
-            port = _free_port()
+            barrier_port = _free_port() if kind == LOCKSTEP else None
             launches = [(os.path.join(out, str(i)), [sys.executable, *module],
-                         {**env, _LOCKSTEP_ENV: f"{port},{i},{processes}"} if kind == LOCKSTEP else env)
+                         env if barrier_port is None else {**env, _LOCKSTEP_ENV: f"{barrier_port},{i},{processes}"})
                         for i in range(processes)]
         jobs = []
         for folder, command, job_env in launches:
