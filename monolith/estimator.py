@@ -34,7 +34,7 @@ from monolith.export import export_saved_model
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
-from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook
+from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook, has_metric_sink
 from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
@@ -312,7 +312,8 @@ class Estimator:
     def _hooks(self, training_hooks: list[TrainingHook]) -> list[TrainingHook]:
         hooks = list(training_hooks)
         metrics = self.model.p.metrics
-        if metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0:
+        if (metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0
+                and not has_metric_sink(hooks, FileMetricHook.metric_sink)):
             hooks.append(FileMetricHook(
                 metrics.file_base_name, metrics.deep_insight_name or self.model.p.name,
                 metrics.deep_insight_sample_ratio, metrics.dump_filename, metrics.file_ext,
@@ -619,7 +620,8 @@ class Estimator:
         return result
 
     def predict(self, steps: int | None = None) -> Iterator[dict[str, float] | float]:
-        """Yields one prediction per example of ``input_fn(PREDICT)`` (a dict for several heads).
+        """Yields one prediction per example of ``input_fn(PREDICT)`` (a dict by head name for a dict
+        or list of heads).
 
         With ``output_path`` set, each batch is also written to ``{output_path}/part-{index:05d}``.
         """
@@ -628,14 +630,13 @@ class Estimator:
             for batch, output in self._inference(ModeKeys.PREDICT, steps):
                 if writer is not None:
                     writer.write(batch, output.predictions)
-                predictions = output.predictions
-                if isinstance(predictions, dict):
-                    columns = {k: v.detach().reshape(batch.batch_size, -1).squeeze(-1).tolist()
-                               for k, v in predictions.items()}
-                    for i in range(batch.batch_size):
-                        yield {k: v[i] for k, v in columns.items()}
+                if isinstance(output.predictions, torch.Tensor):
+                    yield from output.predictions.detach().reshape(batch.batch_size, -1).squeeze(-1).tolist()
                 else:
-                    yield from predictions.detach().reshape(batch.batch_size, -1).squeeze(-1).tolist()
+                    columns = {name: pred.detach().reshape(batch.batch_size, -1).squeeze(-1).tolist()
+                               for name, pred in zip(output.head_names, output.preds)}
+                    for i in range(batch.batch_size):
+                        yield {name: column[i] for name, column in columns.items()}
         finally:
             if writer is not None:
                 writer.close()

@@ -298,6 +298,11 @@ class EmbeddingFactory:
                     names.append(name)
         self._routed = dict(zip(names, module_type.lookup_together(requests)))
 
+    @property
+    def batch(self) -> Batch | None:
+        """The batch the current step's lookups read."""
+        return self._batch
+
     def lookup(self, column: FeatureColumn, s: FeatureSlice) -> torch.Tensor:
         """Pooled ``[batch, ...]`` embedding of ``column``'s slice ``s`` for the current batch."""
         if self.lookup_override is not None:

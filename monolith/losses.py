@@ -37,10 +37,13 @@ class LogitCorrection(torch.nn.Module):
     Args:
         activation: optional function applied to the corrected logits.
         sample_bias: whether to correct for fast-emit sample bias.
+        name: the layer's name (Monolith passes one; it names nothing here).
     """
 
-    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor] | None = None, sample_bias: bool = False):
+    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor] | None = None, sample_bias: bool = False,
+                 name: str | None = None):
         super().__init__()
+        self.name = name  # Keras layer name in Monolith; kept for the record
         self.activation = activation
         self.sample_bias = sample_bias
 
@@ -63,7 +66,7 @@ class LogitCorrection(torch.nn.Module):
 def get_sigmoid_loss_and_pred(
     name: str,
     logits: torch.Tensor,
-    label: torch.Tensor,
+    label: torch.Tensor | None,
     batch_size: int,
     sample_rate: torch.Tensor | float | None = 1.0,
     sample_bias: bool = False,
@@ -81,7 +84,7 @@ def get_sigmoid_loss_and_pred(
         label: 0/1 labels with ``batch`` elements.
         batch_size: ignored -- the batch size is taken from ``logits`` as Monolith does.
         sample_rate: negative sampling rate: a float (same for every example), None (= 1.0), or a
-            tensor with ``batch`` elements.
+            tensor (or array, list) with ``batch`` elements.
         sample_bias: whether examples carry fast-emit bias (see :class:`LogitCorrection`).
         mode: a :class:`ModeKeys` value; in ``PREDICT`` no loss is computed.
         instance_weight: optional per-example loss weights, ``batch`` elements.
@@ -97,22 +100,29 @@ def get_sigmoid_loss_and_pred(
         ``(loss, pred)``: scalar summed loss (None in ``PREDICT``) and ``[batch]`` probabilities.
 
     Raises:
-        ValueError: ``logit_clip_threshold`` not in (0, 1), or an unknown ``mode``.
+        ValueError: ``logit_clip_threshold`` not in (0, 1) or no ``label`` outside ``PREDICT``, a
+            ``sample_rate`` of the wrong length, or an unknown ``mode``.
     """
     ModeKeys.check(mode)
-    if logit_clip_threshold is not None and not 0 < logit_clip_threshold < 1:
-        raise ValueError(f"logit_clip_threshold must satisfy 0 < p < 1, got {logit_clip_threshold}")
     logits = logits.reshape(-1)
     batch_size = logits.shape[0]
-    if mode == ModeKeys.PREDICT:
+    if mode == ModeKeys.PREDICT:  # no correction, no clipping (nor its check), as in Monolith
         return None, torch.sigmoid(logits)
+    if logit_clip_threshold is not None and not 0 < logit_clip_threshold < 1:
+        raise ValueError(f"logit_clip_threshold must satisfy 0 < p < 1, got {logit_clip_threshold}")
+    if label is None:
+        raise ValueError(f"get_sigmoid_loss_and_pred('{name}'): label is None in mode {mode!r}; "
+                         f"only PREDICT needs no label")
 
     if sample_rate is None:
         sample_rate = torch.ones(batch_size, dtype=logits.dtype, device=logits.device)
     elif isinstance(sample_rate, Real):
         sample_rate = torch.full((batch_size,), float(sample_rate), dtype=logits.dtype, device=logits.device)
     else:
-        sample_rate = sample_rate.reshape(-1).to(logits.dtype)
+        sample_rate = torch.as_tensor(sample_rate, dtype=logits.dtype, device=logits.device).reshape(-1)
+        if sample_rate.numel() != batch_size:
+            raise ValueError(f"get_sigmoid_loss_and_pred('{name}'): sample_rate has {sample_rate.numel()} "
+                             f"values for a batch of {batch_size}; give one float or one per example")
     logits_biased = LogitCorrection(sample_bias=sample_bias)((logits, sample_rate))
     pred = torch.sigmoid(logits if predict_before_correction else logits_biased)
 

@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import numbers
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -72,6 +73,11 @@ class TrainingHook:
         """After the last step (also on failure)."""
 
 
+def has_metric_sink(hooks: Sequence[TrainingHook], sink: str | None) -> bool:
+    """Whether one of ``hooks`` writes metrics to ``sink`` ("file", "kafka"; None: never)."""
+    return sink is not None and any(getattr(h, "metric_sink", None) == sink for h in hooks)
+
+
 @dataclasses.dataclass
 class ModelOutput:
     """``model_fn``'s result, normalised: one entry per head in ``head_names``, ``labels``, ``preds``."""
@@ -82,7 +88,7 @@ class ModelOutput:
     preds: list[torch.Tensor]
     classification: list[bool]
     loss: torch.Tensor | None
-    predictions: torch.Tensor | dict[str, torch.Tensor]
+    predictions: torch.Tensor | list[torch.Tensor] | dict[str, torch.Tensor]  # as model_fn returned them
     optimizer: Any
     training_hooks: list[TrainingHook]
     extra_outputs: dict[str, Any]
@@ -182,6 +188,7 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self._occurrence_threshold: dict[str, int] = {}
         self._share_slot_mapping: dict[str, str] = {}
         self._feature_slots: dict[str, int] = {}
+        self._auto_slots: dict[int, str] = {}  # slot -> the feature that named none and was given it
         self._losses: list[torch.Tensor] = []
         self._hooks: list[TrainingHook] = []
         self._extra_outputs: dict[str, Any] = {}
@@ -232,11 +239,14 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         return self
 
     def add_loss(self, losses: torch.Tensor | Sequence[torch.Tensor]) -> None:
-        """Adds auxiliary loss(es) to the training loss of this step."""
-        if isinstance(losses, (list, tuple)):
-            self._losses.extend(losses)
-        else:
-            self._losses.append(losses)
+        """Adds auxiliary scalar loss(es) to the training loss of this step (None or empty: nothing)."""
+        for loss in losses if isinstance(losses, (list, tuple)) else [losses]:
+            if loss is None:
+                continue
+            loss = torch.as_tensor(loss)
+            if loss.numel() != 1:
+                raise ValueError(f"add_loss: an auxiliary loss must be a scalar, got shape {list(loss.shape)}")
+            self._losses.append(loss.reshape(()))
 
     @property
     def losses(self) -> list[torch.Tensor]:
@@ -247,11 +257,12 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         return self._hooks
 
     def add_training_hook(self, hook: TrainingHook) -> None:
-        """Adds a hook; at most one file-metric and one Kafka-metric hook."""
-        kind = getattr(hook, "metric_sink", None)
-        if kind is not None and any(getattr(h, "metric_sink", None) == kind for h in self._hooks):
-            raise ValueError(f"a {kind} metric hook is already added; only one is allowed")
-        self._hooks.append(hook)
+        """Adds a hook; at most one file-metric and one Kafka-metric hook (a second is ignored, as in Monolith)."""
+        if not has_metric_sink(self._hooks, getattr(hook, "metric_sink", None)):
+            self._hooks.append(hook)
+        else:
+            logger.warning("add_training_hook: a %s metric hook is already added; %r is ignored",
+                           hook.metric_sink, hook)
 
     def add_extra_output(self, name: str, outputs: Any, head_name: str | None = None,
                          head_type: str | None = None) -> None:
@@ -357,11 +368,17 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
             heads = head_name if isinstance(head_name, (list, tuple)) else [head_name]
             if len(heads) != len(pred):
                 raise ValueError(f"model_fn: {len(pred)} preds but {len(heads)} head names {list(heads)}")
-            if label is not None and len(label) != len(pred):
-                raise ValueError(f"model_fn: {len(pred)} preds but {len(label)} labels")
             head_name, preds = list(heads), list(pred)
-            labels = None if label is None else list(label)
-            predictions = dict(zip(head_name, preds))
+            if isinstance(label, dict):  # labels by head name, as Monolith reads label[name]
+                missing = [h for h in head_name if h not in label]
+                if missing:
+                    raise ValueError(f"model_fn: label has no head(s) {missing}; its heads: {list(label)}")
+                labels = [label[h] for h in head_name]
+            else:
+                if label is not None and len(label) != len(pred):
+                    raise ValueError(f"model_fn: {len(pred)} preds but {len(label)} labels")
+                labels = None if label is None else list(label)
+            predictions = preds  # a list keeps its order in prediction files
         else:
             if isinstance(head_name, (list, tuple)):
                 if len(head_name) != 1:
@@ -378,14 +395,19 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         for name, p in zip(head_name, preds):
             if p.dim() > 1 and not (p.dim() == 2 and p.shape[1] == 1):
                 raise ValueError(f"model_fn: pred of head '{name}' must be [batch] or [batch, 1], got {list(p.shape)}")
-        if isinstance(classification, (list, tuple)):
+        if isinstance(classification, dict):
+            missing = [h for h in head_name if h not in classification]
+            if missing:
+                raise ValueError(f"model_fn: classification has no flag for head(s) {missing}")
+            classification = [bool(classification[h]) for h in head_name]
+        elif isinstance(classification, (list, tuple)):
             if len(classification) != len(head_name):
                 raise ValueError(f"model_fn: {len(classification)} classification flags for heads {head_name}")
             classification = list(classification)
         else:
             classification = [bool(classification)] * len(head_name)
         if loss is not None and self._losses:
-            loss = loss + torch.stack([torch.as_tensor(l).reshape(()) for l in self._losses]).sum()
+            loss = loss + torch.stack(self._losses).sum()
         return ModelOutput(mode, list(head_name), labels, preds, classification, loss, predictions,
                            optimizer, list(self._hooks), dict(self._extra_outputs))
 
@@ -417,7 +439,8 @@ class MonolithModel(MonolithBaseModel):
 
         A slot number is named ``slot_{n}`` (or after its feature in the ``feature_list`` param's
         file); a name registered with :meth:`register_slots` or in the feature list has its slot;
-        ``slot_{n}`` names parse; other names get the next free slot.
+        ``slot_{n}`` names parse; other names get the next free slot (a later feature that names
+        that slot raises ``ValueError`` rather than sharing its table by accident).
         """
         if isinstance(item, FeatureColumn):
             return item.feature_name, item.feature_slot.slot
@@ -425,21 +448,44 @@ class MonolithModel(MonolithBaseModel):
             raise ValueError(f"a feature is a name, a slot number or a FeatureColumn, got {item!r}")
         if isinstance(item, int):
             for name, slot in self._feature_slots.items():
-                if slot == item:
+                if slot == item and self._auto_slots.get(slot) != name:
                     return name, item
             listed = self._feature_list().get(item) if self.p.feature_list else None
-            return (listed.feature_name if listed is not None else f"slot_{item}"), item
+            name = listed.feature_name if listed is not None else f"slot_{item}"
+            self._check_slot_free(name, item)
+            self._feature_slots[name] = item
+            return name, item
         if item not in self._feature_slots:
-            suffix = item.rsplit("_", 1)[-1]
-            listed = self._feature_list().get(item) if self.p.feature_list else None
-            if listed is not None and listed.slot is not None:
-                self._feature_slots[item] = listed.slot
-            elif (item.startswith("slot_") or item.startswith("fc_slot_")) and suffix.isdigit():
-                self._feature_slots[item] = int(suffix)
+            slot = self._known_slot(item)
+            if slot is None:
+                used = set(self._feature_slots.values()) | {fs.slot for fs in self.ctx.feature_slots}
+                slot = next(s for s in range(1, MAX_SLOT_V2 + 1) if s not in used)
+                self._auto_slots[slot] = item
             else:
-                used = set(self._feature_slots.values())
-                self._feature_slots[item] = next(s for s in range(1, MAX_SLOT_V2 + 1) if s not in used)
+                self._check_slot_free(item, slot)
+            self._feature_slots[item] = slot
         return item, self._feature_slots[item]
+
+    def _check_slot_free(self, name: str, slot: int) -> None:
+        """Raises when ``slot`` went to another feature that named no slot: two features would share
+        one table by accident."""
+        other = self._auto_slots.get(slot)
+        if other is not None and other != name:
+            raise ValueError(f"feature '{name}' names slot {slot}, which feature '{other}' was given because it "
+                             f"named no slot; register both slots with register_slots before creating columns")
+
+    def _known_slot(self, name: str) -> int | None:
+        """The slot a name has without being assigned one: registered, in the feature list, or
+        named ``slot_{n}`` / ``fc_slot_{n}``."""
+        if name in self._feature_slots:
+            return self._feature_slots[name]
+        listed = self._feature_list().get(name) if self.p.feature_list else None
+        if listed is not None and listed.slot is not None:
+            return listed.slot
+        suffix = name.rsplit("_", 1)[-1]
+        if (name.startswith("slot_") or name.startswith("fc_slot_")) and suffix.isdigit():
+            return int(suffix)
+        return None
 
     def _feature_list(self) -> "FeatureList":
         return _parse_feature_list(os.fspath(self.p.feature_list))
@@ -481,20 +527,20 @@ class MonolithModel(MonolithBaseModel):
         if feature_name in self.fc_dict:
             return self.fc_dict[feature_name]
         if shared_name:
-            self._share_slot_mapping[feature_name] = shared_name
             if shared_name in self.fs_dict:
                 fs = self.fs_dict[shared_name]
             elif shared_name in self.fc_dict:
                 fs = self.fc_dict[shared_name].feature_slot
-            elif shared_name in self._feature_slots:
-                # A feature with a known slot (registered or in the feature list) gets its slot now,
-                # as Monolith does when get_feature_name_and_slot resolves the shared name.
-                fs = self._feature_slot(shared_name, self._feature_slots[shared_name], occurrence_threshold,
-                                        expire_time)
+            elif (shared_slot := self._known_slot(shared_name)) is not None:
+                # A feature with a known slot (registered, in the feature list, slot_{n}) gets its
+                # slot now, as Monolith does when get_feature_name_and_slot resolves the shared name.
+                self._feature_slots[shared_name] = shared_slot
+                fs = self._feature_slot(shared_name, shared_slot, occurrence_threshold, expire_time)
                 self.fs_dict[shared_name] = fs
             else:
                 raise Exception(f"{feature_name} shared embedding with {shared_name}, "
                                 f"so {shared_name} should create first!")
+            self._share_slot_mapping[feature_name] = shared_name
         else:
             fs = self._feature_slot(feature_name, slot, occurrence_threshold, expire_time)
         if combiner is None:
@@ -546,8 +592,12 @@ class MonolithModel(MonolithBaseModel):
         None a list of ``[batch, dim]`` tensors comes back; ``concat`` gives ``[batch, sum dims]``,
         ``stack`` ``[batch, n, dim]``, ``add_n``/``addn`` ``[batch, dim]``.
         """
+        expected = ("ValueError for features: expected a dict name -> dim, a list of features (or of feature "
+                    "groups) with an int slice_dim, or a list of (feature, dim) pairs; got ")
         if not isinstance(features, (dict, list, tuple)):
-            raise ValueError("ValueError for features")
+            raise ValueError(expected + repr(features))
+        if isinstance(slice_dim, numbers.Integral) and not isinstance(slice_dim, bool):
+            slice_dim = int(slice_dim)
         concat = ",".join(sorted(map(str, features)))
         layout_name = f"{slice_name}_{hashlib.md5(concat.encode()).hexdigest()}"
         lookup_args = (initializer, optimizer, compressor, learning_rate_fn)
@@ -570,13 +620,11 @@ class MonolithModel(MonolithBaseModel):
                     local = [one(name, slice_dim) for name in group]
                     embeddings.append(torch.stack(local).sum(0) if group_out_type == "add_n" else torch.cat(local, 1))
             else:
-                raise ValueError("ValueError for features")
-        elif isinstance(features, (list, tuple)):
-            if not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in features):
-                raise ValueError("ValueError for features")
-            embeddings = [one(name, dim) for name, dim in features]
+                raise ValueError(expected + f"{features!r} with slice_dim {slice_dim}")
         else:
-            raise ValueError("ValueError for features")
+            if not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in features):
+                raise ValueError(expected + f"{features!r} with slice_dim {slice_dim!r}")
+            embeddings = [one(name, dim) for name, dim in features]
 
         if out_type is None:
             self.add_layout(layout_name, slice_list, out_type, [e.shape for e in embeddings])
@@ -598,18 +646,27 @@ class MonolithModel(MonolithBaseModel):
         """Reads features under other slots: ``share_meta`` maps name -> ``(inplace, slot)``.
 
         In place, the feature's FIDs get the new slot; otherwise a copy named ``{name}_{suffix}``
-        does. With ``features`` None, returns the function that does it to a batch.
+        does. With ``features`` None, returns the function that does it to a batch (for
+        ``input_fn``); called on ``model_fn``'s features, the step's later lookups read the result.
         """
         share_meta = dict(share_meta or {})
         for name, (inplace, slot) in share_meta.items():
             self.register_slots({name if inplace else f"{name}_{suffix}": slot})
 
         def switch(batch: Batch) -> Batch:
+            if not isinstance(batch, Batch):
+                raise TypeError(f"share_slot: features must be a Batch, got {type(batch).__name__}")
             jagged = batch.sparse.to_dict()
             for name, (inplace, slot) in share_meta.items():
+                if name not in jagged:
+                    raise KeyError(f"share_slot: feature '{name}' is not in the batch; sparse features: "
+                                   f"{list(jagged)}")
                 jagged[name if inplace else f"{name}_{suffix}"] = switch_slot(jagged[name], slot)
             sparse = KeyedJaggedTensor.from_jagged_dict(jagged, stride=batch.sparse.stride())
-            return Batch(sparse, dict(batch.dense))
+            switched = Batch(sparse, dict(batch.dense))
+            if self.ctx.batch is batch:  # called inside model_fn: the step's later lookups read the switch
+                self.ctx.begin_step(switched)
+            return switched
 
         return switch if features is None else switch(features)
 

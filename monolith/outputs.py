@@ -3,18 +3,35 @@
 One file per worker, ``{output_path}/part-{worker:05d}``; one line per example: the
 ``output_fields`` features in their order, then the predictions (a dict's heads sorted by key, a
 list's in order), joined by ``delimiter``. ``[n, 1]`` tensors are squeezed to one value per line;
-wider tensors and jagged features print as ``[a b c]``.
+wider tensors and jagged features print as ``[a b c]``; floats print as TensorFlow prints them.
 """
 
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from monolith.sparse import Batch, JaggedTensor
+
+
+def _formatter(dtype: np.dtype) -> Callable[[Any], str]:
+    """How TensorFlow prints one element: floats with the fewest of 6 or 9 significant digits
+    (15 or 17 for doubles) that read back as the same value, as ``tf.strings.format`` does."""
+    if dtype == np.float64:
+        short, full, exact = "%.15g", "%.17g", float
+    elif np.issubdtype(dtype, np.floating):
+        short, full, exact = "%.6g", "%.9g", np.float32
+    else:
+        return str
+
+    def format_float(value: float) -> str:
+        text = short % value
+        return text if exact(text) == exact(value) or value != value else full % value
+
+    return format_float
 
 
 def _columns(value: Any, n: int, name: str) -> list[str]:
@@ -26,9 +43,10 @@ def _columns(value: Any, n: int, name: str) -> list[str]:
         array = array.reshape(array.shape[:-1])
     if array.shape[:1] != (n,):
         raise ValueError(f"output field '{name}' has shape {list(array.shape)}, expected first dim {n}")
+    text = _formatter(array.dtype)
     if array.ndim == 1:
-        return [str(v) for v in array.tolist()]
-    return ["[" + " ".join(str(v) for v in row.reshape(-1).tolist()) + "]" for row in array]
+        return [text(v) for v in array.tolist()]
+    return ["[" + " ".join(text(v) for v in row.reshape(-1).tolist()) + "]" for row in array]
 
 
 def ordered_predictions(pred: Any) -> list[tuple[str, Any]]:

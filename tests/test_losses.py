@@ -115,6 +115,31 @@ def test_predict_mode(data):
     torch.testing.assert_close(pred, torch.sigmoid(logits.reshape(-1)))
 
 
+def test_predict_mode_neither_needs_a_label_nor_checks_the_clip(data):
+    logits, *_ = data
+    loss, pred = get_sigmoid_loss_and_pred("ctr", logits, None, 8, mode=ModeKeys.PREDICT, logit_clip_threshold=5)
+    assert loss is None
+    torch.testing.assert_close(pred, torch.sigmoid(logits.reshape(-1)))
+    with pytest.raises(ValueError, match="label is None"):
+        get_sigmoid_loss_and_pred("ctr", logits, None, 8)
+
+
+def test_sample_rate_as_list_or_array_equals_tensor(data):
+    logits, label, sample_rate, *_ = data
+    want, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=sample_rate)
+    for given in (sample_rate.tolist(), sample_rate.numpy()):
+        loss, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=given)
+        torch.testing.assert_close(loss, want)
+    with pytest.raises(ValueError, match="sample_rate has 3 values for a batch of 8"):
+        get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=[0.5, 0.5, 1.0])
+
+
+def test_logit_correction_takes_monolith_name_argument():
+    layer = LogitCorrection(activation=None, sample_bias=False, name="sample_rate_correction")
+    x = torch.tensor([0.5, -1.0])
+    torch.testing.assert_close(layer((x, torch.tensor([0.5, 0.5]))), x - math.log(0.5))
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.5, 2.0])
 def test_bad_clip_threshold(data, p):
     logits, label, *_ = data

@@ -6,14 +6,17 @@ Embedding values are checked against rows assigned to the tables by the test and
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from monolith.estimator import Estimator
 from monolith.feature import FeatureColumn
 from monolith.fid import make_fid
 from monolith.layout import OutConfig, SliceLayout
@@ -22,7 +25,9 @@ from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithModel, TrainingHook, switch_slot
 from monolith.modules.combiners import FirstN, ReduceMean, ReduceSum
+from monolith.optim.initializers import ConstantsInitializer
 from monolith.optim.optimizers import SgdOptimizer
+from monolith.outputs import PredictionWriter
 from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
 from monolith.spec import EstimatorSpec
 
@@ -177,6 +182,28 @@ def test_shared_name_with_a_known_slot_creates_its_slot():
     fc_a = model.create_embedding_feature_column("a")
     assert fc_a.feature_slot is fc_b.feature_slot
     assert len(model.ctx.feature_slots) == 1
+
+
+def test_shared_name_may_name_a_slot():
+    model = ApiModel()
+    assert model.create_embedding_feature_column("a", shared_name="slot_7").feature_slot.slot == 7
+    assert model.create_embedding_feature_column("b", shared_name="fc_slot_8").feature_slot.slot == 8
+    assert model._share_slot_mapping == {"a": "slot_7", "b": "fc_slot_8"}
+    with pytest.raises(Exception, match="should create first"):
+        model.create_embedding_feature_column("c", shared_name="user_emb")
+    assert "c" not in model._share_slot_mapping
+
+
+def test_features_that_name_no_slot_never_share_a_table_by_accident():
+    model = ApiModel()  # a, b, c registered with slots 1, 2, 3
+    fc_4 = model.create_embedding_feature_column(4)
+    fc_q = model.create_embedding_feature_column("qqq", occurrence_threshold=5, expire_time=3)
+    assert fc_4.feature_slot.slot == 4 and fc_q.feature_slot.slot == 5  # 1..4 are taken
+    assert fc_q.feature_slot.config.occurrence_threshold == 5 and fc_q.feature_slot.config.expire_time == 3
+    with pytest.raises(ValueError, match="feature 'slot_5' names slot 5, which feature 'qqq' was given"):
+        model.create_embedding_feature_column("slot_5")
+    with pytest.raises(ValueError, match="feature 'slot_5' names slot 5"):
+        model.create_embedding_feature_column(5)
 
 
 # ----------------------------------------------------------------------------- lookups
@@ -351,6 +378,33 @@ def test_share_slot_in_place_and_with_suffix():
     assert model.create_embedding_feature_column("a_share").feature_slot.slot == 9
 
 
+def test_share_slot_inside_model_fn_feeds_the_steps_lookups():
+    batch = make_batch()
+
+    def fn(m, features, mode):
+        features = m.share_slot(features, {"b": (False, 10), "c": (True, 11)})
+        m.create_embedding_feature_column("b_share")
+        m.create_embedding_feature_column("c")
+        b_share, c = m.lookup_embedding_slice(["b_share", "c"], "v", 2, initializer=ConstantsInitializer(0.0),
+                                              optimizer=SgdOptimizer(1.0))
+        loss = (b_share * torch.tensor([1.0, 2.0])).sum() + (c * torch.tensor([3.0, 4.0])).sum()
+        return EstimatorSpec(label=None, pred=loss.expand(3), loss=loss)
+
+    model = ApiModel(fn=fn)
+    model_fn = model.create_model_fn()
+    model_fn(batch, ModeKeys.TRAIN)  # the build pass declares the slots
+    model.ctx.build()
+    model_fn(batch, ModeKeys.TRAIN).loss.backward()
+    model.ctx.apply_gradients(0, 1.0, "local")
+    # The lookups read the switched FIDs: each one's row took its gradient once per occurrence.
+    for name, table, slot, grad in (("b", "b_share", 10, [1.0, 2.0]), ("c", "c", 11, [3.0, 4.0])):
+        counts = collections.Counter((int(v) & MASK48) | (slot << 48) for v in batch.sparse[name].values())
+        fids = torch.tensor(list(counts))
+        want = -torch.tensor([float(counts[int(f)]) for f in fids])[:, None] * torch.tensor(grad)
+        torch.testing.assert_close(model.ctx.tables[table].table.lookup(fids), want)
+    assert sorted(model.ctx.tables) == ["b_share", "c"]
+
+
 def test_share_slot_returns_a_function_and_custom_suffix():
     model = ApiModel()
     fn = model.share_slot(None, {"c": (False, 20)}, suffix="copy")
@@ -384,10 +438,14 @@ def test_add_training_hook_at_most_one_file_metric_hook(tmp_path):
     plain1, plain2 = TrainingHook(), TrainingHook()
     model.add_training_hook(plain1)
     model.add_training_hook(plain2)
-    model.add_training_hook(FileMetricHook(str(tmp_path), "m", 0.5))
-    with pytest.raises(ValueError, match="file"):
-        model.add_training_hook(FileMetricHook(str(tmp_path), "m2", 0.5))
-    assert len(model._training_hooks) == 3 and model._training_hooks[:2] == [plain1, plain2]
+    first = FileMetricHook(str(tmp_path), "m", 0.5)
+    model.add_training_hook(first)
+    model.add_training_hook(FileMetricHook(str(tmp_path), "m2", 0.5))  # ignored, as Monolith does
+    assert model._training_hooks == [plain1, plain2, first]
+    # The Estimator adds no file-metric hook of its own beside the model's.
+    model.p.metrics.enable_file_metrics, model.p.metrics.deep_insight_sample_ratio = True, 1.0
+    hooks = Estimator(model, str(tmp_path / "run"))._hooks(model._training_hooks)
+    assert hooks == [plain1, plain2, first]
 
 
 def _spec_fn(extra_loss=None, hook=None, output=None):
@@ -491,12 +549,53 @@ def test_list_preds_and_single_pred_head_names():
     out = _run(EstimatorSpec(label=[lab, lab], pred=[p1, p2], head_name=["x", "y"], loss=torch.tensor(0.0),
                              classification=[False, False]))
     assert out.head_names == ["x", "y"] and out.classification == [False, False]
-    assert out.predictions["x"] is p1 and out.predictions["y"] is p2
+    assert out.predictions == [p1, p2]
     # One pred without a head name takes metrics.deep_insight_target.
     out = _run(EstimatorSpec(label=lab, pred=p1, loss=torch.tensor(0.0)))
     assert out.head_names == ["ctr_head"] and out.predictions is p1 and out.classification == [True]
     out = _run(EstimatorSpec(label=lab, pred=p1, head_name=["only"], loss=torch.tensor(0.0)))
     assert out.head_names == ["only"]
+
+
+def test_list_preds_keep_their_order_and_read_dict_labels_and_flags_by_head(tmp_path):
+    pz, pa, lz, la = torch.rand(3), torch.rand(3), torch.ones(3), torch.zeros(3)
+    out = _run(EstimatorSpec(label={"a": la, "z": lz}, pred=[pz, pa], head_name=["z", "a"], loss=torch.tensor(0.0),
+                             classification={"a": False, "z": True}))
+    assert out.labels[0] is lz and out.labels[1] is la
+    assert out.classification == [True, False]
+    with pytest.raises(ValueError, match=r"label has no head\(s\) \['a'\]"):
+        _run(EstimatorSpec(label={"z": lz}, pred=[pz, pa], head_name=["z", "a"], loss=torch.tensor(0.0)))
+    with pytest.raises(ValueError, match=r"no flag for head\(s\) \['z'\]"):
+        _run(EstimatorSpec(label=None, pred={"z": pz}, loss=torch.tensor(0.0), classification={"a": True}))
+    # Prediction files keep a list's order (a dict's heads are sorted by name).
+    with PredictionWriter(str(tmp_path), None) as writer:
+        writer.write(make_batch(), out.predictions)
+    lines = (tmp_path / "part-00000").read_text().splitlines()
+    assert [line.split("\t") for line in lines] == [
+        [_tf_float(float(z)), _tf_float(float(a))] for z, a in zip(pz.tolist(), pa.tolist())]
+
+
+def _tf_float(value: float) -> str:
+    """How TensorFlow prints a float32: 6 significant digits where they read back as the same
+    float32, else 9 (checked by hand: 0.1 -> '0.1', log(2) -> '0.693147182')."""
+    short = "%.6g" % value
+    return short if np.float32(short) == np.float32(value) else "%.9g" % value
+
+
+def test_prediction_files_print_floats_as_tensorflow_does(tmp_path):
+    pred = torch.tensor([0.1, math.log(2), 1e-5], dtype=torch.float32)
+    with PredictionWriter(str(tmp_path), None) as writer:
+        writer.write(make_batch(), pred)
+    assert (tmp_path / "part-00000").read_text().splitlines() == ["0.1", "0.693147182", "1e-05"]
+
+
+def test_add_loss_skips_none_and_wants_scalars():
+    model = ApiModel()
+    model.add_loss(None)
+    model.add_loss([torch.tensor(0.5), None, torch.tensor([0.25])])
+    assert [float(l) for l in model.losses] == [0.5, 0.25]
+    with pytest.raises(ValueError, match=r"must be a scalar, got shape \[3\]"):
+        model.add_loss(torch.ones(3))
 
 
 def test_tuple_result_is_a_classification_with_a_warning(caplog):
