@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from monolith.atomic import atomic_write
+from monolith.table.embedding_table import read_table_file
 
 INDEX_FILE = "checkpoint"
 _PREFIX = "ckpt-"
@@ -143,13 +144,10 @@ class CheckpointManager:
             for rank in range(shards):
                 file = os.path.join(path, "tables", _shard_file(table_name, rank, shards))
                 try:
-                    with np.load(file, allow_pickle=False) as npz:
-                        tables[table_name].append({key: npz[key] for key in npz.files})
+                    tables[table_name].append(read_table_file(file))
                 except FileNotFoundError:
                     raise FileNotFoundError(f"{file}: shard {rank} of {shards} of table '{table_name}' "
                                             f"is missing") from None
-                except (OSError, ValueError, EOFError) as error:
-                    raise ValueError(f"{file}: unreadable table shard ({error})") from error
         return dense, tables, manifest
 
 

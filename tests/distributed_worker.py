@@ -224,6 +224,57 @@ class SmallModel(MonolithModel):
         return None
 
 
+class FilteredModel(MonolithModel):
+    """One feature with occurrence threshold 3, sync training: an owner admits an id by its
+    occurrences in every rank's batch, as one process would over the global batch."""
+
+    STEPS, GLOBAL_ROWS = 6, 64
+
+    def __init__(self, params=None, world_size: int = 1, rank: int = 0):
+        super().__init__(params)
+        self.p.default_occurrence_threshold = 3
+        self.batch_size = self.GLOBAL_ROWS // world_size
+        self.world_size, self.rank = world_size, rank
+        torch.manual_seed(11)
+        self.head = torch.nn.Linear(4, 1)
+
+    def input_fn(self, mode):
+        part = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        for step in range(self.STEPS):
+            rng = np.random.default_rng(500 + step)
+            ids = make_fid(1, rng.integers(0, 400, (self.GLOBAL_ROWS, 3))[part].reshape(-1))  # repeats within and across ranks
+            sparse = KeyedJaggedTensor(["uid"], torch.from_numpy(ids), torch.full((self.batch_size,), 3))
+            yield Batch(sparse, {"label": torch.from_numpy(rng.normal(size=self.GLOBAL_ROWS).astype(np.float32)[part])})
+
+    def model_fn(self, features, mode):
+        self.create_embedding_feature_column("uid")
+        emb = self.lookup_embedding_slice(["uid"], "vec", 4, initializer=ZerosInitializer(),
+                                          optimizer=SgdOptimizer(learning_rate=0.1), out_type="concat")
+        pred = (self.head(emb) + emb.sum(1, keepdim=True)).reshape(-1)
+        loss = ((pred - features["label"]) ** 2).sum()
+        return EstimatorSpec(label=features["label"], pred=pred, head_name="mse", loss=loss,
+                             optimizer=functools.partial(torch.optim.SGD, lr=0.01), classification=False)
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+def run_filtered(model_dir: str, world_size: int, rank: int) -> FilteredModel:
+    model = FilteredModel(world_size=world_size, rank=rank)
+    Estimator(model, RunConfig(model_dir=model_dir, dedup="sum", log_step_count_steps=1000,
+                               enable_summaries=False)).train(max_steps=FilteredModel.STEPS)
+    return model
+
+
+def filtered(out_dir: str) -> None:
+    init_from_env()
+    rank = get_rank()
+    model = run_filtered(os.path.join(out_dir, "model"), get_world_size(), rank)
+    torch.save({"dense": model.state_dict(),
+                "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}},
+               os.path.join(out_dir, f"filtered-{rank}.pt"))
+
+
 class ExitAtStep(TrainingHook):
     """Ends the process abruptly after global step ``step``, as a crashed worker would."""
 
@@ -256,4 +307,4 @@ def small(out_dir: str, steps: str, mode: str = "train") -> None:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    {"vector": reference_vector, "comp": comp, "small": small}[scenario](out, *sys.argv[3:])
+    {"vector": reference_vector, "comp": comp, "small": small, "filtered": filtered}[scenario](out, *sys.argv[3:])

@@ -104,6 +104,16 @@ def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-8, rtol=0)
 
 
+def test_occurrence_thresholds_count_every_ranks_occurrences_as_one_process(tmp_path):
+    ok(torchrun("filtered", str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"filtered-{rank}.pt", weights_only=False) for rank in (0, 1)]
+    single = worker.run_filtered(str(tmp_path / "single"), world_size=1, rank=0)
+    assert 0 < len(single.ctx.tables["uid"].table) < 300  # the threshold held some ids back
+    assert_tables_match(ranks, single, atol=1e-6)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
+
+
 def small_model_state(model_dir: str) -> worker.SmallModel:
     model = worker.SmallModel()
     Estimator(model, RunConfig(model_dir=model_dir, log_step_count_steps=1000, enable_summaries=False)).build()

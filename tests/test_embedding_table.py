@@ -84,6 +84,46 @@ def test_occurrence_threshold_admits_on_t_plus_first_occurrence():
         torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor(want))
 
 
+def test_sum_dedup_filters_each_id_once_with_all_its_occurrences():
+    # Monolith's BatchOptimize with dedup: group first, then ShouldBeFiltered(id, count), which
+    # compares the count *before* this batch with T and then adds the batch's occurrences.
+    table = sgd_table(lr=1.0, default_occurrence_threshold=1)
+    table.apply_gradients(np.array([5, 5, 5]), -np.array([[1.0], [2.0], [4.0]], np.float32), dedup="sum")
+    assert len(table) == 0  # count 0 before the batch: filtered, however many occurrences
+    table.apply_gradients(np.array([5, 5]), -np.array([[1.0], [2.0]], np.float32), dedup="sum")
+    torch.testing.assert_close(table.lookup(np.array([5])), torch.tensor([[3.0]]))  # all its gradients
+    # Entries already summed elsewhere carry their occurrences: [7 x2] and [7 x1] is 7 three times.
+    summed = sgd_table(lr=1.0, default_occurrence_threshold=3)
+    every = sgd_table(lr=1.0, default_occurrence_threshold=3)
+    for step in range(3):
+        summed.apply_gradients(np.array([7, 8, 7]), np.ones((3, 1), np.float32), dedup="sum",
+                               occurrences=np.array([2, 1, 1]))
+        every.apply_gradients(np.array([7, 7, 8, 7]), np.full((4, 1), 0.5, np.float32), dedup="sum")
+        np.testing.assert_array_equal(summed.items()[0], every.items()[0])
+    assert summed.contains(np.array([7])).item() and not summed.contains(np.array([8])).item()
+    with pytest.raises(ValueError, match="occurrences must be at least 1"):
+        summed.apply_gradients(np.array([9]), np.ones((1, 1), np.float32), dedup="sum", occurrences=[0])
+
+
+def test_an_evicted_id_counts_its_occurrences_again():
+    day = 86400
+    for sweep_while_present in (False, True):
+        table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1, expire_time=1)])
+        fid, other = make_fid(1, 7), make_fid(1, 8)
+        for _ in range(2):
+            table.apply_gradients(np.array([fid]), np.ones((1, 1), np.float32), req_time=0)
+        assert table.contains(np.array([fid])).item()
+        if sweep_while_present:
+            assert table.evict(now=0) == 0
+        table.apply_gradients(np.array([other]), np.ones((1, 1), np.float32), req_time=5 * day)
+        table.apply_gradients(np.array([other]), np.ones((1, 1), np.float32), req_time=5 * day)
+        np.testing.assert_array_equal(table.evict_expired(), [fid])
+        table.apply_gradients(np.array([fid]), np.ones((1, 1), np.float32), req_time=5 * day)
+        assert not table.contains(np.array([fid])).item()  # its first occurrence since: counted, not admitted
+        table.apply_gradients(np.array([fid]), np.ones((1, 1), np.float32), req_time=5 * day)
+        assert table.contains(np.array([fid])).item()
+
+
 def test_thresholds_are_per_slot():
     slot_a, slot_b = make_fid(1, 7), make_fid(2, 7)
     table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1), SlotConfig(2, occurrence_threshold=0)])
@@ -152,6 +192,26 @@ def test_load_rejects_truncated_foreign_and_mismatched_files(tmp_path):
         sgd_table().load(tmp_path / "foreign.npz")
     with pytest.raises(ValueError, match="do not match"):
         sgd_table(dim=2).load(tmp_path / "t.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="array.npy"):
+        sgd_table().load(tmp_path / "array.npy")
+
+
+def test_a_bad_state_leaves_the_table_as_it_was(tmp_path):
+    table = sgd_table()
+    table.apply_gradients(np.arange(10), np.ones((10, 1), np.float32))
+    good = table.state_dict()
+    target = sgd_table()
+    target.apply_gradients(np.array([100, 101, 102]), np.ones((3, 1), np.float32))
+    before = target.items()
+    short = {**good, "weights_0": good["weights_0"][:3]}
+    with pytest.raises(ValueError, match=r"'weights_0' has shape \[3, 1\], expected \[10, 1\]"):
+        target.load_state_dict(short, source="short")
+    repeated = {**good, "keys": np.concatenate([good["keys"][:9], good["keys"][:1]])}
+    with pytest.raises(ValueError, match="keys repeat a FID"):
+        target.load_state_dict(repeated, source="repeated")
+    for got, want in zip(target.items(), before):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
@@ -211,6 +271,13 @@ def test_bad_input_names_the_problem():
         table.apply_gradients(np.arange(1), np.ones((1, 2), np.float32), dedup="mean")
     with pytest.raises(ValueError, match="integers"):
         table.lookup(np.array([1.5]))
+    with pytest.raises(ValueError, match="64 bits"):
+        table.lookup([2**64, 5])
+    # Empty lists, uint64-form FIDs in a list and bfloat16 gradients are fine.
+    assert table.lookup([]).shape == (0, 2)
+    table.apply_gradients([], torch.zeros(0, 2))
+    table.apply_gradients([2**64 - 1, 5], torch.ones(2, 2, dtype=torch.bfloat16))
+    torch.testing.assert_close(table.lookup(np.array([-1, 5])), torch.full((2, 2), -0.1))
     with pytest.raises(ValueError, match="slot 40000"):
         SlotConfig(40000)
 

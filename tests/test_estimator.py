@@ -347,6 +347,11 @@ def test_checkpoints_keep_last_n_and_index(tmp_path):
     assert set(tables) == set(est.model.ctx.tables)
     for k, v in est.model.state_dict().items():
         assert torch.equal(dense["model"][k], v)
+    # A damaged table shard is named, not passed on as a zip error.
+    shard = next((run / "ckpt-7" / "tables").iterdir())
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{shard.name}: not a readable embedding table file"):
+        CheckpointManager.read(run / "ckpt-7")
 
 
 def test_resume_after_restart_continues_from_the_global_step(tmp_path):

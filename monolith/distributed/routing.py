@@ -30,15 +30,17 @@ def _owner(fid: np.int64, world_size: np.int64) -> np.int64:
 
 
 @numba.njit(cache=True)
-def _plan(ids, groups, count, times, world_size):
+def _plan(ids, groups, count, times, world_size, width):
     n = ids.size
     per_id_times = times.size == n
     unique = np.empty(count, dtype=np.int64)
     latest = np.empty(count, dtype=np.int64)
+    occurrences = np.zeros(count, dtype=np.int64)
     seen = 0
     for j in range(n):
         g = groups[j]
         t = times[j] if per_id_times else times[0]
+        occurrences[g] += 1
         if g == seen:  # groups are numbered in order of first appearance
             unique[g] = ids[j]
             latest[g] = t
@@ -56,13 +58,15 @@ def _plan(ids, groups, count, times, world_size):
         next_slot[r] = start
         start += counts[r]
     position = np.empty(count, dtype=np.int64)
-    keyed = np.empty((count, 2), dtype=np.int64)
+    keyed = np.empty((count, width), dtype=np.int64)
     for g in range(count):
         p = next_slot[owners[g]]
         next_slot[owners[g]] = p + 1
         position[g] = p
         keyed[p, 0] = unique[g]
         keyed[p, 1] = latest[g]
+        if width == 3:
+            keyed[p, 2] = occurrences[g]
     occurrence_position = np.empty(n, dtype=np.int64)
     for j in range(n):
         occurrence_position[j] = position[groups[j]]
@@ -70,7 +74,7 @@ def _plan(ids, groups, count, times, world_size):
 
 
 def plan_route(ids: np.ndarray, groups: np.ndarray, count: int, times: np.ndarray,
-               world_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               world_size: int, with_occurrences: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lays the distinct ids of one lookup out by owner rank.
 
     Args:
@@ -80,10 +84,12 @@ def plan_route(ids: np.ndarray, groups: np.ndarray, count: int, times: np.ndarra
         count: number of distinct ids.
         times: int64 request times, ``[n]`` (one per occurrence) or ``[1]`` (the whole lookup).
         world_size: number of ranks.
+        with_occurrences: add each distinct id's number of occurrences (for occurrence filters).
 
     Returns:
         ``keyed`` int64 ``[count, 2]``: (id, its latest request time) of the distinct ids, those
-        of rank 0 first, then rank 1's, ...; ``counts`` ``[world_size]``: distinct ids per rank;
-        ``positions`` ``[n]``: the row of ``keyed`` each occurrence belongs to.
+        of rank 0 first, then rank 1's, ... (``[count, 3]`` with the occurrences as third column);
+        ``counts`` ``[world_size]``: distinct ids per rank; ``positions`` ``[n]``: the row of
+        ``keyed`` each occurrence belongs to.
     """
-    return _plan(ids, groups, count, times, world_size)
+    return _plan(ids, groups, count, times, world_size, 3 if with_occurrences else 2)

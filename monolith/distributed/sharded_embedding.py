@@ -58,6 +58,7 @@ class _Lookup:
     recv_counts: list[int]  # ids received from each rank
     recv_ids: torch.Tensor  # ids this rank owns, as other ranks asked for them (by source rank)
     recv_times: torch.Tensor
+    recv_occurrences: torch.Tensor | None  # occurrences of each in its rank's batch (None: no filter)
     hint: RowHint  # where this rank's table found recv_ids
     num_unique: int
     dim: int  # row width at lookup time
@@ -79,11 +80,15 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     if not requests:
         return []
     group, world = requests[0][0].group, requests[0][0].world_size
+    # Owners filter each id by its occurrences in every rank's batch: they travel with the ids
+    # where a table filters (every rank decides alike: the same tables, the same configs).
+    with_occurrences = any(module.table.filters_occurrences for module, _, _ in requests)
     routed = []
     for module, ids, req_time in requests:
         keys = np.ascontiguousarray(ids.reshape(-1).numpy(), dtype=np.int64)
         groups, count = module.grouper.group(keys)
-        keyed, counts, positions = plan_route(keys, groups, count, _request_times(req_time, keys.size), world)
+        keyed, counts, positions = plan_route(keys, groups, count, _request_times(req_time, keys.size), world,
+                                              with_occurrences)
         routed.append((module, torch.from_numpy(keyed), torch.from_numpy(counts), torch.from_numpy(positions)))
     # counts[r, t]: distinct ids of request t for rank r; every rank learns what it will receive.
     send_counts = torch.stack([r[2] for r in routed], dim=1).contiguous()
@@ -101,8 +106,8 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
         rows, hint = module.table.lookup_with_hint(mine[:, 0])
         answers.append(_split_rows(rows, [recv[r][i] for r in range(world)]))
         records.append(_Lookup(next(_sequence), module, positions, [send[r][i] for r in range(world)],
-                               [recv[r][i] for r in range(world)], mine[:, 0], mine[:, 1], hint,
-                               unique.shape[0], module.table.dim))
+                               [recv[r][i] for r in range(world)], mine[:, 0], mine[:, 1],
+                               mine[:, 2] if with_occurrences else None, hint, unique.shape[0], module.table.dim))
         module.bytes_sent += unique.numel() * unique.element_size() + rows.numel() * rows.element_size()
     # Rows, as one flat float buffer: by requesting rank, then request.
     flat = torch.cat([answers[i][r].reshape(-1) for r in range(world) for i in range(len(routed))])
@@ -124,6 +129,7 @@ class _Received:
     ids: torch.Tensor
     grads: torch.Tensor
     times: torch.Tensor
+    occurrences: torch.Tensor | None
     hint: RowHint  # where this rank's table found the ids at lookup time
 
 
@@ -148,7 +154,8 @@ def exchange_gradients(records: Sequence[_Lookup]) -> None:
     chunks = list(torch.split(received, [e for row in recv_elems for e in row]))
     for i, record in enumerate(records):
         grads = torch.cat([chunks[r * len(records) + i].view(-1, widths[i]) for r in range(world)])
-        record.module._received.append(_Received(record.recv_ids, grads, record.recv_times, record.hint))
+        record.module._received.append(_Received(record.recv_ids, grads, record.recv_times, record.recv_occurrences,
+                                                 record.hint))
 
 
 def apply_received(module: "ShardedHashEmbedding", global_step: int, scale: float = 1.0) -> None:
@@ -159,9 +166,11 @@ def apply_received(module: "ShardedHashEmbedding", global_step: int, scale: floa
     grads = cat_or_only([r.grads for r in received])
     if scale != 1.0:
         grads = grads * scale
+    occurrences = [r.occurrences for r in received if r.occurrences is not None]
     module.table.apply_gradients(cat_or_only([r.ids for r in received]), grads, global_step,
                                  cat_or_only([r.times for r in received]).numpy(), dedup="sum",
-                                 hint=RowHint.concat([r.hint for r in received]))
+                                 hint=RowHint.concat([r.hint for r in received]),
+                                 occurrences=cat_or_only(occurrences) if occurrences else None)
 
 
 class _ShardedLookup(torch.autograd.Function):

@@ -58,16 +58,21 @@ def sum_rows_by_group(groups, count, values):
 
 
 @numba.njit(cache=True)
-def _sum_by_group(groups, count, rows, grads, times):
-    """Per group ``0..count-1``: its row, its gradients summed in occurrence order, its latest time."""
+def _sum_by_group(groups, count, keys, rows, grads, times, counts):
+    """Per group ``0..count-1``: its key and row, its gradients summed in occurrence order, its
+    latest time and its summed occurrence count."""
+    group_keys = np.empty(count, dtype=np.int64)
     group_rows = np.empty(count, dtype=np.int64)
     latest = np.zeros(count, dtype=np.int64)
+    total = np.zeros(count, dtype=np.int64)
     for i in range(groups.size):
         g = groups[i]
+        group_keys[g] = keys[i]
         group_rows[g] = rows[i]
+        total[g] += counts[i]
         if times[i] > latest[g]:
             latest[g] = times[i]
-    return group_rows, sum_rows_by_group(groups, count, grads), latest
+    return group_keys, group_rows, sum_rows_by_group(groups, count, grads), latest, total
 
 
 @numba.njit(cache=True)
@@ -266,31 +271,38 @@ class EmbeddingHashTable:
         dedup: str = "local",
         *,
         hint: RowHint | None = None,
+        occurrences: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         """Updates the rows of ``ids`` with ``grads`` (``[n, dim]``) through each slice's optimizer.
 
-        Absent ids whose occurrence passes their slot's filter are inserted (initialised) first.
-        ``dedup="local"`` applies one update per occurrence, in order (Monolith's single-process
-        training); ``dedup="sum"`` applies one update per distinct id with the summed gradients of
-        its admitted occurrences (Monolith's sync training). ``req_time`` (seconds, scalar or per id;
-        default now) becomes the rows' last-update time. ``hint``, from :meth:`lookup_with_hint` of these
-        same ids, saves searching for them again.
+        Absent ids that pass their slot's occurrence filter are inserted (initialised) first.
+        ``dedup="local"`` applies one update per occurrence, in order, each occurrence counted and
+        filtered on its own (Monolith's single-process training); ``dedup="sum"`` first sums the
+        gradients of each distinct id, then filters it once with all its occurrences counted, and
+        applies one update (Monolith's sync training). There ``occurrences`` tells how many
+        occurrences each entry stands for (an id already summed elsewhere; default 1 each).
+        ``req_time`` (seconds, scalar or per id; default now) becomes the rows' last-update time.
+        ``hint``, from :meth:`lookup_with_hint` of these same ids, saves searching for them again.
         """
         if dedup not in DEDUP_MODES:
             raise ValueError(f"dedup must be one of {DEDUP_MODES}, got {dedup!r}")
         keys = _as_ids(ids)
         grads = _as_grads(grads, keys.size, self.dim)
         times = _as_times(req_time, keys.size)
-        rows = self._admit_and_insert(keys, hint)
+        rows = self._find(keys, hint)
+        counts = None
+        if dedup == "sum":
+            counts = (np.ones(keys.size, dtype=np.int64) if occurrences is None
+                      else _as_occurrences(occurrences, keys.size))
+            # Grouping by hash and summing in a kernel beat np.unique and np.add.at several-fold.
+            groups, count = self._grouper.group(keys)
+            keys, rows, grads, times, counts = _sum_by_group(groups, count, keys, rows, grads, times, counts)
+        rows = self._admit_missing(keys, rows, counts)
         updated = rows >= 0
         if not updated.all():
             rows, grads, times = rows[updated], grads[updated], times[updated]
         if rows.size == 0:
             return
-        if dedup == "sum":
-            # Grouping by hash and summing in a kernel beat np.unique and np.add.at several-fold.
-            groups, count = self._grouper.group(rows)
-            rows, grads, times = _sum_by_group(groups, count, rows, grads, times)
         column = 0
         for config, weights, state in zip(self.slices, self._weights, self._states):
             slice_grads = np.ascontiguousarray(grads[:, column : column + config.dim])
@@ -313,20 +325,32 @@ class EmbeddingHashTable:
         changed = np.flatnonzero(self._changed_at[: len(self)] > marker)
         return self._keys[changed].copy(), self._gather(changed)
 
-    def _admit_and_insert(self, keys: np.ndarray, hint: RowHint | None = None) -> np.ndarray:
-        """Rows of ``keys`` after admitting and inserting new ids; -1 for occurrences filtered out."""
+    @property
+    def filters_occurrences(self) -> bool:
+        """Whether a slot of this table has an occurrence threshold (absent ids are counted)."""
+        return self._filter.enabled
+
+    def _find(self, keys: np.ndarray, hint: RowHint | None = None) -> np.ndarray:
+        """Rows of ``keys``, -1 where absent."""
         if hint is not None and hint.numbering is self._numbering and hint.rows.shape == keys.shape:
             rows = hint.rows.copy()
             if hint.size != len(self):
                 # Ids absent at lookup time may have been inserted by an update since.
                 absent = np.flatnonzero(rows < 0)
                 rows[absent] = self._map.find(keys[absent])
-        else:
-            rows = self._map.find(keys)
+            return rows
+        return self._map.find(keys)
+
+    def _admit_missing(self, keys: np.ndarray, rows: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        """``rows`` with the absent ids that pass the filter inserted; -1 for those filtered out.
+
+        ``counts``: occurrences each key stands for (distinct keys); None: each key is one
+        occurrence, counted in order.
+        """
         missing = np.flatnonzero(rows < 0)
         if missing.size == 0:
             return rows
-        admitted = missing[self._filter.admit(keys[missing])]
+        admitted = missing[self._filter.admit(keys[missing], None if counts is None else counts[missing])]
         if admitted.size:
             rows[admitted] = self._insert(keys[admitted])
         return rows
@@ -407,7 +431,8 @@ class EmbeddingHashTable:
         if dropped.size:
             self._compact(np.flatnonzero(keep))
         if self._filter.enabled and len(self._filter):
-            self._filter.forget(self._keys[: len(self)])
+            # Admitted ids need no counter; an evicted id starts counting again from zero.
+            self._filter.forget(np.concatenate([self._keys[: len(self)], dropped]))
         return dropped
 
     def _compact(self, rows: np.ndarray) -> None:
@@ -459,6 +484,9 @@ class EmbeddingHashTable:
             raise ValueError(f"{source}: table slices {theirs} do not match this table's {ours}")
         keys = np.ascontiguousarray(state["keys"], dtype=np.int64)
         size = keys.size
+        _check_state_shapes(state, meta, size, [s.shape[1] for s in self._states], source)
+        if self._grouper.group(keys)[1] != size:
+            raise ValueError(f"{source}: the table's keys repeat a FID")
         self._map.rebuild(keys, room_for=self.initial_capacity)
         self._numbering = object()
         self._capacity = max(size, _store_capacity(self.initial_capacity, 1024))
@@ -484,15 +512,23 @@ class EmbeddingHashTable:
 
     def load(self, path: str | os.PathLike) -> None:
         """Reads a file written by :meth:`save`; a truncated or foreign file raises ``ValueError``."""
-        path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                state = {name: npz[name] for name in npz.files}
-        except FileNotFoundError:
-            raise
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
-            raise ValueError(f"{path}: not a readable embedding table file ({error})") from error
-        self.load_state_dict(state, source=path)
+        self.load_state_dict(read_table_file(path), source=os.fspath(path))
+
+
+def read_table_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a table file (:meth:`EmbeddingHashTable.save`); ``ValueError`` naming the file
+    when it is truncated or not such a file, ``FileNotFoundError`` when it is missing."""
+    path = os.fspath(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive of a table's arrays")
+        with npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
+        raise ValueError(f"{path}: not a readable embedding table file ({error})") from error
 
 
 def _per_slot_settings(values: np.ndarray) -> dict:
@@ -500,6 +536,21 @@ def _per_slot_settings(values: np.ndarray) -> dict:
     distinct, counts = np.unique(values, return_counts=True)
     default = distinct[np.argmax(counts)]
     return {"default": int(default), "slots": {int(s): int(values[s]) for s in np.flatnonzero(values != default)}}
+
+
+def _check_state_shapes(state: dict[str, np.ndarray], meta: dict, size: int, state_widths: list[int],
+                        source: str) -> None:
+    """Raises, naming the entry, when an array of ``state`` does not hold one row per key."""
+    expected = {"keys": (size,), "timestamps": (size,)}
+    for index, (config, width) in enumerate(zip(meta["slices"], state_widths)):
+        expected[f"weights_{index}"] = (size, config["dim"])
+        expected[f"state_{index}"] = (size, width)
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise ValueError(f"{source}: '{name}' has shape {list(state[name].shape)}, expected {list(shape)}")
+    if state["filter_keys"].shape != state["filter_counts"].shape or state["filter_keys"].ndim != 1:
+        raise ValueError(f"{source}: filter state mismatch: {state['filter_keys'].size} keys but "
+                         f"{state['filter_counts'].size} counts")
 
 
 def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
@@ -511,6 +562,8 @@ def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
         raise ValueError(f"{source}: format {meta.get('format')!r}, expected {_FORMAT!r}")
     if meta.get("version") != _FORMAT_VERSION:
         raise ValueError(f"{source}: format version {meta.get('version')}, expected {_FORMAT_VERSION}")
+    if not isinstance(meta.get("slices"), list) or not all(isinstance(x, dict) and "dim" in x for x in meta["slices"]):
+        raise ValueError(f"{source}: the table's meta has no readable 'slices'")
     required = {"keys", "timestamps", "rng", "filter_keys", "filter_counts"}
     required |= {f"{kind}_{i}" for i in range(len(meta["slices"])) for kind in ("weights", "state")}
     missing = sorted(required - set(state))
@@ -541,23 +594,52 @@ def _store_capacity(size: int, capacity: int) -> int:
 
 
 def _as_ids(ids) -> np.ndarray:
+    """int64 FIDs (uint64-form ids wrap to their int64 bit pattern) from a tensor, array or list."""
     if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
-    ids = np.asarray(ids)
+    elif not isinstance(ids, np.ndarray):
+        ids = _int_list_as_array(ids)
     if ids.dtype != np.int64:
         if ids.dtype.kind not in "iu":
             raise ValueError(f"FIDs must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64)
+        ids = ids.view(np.int64) if ids.dtype == np.uint64 else ids.astype(np.int64)
     return np.ascontiguousarray(ids.reshape(-1))
+
+
+def _int_list_as_array(ids) -> np.ndarray:
+    """A Python list of ints as int64, or as uint64 where it holds ids of 2^63 and above."""
+    array = np.asarray(ids)
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind == "f" or array.dtype == object:
+        # numpy falls back to float64/object for ints beyond int64 mixed with others.
+        flat = np.ravel(np.asarray(ids, dtype=object))
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
+            if any(v < -(2**63) or v >= 2**64 for v in flat):
+                raise ValueError("FIDs must fit in 64 bits (int64 or uint64)")
+            return np.array([v % 2**64 for v in flat], dtype=np.uint64).reshape(array.shape)
+    return array
 
 
 def _as_grads(grads, n: int, dim: int) -> np.ndarray:
     if isinstance(grads, torch.Tensor):
-        grads = grads.detach().cpu().numpy()
+        grads = grads.detach().cpu()
+        grads = (grads if grads.dtype in (torch.float32, torch.float64, torch.float16) else grads.float()).numpy()
     grads = np.ascontiguousarray(grads, dtype=np.float32)
     if grads.shape != (n, dim):
         raise ValueError(f"expected values of shape [{n}, {dim}] (one row per id), got {list(grads.shape)}")
     return grads
+
+
+def _as_occurrences(occurrences, n: int) -> np.ndarray:
+    if isinstance(occurrences, torch.Tensor):
+        occurrences = occurrences.detach().cpu().numpy()
+    counts = np.ascontiguousarray(occurrences, dtype=np.int64).reshape(-1)
+    if counts.size != n:
+        raise ValueError(f"occurrences has {counts.size} entries for {n} ids")
+    if counts.size and counts.min() < 1:
+        raise ValueError("occurrences must be at least 1 per id")
+    return counts
 
 
 def _as_times(req_time, n: int) -> np.ndarray:

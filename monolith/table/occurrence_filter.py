@@ -18,13 +18,12 @@ _SLOT_MASK = np.int64(MAX_SLOT_V2)
 
 
 @numba.njit(cache=True)
-def _admit(counter_rows, counts, keys, thresholds, shift, passed):
+def _admit(counter_rows, counts, keys, occurrences, thresholds, shift, passed):
     for i in range(keys.size):
         slot = (keys[i] >> shift) & _SLOT_MASK
         row = counter_rows[i]
         passed[i] = counts[row] >= thresholds[slot]
-        if counts[row] < 2147483647:
-            counts[row] += 1
+        counts[row] = min(np.int64(counts[row]) + occurrences[i], 2147483647)
 
 
 class OccurrenceFilter:
@@ -54,17 +53,24 @@ class OccurrenceFilter:
         """False when every threshold is 0, so every occurrence passes without counting."""
         return bool(self.thresholds.any())
 
-    def admit(self, keys: np.ndarray) -> np.ndarray:
-        """Counts each occurrence in ``keys`` (in order) and returns a bool mask of those admitted."""
+    def admit(self, keys: np.ndarray, occurrences: np.ndarray | None = None) -> np.ndarray:
+        """Counts the occurrences of ``keys`` (in order) and returns a bool mask of those admitted.
+
+        ``occurrences[i]`` (default 1) is how many occurrences ``keys[i]`` stands for: it passes when
+        its count before them reaches its threshold, then all of them are counted (Monolith's
+        filter after deduplication).
+        """
         passed = np.ones(keys.size, dtype=np.bool_)
         if not self.enabled or keys.size == 0:
             return passed
+        occurrences = (np.ones(keys.size, dtype=np.int64) if occurrences is None
+                       else np.ascontiguousarray(occurrences, dtype=np.int64))
         rows = self._counter_rows.find_or_insert(keys)
         if len(self._counter_rows) > self._counts.size:
             grown = np.zeros(max(2 * self._counts.size, len(self._counter_rows)), dtype=np.int32)
             grown[: self._counts.size] = self._counts
             self._counts = grown
-        _admit(rows, self._counts, keys, self.thresholds, SIGNATURE_BITS_V2, passed)
+        _admit(rows, self._counts, keys, occurrences, self.thresholds, SIGNATURE_BITS_V2, passed)
         return passed
 
     def forget(self, keys: np.ndarray) -> None:
