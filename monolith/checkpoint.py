@@ -16,8 +16,10 @@ split again on reading, so a checkpoint written by N ranks restores into M ranks
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -25,6 +27,8 @@ import torch
 
 from monolith.atomic import atomic_write
 from monolith.table.embedding_table import read_table_file
+
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "checkpoint"
 _PREFIX = "ckpt-"
@@ -72,8 +76,12 @@ class CheckpointManager:
         names = [n for n in index["all"] if n != index["latest"]] + ([index["latest"]] if index["latest"] else [])
         for name in reversed(names):
             path = os.path.join(self.model_dir, name)
-            if os.path.isfile(os.path.join(path, "manifest.json")):
+            if not os.path.isfile(os.path.join(path, "manifest.json")):
+                continue
+            damage = _damage(path)
+            if damage is None:
                 return path
+            logger.warning("checkpoint %s is damaged (%s); using the one before it", path, damage)
         return None
 
     # ------------------------------------------------------------------ writing
@@ -149,6 +157,26 @@ class CheckpointManager:
                     raise FileNotFoundError(f"{file}: shard {rank} of {shards} of table '{table_name}' "
                                             f"is missing") from None
         return dense, tables, manifest
+
+
+def _damage(path: str) -> str | None:
+    """What makes the checkpoint at ``path`` unreadable, found without reading its contents: a bad
+    manifest, or a file missing or cut short (every file is a zip archive whose directory sits at
+    its end); None for a sound one."""
+    try:
+        manifest = CheckpointManager.read_manifest(path)
+        shards = int(manifest.get("num_shards", 1))
+        files = [os.path.join(path, "dense.pt")] + [
+            os.path.join(path, "tables", _shard_file(name, rank, shards))
+            for name in manifest["tables"] for rank in range(shards)]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"manifest: {error}"
+    for file in files:
+        if not os.path.isfile(file):
+            return f"{file} is missing"
+        if not zipfile.is_zipfile(file):
+            return f"{file} is cut short or not a checkpoint file"
+    return None
 
 
 def _shard_file(table_name: str, rank: int, world_size: int) -> str:

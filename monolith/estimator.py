@@ -368,9 +368,10 @@ class Estimator:
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
         try:
-            for batch in self._in_step(batches):
-                if max_steps is not None and self.global_step >= max_steps:
-                    break
+            # A stream's exhausted ranks join with empty batches, so that a batch another rank
+            # already took from its stream is trained, not lost; max_steps stops before taking one.
+            done = (lambda: self.global_step >= max_steps) if max_steps is not None else None
+            for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
                 if self.dist is not None:
                     self.dist.heartbeat(self.global_step)
                 with self.step_lock:
@@ -403,6 +404,9 @@ class Estimator:
                 raise
             raise self._rank_failure(error) from error
         else:
+            if max_steps is not None and self.global_step < max_steps and self._source is None:
+                logger.warning("train: the input ended at global step %d, before max_steps %d%s", self.global_step,
+                               max_steps, " (the batches before it were trained by earlier runs)" if not examples else "")
             if examples:
                 if self.global_step % self.config.log_step_count_steps:
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
@@ -559,23 +563,30 @@ class Estimator:
                 if count == 0:
                     self.build(batch)
                     self._restore_latest()  # a checkpoint written since the model was built
+                    if self._restored is None:  # as TensorFlow's Estimator: no guessing with random weights
+                        raise ValueError(f"Could not find trained model in model_dir: {self.config.model_dir} "
+                                         f"(no checkpoint; train first)")
                 output = self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
                 count += 1
                 if batch.batch_size:
                     yield batch, output
 
-    def _in_step(self, batches: Iterator[Batch], pad_exhausted: bool = False) -> Iterator[Batch]:
+    def _in_step(self, batches: Iterator[Batch], pad_exhausted: bool = False,
+                 stop: Callable[[], bool] | None = None) -> Iterator[Batch]:
         """The batches, kept in lock-step across ranks (lookups are collectives).
 
-        Training stops when any rank runs out of data; inference goes on while any rank has data,
-        the exhausted ranks joining with empty batches.
+        Without ``pad_exhausted`` the steps end when any rank runs out of data; with it they go on
+        while any rank has data, the exhausted ranks joining with empty batches. ``stop`` is asked
+        before each batch is taken (a batch taken from a stream is never left untrained).
         """
-        if self.dist is None:
-            yield from batches
-            return
         last: Batch | None = None
-        while True:
+        while stop is None or not stop():
             batch = next(batches, None)
+            if self.dist is None:
+                if batch is None:
+                    return
+                yield batch
+                continue
             have = self.dist.count(batch is not None)
             if have < self.dist.world_size and not (pad_exhausted and have > 0):
                 return

@@ -287,14 +287,20 @@ def test_predict_single_head_yields_floats_and_no_file_without_output_path(tmp_p
     model = OneHead()
     model.batch_size = 5
     est = Estimator(model, RunConfig(model_dir=str(tmp_path / "run"), enable_summaries=False, progress_bar=False))
+    # As TensorFlow's Estimator: no prediction (nor evaluation) from a model_dir with nothing trained.
+    with pytest.raises(ValueError, match="Could not find trained model in model_dir"):
+        list(est.predict())
+    with pytest.raises(ValueError, match="Could not find trained model in model_dir"):
+        est.evaluate()
+    est.train(max_steps=2)
     preds = list(est.predict())
     assert len(preds) == 10 and all(isinstance(p, float) for p in preds)
-    # Nothing trained: embeddings are zeros, so every prediction is sigmoid of the tower on zeros.
-    zeros = torch.zeros(1, 2 * DIM)
-    with torch.no_grad():
-        want = float(torch.sigmoid(model.tower(zeros)[0, 0]))
-    assert preds == pytest.approx([want] * 10, abs=1e-6)
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    want = []
+    for batch in make_batches(2, 5, 1):
+        rows = {n: rows_of(est, n, batch.sparse[n].values()) for n in SLOTS}
+        want += torch.sigmoid(reference_forward(est.model.state_dict(), rows, batch)[0]).tolist()
+    assert preds == pytest.approx(want, abs=1e-6)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith("part-")]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -352,6 +358,13 @@ def test_checkpoints_keep_last_n_and_index(tmp_path):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"{shard.name}: not a readable embedding table file"):
         CheckpointManager.read(run / "ckpt-7")
+    # A damaged latest checkpoint gives way to the one before it, which training resumes from.
+    assert manager.latest() == str(run / "ckpt-6")
+    resumed = _estimator(run, seed=3, save_checkpoints_steps=2, keep_checkpoint_max=2)
+    resumed.train(max_steps=6)
+    assert resumed.global_step == 6
+    (run / "ckpt-6" / "dense.pt").write_bytes(b"PK\x03\x04 cut")
+    assert manager.latest() is None
 
 
 def test_resume_after_restart_continues_from_the_global_step(tmp_path):
@@ -372,6 +385,39 @@ def test_resume_after_restart_continues_from_the_global_step(tmp_path):
     second.train(max_steps=10)
     assert second.global_step == 10
     assert json.loads((tmp_path / "b" / INDEX_FILE).read_text())["latest"] == "ckpt-10"
+
+
+class _ListStream:
+    """A stream over a list: it remembers how far it was read, as a Kafka source its offsets."""
+
+    def __init__(self, batches: list[Batch]):
+        self.batches, self.position = batches, 0
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+    def __iter__(self):
+        while self.position < len(self.batches):
+            self.position += 1
+            yield self.batches[self.position - 1]
+
+
+def test_max_steps_takes_no_batch_from_a_stream_that_it_does_not_train(tmp_path):
+    batches = make_batches(5, 16, 3)
+    uninterrupted = _estimator(tmp_path / "a")
+    uninterrupted.train(input_fn=lambda mode: _ListStream(batches))
+    assert uninterrupted.global_step == 5
+    first = _estimator(tmp_path / "b")
+    first.train(max_steps=2, input_fn=lambda mode: _ListStream(batches))
+    manifest = CheckpointManager.read_manifest(CheckpointManager(tmp_path / "b").latest())
+    assert manifest["global_step"] == 2 and manifest["input_states"] == [{"position": 2}]
+    second = _estimator(tmp_path / "b", seed=9)
+    second.train(input_fn=lambda mode: _ListStream(batches))  # resumes at batch 2: none lost, none twice
+    assert second.global_step == 5
+    _assert_same_state(_state(second), _state(uninterrupted))
 
 
 def test_half_written_checkpoints_are_never_the_latest(tmp_path):
