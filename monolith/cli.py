@@ -175,7 +175,13 @@ def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfi
         fields["model_dir"] = args.model_dir
     if args.seed is not None:
         fields["seed"] = args.seed
-    return RunConfig(**fields)
+    try:
+        config = RunConfig(**fields)
+    except ValueError as e:
+        raise CliError(f"--config run_config: {e}") from None
+    if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
+        raise CliError(f"--model-dir {config.model_dir}: exists and is not a directory")
+    return config
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -204,11 +210,19 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
 
 
+def _require_checkpoint(estimator: Estimator, command: str) -> None:
+    model_dir = estimator.config.model_dir
+    if CheckpointManager(model_dir).latest() is None:
+        raise CliError(f"{command}: no checkpoint in {os.path.abspath(model_dir)}; train first")
+
+
 def _evaluate(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    _require_checkpoint(estimator, "evaluate")
     return {"metrics": estimator.evaluate(steps=args.steps)}
 
 
 def _predict(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    _require_checkpoint(estimator, "predict")
     count = sum(1 for _ in estimator.predict(steps=args.steps))
     path = os.path.abspath(estimator.model.p.output_path)
     return {"predictions": count, "output_path": path,
@@ -239,11 +253,13 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _export(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    _require_checkpoint(estimator, "export")
     model_dir = estimator.config.model_dir
-    if CheckpointManager(model_dir).latest() is None:
-        raise CliError(f"export: no checkpoint in {os.path.abspath(model_dir)} to export; train first")
     export_dir = args.export_dir or os.path.join(model_dir, estimator.model.p.serving.export_dir_base)
-    path = estimator.export_saved_model(export_dir)
+    try:
+        path = estimator.export_saved_model(export_dir)
+    except TypeError as e:  # no serving_input_receiver_fn: the model has nothing to serve
+        raise CliError(f"export: {e}") from None
     signature = ExportSignature.load(path)
     return {"export": os.path.abspath(path), "program": signature.program, "outputs": signature.outputs,
             "tables": sorted(signature.tables)}
@@ -329,7 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.output_path = args.output_path
         elif args.command == "predict" and p.output_path is None:
             p.output_path = os.path.join(run_config.model_dir, "predictions")
-        estimator = Estimator(p.instantiate(), run_config)
+        try:
+            model = p.instantiate()
+        except (TypeError, ValueError) as e:
+            if args.verbose:
+                raise
+            raise CliError(f"--model {args.model}: building the model from its params failed: "
+                           f"{type(e).__name__}: {e} (a --param or --config value of the wrong type? "
+                           f"-v shows the traceback)") from None
+        estimator = Estimator(model, run_config)
         result = _RUN[args.command](estimator, args)
     except CliError as e:
         parser.exit(2, f"monolith: error: {e}\n")
@@ -339,7 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "global_step": estimator.global_step, **result}
         if dist is not None:
             line["rank"] = dist.rank
-        print(json.dumps(line, default=str), flush=True)
+        # One write per line: under torchrun the ranks' lines share stdout and must not interleave.
+        sys.stdout.write(json.dumps(line, default=str) + "\n")
+        sys.stdout.flush()
     if dist is not None and torch.distributed.is_initialized():
         dist.barrier()
         torch.distributed.destroy_process_group()

@@ -90,6 +90,30 @@ class RunConfig:
     enable_summaries: bool = True
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        """Wrong types and values fail here, naming the field, not at some later step."""
+        if not isinstance(self.model_dir, (str, os.PathLike)):
+            raise ValueError(f"RunConfig.model_dir must be a path, got {self.model_dir!r}")
+        self.model_dir = os.fspath(self.model_dir)
+        minimum = {"keep_checkpoint_max": 1, "log_step_count_steps": 1, "hashtable_init_capacity": 0, "index": 0}
+        for name, low in {**minimum, "seed": None, "save_checkpoints_steps": 1}.items():
+            value = getattr(self, name)
+            if value is None and name == "save_checkpoints_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+                bound = "" if low is None else f" >= {low}"
+                raise ValueError(f"RunConfig.{name} must be an int{bound}, got {value!r}")
+        secs = self.save_checkpoints_secs
+        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
+            raise ValueError(f"RunConfig.save_checkpoints_secs must be a number > 0, got {secs!r}")
+        for name in ("use_native_multi_hash_table", "enable_summaries", "progress_bar"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RunConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.dedup not in (None, "local", "sum"):
+            raise ValueError(f"RunConfig.dedup must be 'local', 'sum' or None, got {self.dedup!r}")
+        if self.dense_reduce not in ("sum", "mean"):
+            raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {self.dense_reduce!r}")
+
 
 class _HeadMetrics:
     """AUC (classification heads) or MSE (regression heads), one accumulator per head."""
@@ -163,14 +187,12 @@ class Estimator:
         self.step_lock = threading.Lock()
         self.dist = init_from_env()
         self.dedup = config.dedup or ("sum" if self.dist is not None else "local")
-        if self.dedup not in ("local", "sum") or (self.dist is not None and self.dedup == "local"):
-            raise ValueError(f"RunConfig.dedup must be 'local' (single process only) or 'sum', got {config.dedup!r}")
+        if self.dist is not None and self.dedup == "local":
+            raise ValueError("RunConfig.dedup 'local' is for a single process; sharded tables sum per id ('sum')")
         if self.dist is not None:
             # Sync training: sharded tables (whose owners always sum per id), one output file per rank.
             config.index = self.dist.rank
             self.model.ctx.module_factory = ShardedHashEmbedding
-        if config.dense_reduce not in ("sum", "mean"):
-            raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {config.dense_reduce!r}")
 
     # ------------------------------------------------------------------ set-up
     def build(self, batch: Batch | None = None) -> None:

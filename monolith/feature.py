@@ -109,14 +109,18 @@ class FeatureSlot:
     ) -> FeatureSlice:
         """Appends ``dim_size`` columns updated by ``optimizer`` (slot defaults where None)."""
         start = self.dim
-        config = SliceConfig(
-            name=f"slice_{len(self.slices)}",
-            dim=dim_size,
-            initializer=initializer or self.config.default_vec_initializer,
-            optimizer=optimizer or self.config.default_vec_optimizer,
-            compressor=compressor or self.config.default_vec_compressor,
-            learning_rate_fn=learning_rate_fn or self.config.default_vec_learning_rate_fn,
-        )
+        try:
+            config = SliceConfig(
+                name=f"slice_{len(self.slices)}",
+                dim=dim_size,
+                initializer=initializer or self.config.default_vec_initializer,
+                optimizer=optimizer or self.config.default_vec_optimizer,
+                compressor=compressor or self.config.default_vec_compressor,
+                learning_rate_fn=learning_rate_fn or self.config.default_vec_learning_rate_fn,
+            )
+        except ValueError as error:  # name what the user declared, not the slice's internal name
+            raise ValueError(f"feature slot '{self.name}' (slot {self.slot}), slice {len(self.slices)} "
+                             f"of dim {dim_size}: {error}") from None
         self.slices.append(config)
         self._factory._slice_added(self, config)
         return FeatureSlice(self, start, start + dim_size)

@@ -210,3 +210,35 @@ def test_main_reports_errors(workdir, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny_cli_model:TinyModel", "--config", "[1]"])
     assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", '{"run_config": {"keep_checkpoint_max": 0}}'], "RunConfig.keep_checkpoint_max must be an int >= 1"),
+    (["--config", '{"run_config": {"dedup": "bogus"}}'], "RunConfig.dedup must be 'local', 'sum' or None"),
+    (["--config", '{"run_config": {"save_checkpoints_steps": "x"}}'], "save_checkpoints_steps must be an int"),
+    (["--param", "hidden='abc'"], "building the model from its params failed: TypeError"),
+    (["--model-dir", "a_file"], "--model-dir a_file: exists and is not a directory"),
+])
+def test_wrong_values_are_one_line_errors(workdir, capsys, args, message):
+    (workdir / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "tiny_cli_model:TinyModel", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_commands_that_need_a_trained_model_say_so(workdir, capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--model", "tiny_cli_model:TinyModel", "--model-dir", str(workdir / "empty")])
+    assert exit_info.value.code == 2
+    assert f"monolith: error: {command}: no checkpoint in {workdir / 'empty'}; train first" in capsys.readouterr().err
+
+
+def test_export_of_a_model_without_a_serving_receiver_is_a_one_line_error(workdir, capsys):
+    main(["train", "--model", "tiny_cli_model:TinyModel", "--model-dir", "run", "--max-steps", "2"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--model", "tiny_cli_model:TinyModel", "--model-dir", "run"])
+    assert exit_info.value.code == 2
+    assert "monolith: error: export:" in capsys.readouterr().err

@@ -649,3 +649,12 @@ def test_slot_hashtable_config_sets_the_initial_capacity_of_its_table(one_table_
     assert all(t.capacity >= t.initial_capacity for t in tables.values())
     with pytest.raises(ValueError, match="initial_capacity must be an int >= 0, got 1.5"):
         CuckooHashTableConfig(initial_capacity=1.5)
+
+
+def test_slice_optimizer_by_monolith_name_and_errors_name_the_feature_slot():
+    model = ApiModel()
+    fc = model.create_embedding_feature_column("a")
+    fc.feature_slot.add_feature_slice(2, optimizer="sgd")
+    assert type(fc.feature_slot.slices[0].optimizer).__name__ == "SgdOptimizer"
+    with pytest.raises(ValueError, match=r"feature slot 'a' \(slot 1\), slice 1 of dim 2: unknown optimizer 'adagradd'"):
+        fc.feature_slot.add_feature_slice(2, optimizer="adagradd")

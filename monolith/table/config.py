@@ -40,7 +40,8 @@ def default_compressor() -> Compressor:
 class SliceConfig:
     """One embedding slice: ``dim`` columns of every row, with their own update rule.
 
-    ``learning_rate_fn`` maps the global step to this slice's learning rate; when None the
+    ``optimizer`` may also be given by Monolith's name for it (``"adagrad"``, ``"ftrl"``, ...: its
+    defaults). ``learning_rate_fn`` maps the global step to this slice's learning rate; when None the
     optimizer's learning rate is used (warmed up over ``warmup_steps`` where the optimizer has them).
     """
 
@@ -54,6 +55,10 @@ class SliceConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim <= 0:
             raise ValueError(f"slice '{self.name}': dim must be a positive int, got {self.dim!r}")
+        if isinstance(self.optimizer, str):  # a proto name, e.g. "adagrad", with entry.py's defaults
+            from monolith.optim.optimizers import make_optimizer
+
+            self.optimizer = make_optimizer(self.optimizer)
         for field, kind in (("initializer", Initializer), ("optimizer", SliceOptimizer), ("compressor", Compressor)):
             value = getattr(self, field)
             if not isinstance(value, kind):
