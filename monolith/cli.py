@@ -231,7 +231,8 @@ def _predict(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     model = estimator.model
-    batch = next(iter(model.create_input_fn(ModeKeys.TRAIN)(ModeKeys.TRAIN)), None)
+    source = model.create_input_fn(ModeKeys.TRAIN)(ModeKeys.TRAIN)
+    batch = next(iter(source), None)
     if batch is None:
         raise CliError("dump: input_fn(TRAIN) produced no batch for the build pass")
     estimator.build(batch)
@@ -242,7 +243,8 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         receiver = None  # only a features mapping describes serving inputs
     path = args.dump_path or os.path.join(estimator.config.model_dir, "model_dump.json")
     try:
-        dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver)
+        dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver,
+                                    run_config=estimator.config, input_source=source)
     except ValueError as e:
         raise CliError(f"dump: {e}") from None
     if estimator.dist is None or estimator.dist.rank == 0:

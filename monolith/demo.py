@@ -289,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.p.mode = ModeKeys.TRAIN
     with torch.no_grad():
         output = estimator._model_fn(first, ModeKeys.TRAIN)
-    ModelDump.from_model(model, output, estimator._dense_optimizer, first).dump(dump_path)
+    ModelDump.from_model(model, output, estimator._dense_optimizer, first, run_config=estimator.config,
+                         input_source=data.train).dump(dump_path)
     table_rows = {name: len(module.table) for name, module in model.ctx.tables.items()}
     ours = {"auc": evaluated["ctr/auc"], "log_loss": log_loss(labels, preds), "eps": trained["examples_per_sec"]}
 

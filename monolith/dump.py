@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 _FORMAT = "monolith.model_dump"
-_VERSION = 1
+_VERSION = 2
 #: TF's default serving signature key, which Monolith's exports use.
 SERVING_SIGNATURE = "serving_default"
 
@@ -120,6 +120,8 @@ class ModelFnDump:
     label_shapes: list[list[int] | None]
     pred_shapes: list[list[int]]
     extra_outputs: list[str]
+    has_loss: bool
+    extra_losses: int  # auxiliary losses added with add_loss (already in the loss)
 
 
 @dataclasses.dataclass
@@ -209,6 +211,11 @@ class ModelDump:
 
     Attributes:
         params: the model's ``p``, encoded (see :meth:`restore_params`).
+        user_params: the model's other public plain-data attributes (``self.batch_size = 256``),
+            as Monolith's ``record_params`` records them.
+        run_config: the ``RunConfig`` fields (None when none was given).
+        input_source: the class of what ``input_fn`` returned, and its ``variant_type`` for
+            Monolith's data sets (Monolith records the parser type).
         layouts: embedding output name -> ``OutConfig.to_dict()``.
         features: the embedding feature columns.
         emb_slices: feature slot name -> its slices, in column order.
@@ -221,6 +228,9 @@ class ModelDump:
     """
 
     params: Any = None
+    user_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run_config: dict[str, Any] | None = None
+    input_source: dict[str, Any] | None = None
     layouts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     features: list[FeatureDump] = dataclasses.field(default_factory=list)
     emb_slices: dict[str, list[SliceDump]] = dataclasses.field(default_factory=dict)
@@ -235,7 +245,7 @@ class ModelDump:
     @classmethod
     def from_model(cls, model: MonolithModel, output: ModelOutput | None = None,
                    optimizer: torch.optim.Optimizer | None = None, input_batch: Batch | None = None,
-                   receiver: Any = None) -> "ModelDump":
+                   receiver: Any = None, run_config: Any = None, input_source: Any = None) -> "ModelDump":
         """Records ``model`` after its build pass (its feature slots, slices and tables exist).
 
         Args:
@@ -246,6 +256,8 @@ class ModelDump:
             receiver: what its ``serving_input_receiver_fn`` gave: an object with a ``features``
                 mapping (Monolith's ``ServingInputReceiver``) or that mapping, name -> JaggedTensor
                 (sparse) or tensor (dense).
+            run_config: the ``RunConfig`` it runs with (a dataclass).
+            input_source: what its ``input_fn`` returned.
 
         Raises:
             ValueError: a slice has a ``learning_rate_fn`` (code, which a dump cannot hold), or
@@ -258,11 +270,14 @@ class ModelDump:
         receiver_features = None if receiver is None else _describe_inputs(getattr(receiver, "features", receiver))
         dump = cls(
             params=_encode(model.p, "p"),
+            user_params=_user_params(model),
+            run_config=None if run_config is None else _encode_mapping(dataclasses.asdict(run_config), "run_config"),
+            input_source=None if input_source is None else _source(input_source),
             layouts={name: config.to_dict() for name, config in model.layout_dict.items()},
             features=[_feature(model, name) for name in model.fc_dict],
             emb_slices={fc.feature_slot.name: _slices(fc.feature_slot) for fc in model.fc_dict.values()},
             table_configs=_tables(model),
-            model_fn=None if output is None else _model_fn(output),
+            model_fn=None if output is None else _model_fn(output, len(model.losses)),
             input_features={} if input_batch is None else _describe_inputs(
                 {**input_batch.sparse.to_dict(), **input_batch.dense}),
             serving_input_receiver=receiver_features,
@@ -386,11 +401,38 @@ def _shape(tensor: torch.Tensor) -> list[int]:
     return [-1, *tensor.shape[1:]]
 
 
-def _model_fn(output: ModelOutput) -> ModelFnDump:
+def _model_fn(output: ModelOutput, extra_losses: int) -> ModelFnDump:
     labels = output.labels if output.labels is not None else [None] * len(output.head_names)
     return ModelFnDump(list(output.head_names), list(output.classification),
                        [None if t is None else _shape(t) for t in labels], [_shape(t) for t in output.preds],
-                       list(output.extra_outputs))
+                       list(output.extra_outputs), output.loss is not None, extra_losses)
+
+
+#: Attributes every model has: recorded elsewhere in the dump (p, features, slices) or run state.
+_NOT_USER_PARAMS = {"p", "fs_dict", "fc_dict", "slice_dict", "ctx", "training"}
+
+
+def _user_params(model: MonolithModel) -> dict[str, Any]:
+    """The model's public attributes that are plain data (numbers, strings, lists and dicts of them)."""
+    return {name: value for name, value in sorted(vars(model).items())
+            if not name.startswith("_") and name not in _NOT_USER_PARAMS and _is_plain(value)}
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _source(source: Any) -> dict[str, Any]:
+    kind = type(source)
+    variant = getattr(source, "variant_type", None) or getattr(getattr(source, "parser", None), "variant_type", None)
+    return {"type": f"{kind.__module__}.{kind.__qualname__}",
+            "variant_type": None if variant is None else str(getattr(variant, "name", variant))}
 
 
 def _describe_inputs(tensors: Mapping[str, JaggedTensor | torch.Tensor]) -> dict[str, InputFeatureDump]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -83,6 +84,7 @@ class DumpModel(MonolithModel):
     def __init__(self, params=None):
         super().__init__(params)
         self.batch_size = BATCH
+        self.aux_weight = 0.5
         self.register_slots(SLOTS)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(3 * 4 + SEQ * 2 + 5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
         self.hook: TrainingHook | None = None
@@ -109,6 +111,7 @@ class DumpModel(MonolithModel):
         logits = self.mlp(torch.cat([vec, seq.reshape(BATCH, -1), features["ctx_dense"]], 1)).reshape(-1)
         logits = logits + bias.reshape(-1)
         loss, pred = get_sigmoid_loss_and_pred("ctr", logits, features["label"], BATCH, mode=mode)
+        self.add_loss(self.aux_weight * (vec ** 2).mean())
         return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss,
                              optimizer=functools.partial(torch.optim.Adam, lr=1e-2, betas=(0.8, 0.95)))
 
@@ -132,8 +135,21 @@ def trained(tmp_path_factory):
     batch = make_batch(7)
     output = estimator.train_step(batch)
     receiver = Receiver({"uid": batch.sparse["uid"], "ctx_dense": batch.dense["ctx_dense"]})
-    dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver)
+    dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver,
+                                run_config=estimator.config, input_source=model.input_fn("train"))
     return model, estimator, batch, output, dump
+
+
+def test_run_config_user_params_losses_and_input_source(trained, tmp_path):
+    model, estimator, _, output, dump = trained
+    assert dump.run_config == json.loads(json.dumps(dataclasses.asdict(estimator.config)))
+    assert dump.user_params == {"aux_weight": 0.5, "hook": None, "slice_lr_fn": None}  # batch_size lives in p
+    assert dump.model_fn.has_loss and dump.model_fn.extra_losses == 1  # model_fn's add_loss
+    assert dump.input_source == {"type": "builtins.list", "variant_type": None}
+    dump.dump(tmp_path / "dump.json")
+    loaded = ModelDump.load(tmp_path / "dump.json")
+    assert (loaded.run_config, loaded.user_params, loaded.input_source) == (
+        dump.run_config, dump.user_params, dump.input_source)
 
 
 def test_features_match_the_model(trained):

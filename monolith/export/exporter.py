@@ -453,8 +453,8 @@ def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelO
         tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
         save_table(os.path.join(staging, tables[name]), module.table)
     # Training hooks never run in serving, so the dump (which refuses them) is made without them.
-    ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]),
-                         receiver=program.receiver).dump(os.path.join(staging, MODEL_DUMP_FILE))
+    ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
+                         run_config=estimator.config).dump(os.path.join(staging, MODEL_DUMP_FILE))
     ExportSignature(step, kind, program.receiver, program.embeddings, program.outputs, program.heads, tables,
                     reason).save(staging)
     if os.path.exists(final):
