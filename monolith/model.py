@@ -654,16 +654,7 @@ class MonolithModel(MonolithBaseModel):
             self.register_slots({name if inplace else f"{name}_{suffix}": slot})
 
         def switch(batch: Batch) -> Batch:
-            if not isinstance(batch, Batch):
-                raise TypeError(f"share_slot: features must be a Batch, got {type(batch).__name__}")
-            jagged = batch.sparse.to_dict()
-            for name, (inplace, slot) in share_meta.items():
-                if name not in jagged:
-                    raise KeyError(f"share_slot: feature '{name}' is not in the batch; sparse features: "
-                                   f"{list(jagged)}")
-                jagged[name if inplace else f"{name}_{suffix}"] = switch_slot(jagged[name], slot)
-            sparse = KeyedJaggedTensor.from_jagged_dict(jagged, stride=batch.sparse.stride())
-            switched = Batch(sparse, dict(batch.dense))
+            switched = switch_slot_batch(batch, share_meta, suffix=suffix)
             if self.ctx.batch is batch:  # called inside model_fn: the step's later lookups read the switch
                 self.ctx.begin_step(switched)
             return switched
@@ -677,6 +668,24 @@ def _parse_feature_list(path: str) -> "FeatureList":
     from monolith.data.feature_list import FeatureList  # late: monolith.data pulls in pyarrow
 
     return FeatureList.parse(path)
+
+
+def switch_slot_batch(batch: Batch, features: Mapping[str, tuple[bool, int]], variant_type: str = "example_batch",
+                      suffix: str = "share") -> Batch:
+    """Monolith's ``switch_slot_batch``: ``features`` maps name -> ``(inplace, slot)``; in place the
+    feature's FIDs get ``slot``, otherwise a copy named ``{name}_{suffix}`` does.
+
+    ``variant_type`` (the TF variant's message type) is accepted for Monolith's signature; a
+    :class:`Batch` is already parsed.
+    """
+    if not isinstance(batch, Batch):
+        raise TypeError(f"switch_slot_batch: features must be a Batch, got {type(batch).__name__}")
+    jagged = batch.sparse.to_dict()
+    for name, (inplace, slot) in features.items():
+        if name not in jagged:
+            raise KeyError(f"switch_slot_batch: feature '{name}' is not in the batch; sparse features: {list(jagged)}")
+        jagged[name if inplace else f"{name}_{suffix}"] = switch_slot(jagged[name], slot)
+    return Batch(KeyedJaggedTensor.from_jagged_dict(jagged, stride=batch.sparse.stride()), dict(batch.dense))
 
 
 def switch_slot(jagged: JaggedTensor, slot: int) -> JaggedTensor:

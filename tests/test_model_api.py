@@ -23,7 +23,7 @@ from monolith.layout import OutConfig, SliceLayout
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
-from monolith.model import MonolithModel, TrainingHook, switch_slot
+from monolith.model import MonolithModel, TrainingHook, switch_slot, switch_slot_batch
 from monolith.modules.combiners import FirstN, ReduceMean, ReduceSum
 from monolith.optim.initializers import ConstantsInitializer
 from monolith.optim.optimizers import SgdOptimizer
@@ -414,6 +414,15 @@ def test_share_slot_returns_a_function_and_custom_suffix():
     assert out.sparse["c_copy"].to_lists() == [[(v & MASK48) | (20 << 48) for v in row]
                                                for row in batch.sparse["c"].to_lists()]
     assert model.get_feature_name_and_slot("c_copy") == ("c_copy", 20)
+
+
+def test_switch_slot_batch_is_monolith_name_for_the_switch_and_names_missing_features():
+    batch = make_batch()
+    out = switch_slot_batch(batch, {"c": (True, 30)})
+    assert out.sparse["c"].to_lists() == [[(v & MASK48) | (30 << 48) for v in row] for row in batch.sparse["c"].to_lists()]
+    assert out.sparse["a"].to_lists() == batch.sparse["a"].to_lists()
+    with pytest.raises(KeyError, match="feature 'zz' is not in the batch"):
+        switch_slot_batch(batch, {"zz": (True, 3)})
 
 
 def test_switch_slot():
