@@ -124,6 +124,20 @@ def test_an_evicted_id_counts_its_occurrences_again():
         assert table.contains(np.array([fid])).item()
 
 
+def test_expiry_now_is_the_newest_update_time_filtered_ids_included(tmp_path):
+    day = 86400
+    table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1, expire_time=1)])
+    old, new = make_fid(1, 1), make_fid(1, 2)
+    table.apply_gradients(np.array([old, old]), np.ones((2, 1), np.float32), req_time=0)
+    table.apply_gradients(np.array([new]), np.ones((1, 1), np.float32), req_time=2 * day)  # filtered out
+    assert not table.contains(np.array([new])).item()
+    table.save(tmp_path / "t.npz")  # expired rows are skipped on save: "now" is day 2
+    restored = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1, expire_time=1)])
+    restored.load(tmp_path / "t.npz")
+    assert len(restored) == 0
+    np.testing.assert_array_equal(table.evict_expired(), [old])  # as Monolith's max_update_ts_sec_
+
+
 def test_thresholds_are_per_slot():
     slot_a, slot_b = make_fid(1, 7), make_fid(2, 7)
     table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1), SlotConfig(2, occurrence_threshold=0)])

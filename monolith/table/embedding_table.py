@@ -156,6 +156,9 @@ class EmbeddingHashTable:
         self._capacity = _store_capacity(initial_capacity, 1024)
         self._keys = self._new_store(np.int64)
         self._timestamps = self._new_store(np.int64)
+        #: Newest request time of any update, filtered ids' included ("now" for expiry, as Monolith's
+        #: max_update_ts_sec_); kept across eviction and checkpoints.
+        self._max_update_time = 0
         # Change counter of each row's last write, so the rows changed since a marker can be
         # pushed to serving (Monolith's real-time parameter sync).
         self._changes = 0
@@ -289,6 +292,8 @@ class EmbeddingHashTable:
         keys = _as_ids(ids)
         grads = _as_grads(grads, keys.size, self.dim)
         times = _as_times(req_time, keys.size)
+        if times.size:
+            self._max_update_time = max(self._max_update_time, int(times.max()))
         rows = self._find(keys, hint)
         counts = None
         if dedup == "sum":
@@ -413,7 +418,7 @@ class EmbeddingHashTable:
         timestamps = self._timestamps[:size]
         if size == 0:
             return np.ones(0, dtype=np.bool_)
-        now = int(timestamps.max()) if now is None else int(now)
+        now = max(self._max_update_time, int(timestamps.max())) if now is None else int(now)
         expire_seconds = self._expire_days[_slots_of(self._keys[:size])] * _SECONDS_PER_DAY
         return now - timestamps < expire_seconds
 
@@ -462,6 +467,7 @@ class EmbeddingHashTable:
             "slices": [s.describe() for s in self.slices],
             "slot_thresholds": _per_slot_settings(self._thresholds),
             "slot_expire_days": _per_slot_settings(self._expire_days),
+            "max_update_time": self._max_update_time,
         }
         state = {
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -503,6 +509,7 @@ class EmbeddingHashTable:
             self._weights[index][:size] = state[f"weights_{index}"]
             self._states[index][:size] = state[f"state_{index}"]
         self._filter.load_state({"filter_keys": state["filter_keys"], "filter_counts": state["filter_counts"]})
+        self._max_update_time = int(meta.get("max_update_time", 0))
         self._rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
 
     def save(self, path: str | os.PathLike, skip_expired: bool = True) -> None:

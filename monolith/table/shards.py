@@ -29,6 +29,10 @@ def merge_states(states: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     merged = dict(states[0])
     for key in _per_row(states[0]) + list(_PER_FILTER_ENTRY):
         merged[key] = np.concatenate([s[key] for s in states])
+    metas = [json.loads(bytes(s["meta"]).decode()) for s in states]
+    # "Now" for expiry is the newest update any shard saw.
+    meta = {**metas[0], "max_update_time": max(m.get("max_update_time", 0) for m in metas)}
+    merged["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     return merged
 
 
