@@ -195,7 +195,8 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         try:
             source = KafkaSource.from_url(args.stream, model.batch_size or 256,
                                           parse_fn=getattr(model, "parse_stream", decode_examples),
-                                          partitions=[rank], group_id=args.stream_group or model.p.name,
+                                          rank=rank, world_size=estimator.dist.world_size if estimator.dist else 1,
+                                          group_id=args.stream_group or model.p.name,
                                           idle_timeout_s=args.stream_idle_timeout)
         except ValueError as e:
             raise CliError(f"--stream: {e}") from None
@@ -300,7 +301,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="export: where the export goes, as <global_step>/ (default: MODEL_DIR/ joined with "
                              "the serving.export_dir_base param, exported_models)")
     parser.add_argument("--stream", default=None, metavar="kafka://HOST:PORT/TOPIC",
-                        help="train: read training examples from this Kafka topic (rank r reads partition r), "
+                        help="train: read training examples from this Kafka topic (rank r of N reads the partitions p "
+                             "with p %% N == r), "
                              "parsed by the model's parse_stream(messages) if it has one, else as JSON examples "
                              "(monolith.streaming.encode_example); offsets are kept with each checkpoint")
     parser.add_argument("--stream-group", default=None, help="train --stream: consumer group (default: the model name)")

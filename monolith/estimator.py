@@ -246,6 +246,11 @@ class Estimator:
         raise TypeError(f"EstimatorSpec.optimizer must be a torch optimizer or a callable taking the params, "
                         f"got {type(optimizer).__name__}")
 
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint this estimator last wrote or restored (None before either)."""
+        return self._restored
+
     def _restore_latest(self) -> None:
         latest = self._checkpoints.latest()
         if latest is None or latest == self._restored:

@@ -1,7 +1,8 @@
 """The movie-ranking example ported from Monolith's tutorial (``examples/movie_ranking``), on a small
 real sample of MovieLens-100K written at test time (the data is never committed): batch training
 from Monolith ``Example`` files with an export at each checkpoint, served back; training from
-stdin lines in a subprocess; stream training from a local Kafka broker fed by the producer script.
+stdin lines in a subprocess; stream training from every partition of a topic on a local Kafka
+broker fed by the producer script.
 """
 
 from __future__ import annotations
@@ -80,13 +81,17 @@ def test_stream_training_from_kafka(tmp_path):
 
     batch, steps = 64, 12
     with LocalKafkaBroker() as broker:
-        broker.create_topic("movie-train")
+        broker.create_topic("movie-train", partitions=4)
         # Whole batches only: a partial one would wait message_poll_timeout (10 s) for more.
         assert kafka_producer.produce(broker.bootstrap_servers, limit=batch * steps) == batch * steps
         model_dir = str(tmp_path / "stream")
         estimator = demo_model.main(["--training_type=stream", f"--kafka_servers={broker.bootstrap_servers}",
                                      "--stream_timeout=1500", f"--model_dir={model_dir}", f"--batch_size={batch}"])
+    # One process reads every partition of the topic: all the examples are trained.
     assert estimator.global_step == steps
-    # The consumed offset is kept with the checkpoint, so a restart resumes after the last example.
+    # The consumed offsets are kept with the checkpoint, so a restart resumes after the last example.
     manifest = CheckpointManager.read_manifest(CheckpointManager(model_dir).latest())
-    assert manifest["input_states"] == [{"topic": "movie-train", "offsets": {"0": batch * steps}}]
+    (state,) = manifest["input_states"]
+    assert state["topic"] == "movie-train" and sorted(state["offsets"]) == ["0", "1", "2", "3"]
+    assert sum(state["offsets"].values()) == batch * steps and min(state["offsets"].values()) > 0
+    assert sorted(state["sparse_features"]) == ["mov", "uid"]

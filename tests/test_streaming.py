@@ -3,8 +3,10 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -19,7 +21,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 import streaming_worker as worker  # noqa: E402
 from monolith.fid import make_fid  # noqa: E402
 from monolith.model import TrainingHook  # noqa: E402
-from monolith.streaming import KafkaSource, LocalKafkaBroker, ParameterSync, encode_example  # noqa: E402
+from monolith.serving.model import decode_update  # noqa: E402
+from monolith.streaming import (KafkaSource, LocalKafkaBroker, ParameterSync, create_plain_kafka_dataset,  # noqa: E402
+                                decode_examples, encode_example)
 
 WORKER = os.path.join(os.path.dirname(__file__), "streaming_worker.py")
 
@@ -84,6 +88,89 @@ def test_a_bad_message_skips_its_batch_and_training_goes_on(broker):
     assert source.num_bad_batches == 1
     assert sum(b.batch_size for b in batches) == 9 - 3  # the bad message's batch of 3 is skipped
     assert source.state_dict()["offsets"] == {"0": 9}  # and not read again after a restart
+
+
+@pytest.mark.parametrize("message", [
+    b'[1, 2]',  # JSON, not an object
+    b'{"sparse": {"uid": ["x"]}, "label": 1}',  # a FID that is not an integer
+    b'{"sparse": {"uid": 7}, "label": 1}',  # ids not a list
+    b'{"sparse": {"uid": [18446744073709551616]}, "label": 1}',  # beyond uint64
+    b'{"sparse": {"uid": [1]}, "label": null}',  # no label value
+    b'{"sparse": {"uid": [1]}, "label": 1, "dense": {"age": 3}}',  # dense values not a list
+])
+def test_a_malformed_example_is_a_value_error_that_skips_its_batch(message):
+    # KafkaSource skips a batch on ValueError; any other error would stop the trainer.
+    with pytest.raises(ValueError, match="message 1 of the batch is not a JSON example"):
+        decode_examples([encode_example({"uid": [1]}, 1.0), message])
+
+
+def test_a_dense_feature_only_some_examples_have_is_a_value_error():
+    with pytest.raises(ValueError, match=r"dense feature 'age' is missing from messages \[0\]"):
+        decode_examples([encode_example({"uid": [1]}, 1.0), encode_example({"uid": [2]}, 0.0, dense={"age": [3.0]})])
+
+
+def test_uint64_fids_decode_as_their_two_complement():
+    batch = decode_examples([b'{"sparse": {"uid": [18446744073709551615, 5]}, "label": 1}'])
+    assert batch["uid"].values().tolist() == [-1, 5]
+
+
+def test_a_batch_without_a_feature_has_it_empty_also_after_a_restart(broker):
+    broker.create_topic("gap")
+    both = worker.events(4)
+    uid_only = [encode_example({"uid": json.loads(m)["sparse"]["uid"]}, 0.0) for m in worker.events(4, seed=1)]
+    produce(broker, "gap", both + uid_only)
+    source = KafkaSource(broker.bootstrap_servers, "gap", batch_size=4, idle_timeout_s=1.0, max_batch_wait_s=2.0)
+    first, second = list(source)
+    assert first.sparse.keys() == ["mov", "uid"]
+    # No message of the second batch has a movie: it still has the feature, empty for each example.
+    assert sorted(second.sparse.keys()) == ["mov", "uid"]
+    assert second["mov"].lengths().tolist() == [0] * 4 and second["mov"].values().numel() == 0
+    assert second["uid"].values().tolist() == [json.loads(m)["sparse"]["uid"][0] for m in uid_only]
+    # A restarted source knows the features from the state a checkpoint kept, and declared ones
+    # are there from the first batch.
+    restarted = KafkaSource(broker.bootstrap_servers, "gap", batch_size=4, idle_timeout_s=1.0, max_batch_wait_s=2.0,
+                            sparse_features=["age"])
+    restarted.load_state_dict({**source.state_dict(), "offsets": {"0": 4}})
+    (again,) = list(restarted)
+    assert sorted(again.sparse.keys()) == ["age", "mov", "uid"]
+    assert again["mov"].lengths().tolist() == again["age"].lengths().tolist() == [0] * 4
+
+
+def test_training_goes_on_through_batches_without_a_feature_and_restarts(broker, tmp_path):
+    broker.create_topic("gap-train")
+    def uid_only(seed):
+        return [encode_example({"uid": json.loads(m)["sparse"]["uid"]}, 0.0) for m in worker.events(32, seed=seed)]
+    produce(broker, "gap-train", worker.events(32) + uid_only(1))
+    model_dir = str(tmp_path / "model")
+    assert worker.train(broker.bootstrap_servers, "gap-train", model_dir, save_steps=1).global_step == 2
+    # The restarted trainer's first batch has no movie either: the checkpoint's input state names it.
+    produce(broker, "gap-train", uid_only(2))
+    assert worker.train(broker.bootstrap_servers, "gap-train", model_dir, save_steps=1).global_step == 3
+
+
+def test_one_source_reads_every_partition_and_ranks_share_them(broker, monkeypatch):
+    broker.create_topic("parts", partitions=4)
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 0})
+    for partition in range(4):
+        for i in range(8):
+            producer.produce("parts", partition=partition, value=encode_example(
+                {"uid": [int(make_fid(1, 100 * partition + i))]}, 1.0))
+    assert producer.flush(15) == 0
+
+    def read(source: KafkaSource) -> tuple[set[int], dict[str, int]]:
+        uids = {int(make_fid(1, 0)) ^ v for b in source for v in b["uid"].values().tolist()}
+        return {uid // 100 for uid in uids}, source.state_dict()["offsets"]
+
+    assert read(KafkaSource(broker.bootstrap_servers, "parts", batch_size=8, idle_timeout_s=1.0,
+                            group_id="g-parts")) == ({0, 1, 2, 3}, {"0": 8, "1": 8, "2": 8, "3": 8})
+    assert read(KafkaSource(broker.bootstrap_servers, "parts", batch_size=8, idle_timeout_s=1.0, group_id="g-parts",
+                            rank=1, world_size=2)) == ({1, 3}, {"1": 8, "3": 8})
+    # Monolith's create_plain_kafka_dataset takes this process's rank from torchrun's environment.
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    dataset = create_plain_kafka_dataset("parts", "g-parts", broker.bootstrap_servers, stream_timeout=1000,
+                                         poll_batch_size=8)
+    assert read(dataset) == ({0, 3}, {"0": 8, "3": 8})
 
 
 class PushEveryStep(TrainingHook):
@@ -160,6 +247,109 @@ def test_a_failed_push_is_retried_with_the_next_one(broker, tmp_path):
     first_ids = set(attempts[0]["tables"]["uid"]["ids"].tolist())
     assert first_ids <= set(delivered[0]["tables"]["uid"]["ids"].tolist())
     assert estimator.global_step == 2
+
+
+class BadPeer:
+    """A TCP peer on 127.0.0.1 that answers each request with the next of ``answers``, then (with
+    ``serve_after``) as serving does, keeping the updates it got and when."""
+
+    def __init__(self, answers: list[bytes], serve_after: bool = True) -> None:
+        self.answers, self.serve_after = list(answers), serve_after
+        self.updates: list[tuple[float, dict]] = []
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            with connection:
+                head, body = self._read_request(connection)
+                if self.answers:
+                    connection.sendall(self.answers.pop(0))
+                elif self.serve_after:
+                    self.updates.append((time.monotonic(), decode_update(body)))
+                    answer = json.dumps({"model_version": 1}).encode()
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                       b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> tuple[bytes, bytes]:
+        # The whole request is read before answering, so the client sees the answer, not a reset.
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += connection.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        while len(body) < length:
+            body += connection.recv(65536)
+        return head, body
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+NOT_HTTP = b"garbage, not http\r\n\r\n"
+NOT_JSON = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot json"
+
+
+def test_pushes_to_a_peer_that_is_not_serving_fail_and_the_sync_thread_lives_on(broker, tmp_path, caplog):
+    broker.create_topic("badpeer")
+    produce(broker, "badpeer", worker.events(32))
+    peer = BadPeer([NOT_HTTP, NOT_JSON])
+    sync = ParameterSync(peer.url, interval_s=0.2)
+    estimator = worker.train(broker.bootstrap_servers, "badpeer", str(tmp_path / "model"), hooks=[sync])
+    ended = time.monotonic()
+    peer.close()
+    assert "BadStatusLine" in caplog.text and "JSONDecodeError" in caplog.text
+    # The thread outlived both failures: a later push reached the peer while the stream was idle
+    # (3 s before training ended), and nothing the failed pushes held was lost.
+    assert peer.updates and ended - peer.updates[0][0] > 1.0
+    for name, module in estimator.model.ctx.tables.items():
+        delivered = {fid for _, update in peer.updates for fid in update["tables"].get(name, {"ids": []})["ids"].tolist()}
+        assert delivered == set(module.table.items()[0].tolist())
+    assert peer.updates[-1][1]["dense"] is not None and sync.pushes == len(peer.updates)
+
+
+def test_a_failed_final_push_does_not_fail_training(broker, tmp_path, caplog):
+    broker.create_topic("badend")
+    produce(broker, "badend", worker.events(32))
+    peer = BadPeer([NOT_HTTP], serve_after=False)
+    sync = ParameterSync(peer.url, interval_s=3600)  # only the push at the end is tried
+    assert worker.train(broker.bootstrap_servers, "badend", str(tmp_path / "model"), hooks=[sync]).global_step == 1
+    peer.close()
+    assert sync.pushes == 0 and "BadStatusLine" in caplog.text
+
+
+def test_rows_that_expire_before_a_checkpoint_leave_serving_also_across_a_restart(broker, tmp_path):
+    broker.create_topic("expire")
+    old_fids, new_fids = [int(make_fid(1, 1)), int(make_fid(2, 1))], [int(make_fid(1, 2)), int(make_fid(2, 2))]
+    old = encode_example({"uid": old_fids[:1], "mov": old_fids[1:]}, 1.0, req_time=0)
+    new = encode_example({"uid": new_fids[:1], "mov": new_fids[1:]}, 0.0, req_time=400 * 86400)
+    produce(broker, "expire", [old] * 32 + [new] * 32)
+    served: dict[str, set[int]] = {}
+
+    def serve(url, update):  # what serving's apply_update does with a table's ids and deletions
+        for name, part in update["tables"].items():
+            served.setdefault(name, set()).difference_update(part["deleted"].tolist())
+            served[name].update(part["ids"].tolist())
+
+    def trained(estimator) -> dict[str, set[int]]:
+        return {name: set(module.table.items()[0].tolist()) for name, module in estimator.model.ctx.tables.items()}
+
+    # No expiry sweep is configured; the checkpoint leaves the day-0 rows out (expire time 100
+    # days), so the restarted trainer lacks them: serving must not keep them either.
+    model_dir = str(tmp_path / "model")
+    sync, driver = stepped_sync(serve)
+    worker.train(broker.bootstrap_servers, "expire", model_dir, hooks=[sync, driver], expire_time=100)
+    produce(broker, "expire", [new] * 32)
+    sync, driver = stepped_sync(serve)
+    restarted = worker.train(broker.bootstrap_servers, "expire", model_dir, hooks=[sync, driver], expire_time=100)
+    assert restarted.global_step == 3
+    assert served == trained(restarted) == {"uid": {new_fids[0]}, "mov": {new_fids[1]}}
 
 
 def test_pushes_run_on_a_clock_even_when_the_stream_is_quiet(broker, tmp_path):

@@ -100,7 +100,8 @@ class MovieRankingBatchTraining(MovieRankingModelBase):
 
 
 class MovieRankingStreamTraining(MovieRankingModelBase):
-    """Consumes the examples ``kafka_producer.py`` sends to the ``movie-train`` topic."""
+    """Consumes the examples ``kafka_producer.py`` sends to the ``movie-train`` topic: every partition
+    of it, or under torchrun each rank its share, as Monolith's consumer group shares them."""
 
     @classmethod
     def params(cls):
@@ -120,8 +121,7 @@ class MovieRankingStreamTraining(MovieRankingModelBase):
                                               "session.timeout.ms=7000",
                                               "max.poll.interval.ms=8000"
                                           ],
-                                          parse_fn=decode_example,
-                                          partitions=[get_rank()])
+                                          parse_fn=decode_example)
 
 
 def read_stdin():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from monolith.distributed import get_rank, get_world_size
 from monolith.streaming.kafka_source import KafkaSource, ParseFn, decode_examples
 
 __all__ = ["create_plain_kafka_dataset"]
@@ -26,7 +27,7 @@ def create_plain_kafka_dataset(topics: Sequence[str] | str,
                                shared_name: str = "",
                                kafka_other_metadata: str | None = None,
                                parse_fn: ParseFn = decode_examples,
-                               partitions: Sequence[int] = (0,)) -> KafkaSource:
+                               partitions: Sequence[int] | None = None) -> KafkaSource:
     """Batches of ``poll_batch_size`` messages of ``topics`` consumed as ``group_id`` from ``servers``.
 
     Args:
@@ -44,7 +45,9 @@ def create_plain_kafka_dataset(topics: Sequence[str] | str,
         kafka_other_metadata: more ``"key=value"`` settings, comma-separated.
         parse_fn: message payloads -> :class:`~monolith.sparse.Batch` (Monolith's ``.map`` decoder);
             default :func:`~monolith.streaming.decode_examples` (JSON examples).
-        partitions: the partitions this trainer reads (each rank its own).
+        partitions: the partitions this trainer reads; None: the topic's partitions shared among
+            the ranks of the run (rank ``r`` of ``n`` reads those with ``p % n == r``; one process
+            reads all), as Monolith's consumer group shares them among its workers.
     """
     topics = [topics] if isinstance(topics, str) else list(topics)
     if len(topics) != 1:
@@ -60,4 +63,4 @@ def create_plain_kafka_dataset(topics: Sequence[str] | str,
     return KafkaSource(servers, topics[0], poll_batch_size, parse_fn=parse_fn, partitions=partitions,
                        group_id=group_id, max_batch_wait_s=message_poll_timeout / 1000,
                        idle_timeout_s=None if stream_timeout < 0 else stream_timeout / 1000,
-                       consumer_config=consumer_config)
+                       consumer_config=consumer_config, rank=get_rank(), world_size=get_world_size())

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 ParseFn = Callable[[Sequence[bytes]], Batch]
 
 _POLL_S = 0.05
+_UINT64 = 1 << 64
 
 
 def encode_example(sparse: dict[str, Sequence[int]], label: float, dense: dict[str, Sequence[float]] | None = None,
@@ -47,17 +48,19 @@ def decode_examples(messages: Sequence[bytes], sparse_features: Sequence[str] | 
     """A :class:`Batch` of JSON examples written by :func:`encode_example`.
 
     Sparse features missing from a message are empty for that example. ``sparse_features`` fixes
-    the feature set (default: the union of the messages' features, sorted).
+    the feature set (default: the union of the messages' features, sorted). FIDs at or above
+    ``2**63`` (uint64) are stored as their two's-complement int64.
+
+    Raises:
+        ValueError: a message is not such an example (not JSON, a FID that is not an integer, a
+            label that is not a number, a dense feature only some of the messages have, ...).
     """
     records = []
     for index, message in enumerate(messages):
         try:
-            record = json.loads(message)
-            if not isinstance(record.get("sparse"), dict) or "label" not in record:
-                raise ValueError("expected an object with 'sparse' and 'label'")
-        except ValueError as error:
+            records.append(_read_example(message))
+        except (TypeError, ValueError) as error:
             raise ValueError(f"message {index} of the batch is not a JSON example ({error})") from error
-        records.append(record)
     names = list(sparse_features) if sparse_features is not None else sorted(
         {name for r in records for name in r["sparse"]})
     values, lengths = [], []
@@ -66,14 +69,43 @@ def decode_examples(messages: Sequence[bytes], sparse_features: Sequence[str] | 
             ids = r["sparse"].get(name, [])
             values.extend(ids)
             lengths.append(len(ids))
-    dense = {"label": torch.tensor([float(r["label"]) for r in records], dtype=torch.float32)}
-    if all("req_time" in r for r in records):
+    dense = {"label": torch.tensor([r["label"] for r in records], dtype=torch.float32)}
+    if all(r["req_time"] is not None for r in records):
         dense["req_time"] = torch.tensor([r["req_time"] for r in records], dtype=torch.int64)
-    for name in sorted({k for r in records for k in r.get("dense", {})}):
+    for name in sorted({k for r in records for k in r["dense"]}):
+        missing = [i for i, r in enumerate(records) if name not in r["dense"]]
+        if missing:
+            raise ValueError(f"dense feature {name!r} is missing from messages {missing} of the batch")
         dense[name] = torch.tensor(np.asarray([r["dense"][name] for r in records], dtype=np.float32))
     sparse = KeyedJaggedTensor(names, torch.tensor(values, dtype=torch.int64), torch.tensor(lengths, dtype=torch.int64),
                                stride=len(records))
     return Batch(sparse, dense)
+
+
+def _read_example(message: bytes) -> dict[str, Any]:
+    """One message as ``{"sparse": {name: [int64]}, "label": float, "dense": {name: [float]}, "req_time"}``.
+
+    Everything is converted here, so that a malformed message raises ``TypeError`` or ``ValueError``
+    (which skip its batch) rather than another error later (which would stop training).
+    """
+    record = json.loads(message)
+    if not isinstance(record, dict) or not isinstance(record.get("sparse"), dict) or "label" not in record:
+        raise ValueError("expected an object with 'sparse' and 'label'")
+    dense = record.get("dense", {})
+    if not isinstance(dense, dict):
+        raise ValueError("'dense' must be an object of feature -> list of floats")
+    req_time = record.get("req_time")
+    return {"sparse": {name: [_fid(v) for v in ids] for name, ids in record["sparse"].items()},
+            "label": float(record["label"]),
+            "dense": {name: [float(v) for v in vs] for name, vs in dense.items()},
+            "req_time": None if req_time is None else int(req_time)}
+
+
+def _fid(value: Any) -> int:
+    """A JSON FID as int64 (uint64 FIDs at or above ``2**63`` as their two's complement)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -_UINT64 // 2 <= value < _UINT64:
+        raise ValueError(f"FID {value!r} is not an int64 or uint64 integer")
+    return value - _UINT64 if value >= _UINT64 // 2 else value
 
 
 def parse_stream_url(url: str) -> tuple[str, str]:
@@ -93,27 +125,40 @@ class KafkaSource:
         topic: the topic to read.
         batch_size: examples per batch.
         parse_fn: messages -> Batch (default: :func:`decode_examples`).
-        partitions: partitions this trainer reads (each rank of a distributed run reads its own).
+        partitions: partitions this trainer reads; None: the topic's partitions ``p`` with
+            ``p % world_size == rank``, looked up when reading starts (in one process, all of them).
         group_id: consumer group the offsets are committed to.
         max_batch_wait_s: yield a partial batch once the oldest message of it waited this long,
             so fresh events reach the model promptly when traffic is thin.
         idle_timeout_s: stop when no message arrived for this long (None: wait forever).
         consumer_config: extra confluent-kafka consumer settings.
+        sparse_features: sparse features every batch has, e.g. those the model reads.
+        rank, world_size: this trainer's place among the trainers sharing the topic's partitions
+            (with ``partitions=None``).
+
+    A batch lacks a sparse feature that none of its messages has, and the model would fail on it;
+    so each batch gets every sparse feature of ``sparse_features`` or of an earlier batch, empty
+    where absent. The names seen are kept in :meth:`state_dict`, so a restarted trainer has them too.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, batch_size: int, parse_fn: ParseFn = decode_examples,
-                 partitions: Sequence[int] = (0,), group_id: str = "monolith", max_batch_wait_s: float = 0.2,
-                 idle_timeout_s: float | None = None, consumer_config: dict[str, Any] | None = None) -> None:
+                 partitions: Sequence[int] | None = None, group_id: str = "monolith", max_batch_wait_s: float = 0.2,
+                 idle_timeout_s: float | None = None, consumer_config: dict[str, Any] | None = None,
+                 sparse_features: Sequence[str] = (), rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
         self.bootstrap_servers, self.topic = bootstrap_servers, topic
         self.batch_size, self.parse_fn = batch_size, parse_fn
-        self.partitions = list(partitions)
+        self.partitions = None if partitions is None else list(partitions)
+        self.rank, self.world_size = rank, world_size
         self.group_id = group_id
         self.max_batch_wait_s, self.idle_timeout_s = max_batch_wait_s, idle_timeout_s
         self.consumer_config = dict(consumer_config or {})
         self._offsets: dict[int, int] | None = None
         self._consumer = None
+        self._sparse_features = dict.fromkeys(sparse_features)  # an ordered set
         self.num_bad_batches = 0
 
     @classmethod
@@ -124,14 +169,17 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ offsets
     def state_dict(self) -> dict[str, Any]:
-        """Next offset of each partition after the last batch yielded (empty before any)."""
-        return {"topic": self.topic, "offsets": {str(p): o for p, o in (self._offsets or {}).items()}}
+        """Next offset of each partition after the last batch yielded (empty before any), and the
+        sparse features every batch has."""
+        return {"topic": self.topic, "offsets": {str(p): o for p, o in (self._offsets or {}).items()},
+                "sparse_features": list(self._sparse_features)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resumes at the offsets of :meth:`state_dict` (call before iterating)."""
+        """Resumes at the offsets of :meth:`state_dict`, with its sparse features (call before iterating)."""
         if state.get("topic") not in (None, self.topic):
             raise ValueError(f"input state is for topic {state.get('topic')!r}, this source reads {self.topic!r}")
         self._offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        self._sparse_features.update(dict.fromkeys(state.get("sparse_features", ())))
 
     def commit(self) -> bool:
         """Commits the offsets of :meth:`state_dict` to the consumer group; False if the broker refused.
@@ -164,14 +212,30 @@ class KafkaSource:
         config = {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
                   "enable.auto.commit": False, "auto.offset.reset": "earliest", **self.consumer_config}
         consumer = Consumer(config)
+        partitions = self.partitions if self.partitions is not None else self._share(consumer)
         if self._offsets is None:
             # No checkpoint: continue from the group's committed offsets, else from the beginning.
-            committed = consumer.committed([TopicPartition(self.topic, p) for p in self.partitions], timeout=10)
+            committed = consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)
             self._offsets = {tp.partition: tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in committed}
         # assign(), not subscribe(): explicit partitions start at once, with no group rebalance wait.
-        consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING))
-                         for p in self.partitions])
+        consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in partitions])
         return consumer
+
+    def _share(self, consumer) -> list[int]:
+        """This rank's partitions of the topic: those with ``p % world_size == rank``.
+
+        Raises:
+            RuntimeError: the brokers know no such topic.
+        """
+        metadata = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            raise RuntimeError(f"kafka topic {self.topic!r} on {self.bootstrap_servers}: no partitions to read "
+                               f"({'unknown topic' if metadata is None else metadata.error.str()})")
+        share = sorted(p for p in metadata.partitions if p % self.world_size == self.rank)
+        if not share:
+            logger.warning("kafka %s: rank %d of %d reads nothing: the topic has only %d partitions", self.topic,
+                           self.rank, self.world_size, len(metadata.partitions))
+        return share
 
     def __iter__(self) -> Iterator[Batch]:
         self._consumer = self._connect()
@@ -207,14 +271,29 @@ class KafkaSource:
 
     def _parse(self, messages: list) -> Batch | None:
         try:
-            return self.parse_fn([m.value() for m in messages])
+            batch = self.parse_fn([m.value() for m in messages])
         except ValueError as error:
             # One bad message must not stop a long-running trainer: skip its batch, say where it was.
-            first = messages[0]
+            spans: dict[int, list[int]] = {}
+            for message in messages:
+                spans.setdefault(message.partition(), []).append(message.offset())
             self.num_bad_batches += 1
-            logger.error("kafka %s partition %d offsets %d..%d: batch skipped: %s", self.topic, first.partition(),
-                         first.offset(), messages[-1].offset(), error)
+            logger.error("kafka %s %s: batch skipped: %s", self.topic, ", ".join(
+                f"partition {p} offsets {min(o)}..{max(o)}" for p, o in sorted(spans.items())), error)
             return None
+        return self._with_known_features(batch)
+
+    def _with_known_features(self, batch: Batch) -> Batch:
+        """``batch`` with every sparse feature known so far, empty for each example where it was absent."""
+        sparse = batch.sparse
+        self._sparse_features.update(dict.fromkeys(sparse.keys()))
+        missing = [name for name in self._sparse_features if name not in sparse]
+        if not missing:
+            return batch
+        lengths = torch.cat([sparse.lengths(), torch.zeros(len(missing) * sparse.stride(), dtype=torch.int64,
+                                                           device=sparse.lengths().device)])
+        return Batch(KeyedJaggedTensor([*sparse.keys(), *missing], sparse.values(), lengths, stride=sparse.stride()),
+                     batch.dense)
 
     def close(self) -> None:
         if self._consumer is not None:

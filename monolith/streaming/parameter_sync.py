@@ -7,6 +7,11 @@ weights, so serving answers with parameters a few seconds old while training goe
 Pushes run on their own thread, on a clock rather than after steps, so a change made by the last
 step before a quiet spell still reaches serving within one interval. The thread takes a snapshot
 under the estimator's ``step_lock`` (between steps) and sends it without holding the lock.
+
+A checkpoint leaves out the rows past their expire time, so a trainer restarted from it no longer
+has them and would never tell serving to drop them. The first push after each checkpoint therefore
+evicts the expired rows from the trainer's tables and sends their FIDs as deleted (a sweep per
+push would cost a pass over every row each interval).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class ParameterSync(TrainingHook):
         serving_url: base URL of the serving process (``http://127.0.0.1:8500``).
         interval_s: seconds between pushes (Monolith's default is 10; 1 keeps serving within
             about a second of training).
-        evict_interval_s: seconds between expiry sweeps of the tables (None: never); evicted FIDs
+        evict_interval_s: seconds between expiry sweeps of the tables after steps, besides the
+            sweep before the first push after each checkpoint (None: only that one); evicted FIDs
             are removed from serving with the next push.
         push_fn: sends one update (default: HTTP POST to ``{serving_url}/v1/update``).
 
@@ -72,13 +78,17 @@ class ParameterSync(TrainingHook):
         self._markers = {name: module.table.change_marker for name, module in estimator.model.ctx.tables.items()}
         self._dense_marker = estimator.global_step
         self._last_evict = time.monotonic()
+        self._swept_after: str | None = None  # the checkpoint after which expired rows were last swept
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="parameter-sync", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.push()
+            try:
+                self.push()
+            except Exception:  # a dead sync thread would leave serving stale with no sign
+                logger.exception("parameter sync to %s: push failed (retried with the next push)", self.serving_url)
 
     def after_step(self, step: int, batch: Any, output: Any) -> None:
         now = time.monotonic()
@@ -97,15 +107,22 @@ class ParameterSync(TrainingHook):
     def evict(self) -> None:
         """Runs the tables' expiry; the evicted FIDs go out with the next push."""
         with self._estimator.step_lock:
-            for name, module in self._estimator.model.ctx.tables.items():
-                dropped = module.table.evict_expired()
-                if dropped.size:
-                    self._evicted.setdefault(name, []).append(dropped)
+            self._evict_locked()
+
+    def _evict_locked(self) -> None:
+        """:meth:`evict`, with the ``step_lock`` held."""
+        for name, module in self._estimator.model.ctx.tables.items():
+            dropped = module.table.evict_expired()
+            if dropped.size:
+                self._evicted.setdefault(name, []).append(dropped)
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, int], int]:
         """What changed since the last successful push, taken between two training steps."""
         estimator = self._estimator
         with estimator.step_lock:
+            if estimator.checkpoint_path != self._swept_after:
+                self._evict_locked()
+                self._swept_after = estimator.checkpoint_path
             tables, markers = {}, {}
             for name, module in estimator.model.ctx.tables.items():
                 table = module.table
@@ -133,17 +150,17 @@ class ParameterSync(TrainingHook):
     def push(self) -> bool:
         """Sends everything changed since the last successful push; returns whether it went out.
 
-        A failed push (serving down or refusing) is logged and retried with the next one: training
-        goes on, and nothing changed in between is lost.
+        A failed push (serving down, refusing, or not speaking HTTP) is logged and retried with the
+        next one: training goes on, and nothing changed in between is lost.
         """
         update, markers, step = self._snapshot()
         if not update["tables"] and update["dense"] is None:
             return False
         try:
             self.push_fn(self.serving_url, update)
-        except (OSError, RuntimeError) as error:  # URLError is an OSError; UpdateRejected a RuntimeError
-            logger.warning("parameter sync to %s failed at step %d (retried with the next push): %s",
-                           self.serving_url, step, error)
+        except Exception as error:  # whatever the peer did, the next push retries
+            logger.warning("parameter sync to %s failed at step %d (retried with the next push): %s: %s",
+                           self.serving_url, step, type(error).__name__, error)
             self._restore_evicted(update["tables"])
             return False
         self._markers.update(markers)
