@@ -1,13 +1,15 @@
 """Serving an export: lookups, request validation, hot updates (rows, evictions, dense weights) with
 their validation, and the HTTP endpoint run for real by uvicorn on 127.0.0.1: predict, health,
-metrics, 4xx answers naming the field, and updates pushed while a client keeps predicting, whose
-answers must match values computed here by hand for the version each one reports.
+metrics, 4xx answers naming the field, body and batch limits answered before the body is read,
+outputs JSON cannot carry, and updates pushed while a client keeps predicting, whose answers must
+match values computed here by hand for the version each one reports.
 """
 
 from __future__ import annotations
 
 import datetime
 import io
+import json
 import socket
 import threading
 import time
@@ -43,21 +45,35 @@ def model(export_path):
 
 
 @pytest.fixture
-def server(model):
-    """uvicorn serving ``model`` in a thread on a free port of 127.0.0.1; its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app_server = uvicorn.Server(uvicorn.Config(create_app(model), log_level="warning"))
-    thread = threading.Thread(target=app_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not app_server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app_server.should_exit = True
-    thread.join(10)
-    sock.close()
+def serve():
+    """Starts uvicorn serving an app in a thread on a free port of 127.0.0.1 and returns its base
+    URL; every server started is stopped after the test."""
+    running = []
+
+    def start(app) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        app_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=app_server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((app_server, thread, sock))
+        deadline = time.monotonic() + 20
+        while not app_server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for app_server, thread, sock in running:
+        app_server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def server(model, serve):
+    """uvicorn serving ``model`` with the default limits; its base URL."""
+    return serve(create_app(model))
 
 
 # ----------------------------------------------------------------------------- the model by hand
@@ -139,6 +155,23 @@ def test_bad_updates_change_nothing(model):
          RequestError, "missing ['tower.0.bias']"),
         ({"version": 9, "tables": {"uid": ok_rows}, "dense": {**dense, "tower.0.bias": torch.zeros(3)}},
          RequestError, "dense['tower.0.bias'] must be a torch.float32 tensor of shape [8]"),
+        # Only a missing 'tables' means no table changes.
+        ({"version": 9, "tables": []}, RequestError, "'tables' must be a dict"),
+        ({"version": 9, "tables": 0}, RequestError, "'tables' must be a dict"),
+        # Tensors numpy cannot hold.
+        ({"version": 9, "tables": {"uid": {**ok_rows, "ids": torch.tensor([1.0], dtype=torch.bfloat16)}}},
+         RequestError, "tables['uid']['ids'] must be a 1-D integer tensor of FIDs, got torch.bfloat16 [1]"),
+        ({"version": 9, "tables": {"uid": {**ok_rows, "ids": torch.tensor([U]).to_sparse()}}},
+         RequestError, "tables['uid']['ids'] must be a dense (strided) tensor, got layout torch.sparse_coo"),
+        ({"version": 9, "tables": {"uid": {**ok_rows, "rows": torch.zeros(1, DIM + 1).to_sparse()}}},
+         RequestError, "tables['uid']['rows'] must be a dense (strided) tensor"),
+        ({"version": 9, "tables": {"uid": {**ok_rows, "deleted": torch.zeros(1, dtype=torch.int64, device="meta")}}},
+         RequestError, "tables['uid']['deleted']: a torch.int64 tensor cannot be read"),
+        # A sparse weight of the right shape and dtype would load, then fail every prediction.
+        ({"version": 9, "dense": {**dense, "tower.0.bias": torch.zeros(8).to_sparse()}},
+         RequestError, "dense['tower.0.bias'] must be a dense (strided) tensor"),
+        ({"version": 9, "dense": {**dense, "tower.0.bias": torch.zeros(8, device="meta")}},
+         RequestError, "dense['tower.0.bias'] cannot be read"),
     ]
     for update, error, message in cases:
         with pytest.raises(error) as raised:
@@ -147,6 +180,31 @@ def test_bad_updates_change_nothing(model):
     assert model.version == 8 and model.last_update_time is None
     assert model.predict(*PROBE) == before
     np.testing.assert_array_equal(model.lookup("uid", [U]), rows)
+
+
+def test_bfloat16_rows_are_widened(model):
+    rows = torch.tensor([[0.5, -1.25, 3.0, 0.125, 0.25]], dtype=torch.bfloat16)
+    model.apply_update(decode_update(encode_update({"version": 9, "tables": {"uid": {"ids": torch.tensor([U]),
+                                                                                     "rows": rows}}})))
+    np.testing.assert_array_equal(model.lookup("uid", [U]), rows.float().numpy())
+
+
+def test_booleans_are_never_fids_or_dense_values(model):
+    sparse, dense = PROBE
+    # JSON true/false are ints to Python and numpy; alone, mixed with ints and mixed with floats.
+    cases = [
+        ({**sparse, "uid": [[True], [2]]}, dense, "sparse['uid'][0][0] must be an integer FID"),
+        ({**sparse, "uid": [[True], [False]]}, dense, "sparse['uid'][0][0] must be an integer FID"),
+        ({**sparse, "hist": [[], [M, True]]}, dense, "sparse['hist'][1][1] must be an integer FID"),
+        ({**sparse, "uid": [[2**64 - 1], [True]]}, dense, "sparse['uid'][1][0] must be an integer FID"),
+        (sparse, {"ctx": [[0, 1, 2], [3, False, 4]]}, "dense['ctx'][1][1] must be a number, got False"),
+        (sparse, {"ctx": [[True, True, True], [True, True, True]]}, "dense['ctx'][0][0] must be a number, got True"),
+        (sparse, {"ctx": [[0.5, 1.5, True], [0.5, 1.5, 2.5]]}, "dense['ctx'][0][2] must be a number, got True"),
+    ]
+    for sparse_case, dense_case, message in cases:
+        with pytest.raises(RequestError) as raised:
+            model.predict(sparse_case, dense_case)
+        assert message in str(raised.value), (sparse_case, dense_case)
 
 
 def test_update_bytes_load_with_weights_only():
@@ -207,6 +265,13 @@ def test_http_malformed_requests_get_4xx_naming_the_field(model, server):
         ({"sparse": {**sparse, "uid": [1, 2]}, "dense": dense}, "sparse['uid'][0] must be a list of FIDs"),
         ({"sparse": {**sparse, "uid": {"a": 1}}, "dense": dense}, "sparse['uid'] must be a list"),
         ({"sparse": {**sparse, "uid": [[1]]}, "dense": dense}, "different numbers of examples"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (b'{"sparse": {"uid": ' + b"[" * 5_000 + b"]" * 5_000 + b"}}", "nests too deeply"),
+        ({"sparse": {**sparse, "uid": [[True], [2]]}, "dense": dense}, "sparse['uid'][0][0] must be an integer FID"),
+        ({"sparse": sparse, "dense": {"ctx": [[1, True, 3], [1, 2, 3]]}}, "dense['ctx'][0][1] must be a number"),
+        # An int beyond float64 (JSON numbers have no size limit).
+        (b'{"sparse": %s, "dense": {"ctx": [[0, 0, 0], [1%s, 0, 0]]}}' % (json.dumps(sparse).encode(), b"0" * 400),
+         "dense['ctx'][1][0] must be a finite number within float32 range, got 1000"),
     ]
     stale = encode_update({"version": 1})
     update_cases = [
@@ -214,6 +279,11 @@ def test_http_malformed_requests_get_4xx_naming_the_field(model, server):
         (encode_update({"version": 9, "tables": {"nope": {}}}), "application/octet-stream", 400, "no such table"),
         (stale, "application/octet-stream", 409, "older than the served version"),
         (stale, "application/json", 415, "application/octet-stream"),
+        (encode_update({"version": 9, "tables": {"uid": {"ids": torch.tensor([1.0], dtype=torch.bfloat16)}}}),
+         "application/octet-stream", 400, "tables['uid']['ids'] must be a 1-D integer tensor"),
+        (encode_update({"version": 9, "tables": {"uid": {"ids": torch.tensor([1, 2]).to_sparse()}}}),
+         "application/octet-stream", 400, "tables['uid']['ids'] must be a dense (strided) tensor"),
+        (encode_update({"version": 9, "tables": []}), "application/octet-stream", 400, "'tables' must be a dict"),
     ]
     with httpx.Client(base_url=server) as client:
         for body, message in predict_cases:
@@ -230,6 +300,82 @@ def test_http_malformed_requests_get_4xx_naming_the_field(model, server):
     with pytest.raises(UpdateRejected) as rejected:
         push_update(server, {"version": 2})
     assert rejected.value.status == 409 and "older than" in rejected.value.detail
+
+
+def test_http_non_finite_values_get_4xx_counted_as_errors(model, server):
+    sparse = json.dumps(PROBE[0])
+    # Python's json reads NaN, Infinity and 1e39 (inf as float32): all would give outputs JSON cannot carry.
+    for value in (b"NaN", b"Infinity", b"-Infinity", b"1e39", b"-1e39"):
+        body = b'{"sparse": %s, "dense": {"ctx": [[%s, 0, 0], [0, 0, 0]]}}' % (sparse.encode(), value)
+        answer = httpx.post(f"{server}/v1/predict", content=body)
+        assert answer.status_code == 400, (value, answer.text)
+        assert "dense['ctx'][0][0] must be a finite number within float32 range" in answer.json()["detail"]
+    # Finite inputs that overflow the model: weights of ones sum three 3e38s to inf.
+    ones = {name: torch.ones_like(t) for name, t in dense_state(model).items()}
+    model.apply_update({"version": 9, "dense": ones})
+    overflow = {"sparse": PROBE[0], "dense": {"ctx": [[3e38, 3e38, 3e38], [0.0, 0.0, 0.0]]}}
+    answer = httpx.post(f"{server}/v1/predict", json=overflow)
+    assert answer.status_code == 422 and "output 'bid'[0] is not finite" in answer.json()["detail"], answer.text
+    assert httpx.post(f"{server}/v1/predict", json={"sparse": PROBE[0], "dense": PROBE[1]}).status_code == 200
+    metrics = httpx.get(f"{server}/v1/metrics").json()
+    assert metrics["requests"] == 7 and metrics["errors"] == 6
+
+
+def read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and the body of one HTTP answer read from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.split(b"\r\n")[0], body
+
+
+def test_http_body_and_batch_limits_get_413_before_the_body_is_read(model, serve):
+    with pytest.raises(ValueError, match="max_batch_size must be > 0"):
+        create_app(model, max_batch_size=0)
+    limit = 2_000
+    base = serve(create_app(model, max_body_bytes=limit, max_batch_size=2, max_update_bytes=limit))
+    request = json.dumps({"sparse": PROBE[0], "dense": PROBE[1]}).encode()
+    with httpx.Client(base_url=base) as client:
+        # A body of exactly the limit is read; one byte more is refused, whether it is sent whole or chunked.
+        exact = client.post("/v1/predict", content=request + b" " * (limit - len(request)))
+        assert exact.status_code == 200 and exact.json()["outputs"] == model.predict(*PROBE)
+        answer = client.post("/v1/predict", content=request + b" " * (limit + 1 - len(request)))
+        assert answer.status_code == 413 and f"request body of {limit + 1} bytes" in answer.json()["detail"]
+        answer = client.post("/v1/predict", content=iter([request, b" " * limit]))
+        assert answer.status_code == 413
+        assert "over the limit of 2000 bytes (--max-body-bytes)" in answer.json()["detail"]
+        # Three examples where two are allowed: 413 naming the first feature that has them.
+        three = {"sparse": {name: rows + rows[:1] for name, rows in PROBE[0].items()},
+                 "dense": {"ctx": [[0, 0, 0]] * 3}}
+        answer = client.post("/v1/predict", json=three)
+        assert answer.status_code == 413
+        assert "sparse['uid'] has 3 examples; a request may have at most 2" in answer.json()["detail"]
+        answer = client.post("/v1/update", content=b"\0" * (limit + 1),
+                             headers={"Content-Type": "application/octet-stream"})
+        assert answer.status_code == 413 and "(--max-update-bytes)" in answer.json()["detail"]
+        metrics = client.get("/v1/metrics").json()
+    assert metrics["requests"] == 4 and metrics["errors"] == 3 and metrics["update_errors"] == 1
+
+    # The answer comes while the client has sent almost none of the body.
+    address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head + b"Content-Length: 1000000000\r\n\r\n{")
+        status, body = read_answer(sock)
+        assert status.startswith(b"HTTP/1.1 413 ") and b"request body of 1000000000 bytes" in body
+        assert sock.recv(1) == b""  # closed rather than read on
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (1500, b" " * 1500) * 2)
+        status, body = read_answer(sock)  # 3,000 bytes sent, and no closing chunk
+        assert status.startswith(b"HTTP/1.1 413 ") and b"over the limit of 2000 bytes" in body
+        # The rest of a chunked body, of unknown length, is read and discarded: the connection serves on.
+        sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (1500, b" " * 1500) + b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock) == (b"HTTP/1.1 200 OK", b'{"status":"ok","model_version":8}')
 
 
 def test_hot_updates_while_a_client_keeps_predicting(model, server):
@@ -285,3 +431,28 @@ def test_main_serves_the_newest_export(export_path, monkeypatch):
     serving_main.main(["--model", str(export_path).rsplit("/", 1)[0], "--port", "9123"])
     assert started["host"] == "127.0.0.1" and started["port"] == 9123 and started["threads"] == 1
     assert {route.path for route in started["app"].routes} >= {"/v1/predict", "/v1/health", "/v1/metrics", "/v1/update"}
+
+
+def test_main_names_a_model_path_that_is_no_export(tmp_path, capsys):
+    for path in (tmp_path / "missing", tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            serving_main.main(["--model", str(path)])
+        assert exit_info.value.code == 2
+        assert f"monolith serve: error: --model {path}:" in capsys.readouterr().err
+
+
+def test_main_limits_reach_the_app(export_path, monkeypatch, serve):
+    apps = []
+    monkeypatch.setattr(serving_main.uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    serving_main.main(["--model", str(export_path), "--max-batch-size", "1", "--max-body-bytes", "5000",
+                       "--max-update-bytes", "10"])
+    base = serve(apps[0])
+    answer = httpx.post(f"{base}/v1/predict", json={"sparse": PROBE[0], "dense": PROBE[1]})
+    assert answer.status_code == 413 and "at most 1 (--max-batch-size)" in answer.json()["detail"]
+    answer = httpx.post(f"{base}/v1/predict", content=b" " * 5001)
+    assert answer.status_code == 413 and "limit of 5000 bytes" in answer.json()["detail"]
+    with pytest.raises(UpdateRejected) as rejected:
+        push_update(base, {"version": 9})
+    assert rejected.value.status == 413 and "limit of 10 bytes" in rejected.value.detail
+    with pytest.raises(SystemExit):
+        serving_main.main(["--model", str(export_path), "--max-batch-size", "0"])

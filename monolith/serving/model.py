@@ -24,6 +24,7 @@ import io
 import itertools
 import os
 import re
+import reprlib
 import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -200,7 +201,8 @@ class ServingModel:
             dense: per receiver dense feature, one row of its width per example.
 
         Raises:
-            RequestError: an unknown or missing feature, a non-integer FID, a row of the wrong
+            RequestError: an unknown or missing feature, a FID that is no integer (booleans
+                included), a dense value that is no finite float32 number, a row of the wrong
                 width, or features with different numbers of examples (the message names it).
         """
         return self.predict_versioned(sparse, dense)[0]
@@ -280,7 +282,9 @@ class ServingModel:
         if isinstance(version, bool) or not isinstance(version, int):
             raise RequestError(f"update 'version' must be an int, got {version!r}")
         self._check_version(version)
-        tables = update.get("tables") or {}
+        # Only a missing 'tables' means no change: a falsy non-dict ([] or 0) is a malformed update.
+        tables = update.get("tables")
+        tables = {} if tables is None else tables
         if not isinstance(tables, Mapping):
             raise RequestError(f"update 'tables' must be a dict of table name -> changes, got {type(tables).__name__}")
         changes = {}
@@ -312,11 +316,18 @@ class ServingModel:
         checked = {}
         for name, (shape, dtype) in self._dense_spec.items():
             value = dense[name]
+            field = f"update dense['{name}']"
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype:
                 got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-                raise RequestError(f"update dense['{name}'] must be a {dtype} tensor of shape {list(shape)}, got {got}")
-            # A copy: the trainer goes on changing its tensors in place.
-            checked[name] = value.detach().to("cpu", copy=True)
+                raise RequestError(f"{field} must be a {dtype} tensor of shape {list(shape)}, got {got}")
+            # A sparse weight would load, then fail every prediction.
+            if value.layout != torch.strided:
+                raise RequestError(f"{field} must be a dense (strided) tensor, got layout {value.layout}")
+            try:
+                # A copy: the trainer goes on changing its tensors in place.
+                checked[name] = value.detach().to("cpu", copy=True)
+            except RuntimeError as error:  # tensors without data, e.g. on the meta device
+                raise RequestError(f"{field} cannot be read: {_first_line(error)}") from None
         return checked
 
 
@@ -376,39 +387,59 @@ def _fids(rows: list, field: str) -> tuple[np.ndarray, torch.Tensor]:
             raise RequestError(f"{field}[{i}] must be a list of FIDs, got {type(row).__name__}")
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.int64)
     flat = list(itertools.chain.from_iterable(rows))
-    try:
-        ids = np.array(flat) if flat else np.zeros(0, dtype=np.int64)
-    except (OverflowError, ValueError, TypeError):
-        ids = np.zeros(0, dtype=object)
-    if ids.ndim == 1 and ids.dtype.kind == "u":
-        ids = ids.view(np.int64)  # uint64 FIDs travel as their two's complement
-    elif ids.ndim != 1 or ids.dtype.kind != "i":
+    ids = None
+    # Exact types, so that true/false (bools are ints to Python and numpy) are never read as FIDs 1/0.
+    if set(map(type, flat)) <= {int}:
+        # uint64 FIDs travel as their int64 two's complement; mixed spellings and ints out of range
+        # fit neither dtype and are checked one by one below.
+        for dtype in (np.int64, np.uint64):
+            try:
+                ids = np.array(flat, dtype=dtype).view(np.int64)
+                break
+            except OverflowError:
+                pass
+    if ids is None:
         for i, row in enumerate(rows):
             for j, fid in enumerate(row):
                 if type(fid) is not int or not _INT64_MIN <= fid < _UINT64_END:
-                    raise RequestError(f"{field}[{i}][{j}] must be an integer FID in [-2**63, 2**64), got {fid!r}")
-        # Valid ints numpy could not type at once: int64 and uint64 spellings mixed.
+                    raise RequestError(f"{field}[{i}][{j}] must be an integer FID in [-2**63, 2**64), "
+                                       f"got {reprlib.repr(fid)}")
         ids = np.array([fid - _UINT64_END if fid >= 1 << 63 else fid for fid in flat], dtype=np.int64)
-    return np.ascontiguousarray(ids, dtype=np.int64), lengths
+    return ids, lengths
 
 
 def _dense_rows(rows: list, field: str, width: int) -> torch.Tensor:
-    """Float32 ``[batch, width]`` from ``[[value] * width per example]``."""
+    """Float32 ``[batch, width]`` from ``[[value] * width per example]``; each value a finite float32."""
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != width:
             got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
             raise RequestError(f"{field}[{i}] must be a list of {width} numbers, got {got}")
+    values = None
+    # Exact types, so that true/false (bools are ints to Python and numpy) are never read as 1/0.
+    if set(map(type, itertools.chain.from_iterable(rows))) <= {int, float}:
+        try:
+            with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+                values = np.array(rows, dtype=np.float32).reshape(len(rows), width)
+        except OverflowError:  # an int beyond float64
+            pass
+    if values is None or not np.isfinite(values).all():
+        # NaN and Infinity parse as JSON in Python, and would make outputs JSON cannot carry.
+        i, j, problem = next((i, j, problem) for i, row in enumerate(rows) for j, value in enumerate(row)
+                             if (problem := _dense_value_problem(value)))
+        raise RequestError(f"{field}[{i}][{j}] {problem}, got {reprlib.repr(rows[i][j])}")
+    return torch.from_numpy(values)
+
+
+def _dense_value_problem(value: Any) -> str | None:
+    """Why ``value`` is no dense feature value, or None if it is one."""
+    if type(value) not in (int, float):
+        return "must be a number"
     try:
-        values = np.array(rows) if rows else np.zeros((0, width))
-    except (OverflowError, ValueError, TypeError):
-        values = np.zeros(0, dtype=object)
-    if values.ndim != 2 or values.dtype.kind not in "if":
-        for i, row in enumerate(rows):
-            for j, value in enumerate(row):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise RequestError(f"{field}[{i}][{j}] must be a number, got {value!r}")
-        values = np.array(rows, dtype=np.float64)  # ints too large for numpy's int64, as floats
-    return torch.from_numpy(values.astype(np.float32))
+        with np.errstate(over="ignore"):
+            finite = bool(np.isfinite(np.float32(value)))
+    except OverflowError:
+        finite = False
+    return None if finite else "must be a finite number within float32 range"
 
 
 def _id_array(value: Any, field: str) -> np.ndarray:
@@ -417,7 +448,8 @@ def _id_array(value: Any, field: str) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     array = _numpy(value, field)
     if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise RequestError(f"{field} must be a 1-D integer tensor of FIDs, got {array.dtype} {list(array.shape)}")
+        # The given dtype, not the array's: a bfloat16 tensor reads as float32.
+        raise RequestError(f"{field} must be a 1-D integer tensor of FIDs, got {value.dtype} {list(value.shape)}")
     return np.ascontiguousarray(array.view(np.int64) if array.dtype == np.uint64 else array.astype(np.int64))
 
 
@@ -435,11 +467,24 @@ def _row_array(value: Any, field: str, n: int, dim: int) -> np.ndarray:
 
 
 def _numpy(value: Any, field: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+    """``value``, a tensor or an array, as an array; floats numpy lacks (bfloat16, float8) widen to float32."""
     if isinstance(value, np.ndarray):
         return value
-    raise RequestError(f"{field} must be a tensor, got {type(value).__name__}")
+    if not isinstance(value, torch.Tensor):
+        raise RequestError(f"{field} must be a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise RequestError(f"{field} must be a dense (strided) tensor, got layout {value.layout}")
+    try:
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
+            value = value.float()  # exact
+        return value.numpy()
+    except (TypeError, RuntimeError) as error:  # dtypes numpy lacks (complex32, qint8), meta tensors
+        raise RequestError(f"{field}: a {value.dtype} tensor cannot be read: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def _per_example(output: torch.Tensor) -> list:
@@ -481,6 +526,5 @@ def decode_update(data: bytes) -> Any:
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as error:  # torch.load raises many kinds (unpickling, zip, EOF) for foreign bytes
-        first_line = (str(error).strip().splitlines() or [""])[0]
         raise RequestError(f"update body must be torch.save bytes loadable with weights_only=True: "
-                           f"{type(error).__name__}: {first_line}") from error
+                           f"{type(error).__name__}: {_first_line(error)}") from error

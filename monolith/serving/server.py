@@ -11,7 +11,9 @@ Endpoints::
                        :func:`~monolith.serving.model.encode_update` -> {"model_version": int}
 
 A malformed request gets a 4xx whose ``detail`` names the offending field; a stale update gets
-409. Updates are unauthenticated: serve on a loopback or otherwise trusted interface.
+409; a body or batch over the app's limits gets 413, answered before more of the body than the
+limit is read; a prediction with an output JSON cannot carry (NaN, infinity) gets 422. Updates
+are unauthenticated: serve on a loopback or otherwise trusted interface.
 """
 
 from __future__ import annotations
@@ -22,16 +24,23 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from monolith.serving.model import RequestError, ServingModel, StaleUpdateError, decode_update
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_UPDATE_BYTES", "create_app"]
 
 #: Latency percentiles are taken over this many of the latest predictions.
 LATENCY_WINDOW = 10_000
+#: Default limits of :func:`create_app`: bytes of a prediction request, examples in one, and
+#: bytes of an update (larger: a trainer's first push may carry every row trained since the export).
+MAX_BODY_BYTES = 64 << 20
+MAX_BATCH_SIZE = 100_000
+MAX_UPDATE_BYTES = 1 << 30
+#: A body declared longer than its limit by more than this is answered 413 on a connection then
+#: closed, rather than read to its end and discarded.
+_DISCARD_BYTES = 1 << 20
 
 
 class _Metrics:
@@ -56,28 +65,49 @@ class _Metrics:
         return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
-def create_app(model: ServingModel) -> FastAPI:
-    """The FastAPI app serving ``model`` (run it with uvicorn)."""
+def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_batch_size: int = MAX_BATCH_SIZE,
+               max_update_bytes: int = MAX_UPDATE_BYTES) -> FastAPI:
+    """The FastAPI app serving ``model`` (run it with uvicorn).
+
+    Args:
+        model: the model to serve.
+        max_body_bytes: the largest ``/v1/predict`` body; a larger one gets 413.
+        max_batch_size: the most examples in one prediction request; more get 413.
+        max_update_bytes: the largest ``/v1/update`` body; a larger one gets 413.
+
+    Raises:
+        ValueError: a limit is not positive.
+    """
+    limits = {"max_body_bytes": max_body_bytes, "max_batch_size": max_batch_size, "max_update_bytes": max_update_bytes}
+    for name, limit in limits.items():
+        if limit <= 0:
+            raise ValueError(f"{name} must be > 0, got {limit}")
     app = FastAPI(title="Monolith serving", description="Predictions and hot parameter updates of a Monolith export")
     metrics = _Metrics()
 
+    def answer(body: bytes) -> bytes:
+        """The JSON answer to a prediction request's body."""
+        request = _json_object(body)
+        unknown = sorted(set(request) - {"sparse", "dense"})
+        if unknown:
+            raise RequestError(f"unknown request field(s) {unknown}; a request has 'sparse' and 'dense'")
+        _check_batch_size(request, max_batch_size)
+        outputs, version = model.predict_versioned(request.get("sparse", {}), request.get("dense"))
+        return _render(outputs, version)
+
     @app.post("/v1/predict")
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request) -> Response:
         started, failed = time.perf_counter(), True
         try:
-            body = _json_object(await request.body())
-            unknown = sorted(set(body) - {"sparse", "dense"})
-            if unknown:
-                raise RequestError(f"unknown request field(s) {unknown}; a request has 'sparse' and 'dense'")
-            # Lookups and the dense program run off the event loop, so requests overlap.
-            outputs, version = await run_in_threadpool(model.predict_versioned, body.get("sparse", {}),
-                                                       body.get("dense"))
+            body = await _read_body(request, max_body_bytes, "--max-body-bytes")
+            # Parsing, lookups, the dense program and rendering run off the event loop, so requests overlap.
+            content = await run_in_threadpool(answer, body)
             failed = False
         except RequestError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
         finally:
             metrics.record(started, failed)
-        return JSONResponse({"outputs": outputs, "model_version": version})
+        return Response(content, media_type="application/json")
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
@@ -92,14 +122,14 @@ def create_app(model: ServingModel) -> FastAPI:
 
     @app.post("/v1/update")
     async def update(request: Request) -> dict[str, Any]:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip() != "application/octet-stream":
-            metrics.update_errors += 1
-            raise HTTPException(status_code=415, detail=f"an update's Content-Type must be application/octet-stream "
-                                                        f"(torch.save bytes), got {content_type!r}")
-        body = await request.body()
         applied = False
         try:
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";")[0].strip() != "application/octet-stream":
+                raise HTTPException(status_code=415, detail=f"an update's Content-Type must be "
+                                                            f"application/octet-stream (torch.save bytes), "
+                                                            f"got {content_type!r}")
+            body = await _read_body(request, max_update_bytes, "--max-update-bytes")
             version = await run_in_threadpool(lambda: model.apply_update(decode_update(body)))
             applied = True
         except RequestError as error:
@@ -113,11 +143,62 @@ def create_app(model: ServingModel) -> FastAPI:
     return app
 
 
+async def _read_body(request: Request, limit: int, option: str) -> bytes:
+    """The body of ``request``; 413 (naming the ``monolith serve`` option) as soon as it is known to
+    exceed ``limit`` bytes, from its Content-Length or while it streams, so that no more than
+    ``limit`` bytes are read before the answer, and none kept beyond them."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        # After the answer uvicorn reads and discards what the app left unread, so that a client
+        # that has sent it all already gets the answer: closing a socket with unread data resets the
+        # connection, and the reset can destroy the answer. Far over the limit, it closes instead.
+        close = {"Connection": "close"} if int(declared) - limit > _DISCARD_BYTES else None
+        raise HTTPException(status_code=413, detail=f"request body of {declared} bytes is over the limit of "
+                                                    f"{limit} bytes ({option})", headers=close)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a chunked body: of unknown length, so its rest is discarded, not cut off
+            raise HTTPException(status_code=413, detail=f"request body is over the limit of {limit} bytes ({option})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_batch_size(request: dict[str, Any], limit: int) -> None:
+    """413 naming the first feature of ``request`` with more than ``limit`` examples."""
+    for kind in ("sparse", "dense"):
+        features = request.get(kind)
+        if isinstance(features, dict):
+            for name, rows in features.items():
+                if isinstance(rows, list) and len(rows) > limit:
+                    raise HTTPException(status_code=413, detail=f"{kind}['{name}'] has {len(rows)} examples; a "
+                                                                f"request may have at most {limit} (--max-batch-size)")
+
+
+def _render(outputs: dict[str, list], version: int) -> bytes:
+    """The JSON of a prediction, as FastAPI renders JSON; 422 naming the first output JSON cannot carry."""
+    try:
+        return json.dumps({"outputs": outputs, "model_version": version}, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+    except ValueError:
+        # Inputs are finite, so either finite inputs overflow the model or its parameters are not finite.
+        for name, values in outputs.items():
+            bad = np.argwhere(~np.isfinite(np.asarray(values, dtype=np.float64)))
+            if bad.size:
+                where = "".join(f"[{i}]" for i in bad[0])
+                raise HTTPException(status_code=422, detail=f"output '{name}'{where} is not finite, which JSON "
+                                                            f"cannot carry: the request's values overflow the model, "
+                                                            f"or the served parameters are not finite") from None
+        raise
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError as error:  # JSON and UTF-8 decoding errors
         raise RequestError(f"request body is not JSON: {error}") from None
+    except RecursionError:
+        raise RequestError("request body nests too deeply to parse as JSON") from None
     if not isinstance(data, dict):
         raise RequestError(f"request body must be a JSON object with 'sparse' and 'dense', got {type(data).__name__}")
     return data
