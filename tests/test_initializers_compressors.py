@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from monolith.optim import (
+    BatchSoftmaxInitializer,
     ConstantsInitializer,
     FixedR8Compressor,
     Fp16Compressor,
     Fp32Compressor,
+    HashNetQuantizer,
+    OneBitCompressor,
     RandomUniformInitializer,
     ZerosInitializer,
 )
@@ -56,6 +59,12 @@ def test_random_uniform_fills_strided_views():
         (lambda: RandomUniformInitializer(minval=float("inf")), "minval"),
         (lambda: FixedR8Compressor(fixed_range=0.0), "fixed_range"),
         (lambda: FixedR8Compressor(fixed_range=-1.0), "fixed_range"),
+        (lambda: BatchSoftmaxInitializer(0.5), "init_step_interval"),
+        (lambda: BatchSoftmaxInitializer(float("nan")), "init_step_interval"),
+        (lambda: OneBitCompressor(step_size=0), "step_size"),
+        (lambda: OneBitCompressor(step_size=2.5), "step_size"),
+        (lambda: OneBitCompressor(amplitude=0.0), "amplitude"),
+        (lambda: HashNetQuantizer(max_scale=-1.0), "max_scale"),
     ],
 )
 def test_invalid_arguments(build, param):
@@ -98,3 +107,63 @@ def test_fixed_r8_saturation_and_nan():
 def test_decode_checks_dim():
     with pytest.raises(ValueError, match=r"\[n, 3\]"):
         Fp16Compressor().decode(np.zeros((1, 2), np.float16), 3)
+
+
+def test_batch_softmax_initializer():
+    init = BatchSoftmaxInitializer(3.5)
+    assert init.init_step_interval == 3.5 and init.constant == 3.5  # Monolith's attribute name
+    rows = np.zeros((2, 1), np.float32)
+    init.initialize(rows, np.random.default_rng(0))
+    np.testing.assert_array_equal(rows, 3.5)
+    BatchSoftmaxInitializer(1)  # the smallest interval Monolith accepts
+    with pytest.raises(ValueError, match=r"init_step_interval must be a finite number >= 1.0, got 0.5"):
+        BatchSoftmaxInitializer(init_step_interval=0.5)
+
+
+def test_one_bit_monolith_vector():
+    # float_compressor_test.cc: one_bit { step_size: 5 amplitude: 1.0 }.
+    values = [100.0, 0.1, 0.00001, 0.0, -0.00001, -0.1, -100.0]
+    compressor = OneBitCompressor(step_size=5, amplitude=1.0)
+    np.testing.assert_allclose(round_trip(compressor, values), [1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0], atol=0.1)
+    encoded = compressor.encode(np.float32([values + [np.nan, -0.0, 1e-30]]))
+    assert encoded.dtype == np.int8 and encoded.tolist() == [[1, 1, 1, -1, -1, -1, -1, -1, -1, 1]]
+
+
+def test_one_bit_defaults_and_decode():
+    compressor = OneBitCompressor()
+    assert (compressor.step_size, compressor.amplitude) == (200, 0.05)  # entry.py's defaults
+    assert compressor.config() == {"type": "OneBitCompressor", "step_size": 200, "amplitude": 0.05}
+    decoded = compressor.decode(np.int8([[1, -1, 1]]), 3)
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, np.float32([[0.05, -0.05, 0.05]]))
+    with pytest.raises(ValueError, match=r"\[n, 2\]"):
+        compressor.decode(np.int8([[1, -1, 1]]), 2)
+
+
+def test_one_bit_config_round_trips():
+    from monolith.dump import restore_compressor, restore_initializer
+
+    compressor = OneBitCompressor(step_size=7, amplitude=0.5)
+    assert restore_compressor(compressor.config()).config() == compressor.config()
+    init = BatchSoftmaxInitializer(2.0)
+    assert restore_initializer(init.config()).config() == init.config()
+
+
+def test_hash_net_quantizer_monolith_vectors():
+    # hash_net_quantizer_test.cc: step_size 1000 and the proto defaults (amplitude 0.1, init_scale 1,
+    # max_scale 10000).
+    model = HashNetQuantizer(step_size=1000, amplitude=0.1)
+    assert model.scale == np.float32(1.0)
+    np.testing.assert_allclose(model.forward(np.float32([1.0, 2.0])), [0.07615941, 0.09640275], rtol=1e-6)
+    assert model.backward(np.float32(2.0), np.float32(1.0), 0) == pytest.approx(0.00706508, rel=1e-6)
+    assert model.backward(np.float32(2.0), np.float32(2.0), 999) == pytest.approx(0.01413016, rel=1e-6)
+    assert model.backward(np.float32(2.0), np.float32(100.0), 1000) == pytest.approx(0.005442613, rel=1e-6)
+    assert model.backward(np.float32(2.0), np.float32(200.0), 1001) == pytest.approx(0.01088523, rel=1e-6)
+    assert model.forward(np.float32(2.0)) == pytest.approx(0.09998888, rel=1e-6)
+    assert model.scale == pytest.approx(2.44948974, rel=1e-6)
+
+
+def test_hash_net_quantizer_scale_is_capped():
+    model = HashNetQuantizer(step_size=10, amplitude=0.1, max_scale=3.0)
+    model.backward(np.float32([0.5]), np.float32([1.0]), 10_000)  # sqrt(1 + 50) > 3
+    assert model.scale == np.float32(3.0)

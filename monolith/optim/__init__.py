@@ -1,8 +1,19 @@
 """Per-slice embedding optimizers, initializers, compressors and learning-rate schedules (Monolith's)."""
 
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
-from monolith.optim.compressors import FixedR8Compressor, Fp16Compressor, Fp32Compressor
-from monolith.optim.initializers import ConstantsInitializer, RandomUniformInitializer, ZerosInitializer
+from monolith.optim.compressors import (
+    FixedR8Compressor,
+    Fp16Compressor,
+    Fp32Compressor,
+    HashNetQuantizer,
+    OneBitCompressor,
+)
+from monolith.optim.initializers import (
+    BatchSoftmaxInitializer,
+    ConstantsInitializer,
+    RandomUniformInitializer,
+    ZerosInitializer,
+)
 from monolith.optim.learning_rate import LearningRateFunction, PolynomialDecay
 from monolith.optim.optimizers import (
     AdadeltaOptimizer,
@@ -10,13 +21,17 @@ from monolith.optim.optimizers import (
     AdagradOptimizer,
     AdamOptimizer,
     AmsgradOptimizer,
+    BatchSoftmaxOptimizer,
+    DynamicWdAdagradOptimizer,
     FtrlOptimizer,
+    FTRLWithGroupSparsityOptimizer,
     GroupAdaGradOptimizer,
     MomentumOptimizer,
     MovingAverageOptimizer,
     RmspropOptimizer,
     RmspropV2Optimizer,
     SgdOptimizer,
+    StochasticRoundingFloat16OptimizerWrapper,
     make_optimizer,
 )
 
@@ -26,23 +41,30 @@ __all__ = [
     "AdagradOptimizer",
     "AdamOptimizer",
     "AmsgradOptimizer",
+    "BatchSoftmaxInitializer",
+    "BatchSoftmaxOptimizer",
     "Compressor",
     "ConstantsInitializer",
+    "DynamicWdAdagradOptimizer",
+    "FTRLWithGroupSparsityOptimizer",
     "FixedR8Compressor",
     "Fp16Compressor",
     "Fp32Compressor",
     "FtrlOptimizer",
     "GroupAdaGradOptimizer",
+    "HashNetQuantizer",
     "Initializer",
     "LearningRateFunction",
     "MomentumOptimizer",
     "MovingAverageOptimizer",
+    "OneBitCompressor",
     "PolynomialDecay",
     "RandomUniformInitializer",
     "RmspropOptimizer",
     "RmspropV2Optimizer",
     "SgdOptimizer",
     "SliceOptimizer",
+    "StochasticRoundingFloat16OptimizerWrapper",
     "ZerosInitializer",
     "make_optimizer",
 ]

@@ -1,10 +1,11 @@
-"""Monolith's serving-side float compressors (``runtime/hash_table/compressor/float_compressor.cc``)."""
+"""Monolith's serving-side float compressors (``runtime/hash_table/compressor/float_compressor.cc``)
+and the HashNet quantizer behind its one-bit compressor (``hash_net_quantizer.h``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from monolith.optim.base import Compressor, check_real
+from monolith.optim.base import Compressor, check_int, check_real
 
 
 def _rows_of(encoded: np.ndarray, dim: int, owner: str) -> None:
@@ -60,3 +61,81 @@ class FixedR8Compressor(Compressor):
     def decode(self, encoded: np.ndarray, dim: int) -> np.ndarray:
         _rows_of(encoded, dim, type(self).__name__)
         return encoded.astype(np.float32) * self._step
+
+
+def _fused_multiply_add(a, b, c):
+    """``a * b + c`` of float32 values as an FMA rounds it: the float64 product of two float32 is exact, and
+    so is the float64 sum for ``1 - y * y``; for ``1 + 0.005 * step`` it can round, which differs from
+    one rounding only where the result is an exact float32 tie."""
+    return (np.float64(a) * np.float64(b) + np.float64(c)).astype(np.float32)
+
+
+class HashNetQuantizer:
+    """Monolith's ``HashNetQuantizer`` (``compressor/hash_net_quantizer.h``): the smooth sign
+    ``amplitude * tanh(scale * w)`` of HashNet (Cao et al. 2017), in float32.
+
+    :meth:`backward` scales gradients by the derivative ``amplitude * scale * (1 - tanh(scale * w)^2)``;
+    at every global step that is a multiple of ``step_size`` it first sets
+    ``scale = min(init_scale * (1 + 0.005 * step) ** 0.5, max_scale)``, so the function sharpens
+    towards ``amplitude * sign(w)`` as training goes on. ``scale`` starts at ``init_scale``.
+
+    ``1 - y * y`` and ``1 + 0.005 * step`` are rounded once, as the fused multiply-add of Monolith's
+    build computes them: its test vectors show it, and near ``|y| = 1`` the difference is not small
+    (``1 - y * y`` cancels, so rounding ``y * y`` first moves the gradient by ~5e-5 relative).
+    """
+
+    GAMMA = np.float32(0.005)
+    POWER = np.float32(0.5)
+
+    def __init__(
+        self, step_size: int = 200, amplitude: float = 0.1, init_scale: float = 1.0, max_scale: float = 10000.0
+    ) -> None:
+        owner = type(self).__name__
+        self.step_size = check_int(owner, "step_size", step_size, low=1)
+        self.amplitude = check_real(owner, "amplitude", amplitude, low=0.0, low_open=True)
+        self.init_scale = check_real(owner, "init_scale", init_scale, low=0.0, low_open=True)
+        self.max_scale = check_real(owner, "max_scale", max_scale, low=0.0, low_open=True)
+        self.scale = np.float32(self.init_scale)
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """``amplitude * tanh(scale * values)``, float32."""
+        values = np.asarray(values, dtype=np.float32)
+        return np.float32(self.amplitude) * np.tanh(self.scale * values)
+
+    def backward(self, values: np.ndarray, grads: np.ndarray, global_step: int) -> np.ndarray:
+        """``grads`` (of :meth:`forward`'s output at ``values``) scaled to gradients of ``values``."""
+        step = check_int(type(self).__name__, "global_step", global_step, low=0)
+        if step % self.step_size == 0:
+            base = _fused_multiply_add(self.GAMMA, np.float32(step), np.float32(1.0))
+            grown = np.float32(self.init_scale) * np.power(base, self.POWER, dtype=np.float32)
+            self.scale = min(grown, np.float32(self.max_scale))
+        y = np.tanh(self.scale * np.asarray(values, dtype=np.float32))
+        factor = np.float32(self.amplitude) * self.scale * _fused_multiply_add(-y, y, np.float32(1.0))
+        return np.asarray(grads, dtype=np.float32) * factor
+
+
+class OneBitCompressor(Compressor):
+    """One bit per value for serving (Monolith's ``OneBitFloatCompressor``, HashNet): a value encodes as
+    +1 when ``amplitude * tanh(scale * v) > 0`` (``v > 0``, unless the product underflows to 0), else as -1
+    (zero, negatives, NaN); it decodes as ``+-amplitude``. Like Monolith, the stored form is one int8 per
+    value. ``step_size`` and ``amplitude`` are ``entry.py``'s keywords (defaults 200 and 0.05); the
+    serving compressor's scale is the proto's ``init_scale`` 1.0.
+
+    Deviation from Monolith: Monolith also reads slices that have this compressor through a HashNet
+    retriever while training (lookups return ``amplitude * tanh(scale * w)`` and gradients are scaled by
+    its derivative, :class:`HashNetQuantizer`); tables here train on the raw float32 rows, as they do for
+    :class:`FixedR8Compressor`, and the compressor applies when exporting for serving.
+    """
+
+    def __init__(self, step_size: int = 200, amplitude: float = 0.05) -> None:
+        owner = type(self).__name__
+        self.step_size = check_int(owner, "step_size", step_size, low=1)
+        self.amplitude = check_real(owner, "amplitude", amplitude, low=0.0, low_open=True)
+        self._quantizer = HashNetQuantizer(self.step_size, self.amplitude)
+
+    def encode(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(self._quantizer.forward(rows) > 0, 1, -1).astype(np.int8)
+
+    def decode(self, encoded: np.ndarray, dim: int) -> np.ndarray:
+        _rows_of(encoded, dim, type(self).__name__)
+        return encoded.astype(np.float32) * np.float32(self.amplitude)

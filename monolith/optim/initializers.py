@@ -40,3 +40,23 @@ class RandomUniformInitializer(Initializer):
         rows[...] = rng.random(rows.shape, dtype=np.float32)
         rows *= np.float32(self.maxval - self.minval)
         rows += np.float32(self.minval)
+
+
+class BatchSoftmaxInitializer(Initializer):
+    """Starts :class:`~monolith.optim.BatchSoftmaxOptimizer`'s step-interval estimate of new rows at
+    ``init_step_interval`` (>= 1): Monolith's constants initializer with that constant.
+
+    Monolith stores the value as ``constant``; here the attribute (and ``config()`` key) is
+    ``init_step_interval``, the constructor's keyword, and ``constant`` reads it.
+    """
+
+    def __init__(self, init_step_interval: float) -> None:
+        self.init_step_interval = check_real(type(self).__name__, "init_step_interval", init_step_interval, low=1.0)
+
+    @property
+    def constant(self) -> float:
+        """Monolith's name of the value every new row is set to."""
+        return self.init_step_interval
+
+    def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
+        rows.fill(self.init_step_interval)
