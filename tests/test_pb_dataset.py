@@ -9,6 +9,9 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import cramjam
@@ -496,22 +499,130 @@ def test_corrupt_snappy_and_gzip(tmp_path: Path) -> None:
     assert ds.num_bad_records == 1 and "corrupt compressed data" in ds.bad_records[0][2]
 
 
-def test_unknown_feature_name_with_a_feature_list(tmp_path: Path, feature_list_path: Path) -> None:
-    def example(name: str, sig: int) -> Example:
+def test_snappy_chunk_claiming_more_than_it_can_hold_is_corrupt_before_it_is_allocated(tmp_path: Path) -> None:
+    """A 10-byte chunk whose length header says 4 GiB: cramjam would allocate it, and abort if it cannot."""
+    bomb = b"\xff\xff\xff\xff\x0f" + bytes(5)  # raw snappy: varint length 2**32 - 1, then junk
+    for block in (0xFFFFFFFF, 100):  # the block's own length allows it, or not
+        path = tmp_path / f"bomb{block}.snappy"
+        path.write_bytes(struct.pack(">II", block, len(bomb)) + bomb)
+        ds = PBDataset(path, 4)
+        assert collect(ds)[0] == []
+        (_, offset, reason), = ds.bad_records
+        assert offset == 0 and "snappy chunk at byte 4 of the file claims 4294967295 uncompressed bytes" in reason
+        with pytest.raises(ValueError, match=rf"{path}, byte offset 0: malformed record: corrupt compressed data"):
+            list(PBDataset(path, 4, strict=True))
+
+    # Where memory is limited, the allocation fails, and a failed Rust allocation aborts the process.
+    script = f"""
+import resource
+from monolith.data.pb_dataset import PBDataset
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.RLIM_INFINITY))
+ds = PBDataset({str(path)!r}, 4)
+print(list(ds), ds.num_bad_records)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] 1"
+
+
+def test_example_batch_sizes_are_checked_before_examples_are_made() -> None:
+    def parse(eb: ExampleBatch) -> tuple[Batch, int]:
+        parser = PBParser("example_batch", sparse_features=["u"])
+        tracemalloc.start()
+        try:
+            batch = parser.parse([eb.SerializeToString()], has_header=False)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return batch, peak
+
+    # A few bytes claiming 200000 examples: rejected without making them (about 40 MB before).
+    huge = ExampleBatch(batch_size=200_000)
+    huge.named_feature_list.add(name="u").feature.add().fid_v2_list.value.append(1)
+    batch, peak = parse(huge)
+    assert batch.batch_size == 0 and peak < 1 << 20
+    with pytest.raises(ValueError, match="feature 'u' has 1 values for batch_size 200000"):
+        PBParser("example_batch").parse([huge.SerializeToString()], has_header=False, strict=True)
+
+    # Shared features only: nothing backs batch_size, so it may not exceed the message's bytes.
+    shared = ExampleBatch(batch_size=200_000)
+    shared.named_feature_list.add(name="u", type=SHARED).feature.add().fid_v2_list.value.append(1)
+    batch, peak = parse(shared)
+    assert batch.batch_size == 0 and peak < 1 << 20
+    with pytest.raises(ValueError, match=r"batch_size 200000 exceeds the \d+ bytes of an ExampleBatch without"):
+        PBParser("example_batch").parse([shared.SerializeToString()], has_header=False, strict=True)
+    shared.batch_size = 3
+    batch, _ = parse(shared)
+    assert batch["u"].to_lists() == [[1], [1], [1]]
+
+    negative = ExampleBatch(batch_size=-5)
+    with pytest.raises(ValueError, match="batch_size -5 is negative"):
+        PBParser("example_batch").parse([negative.SerializeToString()], has_header=False, strict=True)
+
+
+def test_length_beyond_the_end_of_the_data_is_a_truncated_frame_not_an_allocation(tmp_path: Path) -> None:
+    """A length word claiming more than any memory: read(n) would allocate n bytes before reading."""
+    messages, truth = make_examples(2)
+    data, offsets = frames_with_offsets([m.SerializeToString() for m in messages])
+    path = tmp_path / "cut"
+    path.write_bytes(data + u64(1 << 60) + b"only a few bytes")
+    limit = {"max_record_bytes": 1 << 62}
+    ds = PBDataset(path, 8, has_sort_id=False, **limit)
+    check_examples(ds, truth, [2])
+    reason = f"truncated record: the message needs {1 << 60} bytes, the stream has 16"
+    assert ds.bad_records == [(str(path), len(data), reason)]
+    with pytest.raises(ValueError, match=rf"{path}, byte offset {len(data)}: malformed record: truncated record"):
+        list(PBDataset(path, 8, has_sort_id=False, strict=True, **limit))
+
+    # Kafka payloads are framed streams too.
+    payloads = [frame_record(messages[0].SerializeToString()), u64(1 << 60) + b"xx"]
+    check_examples([parse_example_bytes(payloads, **limit)], {k: v[:1] for k, v in truth.items()}, [1])
+    with pytest.raises(ValueError, match="payload 1, byte offset 0: malformed record: truncated record"):
+        parse_example_bytes(payloads, strict=True, **limit)
+
+
+def test_features_outside_the_feature_list_are_dropped_not_their_examples(
+    tmp_path: Path, feature_list_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As Monolith's ExampleBatchToExample: the name mapper's unknown features are left out, the example stays."""
+
+    def example(sig: int, *unknown: str) -> Example:
         e = Example()
-        e.named_feature.add(name=name).feature.fid_v2_list.value.append(v2(1, sig))
-        e.label.append(1.0)
+        e.named_feature.add(name="f_user").feature.fid_v2_list.value.append(v2(1, sig))
+        for name in unknown:
+            e.named_feature.add(name=name).feature.fid_v2_list.value.append(v2(7, sig))
+        e.label.append(float(sig))
         return e
 
     path = tmp_path / "ex"
-    write_pb_file(path, [example("f_user", 1), example("f_unknown", 2), example("f_user", 3)], "example")
-    _, offsets = frames_with_offsets([example("f_user", 1).SerializeToString()] * 2, header=u64(0))
-    ds = PBDataset(path, 8, feature_list=feature_list_path)
-    sizes, sparse, _ = collect(ds)
-    assert sizes == [2] and sparse["f_user"] == [[v2(1, 1)], [v2(1, 3)]]
-    assert ds.bad_records == [(str(path), offsets[1], "unknown feature 'f_unknown': not in the feature list")]
-    with pytest.raises(ValueError, match=rf"byte offset {offsets[1]}: malformed record: unknown feature 'f_unknown'"):
-        list(PBDataset(path, 8, feature_list=feature_list_path, strict=True))
+    write_pb_file(path, [example(1), example(2, "f_unknown"), example(3, "f_unknown", "f_other")], "example")
+    for strict in (False, True):
+        ds = PBDataset(path, 8, feature_list=feature_list_path, strict=strict)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monolith.data"):
+            for _ in range(2):  # counted per pass, warned about once
+                sizes, sparse, dense = collect(ds)
+                assert sizes == [3] and sorted(sparse) == ["f_user"]
+                assert sparse["f_user"] == [[v2(1, 1)], [v2(1, 2)], [v2(1, 3)]]
+                assert dense["label"].tolist() == [1, 2, 3]
+                assert ds.num_bad_records == 0 and ds.num_unknown_features == 3
+        assert caplog.text.count("feature 'f_unknown' is not read: it is not in the feature list") == 1
+        assert caplog.text.count("feature 'f_other' is not read") == 1
+
+    # An ExampleBatch loses the column, for each of its examples.
+    eb = ExampleBatch(batch_size=2)
+    user, unknown = eb.named_feature_list.add(name="f_user"), eb.named_feature_list.add(name="f_unknown")
+    for i in range(2):
+        user.feature.add().fid_v2_list.value.append(v2(1, i))
+        unknown.feature.add().fid_v2_list.value.append(v2(7, i))
+    shared = eb.named_feature_list.add(name="f_shared_unknown", type=SHARED)
+    shared.feature.add().fid_v2_list.value.append(v2(8, 0))
+    parser = PBParser("example_batch", feature_list=feature_list_path)
+    batch = parser.parse([eb.SerializeToString()], has_header=False, strict=True)
+    assert batch.keys() == ["f_user", "label", "req_time"] and batch["f_user"].to_lists() == [[v2(1, 0)], [v2(1, 1)]]
+    assert parser.num_unknown_features == 4
 
 
 def test_features_of_the_wrong_kind_or_width_and_bad_example_batches(tmp_path: Path) -> None:
@@ -624,11 +735,13 @@ def test_kafka_instances_example_batches_and_a_stream_parser(feature_list_path: 
     both.feature.add(name="f_user").fid.append(v2(1, 6))
     batch = parse_instance_bytes([both.SerializeToString()], has_header=False, feature_list=feature_list_path)
     assert batch["f_user"].to_lists() == [[v1_as_v2(v1(1, 5)), v2(1, 6)]]
-    stray = Instance(fid=[v1(3, 1)])  # slot 3 has no feature in the list
-    with pytest.raises(ValueError, match="payload 1, byte offset 0: malformed record: unknown slot 3"):
-        parse_instance_bytes(
-            [serialized[0], stray.SerializeToString()], has_header=False, feature_list=feature_list_path, strict=True
-        )
+    # Slot 3 has no feature in the list: those FIDs are left out, the instance stays.
+    stray = Instance(fid=[v1(3, 1), v1(1, 7)])
+    stray.feature.add(name="f_unknown").fid.append(v2(3, 2))
+    parser = PBParser("instance", feature_list=feature_list_path, sparse_features=["f_user"])
+    batch = parser.parse([serialized[0], stray.SerializeToString()], has_header=False, strict=True)
+    assert batch["f_user"].to_lists() == [[v1_as_v2(v1(1, 100)), v1_as_v2(v1(1, 300))], [v1_as_v2(v1(1, 7))]]
+    assert parser.num_unknown_features == 2
 
     eb = ExampleBatch(batch_size=2)
     eb.named_feature_list.add(name="u").feature.add().fid_v2_list.value.append(1)

@@ -13,6 +13,8 @@ A malformed record (line of a text file, row of a Parquet file) is skipped: it i
 warning with its file and 1-based line (row) number, kept in ``reader.bad_records`` (the first
 :data:`MAX_BAD_RECORDS_KEPT` of a pass) and counted in ``reader.num_bad_records``. Both are reset at
 the start of each pass. With ``strict=True`` the first malformed record raises ``ValueError`` instead.
+Where a file cannot be read on (corrupt or cut compressed data, a damaged Parquet file), the rest of
+it counts as one malformed record, at the first line (row) not read.
 
 Readers parse a file block by block into :class:`Rows` (numpy arrays for many examples) and only then
 cut batches, so the per-example work happens in numpy/pyarrow, not in Python loops.

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from monolith.data.base import Jagged, RowErrors, jagged
 from monolith.fid import MAX_SLOT_V2, extract_fid, hash_string_fid
 
-__all__ = ["check_slots", "parse_column", "parse_hex", "sparse_fids", "cast_numeric"]
+__all__ = ["check_slots", "invalid_utf8", "parse_column", "parse_hex", "sparse_fids", "cast_numeric"]
 
 # A text token read as an int: up to 18 digits always fits int64; no "+" (Arrow's cast rejects it).
 _INT_TOKEN = r"^-?[0-9]{1,18}$"
@@ -36,17 +36,45 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
-def _unparsable(strings: pa.Array, to: pa.DataType, start: int, out: list[int]) -> None:
-    """Append the positions (offset by ``start``) of the entries of ``strings`` that don't cast."""
+def _uncastable(values: pa.Array, to: pa.DataType, start: int, out: list[int]) -> None:
+    """Append the positions (offset by ``start``) of the entries of ``values`` that don't cast to ``to``."""
     try:
-        pc.cast(strings, to)
+        pc.cast(values, to)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if len(strings) == 1:
+        if len(values) == 1:
             out.append(start)
             return
-        half = len(strings) // 2
-        _unparsable(strings.slice(0, half), to, start, out)
-        _unparsable(strings.slice(half), to, start + half, out)
+        half = len(values) // 2
+        _uncastable(values.slice(0, half), to, start, out)
+        _uncastable(values.slice(half), to, start + half, out)
+
+
+def invalid_utf8(values: pa.Array) -> np.ndarray:
+    """The positions of the entries of a binary column ``[n]`` that are not valid UTF-8."""
+    bad: list[int] = []
+    _uncastable(values, pa.string(), 0, bad)
+    return np.array(bad, dtype=np.int64)
+
+
+def _cast(values: pa.Array, to: pa.DataType, where: str, what: str, errors: RowErrors, rows: np.ndarray) -> np.ndarray:
+    """``values`` ``[n]`` as numpy of type ``to``, nulls as 0. An entry that does not cast reads as 0,
+    and it or a float that is not finite in ``to`` (NaN, inf, beyond float32) is a problem of
+    example ``rows[i]``."""
+    try:
+        cast = pc.cast(values, to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad: list[int] = []
+        _uncastable(values, to, 0, bad)
+        errors.add(rows[bad], lambda k: f"{where}: expected {what}, got {values[bad[k]].as_py()!r}")
+        mask = np.zeros(len(values), dtype=bool)
+        mask[bad] = True
+        cast = pc.cast(pc.if_else(pa.array(mask), pa.scalar(None, values.type), values), to)
+    out = cast.fill_null(0).to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(to):
+        # A model cannot learn from NaN or inf; a value too large for float32 casts to inf.
+        infinite = np.flatnonzero(~np.isfinite(out))
+        errors.add(rows[infinite], lambda k: f"{where}: expected a finite number, got {values[infinite[k]].as_py()!r}")
+    return out
 
 
 def parse_column(
@@ -62,7 +90,8 @@ def parse_column(
     """Parse a string column ``[n]`` into numpy ``[n]`` of type ``to``.
 
     An empty string is a missing value: 0, or a problem when ``required``. An unparsable one reads
-    as 0 and is a problem: "WHERE: expected WHAT, got 'VALUE'". Problems are charged to example
+    as 0 and is a problem: "WHERE: expected WHAT, got 'VALUE'"; so is a value that is not finite
+    as a float ``to`` (``nan``, ``inf``, ``1e40`` for float32). Problems are charged to example
     ``rows[i]`` for entry ``i`` (default: example ``i``).
     """
     rows = np.arange(len(strings)) if rows is None else rows
@@ -70,16 +99,7 @@ def parse_column(
     strings = pc.if_else(empty, pa.scalar(None, strings.type), strings)
     if required:
         errors.add(rows[empty.to_numpy(zero_copy_only=False)], lambda k: f"{where}: expected {what}, got ''")
-    try:
-        values = pc.cast(strings, to)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        bad: list[int] = []
-        _unparsable(strings, to, 0, bad)
-        errors.add(rows[bad], lambda k: f"{where}: expected {what}, got {strings[bad[k]].as_py()!r}")
-        mask = np.zeros(len(strings), dtype=bool)
-        mask[bad] = True
-        values = pc.cast(pc.if_else(pa.array(mask), pa.scalar(None, strings.type), strings), to)
-    return values.fill_null(0).to_numpy(zero_copy_only=False)
+    return _cast(strings, to, where, what, errors, rows)
 
 
 def parse_hex(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -99,12 +119,26 @@ def parse_hex(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values, np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
 
 
-def cast_numeric(column: pa.Array, to: pa.DataType, name: str) -> np.ndarray:
-    """A numeric (or bool) column ``[num]`` as numpy of type ``to``; nulls read as 0."""
+def cast_numeric(
+    column: pa.Array, to: pa.DataType, where: str, errors: RowErrors, *, required: bool, what: str = "a number"
+) -> np.ndarray:
+    """A numeric (or bool) column ``[n]`` as numpy ``[n]`` of type ``to``.
+
+    A null reads as 0, and is a problem ("WHERE is null") when ``required``. A value that ``to``
+    cannot hold (a fraction or NaN for an integer type, an integer out of range) reads as 0 and is
+    a problem of its example; so is a value that is not finite in a float ``to``.
+
+    Raises:
+        TypeError: the column is not numeric (naming ``where``).
+    """
     t = column.type
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)):
-        raise TypeError(f"column {name!r} must be numeric, got {t}")
-    return pc.cast(column, to).fill_null(0).to_numpy(zero_copy_only=False)
+        raise TypeError(f"{where} must be numeric, got {t}")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if required and column.null_count:
+        errors.add(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)), lambda k: f"{where} is null")
+    return _cast(column, to, where, what, errors, np.arange(len(column)))
 
 
 def sparse_fids(column: pa.Array, slot: int, name: str, *, text: bool = False) -> Jagged:

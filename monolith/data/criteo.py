@@ -36,8 +36,10 @@ class CriteoReader(Reader):
     * sparse ``C1..C26`` with slots ``1..26``: one FID ``extract_fid(int(hex, 16), slot)`` per
       non-empty categorical (hex strings of up to 16 digits), none for an empty one.
 
-    A line is malformed when it has other than 40 tab-separated fields, an empty or non-numeric
-    label, a non-integer integer feature, or a categorical that is not hex.
+    A line is malformed when it has other than 40 tab-separated fields, an empty, non-numeric or
+    non-finite label (so a line of 39 tabs is), a non-integer integer feature, a categorical that
+    is not hex, or invalid UTF-8. Empty lines are skipped; a corrupt or cut ``.gz`` ends the file's
+    reading, as one malformed record.
 
     Args:
         paths, batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.

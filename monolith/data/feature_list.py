@@ -171,13 +171,24 @@ class FeatureList:
 
         Raises:
             FileNotFoundError: no such file (naming it).
-            ValueError: a malformed line, with the file and 1-based line number.
+            ValueError: a malformed line or one that is not UTF-8, with the file and 1-based line
+                number.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"feature list not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            return cls.from_lines(f, source=path)
+        with open(path, "rb") as f:
+            # bytes.splitlines splits where text mode's universal newlines do.
+            raw_lines = f.read().splitlines()
+        lines = []
+        for line_no, raw in enumerate(raw_lines, 1):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}, line {line_no}, byte {e.start + 1}: expected UTF-8 text, got byte {raw[e.start]:#04x}"
+                ) from e
+        return cls.from_lines(lines, source=path)
 
     @classmethod
     def from_lines(cls, lines: Iterable[str], source: str = "<feature_list>") -> FeatureList:

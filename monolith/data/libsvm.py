@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from monolith.data.base import PathOrPaths, Reader, RowErrors, Rows, jagged
-from monolith.data.columns import check_slots, parse_column
+from monolith.data.columns import check_slots, invalid_utf8, parse_column
+from monolith.data.text import LineStream, stream_error
 from monolith.fid import extract_fid
 
 __all__ = ["LibSvmReader", "LIBSVM_FIELD"]
@@ -36,9 +37,10 @@ class LibSvmReader(Reader):
     ignored. Dense mode (``dense_dim=d``): no sparse features; ``Batch.dense["dense"]`` is float32
     ``[batch, d]`` with ``value`` added at column ``index`` (``0 <= index < d``; fields ignored).
 
-    A line is malformed when its label is not a number, a token does not have the form above, a
-    field or index is not an integer, a field is not in ``fields``, or (dense mode) a value is not
-    a number or an index is out of range. Blank lines are skipped silently.
+    A line is malformed when it is not valid UTF-8, its label is not a finite number, a token does
+    not have the form above, a field or index is not an integer, a field is not in ``fields``, or
+    (dense mode) a value is not a finite number or an index is out of range. Blank lines are
+    skipped silently. A corrupt or cut ``.gz`` ends the file's reading, as one malformed record.
 
     Args:
         paths, batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
@@ -66,14 +68,21 @@ class LibSvmReader(Reader):
         self.block_lines = block_lines
 
     def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        with io.TextIOWrapper(pa.input_stream(path, compression="detect"), encoding="utf-8") as f:
+        with LineStream(path) as stream, io.BufferedReader(stream) as f:
             first = 1
             while lines := list(islice(f, self.block_lines)):
                 yield self._parse(lines, first)
                 first += len(lines)
+            yield Rows.empty(), stream_error(stream)
 
-    def _parse(self, lines: list[str], first: int) -> tuple[Rows, list[tuple[int, str]]]:
-        text = pc.utf8_trim_whitespace(pa.array(lines, pa.string()))
+    def _parse(self, lines: list[bytes], first: int) -> tuple[Rows, list[tuple[int, str]]]:
+        raw = pa.array(lines, pa.binary())
+        undecodable = invalid_utf8(raw)
+        if len(undecodable):
+            mask = np.zeros(len(lines), dtype=bool)
+            mask[undecodable] = True
+            raw = pc.if_else(pa.array(mask), pa.scalar(b"", pa.binary()), raw)  # blank: not parsed below
+        text = pc.utf8_trim_whitespace(raw.cast(pa.string()))
         nonblank = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
         text = text.filter(pa.array(nonblank))
         line_numbers = (first + np.arange(len(lines)))[nonblank]
@@ -118,4 +127,5 @@ class LibSvmReader(Reader):
                 mine = field == f
                 sparse[f"f{f}"] = jagged(extract_fid(index[mine], f), np.bincount(owner[mine], minlength=num))
             rows = Rows(num, sparse, {"label": label})
-        return errors.finish(rows, line_numbers)
+        rows, bad = errors.finish(rows, line_numbers)
+        return rows, bad + [(first + int(i), "invalid UTF-8") for i in undecodable]

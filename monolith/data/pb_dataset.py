@@ -52,13 +52,20 @@ taken from the first block that has a message that parses: every FID feature (ev
 with one length throughout the block), in name order; features first seen later are ignored, with
 a warning.
 
+**Features outside the feature list** (when one is given) are left out of their example, which is
+read without them, as Monolith's ``ExampleBatchToExample`` does with the features its name mapper
+does not know; so are an Instance's flat FIDs of a slot no v1 feature of the list has. Each is
+counted in :attr:`PBParser.num_unknown_features` (:attr:`PBDataset.num_unknown_features` for the
+current pass), with a warning once per name.
+
 **Malformed records** (the :class:`~monolith.data.base.Reader` contract, a frame being the record
-and its byte offset the position): a message that does not parse, a feature that is not in the
-feature list (when one is given; for an Instance's flat FIDs, a slot no feature has), a requested
-feature of the wrong kind or, for a dense feature, of the wrong length, or an ``ExampleBatch``
-whose feature lists do not match its ``batch_size``, is skipped and counted (one whole
+and its byte offset the position): a message that does not parse, a feature without a name, a
+requested feature of the wrong kind or, for a dense feature, of the wrong length, or an
+``ExampleBatch`` whose ``batch_size`` is negative, does not match its feature lists or, when it
+has no list of one value per example, exceeds its byte length, is skipped and counted (one whole
 ``ExampleBatch`` at a time), or raises with ``strict=True``. A truncated file or a corrupt frame
-(an absurd length, broken compression) ends the file's reading there, as one bad record.
+(an absurd length, a length beyond the end of the file, broken compression, a snappy chunk that
+claims more bytes than it or its block can hold) ends the file's reading there, as one bad record.
 """
 
 from __future__ import annotations
@@ -111,8 +118,12 @@ _MESSAGES: dict[str, type[Message]] = {"example": Example, "example_batch": Exam
 _COMPRESSIONS = (None, "snappy", "gzip", "infer")
 # Hadoop's default snappy buffer: the most uncompressed bytes the writer puts in one chunk.
 _SNAPPY_CHUNK = 256 << 10
+# Long reads go this many bytes at a time (see _read_up_to).
+_READ_PIECE = 1 << 20
 _DENSE_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
 _NO_FIDS: tuple[Sequence[int], bool] = ((), False)
+# Names an Example / ExampleBatch gives its label, line id and weight; no feature list has them.
+_RESERVED_NAMES = frozenset({"__LABEL__", "__LINE_ID__", "instance_weight"})
 
 P = TypeVar("P")
 
@@ -165,6 +176,24 @@ class _CorruptStream(Exception):
     """Compressed data that cannot be decompressed."""
 
 
+def _read_up_to(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes of ``stream``, or fewer where it ends.
+
+    Read a piece at a time: a length word of a cut or corrupt file may claim far more than the
+    file holds, and a buffered ``read(n)`` allocates all ``n`` bytes before reading any.
+    """
+    if n <= _READ_PIECE:
+        return stream.read(n)
+    pieces = []
+    while n:
+        piece = stream.read(min(n, _READ_PIECE))
+        if not piece:
+            break
+        pieces.append(piece)
+        n -= len(piece)
+    return b"".join(pieces)
+
+
 _STREAM_ERRORS = (_CorruptStream, gzip.BadGzipFile, EOFError, zlib.error)
 
 
@@ -182,7 +211,7 @@ def _frames(stream: BinaryIO, framing: Framing, max_record_bytes: int) -> Iterat
         if n > max_record_bytes:
             raise _FrameError(start, f"corrupt frame: {what} of {n} bytes exceeds max_record_bytes={max_record_bytes}")
         try:
-            data = stream.read(n)
+            data = _read_up_to(stream, n)
         except _STREAM_ERRORS as e:
             raise _FrameError(start, f"corrupt compressed data: {e}") from e
         pos += len(data)
@@ -222,6 +251,17 @@ def frame_record(payload: bytes, framing: Framing = Framing()) -> bytes:
     return framing.header() + len(payload).to_bytes(8, "little") + payload
 
 
+def _snappy_length(chunk: bytes) -> tuple[int, int] | None:
+    """(uncompressed length, header bytes) of a raw snappy chunk: its leading little-endian base-128
+    varint of at most 5 bytes (a 32-bit length); ``None`` if it has no such header."""
+    length = 0
+    for i, byte in enumerate(chunk[:5]):
+        length |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            return length, i + 1
+    return None
+
+
 class _HadoopSnappyReader(io.RawIOBase):
     """Decompresses Hadoop block snappy (see the module doc) read from ``raw``."""
 
@@ -230,6 +270,7 @@ class _HadoopSnappyReader(io.RawIOBase):
         self._out = b""
         self._at = 0
         self._block_left = 0
+        self._raw_at = 0  # bytes of ``raw`` read, for the errors
 
     def readable(self) -> bool:
         return True
@@ -250,6 +291,7 @@ class _HadoopSnappyReader(io.RawIOBase):
 
     def _be32(self, what: str, eof_ok: bool = False) -> int | None:
         data = self._raw.read(4)
+        self._raw_at += len(data)
         if not data and eof_ok:
             return None
         if len(data) < 4:
@@ -266,19 +308,31 @@ class _HadoopSnappyReader(io.RawIOBase):
             if not block:
                 self._out, self._at = b"", 0
                 return True
+        chunk_at = self._raw_at
         size = self._be32("chunk length")
         # Snappy's worst case expansion; anything larger cannot be a chunk of this block.
         if size > 32 + self._block_left + self._block_left // 6:
             raise _CorruptStream(f"snappy chunk length {size} exceeds its block's {self._block_left} bytes")
-        chunk = self._raw.read(size)
+        chunk = _read_up_to(self._raw, size)
+        self._raw_at += len(chunk)
         if len(chunk) < size:
             raise _CorruptStream("snappy stream ends inside a chunk")
+        # The decompressor allocates the length the chunk claims before it finds the data short, so
+        # the claim is checked first: against the block, and against the most that ``size`` bytes
+        # can hold (a 3-byte copy element makes at most 64 bytes).
+        header = _snappy_length(chunk)
+        if header is None:
+            raise _CorruptStream(f"snappy chunk at byte {chunk_at} of the file has no length header")
+        length, header_bytes = header
+        if length > min(self._block_left, (size - header_bytes) * 64 // 3):
+            raise _CorruptStream(
+                f"snappy chunk at byte {chunk_at} of the file claims {length} uncompressed bytes; its "
+                f"{size} bytes hold at most {(size - header_bytes) * 64 // 3} and its block has {self._block_left} left"
+            )
         try:
             out = bytes(cramjam.snappy.decompress_raw(chunk))
         except cramjam.DecompressionError as e:
             raise _CorruptStream(f"bad snappy chunk: {e}") from e
-        if len(out) > self._block_left:
-            raise _CorruptStream("snappy chunk overruns its block")
         self._block_left -= len(out)
         self._out, self._at = out, 0
         return True
@@ -480,14 +534,18 @@ class PBParser:
     Args:
         variant_type: ``"example"``, ``"example_batch"`` (or ``"examplebatch"``) or ``"instance"``.
         feature_list: a :class:`~monolith.data.feature_list.FeatureList` or the path of a
-            ``feature_list.conf``: names Instance slots, resolves requested names to slots and
-            makes any feature outside it a malformed record.
+            ``feature_list.conf``: names Instance slots, resolves requested names to slots, and
+            features outside it are left out of their examples (see the module doc).
         sparse_features: FID features to output, by name or (for slot-named ones) slot; ``None``
             takes them from the data.
         dense_features: numeric features to output, name -> width; ``"label"`` sets the label width
             and ``"instance_weight"`` adds the weights; ``None`` takes them from the data.
         dense_dtypes: name -> ``np.float32`` (the default) or ``np.int64`` for dense features.
         line_id_fields: ``LineId`` fields to output, as names or name -> width (repeated fields).
+
+    Attributes:
+        num_unknown_features: how many features examples have lost so far for not being in the
+            feature list (one per example and feature; an Instance's flat FIDs count per slot).
 
     Raises:
         ValueError: an unknown variant type, a requested feature missing from the feature list, a
@@ -528,6 +586,7 @@ class PBParser:
         # Which halves of the selection came from the data (only those warn about late features).
         self._sparse_discovered = self._dense_discovered = False
         self._ignored: set[str] = set()
+        self.num_unknown_features = 0
         if sparse_features is not None:
             self._sparse = [self._sparse_name(item) for item in sparse_features]
         if dense is not None:
@@ -593,8 +652,9 @@ class PBParser:
             return slot_from_name(name)
         return feature.slot if (feature.feature_version or 1) == 1 else None
 
-    def _slot_name(self, slot: int) -> str:
-        """The feature of an Instance's v1 FIDs with ``slot``: requested, from the feature list, or ``slot_N``."""
+    def _slot_name(self, slot: int) -> str | None:
+        """The feature of an Instance's v1 FIDs with ``slot``: requested, from the feature list, or
+        ``slot_N``; ``None`` (counted, warned once) for a slot no v1 feature of the feature list has."""
         name = self._slot_names.get(slot)
         if name is not None:
             return name
@@ -603,22 +663,32 @@ class PBParser:
         else:
             name = self.feature_list.name_of_slot(slot, fid_version=1)
             if name is None:
-                raise _BadRecord(f"unknown slot {slot}: no v1 feature of the feature list has it")
+                self.num_unknown_features += 1
+                self._ignore({f"slot_{slot}"}, f"no v1 feature of the feature list has slot {slot}")
+                return None
         self._slot_names[slot] = name
         return name
 
     # -- messages -> records
 
-    def _check_known(self, name: str) -> None:
+    def _reads(self, name: str, examples: int = 1) -> bool:
+        """Whether feature ``name`` of ``examples`` examples is read: not when a feature list is given
+        and lacks it (Monolith's name mapper leaves such features out); that is counted and warned
+        about once per name."""
         if not name:
             raise _BadRecord("a feature without a name")
-        if self.feature_list is not None and name not in self._known:
-            if name not in self.feature_list:
-                raise _BadRecord(f"unknown feature {name!r}: not in the feature list")
+        if self.feature_list is None or name in self._known or name in _RESERVED_NAMES:
+            return True
+        if name in self.feature_list:
             self._known.add(name)
+            return True
+        self.num_unknown_features += examples
+        self._ignore({name}, "it is not in the feature list")
+        return False
 
     def _named(self, record: _Record, name: str, feature: ExampleFeature) -> None:
-        """Add a named ``monolith.io.proto.Feature`` of an Example (or one row of an ExampleBatch)."""
+        """Add a named ``monolith.io.proto.Feature`` of an Example (or one row of an ExampleBatch)
+        that :meth:`_reads`."""
         if name == "__LINE_ID__":
             serialized = feature.bytes_list.value[0] if feature.bytes_list.value else b""
             try:
@@ -630,7 +700,6 @@ class PBParser:
         elif name == "instance_weight":
             record.weight = feature.float_list.value[0] if feature.float_list.value else 1.0
         else:
-            self._check_known(name)
             case = feature.WhichOneof("type")
             if case is None:
                 return
@@ -648,18 +717,34 @@ class PBParser:
         example = _parse_message(Example, payload)
         record = _Record(labels=example.label, line_id=example.line_id, weight=example.instance_weight)
         for named in example.named_feature:
-            self._named(record, named.name, named.feature)
+            if self._reads(named.name):
+                self._named(record, named.name, named.feature)
         return [record]
 
     def _example_batch(self, payload: bytes) -> list[_Record]:
         batch = _parse_message(ExampleBatch, payload)
         size = batch.batch_size
-        records = [_Record() for _ in range(size)]
+        # The sizes are checked before ``size`` records are made: batch_size is a word of the
+        # message, and only a list of one value per example shows that it is real.
+        if size < 0:
+            raise _BadRecord(f"batch_size {size} is negative")
+        individual = False
         for column in batch.named_feature_list:
             shared = column.type == SHARED
+            individual |= not shared
             if not ((column.feature or not size) if shared else len(column.feature) == size):
                 kind = "shared feature" if shared else "feature"
                 raise _BadRecord(f"{kind} {column.name!r} has {len(column.feature)} values for batch_size {size}")
+        if not individual and size > len(payload):
+            raise _BadRecord(
+                f"batch_size {size} exceeds the {len(payload)} bytes of an ExampleBatch without a feature of "
+                "one value per example"
+            )
+        records = [_Record() for _ in range(size)]
+        for column in batch.named_feature_list:
+            if not self._reads(column.name, size):
+                continue
+            shared = column.type == SHARED
             for i, record in enumerate(records):
                 self._named(record, column.name, column.feature[0 if shared else i])
         return records
@@ -672,12 +757,14 @@ class PBParser:
         for fid in instance.fid:
             by_slot.setdefault(fid >> 54, []).append(fid)
         for slot, fids in by_slot.items():
-            record.put(self._slot_name(slot), "fid", fids, True)
+            name = self._slot_name(slot)
+            if name is not None:
+                record.put(name, "fid", fids, True)
         if instance.value:
             record.put("value", "float", instance.value, False)
         for feature in instance.feature:
-            self._check_known(feature.name)
-            self._instance_feature(record, feature)
+            if self._reads(feature.name):
+                self._instance_feature(record, feature)
         return [record]
 
     @staticmethod
@@ -841,6 +928,7 @@ class PBParser:
                 ``False``: each payload is one bare serialized message.
             framing: the header words of framed payloads.
             strict: raise on the first bad record instead of logging and skipping it.
+            max_record_bytes: lengths above this are corrupt frames.
 
         Raises:
             ValueError: (``strict``) a bad record, naming the payload index and byte offset.
@@ -875,6 +963,7 @@ def parse_pb_bytes(
     kafka_dump: bool = False,
     kafka_dump_prefix: bool = False,
     strict: bool = False,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     **parser_options: Any,
 ) -> Batch:
     """One batch of the examples of Kafka ``payloads`` (see :meth:`PBParser.parse`).
@@ -890,7 +979,9 @@ def parse_pb_bytes(
         kafka_dump=kafka_dump,
     )
     parser = PBParser(variant_type, **parser_options)
-    return parser.parse(payloads, has_header=has_header, framing=framing, strict=strict)
+    return parser.parse(
+        payloads, has_header=has_header, framing=framing, strict=strict, max_record_bytes=max_record_bytes
+    )
 
 
 def parse_example_bytes(payloads: Iterable[bytes], **options: Any) -> Batch:
@@ -974,6 +1065,15 @@ class PBDataset(Reader):
         self.compression = _check_compression(compression)
         self.block_records = block_records
         self.max_record_bytes = max_record_bytes
+
+    @property
+    def num_unknown_features(self) -> int:
+        """How many features this pass's examples lost for not being in the feature list."""
+        return self.parser.num_unknown_features
+
+    def _blocks(self) -> Iterator[Rows]:
+        self.parser.num_unknown_features = 0  # counted per pass, as the bad records
+        yield from super()._blocks()
 
     def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
         with _open(path, _compression(path, self.compression), "r") as stream:

@@ -5,6 +5,8 @@ ints become ``extract_fid(value, slot)``, strings ``hash_string_fid(value, slot)
 no FID. Dense columns become float32 ``[batch]`` entries of ``Batch.dense`` under their own names
 (null/empty -> 0.0), the label column ``Batch.dense["label"]`` (float32; null/empty is malformed),
 and an optional request-time column ``Batch.dense["req_time"]`` (int64; null/empty is malformed).
+A label or dense value that is not finite as float32 (NaN, inf, or too large) is malformed, as is
+a request time that is not an integer (a fraction, NaN).
 """
 
 from __future__ import annotations
@@ -92,12 +94,17 @@ class ParquetReader(_TabularReader):
         label_column: numeric column -> ``Batch.dense["label"]`` float32 ``[batch]``; null rows are
             malformed.
         batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
-        req_time_column: optional integer column -> ``Batch.dense["req_time"]`` int64 ``[batch]``.
+        req_time_column: optional numeric column of integers -> ``Batch.dense["req_time"]`` int64
+            ``[batch]``; a row with a fraction is malformed.
         read_rows: rows read from the file at a time.
 
+    A file that cannot be read (corrupt, cut short, empty) is read up to there; the rest counts as
+    one malformed record at the first row not read.
+
     Raises:
-        ValueError: a file lacks a column (while reading), or names collide.
-        TypeError: a column has an unsupported type (while reading).
+        ValueError: a file lacks a column (while reading), names collide, or (list of
+            ``sparse_columns``) the first file's schema cannot be read; naming the file.
+        TypeError: a column has an unsupported type (while reading), naming the file and column.
     """
 
     def __init__(
@@ -126,25 +133,33 @@ class ParquetReader(_TabularReader):
         self.read_rows = read_rows
 
     def _column_names(self, path: str) -> list[str]:
-        return pq.read_schema(path).names
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{path}: cannot read the Parquet schema: {e}") from e
 
     def _number(self, column: pa.Array, to: pa.DataType, name: str, errors: RowErrors, required: bool) -> np.ndarray:
-        if required and column.null_count:
-            nulls = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
-            errors.add(nulls, lambda k: f"column {name!r} is null")
-        return cast_numeric(column, to, name)
+        what = "an integer" if pa.types.is_integer(to) else "a number"
+        return cast_numeric(column, to, f"column {name!r}", errors, required=required, what=what)
 
     def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        file = pq.ParquetFile(path)
-        missing = [c for c in self.columns if c not in file.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{path} has no columns {missing}; it has {file.schema_arrow.names}")
         first = 1
-        for batch in file.iter_batches(batch_size=self.read_rows, columns=self.columns):
-            errors = RowErrors(batch.num_rows)
-            rows = self._rows(batch, errors, text=False)
-            yield errors.finish(rows, np.arange(first, first + batch.num_rows))
-            first += batch.num_rows
+        try:
+            file = pq.ParquetFile(path)
+            missing = [c for c in self.columns if c not in file.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{path} has no columns {missing}; it has {file.schema_arrow.names}")
+            for batch in file.iter_batches(batch_size=self.read_rows, columns=self.columns):
+                errors = RowErrors(batch.num_rows)
+                try:
+                    rows = self._rows(batch, errors, text=False)
+                except TypeError as e:
+                    raise TypeError(f"{path}: {e}") from e
+                yield errors.finish(rows, np.arange(first, first + batch.num_rows))
+                first += batch.num_rows
+        except (pa.ArrowException, OSError) as e:
+            # A corrupt, cut or empty file: nothing from row ``first`` on can be read.
+            yield Rows.empty(), [(first, f"cannot read the Parquet file from row {first} on: {e}")]
 
 
 class CsvReader(_TabularReader):
@@ -168,8 +183,11 @@ class CsvReader(_TabularReader):
         list_delimiter: separator of the values inside a sparse cell, or ``None`` for one value.
         column_names: names of all columns when the files have no header line.
 
-    A line is malformed when it has the wrong number of fields, an empty or non-numeric label or
-    request time, or a non-numeric dense value. Blank lines are skipped silently.
+    A line is malformed when it has the wrong number of fields, invalid UTF-8 in a column read, an
+    empty, non-numeric or non-finite label, an empty or non-integer request time, or a non-numeric
+    or non-finite dense value (``nan``, ``inf``, beyond float32). Empty lines are skipped silently;
+    a line of empty fields (``,,,``) is a record, malformed for its empty label. A corrupt or cut
+    ``.gz`` ends the file's reading, as one malformed record.
     """
 
     def __init__(
