@@ -23,10 +23,12 @@ cut batches, so the per-example work happens in numpy/pyarrow, not in Python loo
 from __future__ import annotations
 
 import abc
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,37 @@ PathOrPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 #: A jagged column as numpy: (values ``[total]``, offsets ``[num + 1]`` with a leading 0).
 Jagged = tuple[np.ndarray, np.ndarray]
+
+
+class ChunkedReader(io.RawIOBase):
+    """A raw binary stream over bytes made a chunk at a time by :meth:`_next_chunk` (decompressed,
+    cut at whole lines, ...) from the underlying stream ``raw``, which it closes."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self._raw = raw
+        self._chunk = b""  # made and not delivered yet, from ``_at`` on
+        self._at = 0
+
+    def _next_chunk(self, size: int) -> bytes:
+        """The next chunk (``size``: what the reader asks for, a hint); ``b""`` at the end."""
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        if self._at == len(self._chunk):
+            self._chunk, self._at = self._next_chunk(max(len(buffer), 1)), 0
+        n = min(len(buffer), len(self._chunk) - self._at)
+        buffer[:n] = self._chunk[self._at : self._at + n]
+        self._at += n
+        return n
 
 
 def jagged(values: np.ndarray, lengths: np.ndarray) -> Jagged:

@@ -84,7 +84,7 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from monolith.data.base import MAX_BAD_RECORDS_KEPT, Jagged, PathOrPaths, Reader, Rows, jagged, logger
+from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Reader, Rows, jagged, logger
 from monolith.data.feature_list import FeatureList, slot_from_name
 from monolith.data.proto.example_pb2 import SHARED, Example, ExampleBatch
 from monolith.data.proto.example_pb2 import Feature as ExampleFeature
@@ -262,32 +262,19 @@ def _snappy_length(chunk: bytes) -> tuple[int, int] | None:
     return None
 
 
-class _HadoopSnappyReader(io.RawIOBase):
+class _HadoopSnappyReader(ChunkedReader):
     """Decompresses Hadoop block snappy (see the module doc) read from ``raw``."""
 
     def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._out = b""
-        self._at = 0
+        super().__init__(raw)
         self._block_left = 0
         self._raw_at = 0  # bytes of ``raw`` read, for the errors
 
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
-
-    def readinto(self, buffer: Any) -> int:
-        while self._at == len(self._out):
-            if not self._inflate():
-                return 0
-        n = min(len(buffer), len(self._out) - self._at)
-        buffer[:n] = self._out[self._at : self._at + n]
-        self._at += n
-        return n
+    def _next_chunk(self, size: int) -> bytes:
+        while True:
+            out = self._inflate()
+            if out is None or out:
+                return out or b""
 
     def _be32(self, what: str, eof_ok: bool = False) -> int | None:
         data = self._raw.read(4)
@@ -298,16 +285,15 @@ class _HadoopSnappyReader(io.RawIOBase):
             raise _CorruptStream(f"snappy stream ends inside a {what}")
         return int.from_bytes(data, "big")
 
-    def _inflate(self) -> bool:
-        """Decompress the next chunk into ``_out``; False at the end of the stream."""
+    def _inflate(self) -> bytes | None:
+        """The next chunk decompressed (``b""`` for an empty block); None at the end of the stream."""
         if not self._block_left:
             block = self._be32("block length", eof_ok=True)
             if block is None:
-                return False
+                return None
             self._block_left = block
             if not block:
-                self._out, self._at = b"", 0
-                return True
+                return b""
         chunk_at = self._raw_at
         size = self._be32("chunk length")
         # Snappy's worst case expansion; anything larger cannot be a chunk of this block.
@@ -334,8 +320,7 @@ class _HadoopSnappyReader(io.RawIOBase):
         except cramjam.DecompressionError as e:
             raise _CorruptStream(f"bad snappy chunk: {e}") from e
         self._block_left -= len(out)
-        self._out, self._at = out, 0
-        return True
+        return out
 
 
 class _HadoopSnappyWriter(io.RawIOBase):

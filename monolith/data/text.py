@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from monolith.data.base import Rows
+from monolith.data.base import ChunkedReader, Rows
 from monolith.data.columns import invalid_utf8
 
 __all__ = ["LineStream", "header_names", "read_delimited", "stream_error"]
@@ -50,7 +50,7 @@ def header_names(path: str, delimiter: str, quote_char: str | bool) -> list[str]
         raise ValueError(f"{path}: cannot read the header line: {e}") from e
 
 
-class LineStream(io.RawIOBase):
+class LineStream(ChunkedReader):
     """The decompressed bytes of a text file, whole lines at a time, for pyarrow or line iteration.
 
     * It notes the numbers of the physically empty lines: pyarrow turns an empty line into a
@@ -65,49 +65,34 @@ class LineStream(io.RawIOBase):
     """
 
     def __init__(self, path: str) -> None:
-        super().__init__()
-        self._raw = pa.input_stream(path, compression="detect")
-        self._ready = b""  # complete lines not delivered yet, from ``_at`` on
-        self._at = 0
+        super().__init__(pa.input_stream(path, compression="detect"))
         self._partial: list[bytes] = []  # the pieces of a line read in part
         self._done = False
         self._empty: list[int] = []
         self.error: OSError | None = None
         self.lines = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
-
-    def readinto(self, buffer: Any) -> int:
-        while self._at == len(self._ready) and not self._done:
-            self._fill(max(len(buffer), 1))
-        n = min(len(buffer), len(self._ready) - self._at)
-        buffer[:n] = self._ready[self._at : self._at + n]
-        self._at += n
-        return n
-
-    def _fill(self, size: int) -> None:
-        try:
-            data = self._raw.read(size)
-        except OSError as e:  # pyarrow's errors of corrupt compressed data are OSErrors
-            self.error, self._done = e, True
-            return
-        if not data:
-            ready, self._partial, self._done = b"".join(self._partial), [], True
-        else:
-            cut = data.rfind(b"\n") + 1
-            if not cut:
-                self._partial.append(data)
-                return
-            # Joined once the line is whole: a long line read in many pieces costs linear time.
-            ready, self._partial = b"".join([*self._partial, data[:cut]]), [data[cut:]]
-        self._note_empty_lines(ready)
-        self._ready, self._at = ready, 0
+    def _next_chunk(self, size: int) -> bytes:
+        """The next whole lines (the last line even without its newline)."""
+        while not self._done:
+            try:
+                data = self._raw.read(size)
+            except OSError as e:  # pyarrow's errors of corrupt compressed data are OSErrors
+                self.error, self._done = e, True
+                break
+            if not data:
+                ready, self._partial, self._done = b"".join(self._partial), [], True
+            else:
+                cut = data.rfind(b"\n") + 1
+                if not cut:
+                    self._partial.append(data)
+                    continue
+                # Joined once the line is whole: a long line read in many pieces costs linear time.
+                ready, self._partial = b"".join([*self._partial, data[:cut]]), [data[cut:]]
+            self._note_empty_lines(ready)
+            if ready:
+                return ready
+        return b""
 
     def _note_empty_lines(self, chunk: bytes) -> None:
         # Each chunk but the last ends with a line, so b"\n" + chunk starts with the end of one.

@@ -563,6 +563,9 @@ class FtrlOptimizer(_KernelOptimizer):
     """
 
     name = "ftrl"
+    #: Proto defaults of (initial_accumulator_value, beta), and the update.
+    _defaults = (0.1, 0.0)
+    _kernel = staticmethod(_ftrl_kernel)
 
     def __init__(
         self,
@@ -575,9 +578,9 @@ class FtrlOptimizer(_KernelOptimizer):
     ) -> None:
         self._learning_rate = self._rate(learning_rate, 0.01, positive=True)
         self.initial_accumulator_value = self._real(
-            "initial_accumulator_value", initial_accumulator_value, 0.1, low=0.0
+            "initial_accumulator_value", initial_accumulator_value, self._defaults[0], low=0.0
         )
-        self.beta = self._real("beta", beta, 0.0, low=0.0)
+        self.beta = self._real("beta", beta, self._defaults[1], low=0.0)
         self.l1_regularization_strength = self._real("l1_regularization", l1_regularization, 0.0, low=0.0)
         self.l2_regularization_strength = self._real("l2_regularization", l2_regularization, 0.0, low=0.0)
         self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
@@ -591,7 +594,7 @@ class FtrlOptimizer(_KernelOptimizer):
         state[:, dim:] = 0
 
     def _update(self, weights, state, rows, grads, lr, p) -> None:
-        _ftrl_kernel(
+        self._kernel(
             weights,
             state,
             rows,
@@ -882,7 +885,7 @@ class AdaGradWithGroupLassoOptimizer(_KernelOptimizer):
         )
 
 
-class FTRLWithGroupSparsityOptimizer(_KernelOptimizer):
+class FTRLWithGroupSparsityOptimizer(FtrlOptimizer):
     """Group-sparse FTRL-Proximal: per-element FTRL accumulators, with the L1 penalty applied to the whole
     row (group lasso), so a row whose ``||z||`` is below ``l1_regularization_strength`` becomes zero.
 
@@ -903,6 +906,8 @@ class FTRLWithGroupSparsityOptimizer(_KernelOptimizer):
     """
 
     name = "group_ftrl"
+    _defaults = (0.0, 1.0)
+    _kernel = staticmethod(_group_ftrl_kernel)
 
     def __init__(
         self,
@@ -913,41 +918,14 @@ class FTRLWithGroupSparsityOptimizer(_KernelOptimizer):
         l1_regularization: float | None = None,
         l2_regularization: float | None = None,
     ) -> None:
-        self._learning_rate = self._rate(learning_rate, 0.01, positive=True)
-        self.initial_accumulator_value = self._real(
-            "initial_accumulator_value", initial_accumulator_value, 0.0, low=0.0
-        )
-        self.beta = self._real("beta", beta, 1.0, low=0.0)
-        self.l1_regularization_strength = self._real("l1_regularization", l1_regularization, 0.0, low=0.0)
-        self.l2_regularization_strength = self._real("l2_regularization", l2_regularization, 0.0, low=0.0)
-        self.warmup_steps = self._int("warmup_steps", warmup_steps, 0, low=0)
+        super().__init__(learning_rate, initial_accumulator_value, beta, warmup_steps, l1_regularization,
+                         l2_regularization)
         if self.beta == 0 and self.initial_accumulator_value == 0 and self.l2_regularization_strength == 0:
             raise ValueError(
                 f"{type(self).__name__}: one of beta, initial_accumulator_value and l2_regularization must be > 0 "
                 "(else the denominator beta + sqrt(norm) + l2 * lr is 0 for an element that had no gradient yet), "
                 "got beta=0.0, initial_accumulator_value=0.0, l2_regularization=0.0"
             )
-
-    def state_width(self, dim: int) -> int:
-        return 2 * dim
-
-    def init_state(self, state: np.ndarray) -> None:
-        dim = state.shape[1] // 2
-        state[:, :dim] = self.initial_accumulator_value
-        state[:, dim:] = 0
-
-    def _update(self, weights, state, rows, grads, lr, p) -> None:
-        _group_ftrl_kernel(
-            weights,
-            state,
-            rows,
-            grads,
-            lr,
-            _F32(self.beta),
-            _F32(self.l1_regularization_strength),
-            _F32(self.l2_regularization_strength),
-            p,
-        )
 
 
 class DynamicWdAdagradOptimizer(_KernelOptimizer):
