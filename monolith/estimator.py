@@ -310,13 +310,18 @@ class Estimator:
         return path
 
     def _restore_input_state(self) -> None:
-        """Positions a stateful input where the latest checkpoint left it (before it is read)."""
+        """Positions a stateful input where the latest checkpoint left it (before it is read): by
+        all ranks' states merged where the input has ``merge_state_dicts``, else by this rank's."""
         latest = self._checkpoints.latest()
         if latest is None:
             return
         states = CheckpointManager.read_manifest(latest).get("input_states") or []
         rank = self.dist.rank if self.dist is not None else 0
-        if rank < len(states) and states[rank] is not None:
+        merge = getattr(self._source, "merge_state_dicts", None)
+        if merge is not None and any(state is not None for state in states):
+            # One state of every rank's: the checkpoint may come from another number of ranks.
+            self._source.load_state_dict(merge([state for state in states if state is not None]))
+        elif rank < len(states) and states[rank] is not None:
             self._source.load_state_dict(states[rank])
 
     def export_saved_model(self, export_dir: str | os.PathLike | None = None) -> str:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -418,6 +419,40 @@ def test_max_steps_takes_no_batch_from_a_stream_that_it_does_not_train(tmp_path)
     second.train(input_fn=lambda mode: _ListStream(batches))  # resumes at batch 2: none lost, none twice
     assert second.global_step == 5
     _assert_same_state(_state(second), _state(uninterrupted))
+
+
+class _PartitionedStream(_ListStream):
+    """A stream whose state is per partition, as a Kafka source's offsets: it merges the states of
+    a run's ranks."""
+
+    def state_dict(self) -> dict:
+        return {"offsets": {"0": self.position}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["offsets"]["0"]
+
+    @staticmethod
+    def merge_state_dicts(states: list[dict]) -> dict:
+        merged: dict = {}
+        for state in states:
+            for partition, offset in state["offsets"].items():
+                merged[partition] = max(offset, merged.get(partition, offset))
+        return {"offsets": merged}
+
+
+def test_an_input_that_merges_states_resumes_from_every_ranks_state(tmp_path):
+    batches = make_batches(6, 16, 3)
+    first = _estimator(tmp_path)
+    first.train(max_steps=2, input_fn=lambda mode: _PartitionedStream(batches))
+    # As if a second rank had read partition 0 further: the merged state resumes at its offset.
+    latest = CheckpointManager(tmp_path).latest()
+    manifest = json.loads((Path(latest) / "manifest.json").read_text())
+    manifest["input_states"].append({"offsets": {"0": 4}})
+    (Path(latest) / "manifest.json").write_text(json.dumps(manifest))
+    stream = _PartitionedStream(batches)
+    resumed = _estimator(tmp_path, seed=4)
+    resumed.train(input_fn=lambda mode: stream)
+    assert resumed.global_step == 4  # batches 4 and 5 only
 
 
 def test_half_written_checkpoints_are_never_the_latest(tmp_path):

@@ -404,3 +404,13 @@ def test_a_restarted_trainer_with_nothing_new_to_read_ends_quietly(broker, tmp_p
     worker.train(broker.bootstrap_servers, "drained", model_dir)
     assert "the stream produced no batch" in caplog.text
     assert (tmp_path / "model" / "checkpoint").read_text() == index
+
+
+def test_states_of_a_runs_ranks_merge_at_each_partitions_furthest_offset():
+    merged = KafkaSource.merge_state_dicts([
+        {"topic": "t", "offsets": {"0": 10, "2": 4}, "sparse_features": ["uid"]},
+        {"topic": "t", "offsets": {"1": 7, "2": 9}, "sparse_features": ["mov", "uid"]},
+    ])
+    assert merged == {"topic": "t", "offsets": {"0": 10, "2": 9, "1": 7}, "sparse_features": ["uid", "mov"]}
+    with pytest.raises(ValueError, match="different topics"):
+        KafkaSource.merge_state_dicts([{"topic": "a"}, {"topic": "b"}])

@@ -181,6 +181,21 @@ class KafkaSource:
         self._offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
         self._sparse_features.update(dict.fromkeys(state.get("sparse_features", ())))
 
+    @staticmethod
+    def merge_state_dicts(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """One state from the states of every rank of a run (its checkpoint's), for any number of
+        ranks now: each partition at the furthest offset any rank reached (offsets only grow; a
+        rank keeps the offsets it restored of partitions it does not read)."""
+        topics = {state.get("topic") for state in states} - {None}
+        if len(topics) > 1:
+            raise ValueError(f"input states are for different topics {sorted(topics)}")
+        offsets: dict[str, int] = {}
+        for state in states:
+            for partition, offset in state.get("offsets", {}).items():
+                offsets[str(partition)] = max(int(offset), offsets.get(str(partition), int(offset)))
+        features = dict.fromkeys(name for state in states for name in state.get("sparse_features", ()))
+        return {"topic": next(iter(topics), None), "offsets": offsets, "sparse_features": list(features)}
+
     def commit(self) -> bool:
         """Commits the offsets of :meth:`state_dict` to the consumer group; False if the broker refused.
 
