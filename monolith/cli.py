@@ -46,8 +46,6 @@ from monolith.params import InstantiableParams, Params
 
 __all__ = ["CliError", "apply_overrides", "build_params", "load_model_class", "main", "parse_value"]
 
-COMMANDS = ("train", "evaluate", "predict", "dump", "export")
-
 
 class CliError(Exception):
     """A mistake in the command line; printed as ``monolith: error: ...`` with exit status 2."""
@@ -272,52 +270,61 @@ _RUN = {"train": _train, "evaluate": _evaluate, "predict": _predict, "dump": _du
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, metavar="MODULE:CLASS",
+                        help="the model class, e.g. monolith.demo:DeepFM or path/to/file.py:MyModel")
+    common.add_argument("--model-dir", default=None,
+                        help="checkpoints and summaries (default: RunConfig's, ./model_dir)")
+    common.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a model param, dotted for groups (train.per_replica_batch_size=256); VALUE is "
+                             "a Python literal when it parses as one, else a string; repeatable")
+    common.add_argument("--config", default=None, metavar="JSON",
+                        help="JSON object (inline or a file) of param overrides, names dotted or nested as groups; "
+                             "its 'run_config' object sets RunConfig fields; --param wins over it")
+    common.add_argument("--seed", type=int, default=None, help="RunConfig.seed (default: 0)")
+    common.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
     parser = argparse.ArgumentParser(
         prog="monolith",
         description="Train, evaluate, predict, dump or export a Monolith model given as module:Class; "
-                    "`monolith serve --model EXPORT_DIR --port P` serves an export.",
+                    "`monolith serve --model EXPORT_DIR --port P` serves an export. "
+                    "`monolith COMMAND --help` lists a command's options.",
         epilog="Under torchrun (torchrun --nproc_per_node=N -m monolith train ...) the ranks train synchronously.")
-    parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("--model", required=True, metavar="MODULE:CLASS",
-                        help="the model class, e.g. monolith.demo:DeepFM or path/to/file.py:MyModel")
-    parser.add_argument("--model-dir", default=None,
-                        help="checkpoints and summaries (default: RunConfig's, ./model_dir)")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="train: stop at this global step (default: the train.max_steps param, else the end "
-                             "of input_fn)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="train: this many more steps; evaluate/predict: at most this many batches")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="set a model param, dotted for groups (train.per_replica_batch_size=256); VALUE is "
-                             "a Python literal when it parses as one, else a string; repeatable")
-    parser.add_argument("--config", default=None, metavar="JSON",
-                        help="JSON object (inline or a file) of param overrides, names dotted or nested as groups; "
-                             "its 'run_config' object sets RunConfig fields; --param wins over it")
-    parser.add_argument("--output-path", default=None,
-                        help="predict/evaluate: directory of the prediction files (the output_path param); "
-                             "predict defaults to MODEL_DIR/predictions")
-    parser.add_argument("--dump-path", default=None, help="dump: the JSON file (default: MODEL_DIR/model_dump.json)")
-    parser.add_argument("--export-dir", default=None,
-                        help="export: where the export goes, as <global_step>/ (default: MODEL_DIR/ joined with "
-                             "the serving.export_dir_base param, exported_models)")
-    parser.add_argument("--stream", default=None, metavar="kafka://HOST:PORT/TOPIC",
-                        help="train: read training examples from this Kafka topic (rank r of N reads the partitions p "
-                             "with p %% N == r), "
-                             "parsed by the model's parse_stream(messages) if it has one, else as JSON examples "
-                             "(monolith.streaming.encode_example); offsets are kept with each checkpoint")
-    parser.add_argument("--stream-group", default=None, help="train --stream: consumer group (default: the model name)")
-    parser.add_argument("--stream-idle-timeout", type=float, default=None,
-                        help="train --stream: stop after this many seconds without a message (default: never)")
-    parser.add_argument("--serving-url", default=None, metavar="http://HOST:PORT",
-                        help="train: push changed embedding rows and dense weights to this serving process")
-    parser.add_argument("--sync-interval", type=float, default=10.0,
-                        help="train --serving-url: seconds between parameter pushes (default 10)")
-    parser.add_argument("--evict-interval", type=float, default=None,
-                        help="train --serving-url: seconds between expiry sweeps whose evictions reach serving")
-    parser.add_argument("--seed", type=int, default=None, help="RunConfig.seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", parents=[common], help="train (resuming from MODEL_DIR's latest checkpoint)")
+    train.add_argument("--max-steps", type=int, default=None,
+                       help="stop at this global step (default: the train.max_steps param, else the end of input_fn)")
+    train.add_argument("--steps", type=int, default=None, help="this many more steps")
+    train.add_argument("--stream", default=None, metavar="kafka://HOST:PORT/TOPIC",
+                       help="read training examples from this Kafka topic (rank r of N reads the partitions p with "
+                            "p %% N == r), parsed by the model's parse_stream(messages) if it has one, else as JSON "
+                            "examples (monolith.streaming.encode_example); offsets are kept with each checkpoint")
+    train.add_argument("--stream-group", default=None, help="--stream: consumer group (default: the model name)")
+    train.add_argument("--stream-idle-timeout", type=float, default=None,
+                       help="--stream: stop after this many seconds without a message (default: never)")
+    train.add_argument("--serving-url", default=None, metavar="http://HOST:PORT",
+                       help="push changed embedding rows and dense weights to this serving process")
+    train.add_argument("--sync-interval", type=float, default=10.0,
+                       help="--serving-url: seconds between parameter pushes (default 10)")
+    train.add_argument("--evict-interval", type=float, default=None,
+                       help="--serving-url: seconds between expiry sweeps whose evictions reach serving")
+    for name, what in (("evaluate", "evaluate the latest checkpoint (per-head AUC / MSE, mean loss)"),
+                       ("predict", "write predictions of the latest checkpoint, one part-NNNNN file per rank")):
+        command = commands.add_parser(name, parents=[common], help=what)
+        command.add_argument("--steps", type=int, default=None, help="at most this many batches")
+        command.add_argument("--output-path", default=None,
+                             help="directory of the prediction files (the output_path param)"
+                                  + ("; default MODEL_DIR/predictions" if name == "predict" else ""))
+    dump = commands.add_parser("dump", parents=[common], help="write the model dump (features, slices, tables, ...)")
+    dump.add_argument("--dump-path", default=None, help="the JSON file (default: MODEL_DIR/model_dump.json)")
+    export = commands.add_parser("export", parents=[common], help="export the latest checkpoint for serving")
+    export.add_argument("--export-dir", default=None,
+                        help="where the export goes, as <global_step>/ (default: MODEL_DIR/ joined with the "
+                             "serving.export_dir_base param, exported_models)")
+    # Listed for the help only: main() hands `serve` to monolith.serving before this parser runs.
+    commands.add_parser("serve", help="serve an export over HTTP (monolith serve --help)", add_help=False)
     return parser
 
 
@@ -345,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CliError("--config run_config: must be a JSON object of RunConfig fields")
         p = build_params(cls, config, args.param)
         run_config = _run_config(args, run_fields)
-        if args.output_path is not None:
+        if getattr(args, "output_path", None) is not None:
             p.output_path = args.output_path
         elif args.command == "predict" and p.output_path is None:
             p.output_path = os.path.join(run_config.model_dir, "predictions")

@@ -242,3 +242,13 @@ def test_export_of_a_model_without_a_serving_receiver_is_a_one_line_error(workdi
         main(["export", "--model", "tiny_cli_model:TinyModel", "--model-dir", "run"])
     assert exit_info.value.code == 2
     assert "monolith: error: export:" in capsys.readouterr().err
+
+
+def test_each_command_has_its_own_help(capsys):
+    for command, has, lacks in (("train", "--stream", "--export-dir"), ("evaluate", "--output-path", "--stream"),
+                                ("export", "--export-dir", "--max-steps")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: monolith {command}" in out and has in out and lacks not in out
