@@ -72,7 +72,8 @@ class RunConfig:
         dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
             on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
             as Monolith's sync training does).
-        enable_summaries: write TensorBoard scalars to ``model_dir``.
+        enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
+            examples/s at every log step, the global gradient norm every ``save_summary_steps``.
         progress_bar: show a tqdm bar on stderr for long loops.
     """
 
@@ -88,6 +89,7 @@ class RunConfig:
     dedup: str | None = None
     dense_reduce: str = "sum"
     enable_summaries: bool = True
+    save_summary_steps: int = 100
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -95,7 +97,8 @@ class RunConfig:
         if not isinstance(self.model_dir, (str, os.PathLike)):
             raise ValueError(f"RunConfig.model_dir must be a path, got {self.model_dir!r}")
         self.model_dir = os.fspath(self.model_dir)
-        minimum = {"keep_checkpoint_max": 1, "log_step_count_steps": 1, "hashtable_init_capacity": 0, "index": 0}
+        minimum = {"keep_checkpoint_max": 1, "log_step_count_steps": 1, "hashtable_init_capacity": 0, "index": 0,
+                   "save_summary_steps": 1}
         for name, low in {**minimum, "seed": None, "save_checkpoints_steps": 1}.items():
             value = getattr(self, name)
             if value is None and name == "save_checkpoints_steps":
@@ -129,7 +132,10 @@ class _HeadMetrics:
             if label is None:
                 continue
             metric = self._metrics.setdefault(head, AUC() if classification else MeanSquaredError())
-            metric.update(label.detach().reshape(-1), pred.detach().reshape(-1))
+            label = label.detach().reshape(-1)
+            if classification:  # TF's auc casts labels to bool: soft labels count as positives when non-zero
+                label = (label != 0).to(torch.float32)
+            metric.update(label, pred.detach().reshape(-1))
 
     def compute(self, dist_ctx: DistributedContext | None = None) -> dict[str, float]:
         """Per-head values; under torch.distributed over every rank's examples, not a mean of ranks."""
@@ -355,21 +361,31 @@ class Estimator:
     # ------------------------------------------------------------------ training
     def train(self, max_steps: int | None = None, steps: int | None = None,
               input_fn: Callable[[str], Iterable[Batch]] | None = None,
-              hooks: Sequence[TrainingHook] = ()) -> dict[str, float]:
+              hooks: Sequence[TrainingHook] | None = None) -> dict[str, float]:
         """Trains until the global step reaches ``max_steps`` (or for ``steps`` more steps, or until
         the input ends); returns the last logged metrics.
 
         ``input_fn`` replaces the model's (e.g. a :class:`~monolith.streaming.KafkaSource`);
         ``hooks`` run besides the model's own (e.g. :class:`~monolith.streaming.ParameterSync`).
         An input with ``state_dict``/``load_state_dict`` (a stream) is checkpointed and resumed by
-        its own state; any other input is resumed by skipping the batches already trained.
+        its own state; any other input is resumed by skipping the batches already trained, and read
+        again from its start once they were all trained (another epoch, as TensorFlow's ``train``
+        reads ``input_fn`` anew). The loss and metrics logged every ``log_step_count_steps`` cover
+        the steps since the previous log.
         """
+        if steps is not None and max_steps is not None:
+            raise ValueError("Can not provide both steps and max_steps.")
+        extra_hooks = list(hooks or [])
+        for hook in extra_hooks:
+            if not isinstance(hook, TrainingHook):
+                raise TypeError(f"train: hooks must be TrainingHooks, got {type(hook).__name__}")
         self.model.p.mode = ModeKeys.TRAIN
         self.model.train()
         self.model.ctx.train(True)
         max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
         every_steps, every_secs = self._checkpoint_every()
-        source = (input_fn or self.model.create_input_fn(ModeKeys.TRAIN))(ModeKeys.TRAIN)
+        make_input = input_fn or self.model.create_input_fn(ModeKeys.TRAIN)
+        source = make_input(ModeKeys.TRAIN)
         self._source = source if _is_stateful(source) else None
         if self._source is not None:
             self._restore_input_state()
@@ -387,13 +403,20 @@ class Estimator:
         self.build(first)
         if steps is not None:
             max_steps = self.global_step + steps
-        batches = itertools.chain([first], batches) if self._source is not None else self._resume(first, batches)
+        if self._source is not None:
+            batches = itertools.chain([first], batches)
+        else:
+            batches = self._resume(first, batches)
+            if batches is None:  # every batch was trained before: a new pass over the input
+                logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
+                            self._batches_consumed)
+                self._batches_consumed = 0
+                batches = iter(make_input(ModeKeys.TRAIN))
         metrics = _HeadMetrics()
-        # Hooks begin before the first step: those of the build pass when it ran now (tables exist,
-        # checkpoint restored), else those of the first step.
-        extra_hooks = list(hooks)
-        hooks: list[TrainingHook] | None = self._hooks(self.model._training_hooks) + extra_hooks if built_now else None
-        for hook in hooks or []:
+        # Hooks begin before the first step: the given ones, and the model's from the build pass when
+        # it ran now (tables exist, checkpoint restored), else from the first step's model_fn.
+        model_hooks: list[TrainingHook] | None = self._hooks(self.model._training_hooks) if built_now else None
+        for hook in (model_hooks or []) + extra_hooks:
             hook.begin(self)
         saved_step, saved_at = None, time.monotonic()
         progress = self._progress(max_steps)
@@ -411,11 +434,11 @@ class Estimator:
                 self._batches_consumed += 1
                 metrics.update(output)
                 examples += batch.batch_size
-                if hooks is None:
-                    hooks = self._hooks(output.training_hooks) + extra_hooks
-                    for hook in hooks:
+                if model_hooks is None:
+                    model_hooks = self._hooks(output.training_hooks)
+                    for hook in model_hooks:
                         hook.begin(self)
-                for hook in hooks:
+                for hook in model_hooks + extra_hooks:
                     hook.after_step(self.global_step, batch, output)
                 if progress is not None:
                     progress.update(1)
@@ -423,6 +446,7 @@ class Estimator:
                                          examples_per_sec=f"{examples / (time.perf_counter() - started):.0f}")
                 if self.global_step % self.config.log_step_count_steps == 0:
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
+                    metrics = _HeadMetrics()  # the next log's metrics: constant memory on endless streams
                 due = bool(every_steps) and self.global_step % every_steps == 0
                 if every_secs:
                     due = time.monotonic() - saved_at >= every_secs
@@ -437,15 +461,15 @@ class Estimator:
             raise self._rank_failure(error) from error
         else:
             if max_steps is not None and self.global_step < max_steps and self._source is None:
-                logger.warning("train: the input ended at global step %d, before max_steps %d%s", self.global_step,
-                               max_steps, " (the batches before it were trained by earlier runs)" if not examples else "")
+                logger.warning("train: the input ended at global step %d, before max_steps %d", self.global_step,
+                               max_steps)
             if examples:
-                if self.global_step % self.config.log_step_count_steps:
+                if self.global_step % self.config.log_step_count_steps:  # steps since the last log
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
                 if saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
                     self.save_checkpoint()
         finally:
-            for hook in hooks or []:
+            for hook in (model_hooks or []) + extra_hooks:
                 hook.end()
             if progress is not None:
                 progress.close()
@@ -485,8 +509,9 @@ class Estimator:
         if self._dense_optimizer is not None:
             self._dense_optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
-        # Without clipping or summaries nobody reads the global norm: its pass over every gradient is skipped.
-        needs_norm = self.model.p.clip_norm is not None or self.config.enable_summaries
+        summary_due = self.config.enable_summaries and (self.global_step + 1) % self.config.save_summary_steps == 0
+        # Without clipping or a summary nobody reads the global norm: its pass over every gradient is skipped.
+        needs_norm = self.model.p.clip_norm is not None or summary_due
         sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
         if self.dist is not None:
             # The sparse gradients travel to their owners while the dense ones are being summed.
@@ -494,7 +519,6 @@ class Estimator:
             self.model.ctx.exchange_gradients()
             sparse_squared = summed()
         dense_scale, sparse_scale, norm = self._clip_scales(sparse_squared)
-        self._summary("global_gradient_norm", norm)
         if self._dense_optimizer is not None:
             decay = self.model.p.dense_weight_decay
             with torch.no_grad():
@@ -508,6 +532,8 @@ class Estimator:
             self._dense_optimizer.step()
         self.model.ctx.apply_gradients(self.global_step, sparse_scale, self.dedup)
         self.global_step += 1
+        if summary_due:
+            self._summary("global_gradient_norm", norm)
         return output
 
     def _start_dense_all_reduce(self, sparse_squared: float | None) -> Callable[[], float | None]:
@@ -568,18 +594,15 @@ class Estimator:
             raise TypeError(f"input_fn({mode!r}) must return an iterable of Batch, got {type(batches).__name__}")
         return iter(batches)
 
-    def _resume(self, first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
+    def _resume(self, first: Batch, rest: Iterator[Batch]) -> Iterator[Batch] | None:
         """The input from where the restored checkpoint left it (the same data order as an
-        uninterrupted run when ``input_fn`` is deterministic)."""
-        def chained() -> Iterator[Batch]:
-            yield first
-            yield from rest
-
-        batches = chained()
+        uninterrupted run when ``input_fn`` is deterministic); None when nothing is left."""
+        batches = itertools.chain([first], rest)
         for _ in range(self._batches_consumed):
             if next(batches, None) is None:
-                break
-        return batches
+                return None
+        following = next(batches, None)
+        return None if following is None else itertools.chain([following], batches)
 
     # ------------------------------------------------------------------ evaluation and prediction
     def _inference(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:

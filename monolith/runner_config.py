@@ -14,8 +14,9 @@ A misspelt field is a ``TypeError`` naming it, as for any dataclass.
 * ``save_checkpoints_steps``, ``save_checkpoints_secs`` -> the same ``RunConfig`` fields (either,
   not both; when neither is set, the model's ``train.save_checkpoints_*`` params apply).
 * ``checkpoints_max_to_keep`` -> ``RunConfig.keep_checkpoint_max``.
-* ``log_step_count_steps`` -> ``RunConfig.log_step_count_steps``; ``save_summary_steps`` 0 or None
-  turns TensorBoard summaries off (they are written at the log steps).
+* ``log_step_count_steps`` -> ``RunConfig.log_step_count_steps``; ``save_summary_steps`` -> the same
+  ``RunConfig`` field (how often the global gradient norm is written; loss and metrics are written at
+  the log steps); 0 or None turns TensorBoard summaries off.
 * ``use_native_multi_hash_table`` -> the same field (None, Monolith's default, means True).
 * ``hashtable_init_capacity`` -> the same ``RunConfig`` field: ids every table holds before it
   first grows, allocated when the tables are built.
@@ -27,10 +28,13 @@ A misspelt field is a ``TypeError`` naming it, as for any dataclass.
   every worker's gradient is applied in full.
 * ``server_type``: ``"worker"`` or ``"chief"``; ``"ps"`` is an error, there are no parameter
   servers (the tables are sharded over the training ranks).
-* ``restore_dir`` / ``restore_ckpt``: a ``model_dir`` without checkpoints starts from
-  ``restore_dir``'s latest checkpoint (or its ``restore_ckpt``), copied into ``model_dir``; with
-  ``restore_ckpt`` alone, training restarts once from that older checkpoint of ``model_dir``
-  (a ``restore_ckpt`` marker file in ``model_dir`` records that it was done, as in Monolith).
+* ``restore_dir`` / ``restore_ckpt`` (training jobs only, ``mode="train"``, as in Monolith): a
+  ``model_dir`` without checkpoints starts from ``restore_dir``'s latest checkpoint (or its
+  ``restore_ckpt``), copied into ``model_dir``; with ``restore_ckpt`` alone, training restarts once
+  from that older checkpoint of ``model_dir`` (a ``restore_ckpt`` marker file in ``model_dir``
+  records that it was done, as in Monolith). ``model.ckpt-N`` names checkpoint ``ckpt-N``; a name
+  that is not there is logged and the latest is used; a ``restore_dir`` without checkpoints is
+  logged and skipped.
 * ``is_local``, ``deep_insight_name``, ``deep_insight_target``, ``deep_insight_sample_ratio``: as
   Monolith's ``Estimator``, a non-local run sets ``metrics.enable_deep_insight`` and these params.
 * ``params_override``: a JSON object of (dotted) param names set on the model.
@@ -78,7 +82,9 @@ import dataclasses
 import enum
 import getpass
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from typing import TYPE_CHECKING, Callable
@@ -91,6 +97,8 @@ if TYPE_CHECKING:
     from monolith.model import MonolithBaseModel
 
 __all__ = ["RunnerConfig", "ServiceDiscoveryType"]
+
+logger = logging.getLogger(__name__)
 
 # Written into model_dir once restore_ckpt has been applied, so a restarted job resumes from its
 # own newer checkpoints instead of rolling back again (Monolith's marker file of the same name).
@@ -266,6 +274,7 @@ class RunnerConfig:
             dedup="sum" if self.enable_fid_dedup else None,
             dense_reduce="mean" if self.enable_sync_training else "sum",
             enable_summaries=bool(self.save_summary_steps),
+            save_summary_steps=self.save_summary_steps or 100,
         )
 
     def configure(self, model: "MonolithBaseModel") -> "RunConfig":
@@ -287,8 +296,11 @@ class RunnerConfig:
             if self.deep_insight_sample_ratio:
                 p.metrics.deep_insight_sample_ratio = self.deep_insight_sample_ratio
         run_config = self.to_run_config(p.name)
+        if self.mode != "train":
+            if self.restore_dir or self.restore_ckpt:  # as Monolith: only a training job restores
+                logger.info("mode is %s: restore_dir / restore_ckpt are ignored", self.mode)
         # Rank 0 (Monolith's chief) prepares the shared model_dir; the other ranks wait for it.
-        if int(os.environ.get("RANK", "0")) == 0:
+        elif int(os.environ.get("RANK", "0")) == 0:
             self._prepare_model_dir(run_config.model_dir)
         else:
             self._wait_for_model_dir(run_config.model_dir)
@@ -297,9 +309,13 @@ class RunnerConfig:
     def _restores_once(self) -> bool:
         return bool(self.restore_ckpt) and not self.restore_dir
 
+    def _restores_from_dir(self) -> bool:
+        """A ``restore_dir`` holding a checkpoint (Monolith skips one without, and so does this)."""
+        return bool(self.restore_dir) and CheckpointManager(self.restore_dir).latest() is not None
+
     def _wait_for_model_dir(self, model_dir: str, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while ((self.restore_dir and CheckpointManager(model_dir).latest() is None)
+        while ((self._restores_from_dir() and CheckpointManager(model_dir).latest() is None)
                or (self._restores_once() and not os.path.exists(os.path.join(model_dir, RESTORE_MARKER)))):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rank 0 did not prepare {model_dir} from restore_dir={self.restore_dir!r} / "
@@ -308,7 +324,10 @@ class RunnerConfig:
 
     def _prepare_model_dir(self, model_dir: str) -> None:
         own = CheckpointManager(model_dir)
-        if self.restore_dir and own.latest() is None:
+        if self.restore_dir and not self._restores_from_dir():
+            logger.warning("restore_dir %s has no checkpoint: training starts from %s as it is", self.restore_dir,
+                           model_dir)
+        elif self.restore_dir and own.latest() is None:
             source = _checkpoint_named(CheckpointManager(self.restore_dir), self.restore_ckpt)
             name = os.path.basename(source)
             staging = os.path.join(model_dir, f".{name}.restore")
@@ -326,17 +345,20 @@ class RunnerConfig:
 
 
 def _checkpoint_named(manager: CheckpointManager, name: str | None) -> str:
-    """The checkpoint of ``manager`` whose directory is called ``basename(name)``, or its latest."""
+    """The checkpoint of ``manager`` called ``basename(name)`` (TensorFlow's ``model.ckpt-N`` names
+    ``ckpt-N``), else its latest: a name it lacks is logged and skipped, as Monolith does."""
+    latest = manager.latest()
+    if latest is None:
+        raise FileNotFoundError(f"{manager.model_dir}: no checkpoint to restore from")
     if name is None:
-        latest = manager.latest()
-        if latest is None:
-            raise FileNotFoundError(f"restore_dir {manager.model_dir}: no checkpoint to restore from")
         return latest
+    wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(name))
     for path in manager.checkpoints():
-        if os.path.basename(path) == os.path.basename(name):
+        if os.path.basename(path) == wanted:
             return path
-    raise FileNotFoundError(f"restore_ckpt {name!r} is not a checkpoint of {manager.model_dir} "
-                            f"(it has {[os.path.basename(p) for p in manager.checkpoints()]})")
+    logger.warning("restore_ckpt %r is not a checkpoint of %s (it has %s); restoring its latest, %s", name,
+                   manager.model_dir, [os.path.basename(p) for p in manager.checkpoints()], os.path.basename(latest))
+    return latest
 
 
 def _write_index(model_dir: str, latest: str, kept: list[str]) -> None:

@@ -199,6 +199,75 @@ def test_hooks_begin_before_the_first_step(tmp_path):
     assert len(est.model.begun_at) == 2
 
 
+class _Recorder(TrainingHook):
+    """Records when it began and every step's (global step, labels, ctr predictions)."""
+
+    def __init__(self):
+        self.begun_at, self.steps = [], []
+
+    def begin(self, estimator):
+        self.begun_at.append(estimator.global_step)
+
+    def after_step(self, step, batch, output):
+        self.steps.append((step, batch.dense["label"].clone(), output.predictions["ctr"].detach().clone()))
+
+
+def test_train_calls_hooks_epochs_and_windowed_metrics(tmp_path):
+    est = make_estimator(tmp_path / "run")  # EstModel: 6 training batches
+    est.config.log_step_count_steps = 2
+    with pytest.raises(ValueError, match="Can not provide both steps and max_steps"):
+        est.train(steps=1, max_steps=3)
+    with pytest.raises(TypeError, match="hooks must be TrainingHooks"):
+        est.train(hooks=[object()])
+    assert est.train(hooks=None)["global_step"] == 6
+    # The model is built now: a given hook still begins before the call's first step.
+    recorder = _Recorder()
+    window = est.train(steps=3, hooks=[recorder])
+    assert recorder.begun_at == [6] and [step for step, _, _ in recorder.steps] == [7, 8, 9]
+    # The logged metrics cover the steps since the previous log (constant memory on endless inputs).
+    labels = torch.cat([label for _, label, _ in recorder.steps[-1:]]).numpy()
+    preds = torch.cat([pred for _, _, pred in recorder.steps[-1:]]).numpy()
+    assert window["global_step"] == 9
+    assert window["ctr/auc"] == pytest.approx(exact_auc(labels, preds), abs=1e-12)
+    # Every batch was trained: each further call is another pass over the input (an epoch).
+    est.train()
+    assert est.global_step == 12
+    est.train()
+    assert est.global_step == 18
+
+
+def test_gradient_norm_summaries_every_save_summary_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = EstModel()
+    model.batch_size = 16
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path / "run"), save_summary_steps=2, log_step_count_steps=3,
+                                     progress_bar=False))
+    est.train()
+    events = EventAccumulator(str(tmp_path / "run")).Reload()
+    assert [e.step for e in events.Scalars("global_gradient_norm")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("loss")] == [3, 6]
+
+
+def test_soft_labels_count_as_positives_in_auc_as_tensorflow_casts_them(tmp_path):
+    class SoftLabels(EstModel):
+        def input_fn(self, mode):
+            batches = super().input_fn(mode)
+            for batch in batches:
+                batch.dense["label"] = batch.dense["label"] * 0.7  # soft positives, zeros stay zero
+            return batches
+
+    model = SoftLabels()
+    model.batch_size = 16
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path / "run"), enable_summaries=False, progress_bar=False,
+                                     log_step_count_steps=1000))
+    recorder = _Recorder()
+    result = est.train(max_steps=3, hooks=[recorder])
+    labels = torch.cat([lab for _, lab, _ in recorder.steps]).numpy() != 0
+    preds = torch.cat([p for _, _, p in recorder.steps]).numpy()
+    assert result["ctr/auc"] == pytest.approx(exact_auc(labels.astype(np.float32), preds), abs=1e-12)
+
+
 def test_no_clipping_with_a_large_clip_norm(tmp_path):
     """clip_norm large and no decay: dense parameters take exactly the SGD step of the loss."""
     est = make_estimator(tmp_path / "run", clip_norm=1e9)

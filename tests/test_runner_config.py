@@ -227,9 +227,21 @@ def test_restore_dir_and_restore_ckpt(tmp_path, monkeypatch):
     again.build(make_batches(1)[0])
     assert again.global_step == 3
 
-    with pytest.raises(FileNotFoundError, match="ckpt-5"):
-        Estimator(TinyModel(), quiet(model_dir=str(tmp_path / "d"), restore_dir=str(tmp_path / "a"),
-                                     restore_ckpt="ckpt-5"))
+    # As Monolith: a restore_ckpt that is not there is logged and the latest used; TF's model.ckpt-N is ckpt-N.
+    missing = Estimator(TinyModel(), quiet(model_dir=str(tmp_path / "d"), restore_dir=str(tmp_path / "a"),
+                                           restore_ckpt="ckpt-5"))
+    missing.build(make_batches(1)[0])
+    assert missing.global_step == 3
+    tf_named = Estimator(TinyModel(), quiet(model_dir=str(tmp_path / "e"), restore_dir=str(tmp_path / "a"),
+                                            restore_ckpt="model.ckpt-4"))
+    tf_named.build(make_batches(1)[0])
+    assert tf_named.global_step == 4
+    # A restore_dir without checkpoints is skipped; only a training job restores.
+    fresh = Estimator(TinyModel(), quiet(model_dir=str(tmp_path / "f"), restore_dir=str(tmp_path / "nothing")))
+    fresh.build(make_batches(1)[0])
+    assert fresh.global_step == 0
+    Estimator(TinyModel(), quiet(model_dir=str(tmp_path / "a"), restore_ckpt="ckpt-4", mode="eval")).evaluate()
+    assert CheckpointManager(tmp_path / "a").latest() == str(tmp_path / "a" / "ckpt-3")
 
 
 def test_checkpoints_by_seconds_and_from_params(tmp_path):
