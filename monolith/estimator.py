@@ -353,7 +353,7 @@ class Estimator:
         if (metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0
                 and not has_metric_sink(hooks, FileMetricHook.metric_sink)):
             hooks.append(FileMetricHook(
-                metrics.file_base_name, metrics.deep_insight_name or self.model.p.name,
+                metrics.file_base_name, metrics.deep_insight_name,
                 metrics.deep_insight_sample_ratio, metrics.dump_filename, metrics.file_ext,
                 metrics.extra_fields_keys, self.config.index, self.config.seed))
         return hooks

@@ -9,7 +9,7 @@ import torch
 
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithModel
-from monolith.params import InstantiableParams, Params
+from monolith.params import InstantiableParams, Params, copy_params_to, update_params
 
 
 def _tree() -> Params:
@@ -116,6 +116,121 @@ def test_freeze():
     assert p.copy().is_immutable()
 
 
+def test_str_is_monolith_text_format():
+    # Monolith's str(params), byte for byte: names sorted, strings double-quoted (unescaped), groups
+    # as indented braces, other values as str() with dicts (and Params inside values) sorted by key.
+    p = _tree()
+    p.define("name", "abc", "")
+    p.define("empty", Params(), "")
+    p.define("layers", [Params(), (1, "x")], "")
+    p.layers[0].define("units", 4, "")
+    p.define("mapping", {"b": None, "a": [1.5, True]}, "")
+    p.define("cls", int, "")
+    assert str(p) == """{
+  cls: <class 'int'>
+  empty: {
+
+  }
+  layers: [{'units': 4}, (1, 'x')]
+  lr: 0.1
+  mapping: {'a': [1.5, True], 'b': None}
+  name: "abc"
+  train: {
+    max_steps: 10
+    opt: {
+      beta: 0.9
+    }
+  }
+}"""
+    assert repr(p) == str(p)
+    assert str(Params()) == "{\n\n}"
+
+
+class _SubParams(Params):
+    def __init__(self):
+        super().__init__()
+        self.define("base", 1, "")
+
+
+class _SubInstantiable(InstantiableParams):
+    pass
+
+
+def test_copy_keeps_the_subclass():
+    p = _SubParams()
+    p.define("extra", 2, "")
+    p.delete("base")
+    q = p.copy()
+    # As Monolith's ``_copy_to(type(self)())``: the class is kept, the params are the source's only.
+    assert type(q) is _SubParams and dict(q.iter_params()) == {"extra": 2}
+    i = _SubInstantiable(_Kwargs)
+    i.define("units", 3, "")
+    j = copy.deepcopy(i)
+    assert type(j) is _SubInstantiable and j.cls is _Kwargs and j == i
+
+
+def test_copy_keeps_autograd_tensors_by_reference():
+    computed = torch.ones(2, requires_grad=True) * 2  # not a leaf: cannot be deep-copied
+    leaf = torch.ones(2)
+    p = Params()
+    p.define("computed", computed, "")
+    p.define("leaf", leaf, "")
+    shared = [1]
+    p.define("a", shared, "")
+    p.define("b", shared, "")
+    q = p.copy()
+    assert q.computed is computed  # as Monolith keeps a tf.Tensor
+    assert q.leaf is not leaf and torch.equal(q.leaf, leaf)
+    assert q.a is q.b and q.a is not shared  # one deep copy of the whole level, as Monolith's
+
+
+def test_dotted_names_index_into_lists_of_groups():
+    p = Params()
+    p.define("layers", [Params(), Params()], "")
+    for i, layer in enumerate(p.layers):
+        layer.define("d", i, "")
+    assert p.get("layers[0].d") == 0 and p.get("layers[-1].d") == 1
+    p.set(**{"layers[1].d": 7})
+    assert p.layers[1].d == 7
+    p.delete("layers[0].d")
+    assert "d" not in p.layers[0]
+    with pytest.raises(AttributeError, match=r"layers\[5\]"):
+        p.get("layers[5].d")
+    with pytest.raises(AttributeError, match="layerz"):
+        p.get("layerz[0].d")
+
+
+def test_dotted_name_through_a_value_says_it_is_not_a_group():
+    p = _tree()
+    p.define("layers", [1], "")
+    for name in ("lr.x", "train.max_steps.y", "layers[0].x"):
+        with pytest.raises(AttributeError) as info:
+            p.set(**{name: 1})
+        message = str(info.value)
+        assert "not a Params group" in message and "not defined" not in message, message
+    with pytest.raises(AttributeError, match="'train.max_steps' is a int"):
+        p.get("train.max_steps.y")
+
+
+def test_copy_params_to():
+    src, dst = _tree(), _tree()
+    src.lr, src.train.max_steps = 0.5, 99
+    assert copy_params_to(src, dst, skip=["lr"]) is dst
+    assert dst.lr == 0.1 and dst.train == src.train
+    assert dst.train is not src.train  # a group is copied, as Monolith's
+    src.define("only_in_src", 1, "")
+    with pytest.raises(AttributeError, match="only_in_src"):
+        copy_params_to(src, dst)  # names must be defined in the destination, as Monolith's
+
+
+def test_update_params():
+    p = _tree()
+    args = {"beta": 0.1, "lr": 2.0, "unknown": 3}
+    assert update_params(p, args) is None
+    assert (p.lr, p.train.opt.beta, p.train.max_steps) == (2.0, 0.1, 10)
+    assert args == {"unknown": 3}  # what is left matched no param
+
+
 class _Takes:
     def __init__(self, params):
         self.params = params
@@ -155,6 +270,26 @@ def test_instantiable_params_instantiate():
 
     c = k.copy()
     assert isinstance(c, InstantiableParams) and c.cls is _Kwargs and c == k
+
+
+class _Layer:
+    def __init__(self, units, *args, **kwargs):
+        self.units, self.args, self.kwargs = units, args, kwargs
+
+
+def test_instantiate_forwards_allowed_kwargs():
+    p = InstantiableParams(_Layer)
+    p.define("units", 4, "")
+    p.define("name", "dense", "")
+    p.define("input_shape", None, "")  # None: not passed
+    p.define("inner", Params(), "")
+    p.inner.define("input_dim", 8, "")
+    p.inner.define("kwargs", 1, "")  # **kwargs is not filled by name
+    p.inner.define("args", 2, "")  # nor *args
+    layer = p.instantiate()
+    # As Monolith: the names __init__ takes, plus every allowed kwarg the tree defines (not None).
+    assert layer.units == 4 and layer.args == ()
+    assert layer.kwargs == {"name": "dense", "input_dim": 8}
 
 
 # ----------------------------------------------------------------------------- model params
