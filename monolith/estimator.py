@@ -283,7 +283,11 @@ class Estimator:
         """Writes a checkpoint of the current state to ``model_dir``; returns its path.
 
         With the ``serving.export_when_saving`` param, the checkpointed model is also exported
-        (:meth:`export_saved_model`) when it has a serving receiver, as Monolith's exporting saver.
+        (:meth:`export_saved_model`) when it has a serving receiver, as Monolith's exporting saver,
+        and exports are kept in step with checkpoints: those whose step is no longer a kept
+        checkpoint (``keep_checkpoint_max``) are deleted, as Monolith's export saver listener does.
+        Not under torch.distributed (an export runs in one process): there rank 0 logs a warning and
+        the checkpoint is exported with ``monolith export``.
         """
         dense = {
             "model": self.model.state_dict(),
@@ -306,14 +310,24 @@ class Estimator:
         if self._source is not None and hasattr(self._source, "commit"):
             self._source.commit()  # the stream's consumed offsets go with the checkpoint
         if self.model.p.serving.export_when_saving:
-            if self.dist is not None:
-                logger.warning("serving.export_when_saving: not exported under torch.distributed (an export runs "
-                               "in one process: `monolith export` the checkpoint %s)", path)
-            elif self.model.create_serving_input_receiver_fn()() is None:
-                logger.warning("serving.export_when_saving: not exported, serving_input_receiver_fn returned None")
-            else:
-                self.export_saved_model()
+            self._export_when_saving(path)
         return path
+
+    def _export_when_saving(self, checkpoint: str) -> None:
+        """Exports the checkpointed model and deletes the exports of checkpoints no longer kept."""
+        if self.dist is not None:
+            if self.dist.rank == 0:
+                logger.warning("serving.export_when_saving: not exported under torch.distributed (an export runs "
+                               "in one process: `monolith export` the checkpoint %s)", checkpoint)
+            return
+        if self.model.create_serving_input_receiver_fn()() is None:
+            logger.warning("serving.export_when_saving: not exported, serving_input_receiver_fn returned None")
+            return
+        from monolith.export import prune_exports
+
+        export_dir = os.path.dirname(self.export_saved_model())
+        kept = [os.path.basename(c).removeprefix("ckpt-") for c in self._checkpoints.checkpoints()]
+        prune_exports(export_dir, {int(step) for step in kept if step.isdigit()})
 
     def _restore_input_state(self) -> None:
         """Positions a stateful input where the latest checkpoint left it (before it is read): by

@@ -144,7 +144,11 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         p.serving.define("export_with_gpu_allowed", False, "Ignored: exports are device-independent programs.")
         p.serving.define("export_with_cleared_entry_devices", False, "Ignored: exports carry no device placement.")
         p.serving.define("export_when_saving", False, "Export a serving model with each checkpoint (models whose "
-                                                      "serving_input_receiver_fn returns a receiver).")
+                                                      "serving_input_receiver_fn returns a receiver) to "
+                                                      "export_dir_base/<step>, deleting the exports whose step is no "
+                                                      "longer a kept checkpoint (keep_checkpoint_max). Not under "
+                                                      "torchrun (an export runs in one process; rank 0 logs a "
+                                                      "warning): `monolith export` the checkpoint instead.")
         p.serving.define("export_dir_base", "exported_models", "Export base dir (relative to model_dir, or absolute).")
         p.serving.define("export_mode", "standalone", "Ignored: every export is standalone (tables in the export).")
         p.serving.define("shared_embedding", True, "Ignored: exports always copy the tables.")

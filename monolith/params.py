@@ -270,8 +270,8 @@ class InstantiableParams(Params):
 
         A class whose ``__init__`` takes ``params`` gets this object. Any other gets, by name, the
         values its ``__init__`` names from the flattened tree (the innermost definition of a name
-        wins), plus each :data:`allowed_kwargs` name the tree defines with a value other than None,
-        as Monolith's ``InstantiableParams``.
+        wins), plus each :data:`allowed_kwargs` name the tree defines with a value other than None
+        when ``__init__`` takes ``**kwargs``, as Monolith's ``InstantiableParams``.
         """
         if self.cls is None:
             raise ValueError("InstantiableParams.cls is None: nothing to instantiate")
@@ -285,7 +285,10 @@ class InstantiableParams(Params):
         kwargs = {name: index[name] for name, parameter in parameters.items()
                   if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
                   and name not in ("self", "cls") and name in index}
-        kwargs.update({key: index[key] for key in allowed_kwargs if index.get(key) is not None})
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        # Only where __init__ can take them: a model class defines "name" in every params tree.
+        kwargs.update({key: index[key] for key in allowed_kwargs
+                       if index.get(key) is not None and (takes_any or key in parameters)})
         return self.cls(**kwargs)
 
     def copy(self) -> "InstantiableParams":

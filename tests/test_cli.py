@@ -189,7 +189,7 @@ def test_params(workdir):
     assert parse_value("None") is None and parse_value("/tmp/x") == "/tmp/x" and parse_value("[64, 32]") == [64, 32]
     with pytest.raises(CliError, match=r"--param hiden: parameter 'hiden' is not defined; did you mean hidden"):
         build_params(cls, {}, ["hiden=3"])
-    with pytest.raises(CliError, match=r"--param trian.max_steps: parameter group 'trian' is not defined"):
+    with pytest.raises(CliError, match=r"--param trian.max_steps: in 'trian.max_steps': parameter 'trian' is not defined; did you mean train"):
         build_params(cls, {}, ["trian.max_steps=3"])
     with pytest.raises(CliError, match="--param must be name=value"):
         build_params(cls, {}, ["hidden"])

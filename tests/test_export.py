@@ -1,22 +1,28 @@
 """Export for serving: the layout and signature of an export, predictions of the export loaded in a
 process without the model's code against ``Estimator.predict`` (Fp32 exact, Fp16 within half
 precision, FixedR8 rows quantised as configured), the TorchScript fallback, exporting from a
-checkpoint into a fresh estimator, and the errors of a model that cannot be served.
+checkpoint into a fresh estimator, the check of the saved program at batch size 1, replacing an
+export without a moment of half of one, exports kept in step with checkpoints, and the errors of a
+model that cannot be served.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import monolith.export.exporter as exporter
 from monolith.dump import ModelDump
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
 from monolith.export import ExportSignature, ServingInputReceiver, export_saved_model
@@ -60,14 +66,15 @@ def request_of(batch: Batch) -> tuple[dict, dict]:
 
 class ServeModel(MonolithModel):
     """Two heads (ctr: sigmoid, bid: regression) on uid/mov/hist embeddings and a dense ``ctx``, a
-    FixedR8-able bias slice and an extra output; ``branchy`` adds a value check torch.export rejects."""
+    FixedR8-able bias slice and an extra output; ``branchy`` adds a value check torch.export rejects,
+    ``batch_branch`` doubles the vectors of a batch of one example (a branch on the batch size)."""
 
-    def __init__(self, vec_compressor=None, bias_compressor=None, branchy=False, receiver=None):
+    def __init__(self, vec_compressor=None, bias_compressor=None, branchy=False, receiver=None, batch_branch=False):
         super().__init__()
         self.register_slots(SLOTS)
         self.tower = torch.nn.Sequential(torch.nn.Linear(3 * DIM + CTX, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         self.vec_compressor, self.bias_compressor = vec_compressor, bias_compressor
-        self.branchy = branchy
+        self.branchy, self.batch_branch = branchy, batch_branch
         self.receiver = receiver or ServingInputReceiver(list(SLOTS), {"ctx": CTX})
         self.batch_size = 16
 
@@ -84,6 +91,8 @@ class ServeModel(MonolithModel):
         vec = self.lookup_embedding_slice(["uid", "mov"], "vec", DIM, out_type="concat",
                                           compressor=self.vec_compressor, **sgd)
         hist = self.lookup_embedding_slice(["hist"], "vec", DIM)[0]  # [batch, SEQ, DIM]
+        if self.batch_branch and vec.shape[0] == 1:
+            vec = vec * 2
         bias = self.lookup_embedding_slice(["uid", "mov"], "bias", 1, out_type="add_n",
                                            compressor=self.bias_compressor, **sgd)
         out = self.tower(torch.cat([vec, hist.mean(1), features["ctx"]], 1))
@@ -104,11 +113,11 @@ class ServeModel(MonolithModel):
         return self.receiver
 
 
-def make_estimator(model_dir, **model_args) -> Estimator:
+def make_estimator(model_dir, model_class=ServeModel, config_args=None, **model_args) -> Estimator:
     torch.manual_seed(0)
     config = RunConfig(model_dir=str(model_dir), log_step_count_steps=1000, enable_summaries=False,
-                       progress_bar=False)
-    return Estimator(ServeModel(**model_args), config)
+                       progress_bar=False, **(config_args or {}))
+    return Estimator(model_class(**model_args), config)
 
 
 def trained(model_dir, steps: int = 8, **model_args) -> Estimator:
@@ -323,3 +332,138 @@ def test_cli_export(tmp_path, capsys):
     assert line["export"] == os.path.join(os.path.abspath(model_dir), "exported_models", "2")
     assert line["program"] == "torch.export" and line["outputs"] == ["ctr", "bid", "logits"]
     assert ServingModel.load(line["export"]).version == 2
+
+
+# ----------------------------------------------------------------------------- the check at batch size 1
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+@pytest.mark.parametrize("branchy,kind", [(False, "torch.export"), (True, "torchscript")])
+def test_program_that_branches_on_batch_size_is_refused(tmp_path, branchy, kind):
+    # Traced at batch size 7 (and checked at 3), the program never takes model_fn's batch-of-one branch:
+    # served, a one-example request would get other predictions than model_fn's.
+    est = trained(tmp_path / "run", steps=1, branchy=branchy, batch_branch=True)
+    with pytest.raises(RuntimeError, match=f"saved {kind} program disagrees with model_fn on output 'ctr' at "
+                                           f"batch size 1 .*values differ"):
+        est.export_saved_model(tmp_path / "export")
+    assert os.listdir(tmp_path / "export") == []  # refused: no export, no staging left
+
+
+def test_no_register_buffer_warning_for_several_extra_outputs(tmp_path):
+    class MoreOutputs(ServeModel):
+        def model_fn(self, features, mode):
+            spec = super().model_fn(features, mode)
+            self.add_extra_output("bid2", spec.pred["bid"] * 2)  # torch says "were assigned" for several
+            return spec
+
+    est = make_estimator(tmp_path / "run", model_class=MoreOutputs)
+    est.train(max_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = est.export_saved_model(tmp_path / "export")
+    assert not [str(w.message) for w in caught if "register_buffer" in str(w.message)]
+    assert ExportSignature.load(path).outputs == ["ctr", "bid", "logits", "bid2"]
+
+
+# ----------------------------------------------------------------------------- replacing an export
+def _export_is_whole(path) -> bool:
+    signature = ExportSignature.load(path)
+    return all(os.path.isfile(os.path.join(path, f)) for f in [signature.program_file, *signature.tables.values()])
+
+
+def test_crash_while_replacing_an_export_never_leaves_half_of_one(fp32_export, tmp_path, monkeypatch):
+    est, _, _ = fp32_export
+    export_dir = tmp_path / "export"
+    first = export_saved_model(est, export_dir)
+    real_rmtree, real_replace = exporter.shutil.rmtree, exporter.os.replace
+
+    def killed_while_deleting(path, *args, **kwargs):
+        # A kill in the middle of deleting a whole export: half of its files are gone.
+        tables = os.path.join(path, "tables")
+        if os.path.isdir(tables) and os.listdir(tables):
+            os.unlink(os.path.join(tables, sorted(os.listdir(tables))[0]))
+            raise KeyboardInterrupt("killed")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(exporter.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        export_saved_model(est, export_dir)
+    monkeypatch.setattr(exporter.shutil, "rmtree", real_rmtree)
+    assert _export_is_whole(first)  # the new export is in place whole; only the old copy set aside is half
+    assert ServingModel.load(export_dir).predict(*request_of(predict_batches()[0]))["ctr"]
+
+    # A kill between setting the old export aside and renaming the new one in: no export of step 8 ...
+    replaced = []
+
+    def killed_after_setting_aside(src, dst):
+        if os.path.dirname(dst) == str(export_dir):  # (not the files written inside the staging)
+            replaced.append((os.path.basename(src), os.path.basename(dst)))
+            if len(replaced) == 2:
+                raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(exporter.os, "replace", killed_after_setting_aside)
+    with pytest.raises(KeyboardInterrupt):
+        export_saved_model(est, export_dir)
+    monkeypatch.setattr(exporter.os, "replace", real_replace)
+    assert replaced == [("8", ".8.replaced"), (".8.staging", "8")]
+    assert sorted(os.listdir(export_dir)) == [".8.replaced"]  # ... the staging is gone, the old copy aside
+    with pytest.raises(FileNotFoundError, match="no export"):
+        ServingModel.load(export_dir)  # serving ignores the hidden copy
+
+    # ... which the next export restores (then replaces); a failed export leaves no staging behind.
+    monkeypatch.setattr(exporter, "save_table", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        export_saved_model(est, export_dir)
+    assert sorted(os.listdir(export_dir)) == ["8"] and _export_is_whole(first)
+    monkeypatch.undo()
+    assert export_saved_model(est, export_dir) == first and sorted(os.listdir(export_dir)) == ["8"]
+    assert _export_is_whole(first)
+
+
+# ----------------------------------------------------------------------------- export_when_saving
+def test_export_when_saving_keeps_exports_in_step_with_checkpoints(tmp_path, caplog):
+    est = make_estimator(tmp_path / "run", config_args={"save_checkpoints_steps": 1, "keep_checkpoint_max": 2})
+    est.model.p.serving.export_when_saving = True
+    export_dir = tmp_path / "run" / "exported_models"
+    os.makedirs(export_dir / ".1.staging")  # a crashed export's staging of another step: not an export
+    est.train(max_steps=4)
+    kept = [os.path.basename(c) for c in est._checkpoints.checkpoints()]
+    assert kept == ["ckpt-3", "ckpt-4"]
+    assert sorted(n for n in os.listdir(export_dir) if not n.startswith(".")) == ["3", "4"]
+    assert ServingModel.load(export_dir).version == 4
+
+    # Under torch.distributed nothing is exported: rank 0 says so, the other ranks say nothing.
+    for rank, says in ((1, False), (0, True)):
+        est.dist = SimpleNamespace(rank=rank)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monolith.estimator"):
+            est._export_when_saving(kept[-1])
+        assert ("not exported under torch.distributed" in caplog.text) is says
+    est.dist = None
+    assert sorted(n for n in os.listdir(export_dir) if not n.startswith(".")) == ["3", "4"]
+
+
+# ----------------------------------------------------------------------------- FID transforms in model_fn
+class SharesInModelFn(ServeModel):
+    """Switches FIDs inside model_fn: trains, but cannot be served (requests carry the raw FIDs)."""
+
+    def model_fn(self, features, mode):
+        features = self.share_slot(features, {"uid": (False, 9)})  # a copy of uid's FIDs under slot 9
+        return super().model_fn(features, mode)
+
+
+class ReadsFidsInModelFn(ServeModel):
+    def model_fn(self, features, mode):
+        self.add_extra_output("n_mov", features["mov"].lengths().float())
+        return super().model_fn(features, mode)
+
+
+@pytest.mark.parametrize("model_class,how", [(SharesInModelFn, r"features\.sparse\.to_dict\(\), as share_slot"),
+                                             (ReadsFidsInModelFn, r"features\['mov'\]")])
+def test_fid_transform_inside_model_fn_gets_a_clear_error(tmp_path, model_class, how):
+    est = make_estimator(tmp_path / "run", model_class=model_class)
+    est.train(max_steps=1)  # trains fine
+    with pytest.raises(ValueError, match=f"model_fn reads the FIDs of sparse features .*{how}") as raised:
+        est.export_saved_model(tmp_path / "export")
+    message = str(raised.value)
+    assert "cannot be served" in message and "input_fn" in message and "share_slot(None, share_meta)" in message
+    assert not os.path.exists(tmp_path / "export")

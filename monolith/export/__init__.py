@@ -4,7 +4,7 @@ See :mod:`monolith.export.exporter` for the layout of an export and :mod:`monoli
 serving one.
 """
 
-from monolith.export.exporter import ExportSignature, export_saved_model
+from monolith.export.exporter import ExportSignature, export_saved_model, prune_exports
 from monolith.export.receiver import ServingInputReceiver
 
-__all__ = ["ExportSignature", "ServingInputReceiver", "export_saved_model"]
+__all__ = ["ExportSignature", "ServingInputReceiver", "export_saved_model", "prune_exports"]

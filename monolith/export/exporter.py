@@ -13,8 +13,14 @@ the receiver's dense features, and returns the heads' predictions and the extra 
 (:mod:`monolith.serving`) looks the FIDs up and pools them with the features' combiners itself,
 so an export loads without the model's Python code.
 
-The export is assembled in a staging directory and renamed into place, so a reader never sees
-half of one.
+The export is assembled in a hidden staging directory (``.<step>.staging``: deleted if the export
+fails, or by the next export of the step after a kill) and renamed into place, so a reader never
+sees half of one. An existing export of the
+same step is first renamed aside (``.<step>.replaced``), the new one renamed in, then the old copy
+deleted: at every moment ``<step>/`` is the old export whole, the new one whole, or (between the
+two renames) absent. Serving reads only ``<step>`` directories, never the hidden ones. A crash
+between the two renames leaves only the aside copy; the next export into the directory renames it
+back (or deletes it, where its step is in place again).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
@@ -58,6 +65,7 @@ __all__ = [
     "export_saved_model",
     "load_table",
     "program_factory",
+    "prune_exports",
     "save_table",
 ]
 
@@ -73,9 +81,14 @@ DENSE_STATE_PREFIX = "model."
 _TABLE_FORMAT = "monolith.serving-table"
 #: Batch size of the example inputs the program is traced with (a dynamic dimension for torch.export).
 _TRACE_BATCH = 7
-#: Batch size at which the saved program is checked against eager ``model_fn``; not the traced one,
-#: so a program with the batch size baked in is caught.
-_CHECK_BATCH = 3
+#: Batch sizes at which the saved program is checked against eager ``model_fn``: not the traced one,
+#: so a program with the batch size baked in is caught, and 1 (a request of one example), where a
+#: ``model_fn`` branching on the batch size (``x.shape[0] == 1``) parts from its trace.
+_CHECK_BATCHES = (1, 3)
+#: A step's export directory, and the hidden copies of one being written or replaced.
+_STEP_DIR = re.compile(r"\d+")
+_REPLACED_DIR = re.compile(r"\.(\d+)\.replaced")
+_DELETED_DIR = re.compile(r"\.\d+\.deleted")
 
 
 # --------------------------------------------------------------------------------------- signature
@@ -286,8 +299,9 @@ class _DenseProgram(torch.nn.Module):
 
     def _call(self, lookup: Callable[[FeatureColumn, FeatureSlice], torch.Tensor],
               dense: dict[str, torch.Tensor], batch_size: Any) -> ModelOutput:
-        # The features carry no FIDs: the model reaches sparse features only through its lookups.
-        features = Batch(KeyedJaggedTensor.from_jagged_dict({}, stride=batch_size), dense)
+        # The features carry no FIDs: the model reaches sparse features only through its lookups
+        # (ctx.lookup_override), and reading FIDs is an error that says so.
+        features = _ServingFeatures(_NoFids.of(self.receiver.sparse_features, batch_size), dense)
         ctx = self.model.ctx
         ctx.lookup_override = lookup
         try:
@@ -348,6 +362,47 @@ class _DenseProgram(torch.nn.Module):
         return tuple(_named_outputs(self._call(lookup, dense, inputs[0].shape[0])).values())
 
 
+def _fids_read(names: Sequence[str], how: str) -> ValueError:
+    return ValueError(
+        f"model_fn reads the FIDs of sparse features {list(names)} ({how}); an exported model is given no FIDs, "
+        f"only the pooled embeddings of its lookups, so FID transforms inside model_fn (share_slot, "
+        f"switch_slot_batch, reading features[name]) cannot be served. Do them in input_fn instead "
+        f"(share_slot(None, share_meta) returns the function that does it to a batch), and send serving "
+        f"requests the transformed FIDs")
+
+
+class _NoFids(KeyedJaggedTensor):
+    """The sparse part of the features the exported ``model_fn`` gets: no keys, so no FIDs; reading
+    the FIDs of a receiver's sparse feature (``[name]``, ``to_dict``) raises :func:`_fids_read`'s error."""
+
+    served: tuple[str, ...]
+
+    @classmethod
+    def of(cls, served: Sequence[str], stride: Any) -> "_NoFids":
+        kjt = cls._trusted([], torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), stride)
+        kjt.served = tuple(served)
+        return kjt
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.served:
+            raise _fids_read([key], f"features.sparse[{key!r}]")
+        return super().__getitem__(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.served:  # share_slot / switch_slot_batch start here
+            raise _fids_read(self.served, "features.sparse.to_dict(), as share_slot and switch_slot_batch do")
+        return {}
+
+
+class _ServingFeatures(Batch):
+    """The features the exported ``model_fn`` gets: the dense ones, and :class:`_NoFids`."""
+
+    def __getitem__(self, name: str) -> Any:
+        if isinstance(self.sparse, _NoFids) and name in self.sparse.served:
+            raise _fids_read([name], f"features[{name!r}]")
+        return super().__getitem__(name)
+
+
 def _named_outputs(output: ModelOutput) -> dict[str, torch.Tensor]:
     """The heads' predictions, then the extra outputs (``name/key`` for each entry of a dict)."""
     named = dict(zip(output.head_names, output.preds))
@@ -371,7 +426,8 @@ def _save_program(program: _DenseProgram, directory: str) -> tuple[str, str | No
         batch = torch.export.Dim("batch", min=1)
         with warnings.catch_warnings():
             # model_fn keeps its extra outputs on the model between calls; they are outputs, not state.
-            warnings.filterwarnings("ignore", message=".*was assigned during export", category=UserWarning)
+            # torch says "was assigned" for one such attribute, "were assigned" for several.
+            warnings.filterwarnings("ignore", message=".*(was|were) assigned during export", category=UserWarning)
             exported = torch.export.export(program, inputs, dynamic_shapes=(tuple({0: batch} for _ in inputs),))
         kind, reason = "torch.export", None
         torch.export.save(exported, os.path.join(directory, PROGRAM_FILES[kind]))
@@ -387,13 +443,33 @@ def _save_program(program: _DenseProgram, directory: str) -> tuple[str, str | No
 
 
 def _check_program(program: _DenseProgram, saved: torch.nn.Module, kind: str) -> None:
-    inputs = program.example_inputs(_CHECK_BATCH, torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected, got = program(*inputs), saved(*inputs)
-    for name, e, g in zip(program.outputs, expected, got):
-        if e.shape != g.shape or not torch.allclose(e.double(), g.double(), rtol=1e-4, atol=1e-5, equal_nan=True):
-            raise RuntimeError(f"the saved {kind} program disagrees with model_fn on output '{name}' at batch size "
-                               f"{_CHECK_BATCH} (did model_fn bake in the batch size or branch on values?)")
+    """Raises RuntimeError (naming the output and the batch size) where ``saved`` fails or disagrees
+    with eager ``model_fn`` at one of :data:`_CHECK_BATCHES`: the export is refused."""
+    for seed, batch in enumerate(_CHECK_BATCHES, start=1):
+        inputs = program.example_inputs(batch, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            try:
+                expected = program(*inputs)
+            except Exception as error:
+                raise RuntimeError(f"not exported: model_fn in PREDICT mode fails at batch size {batch}, which "
+                                   f"serving must handle: {type(error).__name__}: {error}") from error
+            try:
+                got = saved(*inputs)
+            except Exception as error:
+                raise RuntimeError(f"not exported: the saved {kind} program fails at batch size {batch}, where "
+                                   f"model_fn does not: {type(error).__name__}: {error}") from error
+        for name, e, g in zip(program.outputs, expected, got):
+            if e.shape != g.shape:
+                how = f"shape {list(g.shape)}, model_fn's {list(e.shape)}"
+            elif not torch.allclose(e.double(), g.double(), rtol=1e-4, atol=1e-5, equal_nan=True):
+                gap = (e.double() - g.double()).abs().nan_to_num(float("inf")).max()
+                how = f"values differ by up to {float(gap):.3g}"
+            else:
+                continue
+            raise RuntimeError(
+                f"not exported: the saved {kind} program disagrees with model_fn on output '{name}' at batch size "
+                f"{batch} ({how}); it was traced at batch size {_TRACE_BATCH}: does model_fn bake in or branch on "
+                f"the batch size, or branch on values?")
 
 
 # --------------------------------------------------------------------------------------- export
@@ -402,14 +478,18 @@ def export_saved_model(estimator: "Estimator", export_dir: str | os.PathLike) ->
 
     Tables and dense weights are the estimator's current ones (an estimator that has not built its
     model yet builds it on the receiver's features and restores the latest checkpoint, whose shards
-    from any number of ranks merge into this process). An existing export of the same step is replaced.
+    from any number of ranks merge into this process). An existing export of the same step is replaced
+    (renamed aside, the new one renamed in, the old one deleted: never half of one in place); a failed
+    export leaves no trace.
 
     Raises:
         TypeError: ``serving_input_receiver_fn`` returned no :class:`ServingInputReceiver`.
         ValueError: ``model_fn`` in PREDICT mode fails on the receiver's features, looks up a feature
-            the receiver lacks, or has outputs without one row per example.
-        RuntimeError: under torch.distributed (export from one process), or the saved program
-            disagrees with ``model_fn``.
+            the receiver lacks, reads FIDs itself (``share_slot`` / ``switch_slot_batch`` inside
+            ``model_fn``: do them in ``input_fn``), or has outputs without one row per example.
+        RuntimeError: under torch.distributed (export from one process), or the saved program fails
+            or disagrees with ``model_fn`` at batch size 1 or 3 (the message names the output and
+            the batch size).
     """
     if estimator.dist is not None:
         raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
@@ -443,22 +523,81 @@ def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelO
                   export_dir: str | os.PathLike) -> str:
     model = estimator.model
     step = estimator.global_step
-    final = os.path.join(os.fspath(export_dir), str(step))
-    staging = os.path.join(os.fspath(export_dir), f".{step}.staging")
+    export_dir = os.fspath(export_dir)
+    final = os.path.join(export_dir, str(step))
+    staging = os.path.join(export_dir, f".{step}.staging")
+    aside = os.path.join(export_dir, f".{step}.replaced")
+    _recover_replaced(export_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(os.path.join(staging, TABLES_DIR))
-    kind, reason = _save_program(program, staging)
-    tables = {}
-    for name, module in model.ctx.tables.items():
-        tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
-        save_table(os.path.join(staging, tables[name]), module.table)
-    # Training hooks never run in serving, so the dump (which refuses them) is made without them.
-    ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
-                         run_config=estimator.config).dump(os.path.join(staging, MODEL_DUMP_FILE))
-    ExportSignature(step, kind, program.receiver, program.embeddings, program.outputs, program.heads, tables,
-                    reason).save(staging)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    try:
+        os.makedirs(os.path.join(staging, TABLES_DIR))
+        kind, reason = _save_program(program, staging)
+        tables = {}
+        for name, module in model.ctx.tables.items():
+            tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
+            save_table(os.path.join(staging, tables[name]), module.table)
+        # Training hooks never run in serving, so the dump (which refuses them) is made without them.
+        ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
+                             run_config=estimator.config).dump(os.path.join(staging, MODEL_DUMP_FILE))
+        ExportSignature(step, kind, program.receiver, program.embeddings, program.outputs, program.heads, tables,
+                        reason).save(staging)
+        # Old export aside, new one in, old one deleted: <step>/ is never half of either.
+        replacing = os.path.isdir(final)
+        if replacing:
+            os.replace(final, aside)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if replacing:
+        shutil.rmtree(aside, ignore_errors=True)
     logger.info("exported step %d to %s (%s program)", step, final, kind)
     return final
+
+
+def _recover_replaced(export_dir: str) -> None:
+    """Finishes replacements a crash interrupted: an aside copy ``.<step>.replaced`` is deleted where
+    ``<step>/`` is in place, else renamed back to ``<step>/`` (the step's only complete export);
+    leftovers of an interrupted :func:`prune_exports` are deleted."""
+    for name in _listdir(export_dir):
+        if _DELETED_DIR.fullmatch(name):  # prune_exports was interrupted
+            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+        match = _REPLACED_DIR.fullmatch(name)
+        if match is None:
+            continue
+        aside, final = os.path.join(export_dir, name), os.path.join(export_dir, match.group(1))
+        if os.path.isdir(final):
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, final)
+            logger.warning("%s: restored the export of step %s that an interrupted export had set aside",
+                           final, match.group(1))
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def prune_exports(export_dir: str | os.PathLike, keep_steps: set[int] | Sequence[int]) -> list[str]:
+    """Deletes the exports ``export_dir/<step>/`` whose step is not in ``keep_steps``, as Monolith's
+    export saver listener deletes exports whose checkpoint is gone; returns the deleted paths.
+
+    Only ``<step>`` directories are touched (hidden staging and aside copies are not); an export is
+    renamed to a hidden name before it is deleted, so serving never loads half of one.
+    """
+    export_dir, keep = os.fspath(export_dir), {int(step) for step in keep_steps}
+    deleted = []
+    for name in sorted(_listdir(export_dir)):
+        path = os.path.join(export_dir, name)
+        if _STEP_DIR.fullmatch(name) is None or int(name) in keep or not os.path.isdir(path):
+            continue
+        doomed = os.path.join(export_dir, f".{name}.deleted")
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        deleted.append(path)
+        logger.info("deleted export %s: its checkpoint is no longer kept", path)
+    return deleted
