@@ -10,7 +10,10 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,12 +24,17 @@ import torch
 import uvicorn
 
 import monolith.serving.__main__ as serving_main
+from monolith.distributed import shard_of
+from monolith.estimator import Estimator, RunConfig
 from monolith.fid import make_fid, make_fid_v1
+from monolith.model import TrainingHook
 from monolith.optim.compressors import FixedR8Compressor, Fp32Compressor
-from monolith.serving import (RequestError, ServingModel, StaleUpdateError, UpdateRejected, decode_update,
-                              encode_update, push_update)
+from monolith.serving import (BaseVersionError, BaseVersionRejected, RequestError, ServingModel, StaleUpdateError,
+                              UpdateRejected, decode_update, encode_update, push_update)
 from monolith.serving.server import create_app
-from test_export import BIAS_RANGE, DIM, predict_batches, request_of, trained
+from monolith.sparse import Batch, KeyedJaggedTensor
+from monolith.streaming.parameter_sync import ParameterSync
+from test_export import BIAS_RANGE, DIM, ServeModel, make_batches, predict_batches, request_of, trained
 
 U, M, ABSENT = make_fid(1, 3), make_fid(2, 5), make_fid(1, 999)
 PROBE = ({"uid": [[U], [ABSENT]], "mov": [[M], []], "hist": [[], [M, M]]}, {"ctx": [[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]]})
@@ -456,3 +464,488 @@ def test_main_limits_reach_the_app(export_path, monkeypatch, serve):
     assert rejected.value.status == 413 and "limit of 10 bytes" in rejected.value.detail
     with pytest.raises(SystemExit):
         serving_main.main(["--model", str(export_path), "--max-batch-size", "0"])
+
+
+# ----------------------------------------------------------------------------- versions, restarts, full updates
+
+
+DAY = 86400
+NEW_UID = make_fid(1, 777)  # a user first trained after the export
+
+
+class RestartableServer:
+    """uvicorn in a thread on 127.0.0.1, stopped and started again on the same port (a restart)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._running = None
+
+    def start(self, app) -> str:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        app_server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=app_server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        self._running = (app_server, thread, sock)
+        deadline = time.monotonic() + 20
+        while not app_server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self._running is not None:
+            app_server, thread, sock = self._running
+            app_server.should_exit = True
+            thread.join(10)
+            sock.close()
+            self._running = None
+
+
+@pytest.fixture
+def restartable():
+    server = RestartableServer()
+    yield server
+    server.stop()
+
+
+class ExpiringServeModel(ServeModel):
+    """:class:`ServeModel` whose rows expire after 100 days without an update."""
+
+    def create_embedding_feature_column(self, feature_name, **kwargs):
+        return super().create_embedding_feature_column(feature_name, expire_time=100, **kwargs)
+
+
+def at_day(batches: list[Batch], day: int, new_uid_every: int = 0) -> list[Batch]:
+    """``batches`` with request time ``day``; every ``new_uid_every``-th example's user :data:`NEW_UID`."""
+    out = []
+    for batch in batches:
+        rows = {name: batch.sparse[name].to_lists() for name in batch.sparse.keys()}
+        if new_uid_every:
+            rows["uid"] = [[NEW_UID] if i % new_uid_every == 0 else r for i, r in enumerate(rows["uid"])]
+        n = len(rows["uid"])
+        out.append(Batch(KeyedJaggedTensor.from_lists(rows),
+                         {**batch.dense, "req_time": torch.full((n,), day * DAY, dtype=torch.int64)}))
+    return out
+
+
+class PushEveryStep(TrainingHook):
+    """Drives a ParameterSync by step instead of by clock, so the test knows what each push holds."""
+
+    def __init__(self, sync: ParameterSync):
+        self.sync = sync
+
+    def after_step(self, step, batch, output) -> None:
+        self.sync.push()
+
+
+class AtStep(TrainingHook):
+    def __init__(self, step: int, action):
+        self.step, self.action = step, action
+
+    def after_step(self, step, batch, output) -> None:
+        if step == self.step:
+            self.action()
+
+
+def assert_serving_equals_trainer(served: ServingModel, est: Estimator) -> None:
+    """Serving holds exactly the trainer's FIDs, their rows at served precision, and its dense weights."""
+    tables = est.model.ctx.tables
+    assert served.table_sizes() == {name: len(module.table) for name, module in tables.items()}
+    for name, module in tables.items():
+        keys, rows = module.table.items()
+        np.testing.assert_array_equal(served.lookup(name, keys), served._tables[name].as_served(rows))
+    trained_dense = est.model.state_dict()
+    served_dense = dense_state(served)
+    assert served_dense.keys() == trained_dense.keys()
+    for name, value in trained_dense.items():
+        torch.testing.assert_close(served_dense[name], value, atol=0, rtol=0)
+
+
+def test_serving_restarted_from_the_export_mid_training_gets_a_full_snapshot(tmp_path, restartable):
+    torch.manual_seed(0)
+    est = Estimator(ExpiringServeModel(vec_compressor=Fp32Compressor(), bias_compressor=FixedR8Compressor(BIAS_RANGE)),
+                    RunConfig(model_dir=str(tmp_path / "run"), log_step_count_steps=1000, enable_summaries=False,
+                              progress_bar=False))
+    # The stream: steps 1-2 before the export (day 0); steps 3-4 (day 0) train NEW_UID, which the
+    # export lacks; steps 5-6 (day 400) train a few FIDs, so the day-0 rows not trained again expire
+    # and go from the trainer (exported ones among them).
+    stream = (at_day(make_batches(2, 16, 0), 0) + at_day(make_batches(2, 16, 3), 0, new_uid_every=3)
+              + at_day(make_batches(2, 16, 4, pool=4), 400, new_uid_every=5))
+    est.train(max_steps=2, input_fn=lambda mode: stream)
+    export = est.export_saved_model(tmp_path / "export")
+    exported = ServingModel.load(export)
+    assert exported.version == 2
+    exported_uids = set(est.model.ctx.tables["uid"].table.items()[0].tolist())
+    served = {"model": exported}
+    url = restartable.start(create_app(served["model"]))
+
+    # Every step pushes a delta building on the one before (the first on the export's step 2);
+    # after step 4's push serving restarts from the export.
+    def restart():
+        assert_serving_equals_trainer(served["model"], est)  # the deltas so far got through
+        assert served["model"].version == 4
+        restartable.stop()
+        served["model"] = ServingModel.load(export)
+        assert restartable.start(create_app(served["model"])) == url
+
+    sync = ParameterSync(url, interval_s=3600, evict_interval_s=1e-9)  # pushes by step; a sweep after each step
+    est.train(max_steps=6, input_fn=lambda mode: stream, hooks=[sync, PushEveryStep(sync), AtStep(4, restart)])
+    assert est.global_step == 6
+
+    model = served["model"]
+    trainer_uids = set(est.model.ctx.tables["uid"].table.items()[0].tolist())
+    assert NEW_UID in trainer_uids and NEW_UID not in exported_uids
+    gone = exported_uids - trainer_uids
+    assert gone  # exported rows the trainer evicted after the restart's export...
+    np.testing.assert_array_equal(model.lookup("uid", sorted(gone)), 0)  # ...are gone from serving too
+    assert_serving_equals_trainer(model, est)
+    # Steps 3 and 4: deltas; step 5: a delta refused for its base, then a full snapshot; step 6: a delta.
+    assert sync.pushes == 4 and sync.full_pushes == 1 and sync.version == 6
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/v1/health").json()["model_version"] == 6
+        metrics = client.get("/v1/metrics").json()
+        request = request_of(predict_batches()[0])
+        answer = client.post("/v1/predict", json={"sparse": request[0], "dense": request[1]}).json()
+    assert metrics["updates"] == 2 and metrics["update_errors"] == 1
+    assert metrics["table_sizes"] == {name: len(m.table) for name, m in est.model.ctx.tables.items()}
+    # Serving answers as a fresh export of the trainer at step 6 does.
+    fresh = ServingModel.load(est.export_saved_model(tmp_path / "export"))
+    assert answer["model_version"] == fresh.version == 6
+    want = fresh.predict(*request)
+    for name in want:
+        np.testing.assert_allclose(answer["outputs"][name], want[name], atol=1e-6, rtol=0)
+
+
+def test_a_delta_on_another_base_is_refused_with_409_and_a_full_update_replaces(model, server):
+    dense = dense_state(model)
+    uid_keys = model._tables["uid"]._keys[: model.table_sizes()["uid"]].copy()
+    row = torch.ones(1, DIM + 1)
+
+    def delta(version, base, fid=U):
+        return {"version": version, "base_version": base, "tables": {"uid": {"ids": torch.tensor([fid]), "rows": row}}}
+
+    with pytest.raises(BaseVersionRejected) as refused:
+        push_update(server, delta(9, 7))
+    assert refused.value.status == 409 and refused.value.reason == "base_version"
+    assert refused.value.base_version == 8 and refused.value.model_version == 8  # the export's step
+    assert "builds on version 7, but serving holds version 8" in refused.value.detail
+    answer = httpx.post(f"{server}/v1/update", content=encode_update(delta(9, 7)),
+                        headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 409 and answer.json()["reason"] == "base_version"
+    assert answer.json()["model_version"] == 8 and answer.json()["base_version"] == 8
+    assert model.version == 8 and not np.array_equal(model.lookup("uid", [U]), row.numpy())
+
+    assert push_update(server, delta(9, 8)) == {"model_version": 9}  # builds on the export: applied
+    with pytest.raises(BaseVersionRejected) as refused:
+        push_update(server, delta(10, 8))  # the same base again: serving is at 9 now
+    assert refused.value.base_version == 9
+    assert push_update(server, delta(10, 9)) == {"model_version": 10}
+    # An update older than serving holds is still stale, with its own reason.
+    with pytest.raises(UpdateRejected) as stale:
+        push_update(server, delta(5, 10))
+    assert stale.value.status == 409 and stale.value.reason == "stale" and stale.value.min_version == 10
+    assert not isinstance(stale.value, BaseVersionRejected) and "older than" in stale.value.detail
+
+    # A full update replaces every table's rows, whatever its base; FIDs it lacks read zeros.
+    # (Biases on FixedR8's grid, so that rows are served exactly.)
+    full_rows = {U: np.full((1, DIM + 1), 0.25, np.float32), M: np.full((1, DIM + 1), -0.25, np.float32)}
+    full = {"version": 11, "base_version": 3, "full": True, "dense": dense,
+            "tables": {"uid": {"ids": torch.tensor([U]), "rows": torch.from_numpy(full_rows[U])},
+                       "mov": {"ids": torch.tensor([M]), "rows": torch.from_numpy(full_rows[M])}}}
+    bad_full = [({**full, "dense": None}, "must hold the dense weights"),
+                ({**full, "tables": {"uid": full["tables"]["uid"]}}, "must hold every table"),
+                ({**full, "tables": {**full["tables"], "mov": {**full["tables"]["mov"], "deleted": torch.tensor([M])}}},
+                 "must be empty in a full update")]
+    for update, message in bad_full:
+        with pytest.raises(UpdateRejected) as rejected:
+            push_update(server, update)
+        assert rejected.value.status == 400 and message in rejected.value.detail
+    assert push_update(server, full) == {"model_version": 11}
+    assert model.table_sizes() == {"uid": 1, "mov": 1}
+    np.testing.assert_array_equal(model.lookup("uid", uid_keys[uid_keys != U]), 0)
+    np.testing.assert_array_equal(model.lookup("uid", [U]), full_rows[U])
+    np.testing.assert_array_equal(model.lookup("mov", [M]), full_rows[M])
+    got, want = model.predict(*PROBE), reference({U: full_rows[U][0], M: full_rows[M][0]}, dense)
+    np.testing.assert_allclose(got["ctr"], want["ctr"], atol=1e-6)
+    np.testing.assert_allclose(got["bid"], want["bid"], atol=1e-6)
+    with pytest.raises(BaseVersionRejected):
+        push_update(server, delta(12, 10))
+    assert push_update(server, delta(12, 11)) == {"model_version": 12}  # deltas build on the full update
+    metrics = httpx.get(f"{server}/v1/metrics").json()
+    assert metrics["updates"] == 4 and metrics["update_errors"] == 5 + len(bad_full)
+
+
+def test_a_delta_without_a_base_leaves_every_shard_unknown(model):
+    model.apply_update({"version": 9, "tables": {"uid": {"ids": np.array([U]), "rows": np.ones((1, DIM + 1))}}})
+    assert model.shard_version() is None
+    with pytest.raises(BaseVersionError, match="serving holds an unknown version") as refused:
+        model.apply_update({"version": 10, "base_version": 9})
+    assert refused.value.base_version is None and refused.value.served_version == 9
+    model.apply_update({"version": 10, "full": True, "tables": {"uid": {"ids": np.array([U]),
+                                                                        "rows": np.ones((1, DIM + 1))},
+                                                                "mov": {}}, "dense": dense_state(model)})
+    assert model.shard_version() == 10 and model.table_sizes() == {"uid": 1, "mov": 0}
+    assert model.apply_update({"version": 10, "base_version": 10}) == 10  # a push at the same step
+
+
+def owned_by(rank: int, world_size: int, count: int, slot: int = 1) -> list[int]:
+    """``count`` FIDs of ``slot`` that rank ``rank`` of ``world_size`` owns."""
+    fids = torch.tensor([make_fid(slot, i) for i in range(1000, 1100)])
+    return fids[shard_of(fids, world_size) == rank][:count].tolist()
+
+
+def test_ranks_keep_their_own_base_versions_and_replace_only_their_shard(model):
+    sizes = model.table_sizes()
+    exported = model._tables["uid"]._keys[: sizes["uid"]].copy()
+    exported_of = {r: exported[shard_of(torch.from_numpy(exported), 2).numpy() == r] for r in (0, 1)}
+    assert exported_of[0].size and exported_of[1].size
+    a0, b0 = owned_by(0, 2, 2)
+    a1, b1 = owned_by(1, 2, 2)
+    one = np.ones((1, DIM + 1), np.float32)
+
+    def update(rank, version, base, fid, **extra):
+        return {"version": version, "base_version": base, "rank": rank, "world_size": 2,
+                "tables": {"uid": {"ids": np.array([fid]), "rows": one * (rank + 1)}}, **extra}
+
+    # Both ranks start from the export; rank 1 lags behind rank 0: its update is older than the
+    # served version, but not stale for its own shard.
+    assert model.apply_update(update(0, 10, 8, a0)) == 10
+    assert model.apply_update(update(1, 9, 8, a1)) == 10
+    assert (model.shard_version(0, 2), model.shard_version(1, 2), model.version) == (10, 9, 10)
+    with pytest.raises(StaleUpdateError, match=r"older than the version 9 serving holds for the shard of rank 1 of 2 "
+                                               r"\(served version 10\)"):
+        model.apply_update(update(1, 8, 9, b1))
+    assert model.apply_update(update(1, 10, 9, b1)) == 10  # several ranks push for the same version
+    with pytest.raises(BaseVersionError, match="builds on version 8, but serving holds version 10 for the shard of "
+                                               "rank 1 of 2"):
+        model.apply_update(update(1, 11, 8, b1))
+    with pytest.raises(StaleUpdateError, match="update version 9 is older than the served version 10"):
+        model.apply_update(update(0, 9, 10, b0))
+    with pytest.raises(RequestError, match=r"tables\['uid'\]\['ids'\] holds FIDs of other ranks' shards"):
+        model.apply_update(update(0, 11, 10, a1))
+    with pytest.raises(RequestError, match=r"'rank' and 'world_size' must satisfy"):
+        model.apply_update(update(2, 11, 10, a1))
+
+    # Rank 1's full update replaces rank 1's rows only; rank 0's (exported and pushed) stay.
+    before0 = model.lookup("uid", np.concatenate([exported_of[0], [a0]]))
+    full1 = {"version": 11, "full": True, "rank": 1, "world_size": 2,
+             "tables": {"uid": {"ids": np.array([b1]), "rows": one * 0.375}, "mov": {}}}
+    assert model.apply_update(full1) == 11
+    np.testing.assert_array_equal(model.lookup("uid", np.concatenate([exported_of[0], [a0]])), before0)
+    np.testing.assert_array_equal(model.lookup("uid", np.concatenate([exported_of[1], [a1]])), 0)
+    np.testing.assert_array_equal(model.lookup("uid", [b1]), one * 0.375)
+    assert model.table_sizes()["uid"] == exported_of[0].size + 2
+    assert model.shard_version(1, 2) == 11 and model.shard_version(0, 2) == 10
+    with pytest.raises(RequestError, match="a full update from rank 0 must hold the dense weights"):
+        model.apply_update({**full1, "rank": 0, "tables": {"uid": {}, "mov": {}}})
+    assert model.apply_update(update(0, 12, 10, b0)) == 12  # rank 0's chain is untouched
+
+    # A serving restart: each rank's next delta is refused, with the export's step as serving's base.
+    restarted = ServingModel.load(model.path)
+    with pytest.raises(BaseVersionError) as refused:
+        restarted.apply_update(update(1, 13, 11, b1))
+    assert refused.value.base_version == 8 and refused.value.served_version == 8
+    # A full update from another world size leaves the shards of the other ranks unknown.
+    model.apply_update({"version": 13, "full": True, "rank": 0, "world_size": 1, "dense": dense_state(model),
+                        "tables": {"uid": {"ids": np.array([a1]), "rows": one}, "mov": {}}})
+    assert model.table_sizes()["uid"] == 1 and model.shard_version(0, 1) == 13
+    assert model.shard_version(0, 2) is None and model.shard_version(1, 2) is None
+
+
+def test_parameter_sync_retries_a_failed_full_snapshot_and_holds_back_when_serving_is_ahead(tmp_path):
+    torch.manual_seed(0)
+    est = Estimator(ServeModel(), RunConfig(model_dir=str(tmp_path / "run"), log_step_count_steps=1000,
+                                            enable_summaries=False, progress_bar=False))
+    est.train(max_steps=2)
+    served = ServingModel.load(est.export_saved_model(tmp_path / "export"))
+    est.train(max_steps=4)  # trained on without pushes: serving does not hold step 4, which the sync assumes
+    sent, outcomes, down = [], [], [True]
+
+    def push(url, update):
+        sent.append(update)
+        try:
+            if update.get("full") and down:  # the first full snapshot fails
+                down.clear()
+                raise OSError("serving is down")
+            served.apply_update(update)
+            outcomes.append("applied")
+        except Exception as error:
+            outcomes.append(type(error).__name__)
+            raise
+
+    sync = ParameterSync("http://unused", interval_s=3600, push_fn=push)
+    est.train(max_steps=7, hooks=[sync, PushEveryStep(sync)])
+    assert [(u["version"], u["base_version"], u.get("full", False)) for u in sent] == [
+        (5, 4, False), (5, 4, True),  # refused for its base, then a full snapshot that fails
+        (6, 4, True),  # until a full snapshot gets through, every push is one
+        (7, 6, False)]
+    assert outcomes == ["BaseVersionError", "OSError", "applied", "applied"]
+    assert sync.pushes == 2 and sync.full_pushes == 1 and served.version == 7
+    assert_serving_equals_trainer(served, est)
+
+    # Serving holds a newer version of the shard (e.g. the trainer restarted from an older
+    # checkpoint): the stale refusal holds pushes back until training reaches that version, when
+    # the delta, not building on what serving holds, is followed by a full snapshot.
+    served.apply_update({"version": 9, "full": True, "tables": {name: {} for name in served.table_sizes()},
+                         "dense": dense_state(served)})
+    sent.clear(), outcomes.clear()
+    longer = make_batches(11, 16, 0)  # ServeModel's 8 training batches, and 3 more
+    est.train(max_steps=11, input_fn=lambda mode: longer, hooks=[sync, PushEveryStep(sync)])
+    assert [(u["version"], u["base_version"], u.get("full", False)) for u in sent] == [
+        (8, 7, False),  # stale: nothing is sent before step 9
+        (9, 7, False), (9, 7, True), (10, 9, False), (11, 10, False)]
+    assert outcomes == ["StaleUpdateError", "BaseVersionError", "applied", "applied", "applied"]
+    assert served.version == 11 and sync.full_pushes == 2
+    assert_serving_equals_trainer(served, est)
+
+
+SYNC_WORKER = """
+import os, sys, time
+import torch
+sys.path.insert(0, {tests!r})
+from monolith.estimator import Estimator, RunConfig
+from monolith.streaming.parameter_sync import ParameterSync
+from test_serving import AtStep, PushEveryStep, distributed_stream
+from test_export import ServeModel
+
+out, url, pause, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+est = Estimator(ServeModel(), RunConfig(model_dir=os.path.join(out, "run"), log_step_count_steps=1000,
+                                        enable_summaries=False, progress_bar=False))
+rank = est.dist.rank
+
+
+def dump(name):
+    path = os.path.join(out, f"{{name}}-{{rank}}.pt")
+    torch.save({{"tables": {{n: m.table.items() for n, m in est.model.ctx.tables.items()}},
+                 "dense": est.model.state_dict(), "step": est.global_step, "pushes": sync.pushes,
+                 "full_pushes": sync.full_pushes}}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def wait_for_restart():
+    dump("paused")
+    while not os.path.exists(os.path.join(out, "go")):
+        time.sleep(0.05)
+
+
+sync = ParameterSync(url, interval_s=3600)
+est.train(max_steps=steps, input_fn=lambda mode: distributed_stream(),
+          hooks=[sync, PushEveryStep(sync), AtStep(pause, wait_for_restart)])
+dump("final")
+"""
+
+
+def distributed_stream() -> list[Batch]:
+    return make_batches(8, 16, 0)
+
+
+def merged_state(states: list[dict]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, torch.Tensor]]:
+    """The tables of every rank's shard, together, and rank 0's dense weights."""
+    tables = {name: tuple(np.concatenate([s["tables"][name][i] for s in states]) for i in (0, 1))
+              for name in states[0]["tables"]}
+    return tables, states[0]["dense"]
+
+
+def assert_serving_equals(served: ServingModel, tables, dense) -> None:
+    assert served.table_sizes() == {name: keys.size for name, (keys, _) in tables.items()}
+    for name, (keys, rows) in tables.items():
+        np.testing.assert_array_equal(served.lookup(name, keys), served._tables[name].as_served(rows))
+    served_dense = dense_state(served)
+    assert served_dense.keys() == dense.keys()
+    for name, value in dense.items():
+        torch.testing.assert_close(served_dense[name], value, atol=0, rtol=0)
+
+
+def test_two_ranks_push_their_shards_and_recover_from_a_serving_restart(tmp_path, restartable):
+    from monolith.distributed.routing import plan_route
+
+    # One process trains steps 1-2 (compiling the kernels both ranks then load from numba's cache)
+    # and exports; two ranks restore its checkpoint and train on, each pushing its shards.
+    plan_route(np.array([1, 2, 1]), np.array([0, 1, 0]), 2, np.zeros(1, np.int64), 2)
+    torch.manual_seed(0)
+    est = Estimator(ServeModel(), RunConfig(model_dir=str(tmp_path / "run"), log_step_count_steps=1000,
+                                            enable_summaries=False, progress_bar=False, dedup="sum"))
+    est.train(max_steps=2, input_fn=lambda mode: distributed_stream())
+    export = est.export_saved_model(tmp_path / "export")
+    served = ServingModel.load(export)
+    url = restartable.start(create_app(served))
+    script = tmp_path / "sync_worker.py"
+    script.write_text(SYNC_WORKER.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    master_port = port.getsockname()[1]
+    port.close()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={master_port}", str(script), str(tmp_path), url, "4", "7"]
+    trainers = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not all((tmp_path / f"paused-{rank}.pt").exists() for rank in (0, 1)):
+            assert trainers.poll() is None, trainers.stdout.read()[-6000:]
+            assert time.monotonic() < deadline, "the ranks did not reach step 4"
+            time.sleep(0.1)
+        paused = [torch.load(tmp_path / f"paused-{rank}.pt", weights_only=False) for rank in (0, 1)]
+        # Steps 3 and 4: each rank's deltas, building on the export's step, then on its own last push.
+        assert [p["step"] for p in paused] == [4, 4] and [p["full_pushes"] for p in paused] == [0, 0]
+        for rank, state in enumerate(paused):  # each rank holds a shard of its own
+            for keys, _ in state["tables"].values():
+                assert keys.size and (shard_of(torch.from_numpy(keys), 2) == rank).all()
+        assert served.version == 4 and served.shard_version(0, 2) == served.shard_version(1, 2) == 4
+        assert_serving_equals(served, *merged_state(paused))
+
+        restartable.stop()  # serving restarts from the export, while the ranks wait
+        served = ServingModel.load(export)
+        restartable.start(create_app(served))
+        (tmp_path / "go").write_text("")
+        output, _ = trainers.communicate(timeout=300)
+        assert trainers.returncode == 0, output[-6000:]
+    finally:
+        if trainers.poll() is None:
+            trainers.kill()
+            trainers.wait()
+    final = [torch.load(tmp_path / f"final-{rank}.pt", weights_only=False) for rank in (0, 1)]
+    # Step 5: each rank's delta is refused for its base, and its full snapshot replaces its shard.
+    assert [f["step"] for f in final] == [7, 7] and [f["full_pushes"] for f in final] == [1, 1]
+    assert [f["pushes"] for f in final] == [5, 5]
+    assert served.version == 7 and served.shard_version(0, 2) == served.shard_version(1, 2) == 7
+    assert_serving_equals(served, *merged_state(final))
+    metrics = httpx.get(f"{url}/v1/metrics").json()
+    assert metrics["model_version"] == 7 and metrics["updates"] == 6 and metrics["update_errors"] == 2
+
+
+def test_full_updates_while_a_client_keeps_predicting_are_atomic(model, server):
+    dense = dense_state(model)
+    expected, updates = {8: model.predict(*PROBE)}, []
+    for k in range(5):
+        update, rows = random_update(100 + k, k, dense)
+        update = {**update, "full": True, "tables": {name: {k2: v for k2, v in part.items() if k2 != "deleted"}
+                                                     for name, part in update["tables"].items()}}
+        updates.append(update)
+        expected[100 + k] = reference(rows, update["dense"])
+    answers, stop = [], threading.Event()
+
+    def keep_predicting():
+        with httpx.Client(base_url=server, timeout=30) as client:
+            while not stop.is_set():
+                body = client.post("/v1/predict", json={"sparse": PROBE[0], "dense": PROBE[1]}).json()
+                answers.append((body["model_version"], body["outputs"]))
+
+    thread = threading.Thread(target=keep_predicting)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        for update in updates:
+            assert push_update(server, update) == {"model_version": update["version"]}
+            time.sleep(0.15)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert len({version for version, _ in answers}) >= 4
+    for version, outputs in answers:  # tables, dense weights and version swapped together
+        np.testing.assert_allclose(outputs["ctr"], expected[version]["ctr"], atol=1e-6)
+        np.testing.assert_allclose(outputs["bid"], expected[version]["bid"], atol=1e-6)
+    assert model.table_sizes() == {"uid": 1, "mov": 1}

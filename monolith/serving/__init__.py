@@ -6,8 +6,9 @@ The HTTP app is imported from :mod:`monolith.serving.server` so that a trainer p
 does not import the web stack.
 """
 
-from monolith.serving.client import UpdateRejected, push_update
-from monolith.serving.model import RequestError, ServingModel, StaleUpdateError, decode_update, encode_update
+from monolith.serving.client import BaseVersionRejected, UpdateRejected, push_update
+from monolith.serving.model import (BaseVersionError, RequestError, ServingModel, StaleUpdateError, decode_update,
+                                    encode_update)
 
-__all__ = ["RequestError", "ServingModel", "StaleUpdateError", "UpdateRejected", "decode_update", "encode_update",
-           "push_update"]
+__all__ = ["BaseVersionError", "BaseVersionRejected", "RequestError", "ServingModel", "StaleUpdateError",
+           "UpdateRejected", "decode_update", "encode_update", "push_update"]

@@ -1,4 +1,10 @@
-"""Pushing parameter updates to a serving endpoint (the streaming trainer's side of ``/v1/update``)."""
+"""Pushing parameter updates to a serving endpoint (the streaming trainer's side of ``/v1/update``).
+
+Updates and the versioning protocol (deltas naming the version they build on, full updates of a
+rank's shard) are described in :mod:`monolith.serving.model`. A refused update raises
+:class:`UpdateRejected`; a delta refused because serving does not hold the version it builds on
+raises its subclass :class:`BaseVersionRejected`, on which the sender must send a full update.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,37 @@ from typing import Any, Mapping
 
 from monolith.serving.model import encode_update
 
-__all__ = ["UpdateRejected", "push_update"]
+__all__ = ["BaseVersionRejected", "UpdateRejected", "push_update"]
 
 
 class UpdateRejected(RuntimeError):
-    """The server refused an update; ``status`` is its HTTP status (409: older than the served version)."""
+    """The server refused an update; ``status`` is its HTTP status (409: refused for its version, see
+    ``reason``).
 
-    def __init__(self, status: int, detail: str) -> None:
+    ``reason`` is the server's reason for a 409 (``"stale"``: older than serving holds, ``"base_version"``:
+    see :class:`BaseVersionRejected`), ``model_version`` the version serving reported and
+    ``min_version`` (stale updates) the oldest version the update could have had; None where the
+    answer did not say.
+    """
+
+    def __init__(self, status: int, detail: str, reason: str | None = None, model_version: int | None = None,
+                 min_version: int | None = None) -> None:
         super().__init__(f"update rejected with HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.reason = reason
+        self.model_version = model_version
+        self.min_version = min_version
+
+
+class BaseVersionRejected(UpdateRejected):
+    """A delta refused (409) because serving does not hold the version it builds on, e.g. after a
+    restart from an export; ``base_version`` is the version serving holds for the sender's shard
+    (None: unknown). The sender must send a full update."""
+
+    def __init__(self, status: int, detail: str, model_version: int | None, base_version: int | None) -> None:
+        super().__init__(status, detail, "base_version", model_version)
+        self.base_version = base_version
 
 
 def push_update(url: str, update: Mapping[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -26,14 +53,15 @@ def push_update(url: str, update: Mapping[str, Any], timeout: float = 60.0) -> d
 
     Args:
         url: the server's base URL, e.g. ``http://127.0.0.1:8500``.
-        update: ``{"version": int, "tables": {...}, "dense": state_dict or None}``.
+        update: ``{"version": int, "base_version": int, "tables": {...}, "dense": state_dict or None, ...}``.
         timeout: seconds to wait for the server.
 
     Returns:
         The server's answer, ``{"model_version": int}``.
 
     Raises:
-        UpdateRejected: the server answered with an error status.
+        BaseVersionRejected: a delta that does not build on the version serving holds (409).
+        UpdateRejected: the server answered with another error status.
         urllib.error.URLError: the server could not be reached.
     """
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/update", data=encode_update(update), method="POST",
@@ -44,7 +72,18 @@ def push_update(url: str, update: Mapping[str, Any], timeout: float = 60.0) -> d
     except urllib.error.HTTPError as error:
         body = error.read().decode("utf-8", "replace")
         try:
-            detail = json.loads(body).get("detail", body)
-        except (ValueError, AttributeError):
-            detail = body
-        raise UpdateRejected(error.code, str(detail)) from None
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpdateRejected(error.code, body) from None
+        detail = str(answer.get("detail", body))
+        reason, served = answer.get("reason"), _int_or_none(answer.get("model_version"))
+        if error.code == 409 and reason == "base_version":
+            raise BaseVersionRejected(error.code, detail, served, _int_or_none(answer.get("base_version"))) from None
+        raise UpdateRejected(error.code, detail, reason if isinstance(reason, str) else None, served,
+                             _int_or_none(answer.get("min_version"))) from None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

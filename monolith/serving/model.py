@@ -5,21 +5,57 @@ decompressed float32 rows, and its dense program. A prediction looks each featur
 (absent FIDs read zeros), pools every (feature, slice) the program takes with the feature's
 combiner, as training does, and runs the program on the pooled embeddings and dense features.
 
-A trainer pushes updates (:meth:`ServingModel.apply_update`) while requests are served: table reads
-and writes take one lock (a read only while it gathers rows), and new dense weights go into a new
-module that is swapped in, so every request sees one version of all parameters. Update format,
-``torch.save``-able and loadable with ``weights_only=True`` (dicts, ints, tensors)::
+A trainer pushes updates (:meth:`ServingModel.apply_update`) while requests are served. Updates
+are applied one at a time; table reads and in-place writes take one lock (a read only while it
+gathers rows), and new dense weights go into a new module, and a full update's tables into new
+tables, that are swapped in under that lock, so every request sees one version of all parameters.
+Update format, ``torch.save``-able and loadable with ``weights_only=True`` (dicts, ints, bools,
+tensors)::
 
-    {"version": int,                 # the model's new version, not older than the one served
+    {"version": int,                 # the trainer's global step when it took the update
+     "base_version": int,            # optional: the version a delta builds on (see below)
+     "full": bool,                   # optional (default False): a full snapshot of the sender's shard
+     "rank": int, "world_size": int, # optional (default 0 and 1): the trainer process that sent it
      "tables": {name: {"ids": int64[n], "rows": float32[n, dim], "deleted": int64[m]}},
      "dense": model.state_dict() or None}
 
 Rows arrive uncompressed and are stored as an export stores them (through the slices'
 compressors), so serving precision does not depend on how a row got there.
+
+**Shards.** Under torch.distributed each rank of the trainer pushes its own updates: rank ``r`` of
+``world_size`` holds the FIDs of every table with ``shard_of(fid, world_size) == r``
+(:func:`monolith.distributed.routing.shard_of`), and rank 0 also holds the dense weights; a single
+process is rank 0 of 1 and holds everything. An update's ids and deleted ids must belong to its
+rank's shard. Serving keeps, per rank of the world size the trainer pushes with, the version that
+rank's shard is at: the export's step once loaded, then the version of the rank's last applied
+update. Ranks push independently, several of them for the same version; :attr:`ServingModel.version`
+is the newest version applied from any of them.
+
+**Deltas** (``full`` false) carry the rows changed (and FIDs evicted) since the sender's previous
+update, and are right only on top of the state that update left. A delta names it in
+``base_version``: the version of the sender's previous applied update, or the step of the export
+the trainer started from for its first. A delta whose base is not the version serving holds for the
+sender's shard is refused with :class:`BaseVersionError` (HTTP 409 with ``"reason":
+"base_version"`` and serving's versions), rather than served as a mix of versions: that happens
+after serving restarted from an export (it holds the export's step again), after updates were lost,
+or after a trainer of another world size pushed. The sender answers with a full update.
+
+**Full updates** (``full`` true) hold every row of every table of the sender's shard and, from
+rank 0, the dense weights (required there); ``deleted`` must be empty. Serving replaces its tables'
+rows of that shard with them, so rows the trainer no longer has disappear, whatever serving held
+before: ``base_version`` is not checked. The shard is then at the update's version.
+
+**Staleness.** An update older than the version serving holds for the sender's shard is refused
+with :class:`StaleUpdateError` (HTTP 409 with ``"reason": "stale"``), as is a delta without
+``base_version`` (a hand-made one) older than the served version. Such a delta is otherwise applied
+as given, but afterwards serving knows no shard's version: every later delta is refused until its
+rank has sent a full update. A full update from a world size other than the previous updates' does
+the same to the shards of other ranks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import os
@@ -32,15 +68,16 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from monolith.distributed.routing import shard_of
 from monolith.export.exporter import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
                                       compress_rows, decompress_rows, load_table, program_factory)
 from monolith.export.receiver import ServingInputReceiver
 from monolith.modules.combiners import make_combiner
 from monolith.table.hash_map import FidMap
 
-__all__ = ["RequestError", "ServingModel", "StaleUpdateError", "decode_update", "encode_update"]
+__all__ = ["BaseVersionError", "RequestError", "ServingModel", "StaleUpdateError", "decode_update", "encode_update"]
 
-_UPDATE_FIELDS = ("version", "tables", "dense")
+_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
 _INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
 
@@ -50,7 +87,44 @@ class RequestError(ValueError):
 
 
 class StaleUpdateError(RequestError):
-    """An update whose version is older than the version being served."""
+    """An update older than the version serving holds for its sender's shard (or, for a delta without
+    ``base_version``, than the served version).
+
+    ``served_version`` is :attr:`ServingModel.version`; ``min_version`` the oldest version the update
+    could have had (None where not known, e.g. raised by hand).
+    """
+
+    def __init__(self, message: str, served_version: int | None = None, min_version: int | None = None) -> None:
+        super().__init__(message)
+        self.served_version = served_version
+        self.min_version = min_version
+
+
+class BaseVersionError(RequestError):
+    """A delta update whose ``base_version`` is not the version serving holds for its sender's shard:
+    applying it would serve a mix of versions, so the sender must send a full update instead.
+
+    ``served_version`` is :attr:`ServingModel.version`; ``base_version`` the version serving holds
+    for the shard (None: unknown).
+    """
+
+    def __init__(self, message: str, served_version: int, base_version: int | None) -> None:
+        super().__init__(message)
+        self.served_version = served_version
+        self.base_version = base_version
+
+
+@dataclasses.dataclass
+class _Update:
+    """An update checked by :meth:`ServingModel.apply_update`, rows already at served precision."""
+
+    version: int
+    base: int | None
+    full: bool
+    rank: int
+    world_size: int
+    changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> ids, rows, deleted
+    dense: dict[str, torch.Tensor] | None
 
 
 class _Table:
@@ -60,18 +134,39 @@ class _Table:
     FIDs compacts the rows and rebuilds the map. Not thread-safe: :class:`ServingModel` locks.
     """
 
-    def __init__(self, loaded: LoadedTable) -> None:
-        self.name = loaded.name
-        self.slices = loaded.slices
-        self.dim = sum(s.dim for s in loaded.slices)
+    def __init__(self, name: str, slices: Sequence[Any], keys: np.ndarray, rows: np.ndarray,
+                 capacity: int = 0) -> None:
+        """A table of distinct ``keys`` and their ``rows`` (served precision), with room for
+        ``capacity`` FIDs in all before it grows."""
+        self.name = name
+        self.slices = slices
+        self.dim = sum(s.dim for s in slices)
+        self._size = keys.size
+        capacity = max(1, self._size, capacity)
         self._map = FidMap()
-        self._map.rebuild(loaded.keys)
-        self._size = loaded.keys.size
+        self._map.rebuild(keys, room_for=capacity)
         # At least one row of storage, so a gather of absent ids always has a row to index.
-        self._keys = np.zeros(max(1, self._size), dtype=np.int64)
-        self._rows = np.zeros((max(1, self._size), self.dim), dtype=np.float32)
-        self._keys[: self._size] = loaded.keys
-        self._rows[: self._size] = loaded.rows
+        self._keys = np.zeros(capacity, dtype=np.int64)
+        self._rows = np.zeros((capacity, self.dim), dtype=np.float32)
+        self._keys[: self._size] = keys
+        self._rows[: self._size] = rows
+
+    @classmethod
+    def loaded(cls, loaded: LoadedTable) -> "_Table":
+        """The table of an export's table file."""
+        return cls(loaded.name, loaded.slices, loaded.keys, loaded.rows)
+
+    def replaced(self, ids: np.ndarray, rows: np.ndarray, rank: int, world_size: int) -> "_Table":
+        """A new table: this one without the FIDs of shard ``rank`` of ``world_size``, then ``ids``
+        (all of that shard) with ``rows`` (served precision) upserted. This table is left as it is."""
+        keys = self._keys[: self._size]
+        if world_size == 1:
+            kept = np.zeros(0, dtype=np.int64)
+        else:
+            kept = np.flatnonzero(shard_of(torch.from_numpy(keys), world_size).numpy() != rank)
+        table = _Table(self.name, self.slices, keys[kept], self._rows[kept], capacity=kept.size + ids.size)
+        table.upsert(ids, rows)
+        return table
 
     def __len__(self) -> int:
         return self._size
@@ -141,9 +236,16 @@ class ServingModel:
                                  f"which the export does not hold")
         self._combiners = [make_combiner(e.combiner, e.max_seq_length) for e in signature.embeddings]
         self._feature_tables = {e.feature: e.table for e in signature.embeddings}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by requests while they read, and by updates while they write
+        self._update_lock = threading.Lock()  # one update at a time, from its checks to its last write
         self._version = signature.global_step
         self._updated_at: float | None = None
+        # The version each shard is at (module docstring): per rank of the world size that pushed
+        # since the load (None: none yet); a rank not in _shard_versions is at the export's step,
+        # or unknown once _shards_unknown.
+        self._world_size: int | None = None
+        self._shard_versions: dict[int, int] = {}
+        self._shards_unknown = False
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike) -> "ServingModel":
@@ -155,7 +257,8 @@ class ServingModel:
         """
         path = _export_path(os.fspath(export_dir))
         signature = ExportSignature.load(path)
-        tables = {name: _Table(load_table(os.path.join(path, file))) for name, file in signature.tables.items()}
+        tables = {name: _Table.loaded(load_table(os.path.join(path, file)))
+                  for name, file in signature.tables.items()}
         new_program = program_factory(os.path.join(path, signature.program_file), signature.program)
         return cls(path, signature, tables, new_program)
 
@@ -171,8 +274,21 @@ class ServingModel:
 
     @property
     def version(self) -> int:
-        """The export's global step, then the version of the last update."""
+        """The export's global step, then the newest version of an applied update."""
         return self._version
+
+    def shard_version(self, rank: int = 0, world_size: int = 1) -> int | None:
+        """The version serving holds for shard ``rank`` of ``world_size`` (the ``base_version`` a
+        delta from that rank must name), or None where it is not known (module docstring)."""
+        with self._update_lock:
+            return self._shard_version(rank, world_size)
+
+    def _shard_version(self, rank: int, world_size: int) -> int | None:
+        if self._world_size is not None and world_size != self._world_size:
+            return None
+        if rank in self._shard_versions:
+            return self._shard_versions[rank]
+        return None if self._shards_unknown else self.signature.global_step
 
     @property
     def last_update_time(self) -> float | None:
@@ -241,53 +357,100 @@ class ServingModel:
 
     # ------------------------------------------------------------------ updates
     def apply_update(self, update: Mapping[str, Any]) -> int:
-        """Applies a trainer's update (format in the module docstring) and returns the new version.
+        """Applies a trainer's update (format and protocol in the module docstring) and returns the
+        served version after it.
 
-        In each table the ``deleted`` FIDs are removed first, then the rows of ``ids`` inserted or
-        overwritten; ``dense`` (every weight of the model) replaces the dense weights. Requests
-        served meanwhile see the parameters before or after the update, never a mix. Nothing is
-        applied unless all of the update is valid.
+        A delta removes each table's ``deleted`` FIDs, then inserts or overwrites the rows of
+        ``ids``; a full update replaces the rows of its sender's shard. ``dense`` (every weight of
+        the model) replaces the dense weights. Requests served meanwhile see the parameters before
+        or after the update, never a mix. Nothing is applied unless all of the update is valid.
 
         Raises:
-            StaleUpdateError: ``version`` is older than :attr:`version`.
+            StaleUpdateError: ``version`` is older than the version of the sender's shard.
+            BaseVersionError: a delta's ``base_version`` is not the version of the sender's shard.
             RequestError: a malformed update (the message names the field).
         """
-        version, changes, dense = self._check_update(update)
+        checked = self._check_update(update)
         program = None
-        if dense is not None:
+        if checked.dense is not None:
             program = self._new_program()
-            program.load_state_dict({DENSE_STATE_PREFIX + name: t for name, t in dense.items()}, strict=True,
+            program.load_state_dict({DENSE_STATE_PREFIX + name: t for name, t in checked.dense.items()}, strict=True,
                                     assign=True)
-        with self._lock:
-            self._check_version(version)
-            for name, (ids, rows, deleted) in changes.items():
-                self._tables[name].delete(deleted)
-                self._tables[name].upsert(ids, rows)
-            if program is not None:
-                self._program = program
-            self._version = version
-            self._updated_at = time.time()
+        with self._update_lock:
+            self._check_sequence(checked)
+            # Updates are serialised, so the tables change only here: a full update builds its new
+            # tables from the current ones while requests go on reading them, then swaps them in.
+            replaced = {name: self._tables[name].replaced(ids, rows, checked.rank, checked.world_size)
+                        for name, (ids, rows, _) in checked.changes.items()} if checked.full else {}
+            with self._lock:
+                if checked.full:
+                    self._tables = {**self._tables, **replaced}
+                else:
+                    for name, (ids, rows, deleted) in checked.changes.items():
+                        self._tables[name].delete(deleted)
+                        self._tables[name].upsert(ids, rows)
+                if program is not None:
+                    self._program = program
+                self._version = max(self._version, checked.version)
+                self._updated_at = time.time()
+                version = self._version
+            self._record_shard(checked)
         return version
 
-    def _check_version(self, version: int) -> None:
-        if version < self._version:
-            raise StaleUpdateError(f"update version {version} is older than the served version {self._version}")
+    def _record_shard(self, checked: _Update) -> None:
+        """Notes the version the sender's shard is at after ``checked`` (the update lock held)."""
+        if checked.base is None and not checked.full:
+            # A hand-made delta: which shards it touched, and on top of what, is not known.
+            self._shard_versions.clear()
+            self._shards_unknown = True
+            return
+        if self._world_size is not None and checked.world_size != self._world_size:
+            # A full update of another world size: the other ranks' shards overlap it partly.
+            self._shard_versions.clear()
+            self._shards_unknown = True
+        self._world_size = checked.world_size
+        self._shard_versions[checked.rank] = checked.version
 
-    def _check_update(self, update: Any) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                                                  dict[str, torch.Tensor] | None]:
+    def _check_sequence(self, checked: _Update) -> None:
+        """Refuses a stale update, and a delta that does not build on what serving holds."""
+        held = self._shard_version(checked.rank, checked.world_size)
+        based = checked.full or checked.base is not None
+        floor = held if based and held is not None else self._version
+        if checked.version < floor:
+            if floor == self._version:
+                message = f"update version {checked.version} is older than the served version {floor}"
+            else:
+                message = (f"update version {checked.version} is older than the version {floor} serving holds for "
+                           f"the shard of rank {checked.rank} of {checked.world_size} (served version {self._version})")
+            raise StaleUpdateError(message, served_version=self._version, min_version=floor)
+        if not checked.full and checked.base is not None and checked.base != held:
+            holds = f"version {held}" if held is not None else "an unknown version"
+            raise BaseVersionError(f"update builds on version {checked.base}, but serving holds {holds} for the "
+                                   f"shard of rank {checked.rank} of {checked.world_size} (served version "
+                                   f"{self._version}): send a full update", self._version, held)
+
+    def _check_update(self, update: Any) -> _Update:
         if not isinstance(update, Mapping):
             raise RequestError(f"an update is a dict with {list(_UPDATE_FIELDS)}, got {type(update).__name__}")
         _no_unknown(update, _UPDATE_FIELDS, "update")
-        version = update.get("version")
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise RequestError(f"update 'version' must be an int, got {version!r}")
-        self._check_version(version)
+        version = _int_field(update, "version")
+        base = _int_field(update, "base_version", None)
+        full = update.get("full", False)
+        if not isinstance(full, bool):
+            raise RequestError(f"update 'full' must be a bool, got {full!r}")
+        world_size = _int_field(update, "world_size", 1)
+        rank = _int_field(update, "rank", 0)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise RequestError(f"update 'rank' and 'world_size' must satisfy 0 <= rank < world_size, got rank {rank} "
+                               f"and world_size {world_size}")
+        checked = _Update(version, base, full, rank, world_size, {}, None)
+        with self._update_lock:  # refused early, before rows are converted; checked again when applied
+            self._check_sequence(checked)
         # Only a missing 'tables' means no change: a falsy non-dict ([] or 0) is a malformed update.
         tables = update.get("tables")
         tables = {} if tables is None else tables
         if not isinstance(tables, Mapping):
             raise RequestError(f"update 'tables' must be a dict of table name -> changes, got {type(tables).__name__}")
-        changes = {}
         for name, change in tables.items():
             field = f"update tables['{name}']"
             if name not in self._tables:
@@ -300,8 +463,23 @@ class ServingModel:
             ids = _id_array(change.get("ids"), f"{field}['ids']")
             rows = _row_array(change.get("rows"), f"{field}['rows']", ids.size, table.dim)
             deleted = _id_array(change.get("deleted"), f"{field}['deleted']")
-            changes[name] = (ids, table.as_served(rows), deleted)
-        return version, changes, self._check_dense(update.get("dense"))
+            if full and deleted.size:
+                raise RequestError(f"{field}['deleted'] must be empty in a full update (it replaces the shard's rows)")
+            if world_size > 1:
+                for what, fids in (("ids", ids), ("deleted", deleted)):
+                    foreign = fids[shard_of(torch.from_numpy(fids), world_size).numpy() != rank]
+                    if foreign.size:
+                        raise RequestError(f"{field}['{what}'] holds FIDs of other ranks' shards (e.g. "
+                                           f"{foreign[0]}); rank {rank} of {world_size} may only send its own")
+            checked.changes[name] = (ids, table.as_served(rows), deleted)
+        checked.dense = self._check_dense(update.get("dense"))
+        if full:
+            missing = sorted(set(self._tables) - set(checked.changes))
+            if missing:
+                raise RequestError(f"a full update must hold every table (all of the sender's rows): missing {missing}")
+            if rank == 0 and checked.dense is None:
+                raise RequestError("a full update from rank 0 must hold the dense weights ('dense')")
+        return checked
 
     def _check_dense(self, dense: Any) -> dict[str, torch.Tensor] | None:
         if dense is None:
@@ -337,6 +515,16 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
     out[: array.shape[0]] = array
     return out
+
+
+def _int_field(update: Mapping[str, Any], name: str, *default: Any) -> Any:
+    """``update[name]``, an int (not a bool); ``default`` where it is missing or None, if given."""
+    value = update.get(name)
+    if value is None and default:
+        return default[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"update '{name}' must be an int, got {value!r}")
+    return value
 
 
 def _export_path(directory: str) -> str:

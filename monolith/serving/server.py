@@ -10,10 +10,14 @@ Endpoints::
     POST /v1/update    application/octet-stream: an update serialised by
                        :func:`~monolith.serving.model.encode_update` -> {"model_version": int}
 
-A malformed request gets a 4xx whose ``detail`` names the offending field; a stale update gets
-409; a body or batch over the app's limits gets 413, answered before more of the body than the
-limit is read; a prediction with an output JSON cannot carry (NaN, infinity) gets 422. Updates
-are unauthenticated: serve on a loopback or otherwise trusted interface.
+A malformed request gets a 4xx whose ``detail`` names the offending field. An update refused for
+its version (protocol in :mod:`monolith.serving.model`) gets 409 with ``"reason"`` telling why and
+serving's ``"model_version"``: ``"stale"`` (older than serving holds, ``"min_version"`` the oldest it
+could have had) or ``"base_version"`` (a delta that does not build on the version serving holds for
+its sender's shard, that version being ``"base_version"``, null when unknown: the trainer must send
+a full update). A body or batch over the app's limits gets 413, answered before more of the body
+than the limit is read; a prediction with an output JSON cannot carry (NaN, infinity) gets 422.
+Updates are unauthenticated: serve on a loopback or otherwise trusted interface.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from monolith.serving.model import RequestError, ServingModel, StaleUpdateError, decode_update
+from monolith.serving.model import BaseVersionError, RequestError, ServingModel, StaleUpdateError, decode_update
 
 __all__ = ["MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_UPDATE_BYTES", "create_app"]
 
@@ -132,9 +137,16 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
             body = await _read_body(request, max_update_bytes, "--max-update-bytes")
             version = await run_in_threadpool(lambda: model.apply_update(decode_update(body)))
             applied = True
+        except StaleUpdateError as error:
+            return JSONResponse(status_code=409, content={"detail": str(error), "reason": "stale",
+                                                          "model_version": error.served_version,
+                                                          "min_version": error.min_version})
+        except BaseVersionError as error:
+            return JSONResponse(status_code=409, content={"detail": str(error), "reason": "base_version",
+                                                          "model_version": error.served_version,
+                                                          "base_version": error.base_version})
         except RequestError as error:
-            status = 409 if isinstance(error, StaleUpdateError) else 400
-            raise HTTPException(status_code=status, detail=str(error)) from None
+            raise HTTPException(status_code=400, detail=str(error)) from None
         finally:
             metrics.updates += applied
             metrics.update_errors += not applied

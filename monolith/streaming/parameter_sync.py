@@ -12,6 +12,22 @@ A checkpoint leaves out the rows past their expire time, so a trainer restarted 
 has them and would never tell serving to drop them. The first push after each checkpoint therefore
 evicts the expired rows from the trainer's tables and sends their FIDs as deleted (a sweep per
 push would cost a pass over every row each interval).
+
+Versions (the protocol is :mod:`monolith.serving.model`'s). A push's ``version`` is the global step
+when it was taken; a delta names in ``base_version`` the version of this sync's previous successful
+push, or, for its first, the global step training began at (serving is expected to start from an
+export of the checkpoint training resumed from). Serving refuses a delta that does not build on the
+version it holds for this rank's shard (:class:`~monolith.serving.model.BaseVersionError`, over
+HTTP :class:`~monolith.serving.client.BaseVersionRejected`): it restarted from an export since, or
+never held what the trainer assumed. The sync then sends at once a full snapshot, every row of
+every table of this rank (one payload per table) and, on rank 0, the dense weights, which replaces
+serving's rows of this rank's shard, and goes on with deltas from it. Until a full snapshot gets
+through, every push is a full snapshot. A stale refusal (serving holds a newer version, e.g. the
+trainer restarted from an older checkpoint) holds pushes back until training reaches that version.
+
+Under torch.distributed every rank runs its own sync with its own version chain: its pushes name
+its ``rank`` and ``world_size``, carry only the rows of its table shards, and rank 0's also the
+dense weights.
 """
 
 from __future__ import annotations
@@ -50,7 +66,8 @@ class ParameterSync(TrainingHook):
         push_fn: sends one update (default: HTTP POST to ``{serving_url}/v1/update``).
 
     Under torch.distributed each rank pushes the rows of its own table shards; rank 0 also pushes
-    the dense weights. A push with nothing changed is not sent.
+    the dense weights. A delta with nothing changed is not sent. After serving refused a delta for
+    its base version, a full snapshot is sent (module docstring); ``full_pushes`` counts those.
     """
 
     def __init__(self, serving_url: str, interval_s: float = 10.0, evict_interval_s: float | None = None,
@@ -61,8 +78,12 @@ class ParameterSync(TrainingHook):
         self.interval_s = interval_s
         self.evict_interval_s = evict_interval_s
         self.push_fn = push_fn
-        self.version = 0
+        self.version = 0  # the version of the last successful push
         self.pushes = 0
+        self.full_pushes = 0
+        self._base: int | None = None  # what the next delta builds on
+        self._full = False  # whether the next push must be a full snapshot
+        self._hold_until = -1  # no push before this global step (serving holds a newer version)
         self._estimator = None
         self._markers: dict[str, int] = {}
         self._evicted: dict[str, list[np.ndarray]] = {}
@@ -77,6 +98,9 @@ class ParameterSync(TrainingHook):
         self._estimator = estimator
         self._markers = {name: module.table.change_marker for name, module in estimator.model.ctx.tables.items()}
         self._dense_marker = estimator.global_step
+        self._base = estimator.global_step
+        self._full = False
+        self._hold_until = -1
         self._last_evict = time.monotonic()
         self._swept_after: str | None = None  # the checkpoint after which expired rows were last swept
         self._stop.clear()
@@ -116,19 +140,29 @@ class ParameterSync(TrainingHook):
             if dropped.size:
                 self._evicted.setdefault(name, []).append(dropped)
 
-    def _snapshot(self) -> tuple[dict[str, Any], dict[str, int], int]:
-        """What changed since the last successful push, taken between two training steps."""
+    def _snapshot(self, full: bool) -> tuple[dict[str, Any], dict[str, int], dict[str, np.ndarray]]:
+        """The update to send, taken between two training steps: what changed since the last
+        successful push, or (``full``) every row and the dense weights. Also the tables' change
+        markers then, and the evicted FIDs it took (given back if the push fails)."""
         estimator = self._estimator
         with estimator.step_lock:
             if estimator.checkpoint_path != self._swept_after:
                 self._evict_locked()
                 self._swept_after = estimator.checkpoint_path
-            tables, markers = {}, {}
+            tables, markers, taken = {}, {}, {}
             for name, module in estimator.model.ctx.tables.items():
                 table = module.table
                 markers[name] = table.change_marker
+                evicted = self._evicted.pop(name, [])
+                if evicted:
+                    taken[name] = np.concatenate(evicted)
+                if full:
+                    # Serving replaces this rank's rows with these: evicted FIDs go with the rest.
+                    ids, rows = table.items()
+                    tables[name] = {"ids": torch.from_numpy(ids), "rows": torch.from_numpy(rows)}
+                    continue
                 ids, rows = table.changed_since(self._markers.get(name, 0))
-                deleted = np.concatenate([np.zeros(0, np.int64), *self._evicted.pop(name, [])])
+                deleted = taken.get(name, np.zeros(0, np.int64))
                 # A FID evicted and then inserted again since the last push is present, not deleted.
                 deleted = np.unique(deleted[~table.contains(deleted)])
                 if ids.size or deleted.size:
@@ -136,35 +170,72 @@ class ParameterSync(TrainingHook):
                                     "deleted": torch.from_numpy(deleted)}
             step = estimator.global_step
             dense = None
-            if (estimator.dist is None or estimator.dist.rank == 0) and step != self._dense_marker:
+            if (estimator.dist is None or estimator.dist.rank == 0) and (full or step != self._dense_marker):
                 dense = {k: v.detach().cpu().clone() for k, v in estimator.model.state_dict().items()}
-        return {"version": step, "tables": tables, "dense": dense}, markers, step
+        update = {"version": step, "base_version": self._base, "tables": tables, "dense": dense}
+        if full:
+            update["full"] = True
+        if estimator.dist is not None:
+            update["rank"], update["world_size"] = estimator.dist.rank, estimator.dist.world_size
+        return update, markers, taken
 
-    def _restore_evicted(self, tables: dict[str, Any]) -> None:
-        """Puts the deletions of a push that failed back, ahead of any newer ones."""
+    def _restore_evicted(self, taken: dict[str, np.ndarray]) -> None:
+        """Puts the evicted FIDs a push took back, after it failed, ahead of any newer ones."""
         with self._estimator.step_lock:
-            for name, part in tables.items():
-                if part["deleted"].numel():
-                    self._evicted.setdefault(name, []).insert(0, part["deleted"].numpy())
+            for name, fids in taken.items():
+                self._evicted.setdefault(name, []).insert(0, fids)
 
     def push(self) -> bool:
-        """Sends everything changed since the last successful push; returns whether it went out.
+        """Sends everything changed since the last successful push, or a full snapshot where serving
+        needs one; returns whether it went out.
 
+        A delta that serving refuses for its base version is followed at once by a full snapshot.
         A failed push (serving down, refusing, or not speaking HTTP) is logged and retried with the
         next one: training goes on, and nothing changed in between is lost.
         """
-        update, markers, step = self._snapshot()
-        if not update["tables"] and update["dense"] is None:
+        if self._estimator.global_step < self._hold_until:
             return False
+        full = self._full
+        update, markers, taken = self._snapshot(full)
+        step = update["version"]
+        if not full and not update["tables"] and update["dense"] is None:
+            return False  # any evicted FIDs taken were inserted again since: nothing to delete
         try:
             self.push_fn(self.serving_url, update)
         except Exception as error:  # whatever the peer did, the next push retries
+            self._restore_evicted(taken)
+            refusal = _refusal(error)
+            if refusal == "base_version" and not full:
+                logger.warning("parameter sync to %s: serving does not hold version %d, which this trainer's "
+                               "pushes build on (%s); sending a full snapshot", self.serving_url, self._base, error)
+                self._full = True
+                return self.push()
+            if refusal == "stale":
+                newer = getattr(error, "min_version", None)
+                if isinstance(newer, int):
+                    self._hold_until = newer
             logger.warning("parameter sync to %s failed at step %d (retried with the next push): %s: %s",
                            self.serving_url, step, type(error).__name__, error)
-            self._restore_evicted(update["tables"])
             return False
         self._markers.update(markers)
         self._dense_marker = step
+        self._base = step
+        self._full = False
         self.version = step
         self.pushes += 1
+        self.full_pushes += full
         return True
+
+
+def _refusal(error: Exception) -> str | None:
+    """Why serving refused a push for its version: ``"base_version"``, ``"stale"``, or None (another
+    failure). Knows the in-process errors of :class:`~monolith.serving.model.ServingModel` and the
+    HTTP client's."""
+    from monolith.serving.client import BaseVersionRejected, UpdateRejected
+    from monolith.serving.model import BaseVersionError, StaleUpdateError
+
+    if isinstance(error, (BaseVersionError, BaseVersionRejected)):
+        return "base_version"
+    if isinstance(error, StaleUpdateError) or (isinstance(error, UpdateRejected) and error.reason == "stale"):
+        return "stale"
+    return None
