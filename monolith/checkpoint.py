@@ -70,18 +70,25 @@ class CheckpointManager:
         """Path of the newest complete checkpoint, or None.
 
         A checkpoint the index names but that is gone or incomplete (no manifest: a crash while it
-        was being replaced) is skipped for the newest complete one the index lists.
+        was being replaced) is skipped for the newest complete one the index lists; so is a damaged
+        one (a file missing or cut short), with a warning. When every complete checkpoint is
+        damaged, ``ValueError`` names them: training must not start over on top of them.
         """
         index = self._read_index()
         names = [n for n in index["all"] if n != index["latest"]] + ([index["latest"]] if index["latest"] else [])
+        damaged = []
         for name in reversed(names):
             path = os.path.join(self.model_dir, name)
             if not os.path.isfile(os.path.join(path, "manifest.json")):
                 continue
             damage = _damage(path)
             if damage is None:
+                if damaged:
+                    logger.warning("checkpoint(s) %s damaged; using %s", "; ".join(damaged), path)
                 return path
-            logger.warning("checkpoint %s is damaged (%s); using the one before it", path, damage)
+            damaged.append(f"{path} ({damage})")
+        if damaged:  # starting over would replace trained checkpoints with untrained ones
+            raise ValueError(f"{self.model_dir}: every checkpoint is damaged: {'; '.join(damaged)}")
         return None
 
     # ------------------------------------------------------------------ writing

@@ -226,17 +226,25 @@ class Estimator:
 
     def _check_ranks_agree(self) -> None:
         """Every rank must declare the same tables and dense parameters."""
+        p = self.model.p
         layout = {
             "model_dir": os.path.abspath(self.config.model_dir),
-            "feature_slots": [(fs.name, fs.slot, fs.dim) for fs in self.model.ctx.feature_slots],
+            # Everything that decides when collectives run or what gets applied: the same on every rank.
+            "run_config": {k: v for k, v in dataclasses.asdict(self.config).items()
+                           if k not in ("model_dir", "index", "progress_bar")},
+            "params": {"clip_norm": p.clip_norm, "sparse_norm_warmup_steps": p.sparse_norm_warmup_steps,
+                       "dense_weight_decay": p.dense_weight_decay, "checkpoint_every": self._checkpoint_every()},
+            "feature_slots": [(fs.name, fs.slot, fs.dim, fs.config.occurrence_threshold, fs.config.expire_time)
+                              for fs in self.model.ctx.feature_slots],
             "tables": {name: [s.describe() for s in m.table.slices] for name, m in self.model.ctx.tables.items()},
             "dense": {name: list(t.shape) for name, t in self.model.state_dict().items()},
         }
         for rank, theirs in enumerate(self.dist.all_gather_object(layout)):
             if theirs != layout:
                 differs = sorted(k for k in layout if theirs[k] != layout[k])
-                raise RuntimeError(f"rank {self.dist.rank}: rank {rank} built a different model ({', '.join(differs)} "
-                                   f"differ); every rank must run the same model_fn with the same model_dir")
+                details = [f"{k}: {_difference(layout[k], theirs[k])}" for k in differs]
+                raise RuntimeError(f"rank {self.dist.rank}: rank {rank} built a different model ({'; '.join(details)}); "
+                                   f"every rank must run the same model_fn with the same model_dir and config")
 
     def _make_dense_optimizer(self, optimizer: Any) -> torch.optim.Optimizer | None:
         optimizer = optimizer if optimizer is not None else self.model._default_dense_optimizer
@@ -404,7 +412,7 @@ class Estimator:
         if self._source is not None:
             self._restore_input_state()
         batches = iter(source)
-        first = next(batches, None)
+        first = self._first_of_every_rank(next(batches, None), {"max_steps": max_steps, "steps": steps})
         if first is None:
             if self._source is not None:
                 # A stream with nothing new (a restarted trainer that had consumed it all) is quiet,
@@ -469,10 +477,11 @@ class Estimator:
                 if due:
                     self.save_checkpoint()
                     saved_step, saved_at = self.global_step, time.monotonic()
-        except RuntimeError as error:
-            if self.dist is None:
+        except BaseException as error:
+            failure = self._failure(error, "training")
+            if failure is error:
                 raise
-            raise self._rank_failure(error) from error
+            raise failure from error
         else:
             if max_steps is not None and self.global_step < max_steps and self._source is None:
                 logger.warning("train: the input ended at global step %d, before max_steps %d", self.global_step,
@@ -491,6 +500,26 @@ class Estimator:
                 self._summary_writer.flush()
         return last
 
+    def _first_of_every_rank(self, first: Batch | None, plan: dict[str, Any]) -> Batch | None:
+        """This rank's first training batch, once every rank knows that every rank has one (the build
+        pass and the steps are collectives) and that all train to the same ``plan``. A stream's rank
+        without a batch joins with an empty one; other inputs need data on every rank."""
+        if self.dist is None:
+            return first
+        gathered = self.dist.all_gather_object((None if first is None else first.empty_like(), plan))
+        for rank, (_, theirs) in enumerate(gathered):
+            if theirs != plan:
+                raise ValueError(f"rank {self.dist.rank}: rank {rank} calls train with {_difference(plan, theirs)}; "
+                                 f"every rank must train to the same step")
+        shapes = [shape for shape, _ in gathered]
+        empty = [rank for rank, shape in enumerate(shapes) if shape is None]
+        if not empty or len(empty) == len(shapes) or first is not None and self._source is not None:
+            return first
+        if self._source is None:
+            raise ValueError(f"rank {self.dist.rank}: input_fn(TRAIN) produced no batch on rank(s) {empty}; "
+                             f"every rank needs training data")
+        return next(shape for shape in shapes if shape is not None)
+
     def _checkpoint_every(self) -> tuple[int | None, float | None]:
         """(steps, seconds) between checkpoints: the RunConfig's, else the model's ``train.*`` params."""
         train = self.model.p.train
@@ -500,11 +529,29 @@ class Estimator:
             raise ValueError("Can not provide both save_checkpoints_secs and save_checkpoints_steps.")
         return steps, secs
 
-    def _rank_failure(self, error: RuntimeError) -> RuntimeError:
-        """A failed collective as an error that names the rank(s) that stopped."""
-        lagging = [r for r in self.dist.lagging_ranks(self.global_step) if r != self.dist.rank]
-        who = f"rank(s) {lagging} stopped" if lagging else "another rank stopped or hung"
-        return RuntimeError(f"rank {self.dist.rank}: training stopped at global step {self.global_step}: {who}; "
+    def _failure(self, error: BaseException, doing: str) -> BaseException:
+        """What ``error`` on this rank becomes under torch.distributed: a collective that another rank
+        broke, an error naming that rank; this rank's own failure, recorded for the others (whose
+        collectives break as soon as this process exits: nobody waits for a timeout)."""
+        if self.dist is None or isinstance(error, GeneratorExit):
+            return error
+        if isinstance(error, RuntimeError):  # gloo's transport errors are plain RuntimeErrors
+            failed = {r: why for r, why in self.dist.failed_ranks().items() if r != self.dist.rank}
+            lagging = [r for r in self.dist.lagging_ranks(self.global_step) if r != self.dist.rank]
+            if failed or lagging or isinstance(error, torch.distributed.DistError):
+                self.dist.abandon()
+                return self._rank_failure(error, doing, failed, lagging)
+        self.dist.mark_failed(error)
+        return error
+
+    def _rank_failure(self, error: BaseException, doing: str, failed: dict[int, str],
+                      lagging: list[int]) -> RuntimeError:
+        """A failed collective as an error that names the rank(s) that failed or stopped."""
+        if failed:
+            who = "; ".join(f"rank {r} failed: {why}" for r, why in sorted(failed.items()))
+        else:
+            who = f"rank(s) {lagging} stopped" if lagging else "another rank stopped or hung"
+        return RuntimeError(f"rank {self.dist.rank}: {doing} stopped at global step {self.global_step}: {who}; "
                             f"the latest complete checkpoint is {self._checkpoints.latest()} ({error})")
 
     def train_step(self, batch: Batch) -> ModelOutput:
@@ -516,7 +563,8 @@ class Estimator:
             self._load_optimizer_state()
         if output.loss is None:
             raise ValueError("model_fn returned no loss in TRAIN mode")
-        if not torch.isfinite(output.loss):
+        finite = bool(torch.isfinite(output.loss))
+        if not finite and self.dist is None:  # under torch.distributed every rank learns it below
             self.model.ctx.discard_gradients()
             raise FloatingPointError(f"loss is {output.loss.item()} at global step {self.global_step}; "
                                      f"the last checkpoint is kept")
@@ -529,9 +577,13 @@ class Estimator:
         sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
         if self.dist is not None:
             # The sparse gradients travel to their owners while the dense ones are being summed.
-            summed = self._start_dense_all_reduce(sparse_squared)
+            summed = self._start_dense_all_reduce(sparse_squared, finite)
             self.model.ctx.exchange_gradients()
-            sparse_squared = summed()
+            sparse_squared, failing = summed()
+            if failing:  # every rank stops here together: no update is applied anywhere
+                self.model.ctx.discard_gradients()
+                raise FloatingPointError(f"rank {self.dist.rank}: the loss is not finite on rank(s) {failing} at "
+                                         f"global step {self.global_step}; the last checkpoint is kept")
         dense_scale, sparse_scale, norm = self._clip_scales(sparse_squared)
         if self._dense_optimizer is not None:
             decay = self.model.p.dense_weight_decay
@@ -550,20 +602,32 @@ class Estimator:
             self._summary("global_gradient_norm", norm)
         return output
 
-    def _start_dense_all_reduce(self, sparse_squared: float | None) -> Callable[[], float | None]:
-        """Starts summing the dense gradients over ranks and, in the same collective, the ranks' shares
-        of the squared sparse norm (each rank holds the gradients of its own lookups); the returned
-        function waits for the sums and returns the squared sparse norm."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        share = torch.tensor([sparse_squared or 0.0], dtype=grads[0].dtype if grads else torch.float32)
-        finish = self.dist.start_all_reduce(grads + [share])
+    def _start_dense_all_reduce(self, sparse_squared: float | None,
+                                loss_finite: bool) -> Callable[[], tuple[float | None, list[int]]]:
+        """Starts summing the dense gradients over ranks and, in the same collective, which ranks
+        computed each (a parameter a batch did not use has none on that rank), the ranks' shares of
+        the squared sparse norm (each rank holds the gradients of its own lookups) and which ranks'
+        losses were not finite; the returned function waits for the sums, sets every parameter's
+        gradient that some rank computed, and returns the squared sparse norm and those ranks."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        n, world = len(params), self.dist.world_size
+        flags = torch.zeros(n + 1 + world, dtype=grads[0].dtype if grads else torch.float32)
+        flags[:n] = torch.tensor([p.grad is not None for p in params], dtype=flags.dtype)
+        flags[n] = sparse_squared or 0.0
+        flags[n + 1 + self.dist.rank] = 0.0 if loss_finite else 1.0
+        finish = self.dist.start_all_reduce(grads + [flags])
 
-        def summed() -> float | None:
+        def summed() -> tuple[float | None, list[int]]:
             finish()
-            if self.config.dense_reduce == "mean":
-                for grad in grads:
-                    grad.div_(self.dist.world_size)
-            return float(share) if sparse_squared is not None else None
+            for param, grad, computed in zip(params, grads, flags[:n].tolist()):
+                if not computed:
+                    continue
+                if self.config.dense_reduce == "mean":
+                    grad.div_(world)
+                param.grad = grad
+            failing = [rank for rank in range(world) if flags[n + 1 + rank] > 0]
+            return (float(flags[n]) if sparse_squared is not None else None), failing
 
         return summed
 
@@ -623,6 +687,15 @@ class Estimator:
         self.model.p.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT
         self.model.eval()
         self.model.ctx.train(False)
+        try:
+            yield from self._inference_steps(mode, steps)
+        except BaseException as error:
+            failure = self._failure(error, "evaluation" if mode == ModeKeys.EVAL else "prediction")
+            if failure is error:
+                raise
+            raise failure from error
+
+    def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)
         count = 0
         with torch.no_grad():
@@ -659,10 +732,11 @@ class Estimator:
             have = self.dist.count(batch is not None)
             if have < self.dist.world_size and not (pad_exhausted and have > 0):
                 return
-            if batch is None:
-                if last is None:
-                    raise RuntimeError(f"rank {self.dist.rank}: input_fn produced no batch while other ranks did")
-                batch = last.empty_like()
+            if have < self.dist.world_size:
+                # A rank that had no batch at all learns the features of an empty one from the others.
+                shapes = self.dist.all_gather_object(None if batch is None else batch.empty_like())
+                if batch is None:
+                    batch = last.empty_like() if last is not None else next(b for b in shapes if b is not None)
             last = batch
             yield batch
 
@@ -720,6 +794,14 @@ class Estimator:
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _difference(ours: Any, theirs: Any) -> str:
+    """Where two layouts differ, briefly: the differing keys of dicts, else both values."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        return ", ".join(f"{k} {ours.get(k)!r} here vs {theirs.get(k)!r}" for k in keys)
+    return f"{ours!r} here vs {theirs!r}"
 
 
 def _is_stateful(source: object) -> bool:

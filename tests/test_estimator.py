@@ -434,7 +434,8 @@ def test_checkpoints_keep_last_n_and_index(tmp_path):
     resumed.train(max_steps=6)
     assert resumed.global_step == 6
     (run / "ckpt-6" / "dense.pt").write_bytes(b"PK\x03\x04 cut")
-    assert manager.latest() is None
+    with pytest.raises(ValueError, match="every checkpoint is damaged"):  # never start over on top of them
+        manager.latest()
 
 
 def test_resume_after_restart_continues_from_the_global_step(tmp_path):

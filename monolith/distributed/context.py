@@ -31,6 +31,36 @@ class DistributedContext:
         if store is not None:
             store.set(f"monolith/heartbeat/{self.rank}", str(step))
 
+    def mark_failed(self, error: BaseException) -> None:
+        """Records in the rendezvous store that this rank failed and why, and skips the exit barrier:
+        this rank's exit then breaks the others' collectives at once, and they name it."""
+        global _abandoned
+        _abandoned = True
+        store = _store()
+        if store is not None:
+            try:
+                store.set(f"monolith/failed/{self.rank}", f"{type(error).__name__}: {error}"[:1000])
+            except Exception:  # the store went with the agent: the others still stop, unnamed
+                pass
+
+    def abandon(self) -> None:
+        """Leaves without the exit barrier (another rank failed: nobody would meet it there)."""
+        global _abandoned
+        _abandoned = True
+
+    def failed_ranks(self) -> dict[int, str]:
+        """Ranks that recorded a failure (:meth:`mark_failed`), with its reason."""
+        store = _store()
+        failed = {}
+        for rank in range(self.world_size):
+            key = f"monolith/failed/{rank}"
+            try:
+                if store is not None and store.check([key]):
+                    failed[rank] = store.get(key).decode(errors="replace")
+            except Exception:  # no store (it went with a dead agent): nothing to report
+                break
+        return failed
+
     def lagging_ranks(self, step: int) -> list[int]:
         """Ranks whose last heartbeat is before ``step``: after a failed collective, the dead ones."""
         store = _store()
@@ -86,6 +116,10 @@ class DistributedContext:
             dist.broadcast(t, src=src, group=self.group)
 
 
+#: Set when this rank leaves after a failure: its exit barrier would wait for ranks stuck elsewhere.
+_abandoned = False
+
+
 def _store():
     """The rendezvous key-value store of the default group (hosted by torchrun's agent)."""
     try:
@@ -103,10 +137,11 @@ def _leave_group() -> None:
     """
     if not dist.is_initialized():
         return
-    try:
-        dist.barrier()
-    except RuntimeError:  # a rank already died: nothing left to wait for
-        pass
+    if not _abandoned:
+        try:
+            dist.barrier()
+        except RuntimeError:  # a rank already died: nothing left to wait for
+            pass
     dist.destroy_process_group()
 
 
