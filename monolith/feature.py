@@ -33,6 +33,9 @@ from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable, SliceConfig, SlotConfig
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, CuckooHashTableConfig, HashTableConfig
 
+#: The ids of a feature a batch lacks, where every declared feature is routed (see EmbeddingFactory.begin_step).
+_NO_IDS = torch.zeros(0, dtype=torch.int64)
+
 
 @dataclasses.dataclass
 class FeatureSlotConfig:
@@ -281,7 +284,10 @@ class EmbeddingFactory:
         """Sets the batch that lookups read; clears the per-step row cache.
 
         Where the tables do lookups better together (sharded tables: one exchange for every
-        feature), the rows of every feature of the batch with a table are looked up here at once.
+        feature), the rows of every feature with a table are looked up here at once. Every declared
+        feature is routed, with no ids where this batch lacks it: every rank then takes part in the
+        same exchanges whatever features its own batch carries (reading a feature the batch lacks
+        still raises, in :meth:`lookup`).
         """
         self._batch = batch
         self._rows_cache = {}
@@ -290,17 +296,21 @@ class EmbeddingFactory:
         if batch is None or not getattr(module_type, "routes_lookups_together", False):
             return
         requests, names = [], []
+        present = set(batch.sparse.keys())
         # Slot and column order is the model's declaration order: the same on every rank.
         for feature_slot in self.feature_slots:
             module = self._table_of_slot.get(feature_slot.slot)
             if module is None or module.table.dim != feature_slot.dim:
                 continue
             for name in feature_slot.feature_columns:
-                if name in batch.sparse.keys():
+                if name in present:
                     jagged = batch.sparse[name]
                     requests.append((module, jagged.values(), self._req_time_per_id(jagged)))
-                    names.append(name)
-        self._routed = dict(zip(names, module_type.lookup_together(requests)))
+                else:
+                    requests.append((module, _NO_IDS, None))
+                names.append(name)
+        self._routed = {name: routed for name, routed in zip(names, module_type.lookup_together(requests))
+                        if name in present}
 
     @property
     def batch(self) -> Batch | None:

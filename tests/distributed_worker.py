@@ -305,6 +305,139 @@ def small(out_dir: str, steps: str, mode: str = "train") -> None:
                os.path.join(out_dir, f"small-{rank}.pt"))
 
 
+PARTIAL_SLOTS = {"uid": 1, "mov": 2, "extra": 3}
+PARTIAL_T0 = 1_000_000
+DAY = 86_400
+
+
+def _part_batch(step: int, rank: int, rows: int, names: list[str], req_time: int, vocab: int) -> Batch:
+    """Rank ``rank``'s batch of ``step``: one FID per feature of ``names`` and row, all at ``req_time``."""
+    rng = np.random.default_rng(7919 * step + rank)
+    values = [make_fid(PARTIAL_SLOTS[name], rng.integers(0, vocab, rows)) for name in names]
+    sparse = KeyedJaggedTensor(names, torch.from_numpy(np.concatenate(values)),
+                               torch.ones(rows * len(names), dtype=torch.int64))
+    return Batch(sparse, {"label": torch.from_numpy((rng.random(rows) < 0.4).astype(np.float32)),
+                          "req_time": torch.full((rows,), req_time, dtype=torch.int64)})
+
+
+def _union_batch(parts: list[Batch]) -> Batch:
+    """The ranks' batches of a step as one process's: a feature a part lacks has no FIDs in its rows."""
+    names = [n for n in PARTIAL_SLOTS if any(n in p.sparse.keys() for p in parts)]
+    values, lengths = [], []
+    for name in names:
+        for part in parts:
+            rows = part.dense["label"].numel()
+            if name in part.sparse.keys():
+                values.append(part.sparse[name].values())
+                lengths.append(part.sparse[name].lengths())
+            else:
+                lengths.append(torch.zeros(rows, dtype=torch.int64))
+    return Batch(KeyedJaggedTensor(names, torch.cat(values), torch.cat(lengths)),
+                 {key: torch.cat([p.dense[key] for p in parts]) for key in parts[0].dense})
+
+
+def partial_batches(kind: str, rank: int) -> list[Batch]:
+    """``missing``: after step 0, only some ranks' batches carry 'extra' (rank 0's, rank 1's, none, both,
+    in turn); ``expiry``: every id at day 0, then one id per table at day 2 (expire time: 1 day)."""
+    if kind == "missing":
+        present = {1: (True, False), 2: (False, True), 3: (False, False), 0: (True, True)}
+        return [_part_batch(step, rank, 16, ["uid", "mov"] + (["extra"] if step == 0 or present[step % 4][rank]
+                                                              else []), PARTIAL_T0 + 3600 * step, 50)
+                for step in range(8)]
+    return [_part_batch(0, rank, 16, list(PARTIAL_SLOTS), PARTIAL_T0, 50),
+            _part_batch(1, rank, 1, list(PARTIAL_SLOTS), PARTIAL_T0 + 2 * DAY, 1)]
+
+
+class PartialFeatureModel(MonolithModel):
+    """uid and mov always, 'extra' where the batch carries it (no dense parameter of its own, so a
+    batch without it equals one whose rows have no 'extra' FIDs): trains alike whichever ranks'
+    batches carry it. ``world_size`` 1 trains the union of both ranks' batches."""
+
+    def __init__(self, params=None, kind: str = "missing", world_size: int = 1, rank: int = 0):
+        super().__init__(params)
+        self.kind = kind
+        if world_size == 1:
+            self.batches = [_union_batch(list(parts)) for parts in zip(*(partial_batches(kind, r) for r in (0, 1)))]
+        else:
+            self.batches = partial_batches(kind, rank)
+        self.batch_size = self.batches[0].dense["label"].numel()
+        torch.manual_seed(5)
+        self.head = torch.nn.Linear(8, 1)
+
+    def input_fn(self, mode):
+        return iter(self.batches)
+
+    def model_fn(self, features, mode):
+        for name in PARTIAL_SLOTS:
+            self.create_embedding_feature_column(name, expire_time=1 if self.kind == "expiry" else 36500)
+        kw = dict(initializer=ZerosInitializer(), optimizer=SgdOptimizer(learning_rate=0.1))
+        logits = self.head(self.lookup_embedding_slice(["uid", "mov"], "vec", 4, out_type="concat", **kw)).reshape(-1)
+        if "extra" in features.sparse.keys():
+            logits = logits + self.lookup_embedding_slice(["extra"], "vec", 4, out_type="concat", **kw).sum(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, features["label"], reduction="sum")
+        return EstimatorSpec(label=features["label"], pred=torch.sigmoid(logits), head_name="ctr", loss=loss,
+                             optimizer=functools.partial(torch.optim.SGD, lr=0.05))
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+def partial_config(model_dir: str) -> RunConfig:
+    return RunConfig(model_dir=model_dir, dedup="sum", log_step_count_steps=1000, enable_summaries=False)
+
+
+def run_partial(model_dir: str, kind: str, world_size: int, rank: int) -> PartialFeatureModel:
+    model = PartialFeatureModel(kind=kind, world_size=world_size, rank=rank)
+    Estimator(model, partial_config(model_dir)).train()
+    return model
+
+
+def partial_tables(model: PartialFeatureModel) -> dict:
+    """Per table: live (keys, rows), the keys a checkpoint keeps, the expiry clock, and the keys left
+    after an expiry sweep (which this call runs)."""
+    out = {}
+    for name, module in model.ctx.tables.items():
+        table = module.table
+        keys, rows = table.items()
+        out[name] = {"items": (torch.from_numpy(keys), torch.from_numpy(rows)),
+                     "saved": np.sort(table.state_dict()["keys"]), "clock": table.max_update_time}
+        table.evict()
+        out[name]["after_evict"] = np.sort(table.items()[0])
+    return out
+
+
+def partial(out_dir: str, kind: str) -> None:
+    init_from_env()
+    rank = get_rank()
+    model = run_partial(os.path.join(out_dir, "model"), kind, get_world_size(), rank)
+    torch.save({"dense": model.state_dict(), "tables": partial_tables(model)},
+               os.path.join(out_dir, f"partial-{rank}.pt"))
+
+
+def unread(out_dir: str) -> None:
+    """Two lookups of one table routed together; rank 1 never reads its second: the owners apply
+    nothing for its ids, and its (newest) request time moves no shard's expiry clock."""
+    ctx = init_from_env()
+    table = EmbeddingHashTable([SliceConfig("v", 1, initializer=ZerosInitializer(),
+                                            optimizer=SgdOptimizer(learning_rate=1.0))])
+    module = ShardedHashEmbedding(table)
+    if ctx.rank == 0:
+        first, first_time, second, second_time = [10, 11, 12, 13], 100, [20, 21, 22, 23], 200
+    else:
+        first, first_time, second, second_time = [10, 30, 31, 32], 150, [40, 41, 42, 43], 900
+    first, second = torch.tensor(first), torch.tensor(second)
+    routed = ShardedHashEmbedding.lookup_together([(module, first, first_time), (module, second, second_time)])
+    loss = module(first, routed=routed[0]).sum()
+    if ctx.rank == 0:
+        loss = loss + module(second, routed=routed[1]).sum()
+    loss.backward()
+    module.apply_gradients(global_step=0)
+    keys, rows = table.items()
+    with open(os.path.join(out_dir, f"unread-{ctx.rank}.json"), "w") as f:
+        json.dump({"rows": dict(zip(keys.tolist(), rows.reshape(-1).tolist())), "clock": table.max_update_time}, f)
+
+
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    {"vector": reference_vector, "comp": comp, "small": small, "filtered": filtered}[scenario](out, *sys.argv[3:])
+    {"vector": reference_vector, "comp": comp, "small": small, "filtered": filtered, "partial": partial,
+     "unread": unread}[scenario](out, *sys.argv[3:])

@@ -171,3 +171,72 @@ def test_ranks_with_different_models_are_refused(tmp_path):
     result = torchrun("small", str(tmp_path), "4", "disagree")
     assert result.returncode != 0
     assert "rank 1 built a different model" in result.stderr
+
+
+def partial_ranks(tmp_path) -> list[dict]:
+    return [torch.load(tmp_path / f"partial-{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
+def test_a_feature_only_some_ranks_batches_carry_trains_as_one_process_over_the_union(tmp_path):
+    """'extra' is declared on every rank but, after the first step, carried by rank 0's batches only,
+    rank 1's only, neither's, or both's in turn: each rank still routes it (without ids where its
+    batch lacks it), so the exchanges stay in step, and training equals one process's."""
+    ok(torchrun("partial", str(tmp_path), "missing"))
+    ranks = partial_ranks(tmp_path)
+    single = worker.run_partial(str(tmp_path / "single"), "missing", world_size=1, rank=0)
+    assert len(single.ctx.tables["extra"].table) > 0
+    as_items = [{"tables": {name: t["items"] for name, t in rank["tables"].items()}} for rank in ranks]
+    assert_tables_match(as_items, single, atol=1e-6)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ranks[1]["dense"][name], value, atol=1e-6, rtol=0)
+    # Each table's expiry clock is its own lookups' newest request time over every rank (no batch of
+    # the last step carries 'extra': its clock stays at the step before).
+    clocks = {name: module.table.max_update_time for name, module in single.ctx.tables.items()}
+    assert clocks["extra"] < clocks["uid"]
+    for name, clock in clocks.items():
+        assert [rank["tables"][name]["clock"] for rank in ranks] == [clock] * 2
+
+
+def test_expiry_of_every_shard_follows_the_newest_request_of_every_rank(tmp_path):
+    """Expire time 1 day: every id at day 0, then one id per table at day 2. The shard that owns no
+    day-2 id must still expire its day-0 rows, as one table seeing the whole step does: every
+    shard's clock is the step's newest request time over all ranks."""
+    ok(torchrun("partial", str(tmp_path), "expiry"))
+    ranks = partial_ranks(tmp_path)
+    single = worker.run_partial(str(tmp_path / "single"), "expiry", world_size=1, rank=0)
+    expected = worker.partial_tables(single)  # sweeps single's tables last
+    for name, want in expected.items():
+        assert 1 <= len(want["saved"]) < len(want["items"][0])  # rows kept and rows expired
+        for field in ("saved", "after_evict"):
+            got = np.sort(np.concatenate([rank["tables"][name][field] for rank in ranks]))
+            np.testing.assert_array_equal(got, want[field], err_msg=f"{name}: {field}")
+        assert [rank["tables"][name]["clock"] for rank in ranks] == [want["clock"]] * 2
+        got_keys, _ = merged_rows([{name: rank["tables"][name]["items"]} for rank in ranks], name)
+        np.testing.assert_array_equal(got_keys, np.sort(want["items"][0].numpy()))  # nothing swept during training
+    # The checkpoints, restored into one process, hold the same rows and clocks.
+    restored = {}
+    for run in ("model", "single"):
+        model = worker.PartialFeatureModel(kind="expiry")
+        Estimator(model, worker.partial_config(str(tmp_path / run))).build()
+        restored[run] = model
+    for name, module in restored["single"].ctx.tables.items():
+        keys, rows = module.table.items()
+        got_keys, got_rows = restored["model"].ctx.tables[name].table.items()
+        np.testing.assert_array_equal(np.sort(got_keys), np.sort(keys))
+        np.testing.assert_allclose(got_rows[np.argsort(got_keys)], rows[np.argsort(keys)], atol=1e-6, rtol=0)
+        assert restored["model"].ctx.tables[name].table.max_update_time == module.table.max_update_time
+
+
+def test_a_lookup_one_rank_never_reads_is_not_applied_and_moves_no_clock(tmp_path):
+    ok(torchrun("unread", str(tmp_path)))
+    import json
+
+    results = [json.loads((tmp_path / f"unread-{rank}.json").read_text()) for rank in (0, 1)]
+    rows = {int(k): v for result in results for k, v in result["rows"].items()}
+    # Rank 1's second lookup (ids 40-43, at time 900) was never read: as if never looked up.
+    assert sorted(rows) == [10, 11, 12, 13, 20, 21, 22, 23, 30, 31, 32]
+    assert rows[10] == -2.0 and all(v == -1.0 for k, v in rows.items() if k != 10)
+    assert [result["clock"] for result in results] == [200, 200]
+    owners = shard_of(torch.tensor(sorted(rows)), 2).tolist()
+    assert set(owners) == {0, 1}

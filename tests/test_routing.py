@@ -44,3 +44,13 @@ def test_plan_matches_unique_and_stable_sort_by_owner(world, per_id_times):
     np.testing.assert_array_equal(positions, want_positions)
     # Every occurrence reads its own id back from the layout.
     np.testing.assert_array_equal(keyed[positions, 0], ids)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_plan_of_a_lookup_without_ids(world):
+    # A feature a rank's batch lacks is routed without ids: nothing to send, in the same layout.
+    ids = np.zeros(0, dtype=np.int64)
+    groups, count = KeyGrouper().group(ids)
+    keyed, counts, positions = plan_route(ids, groups, count, np.array([7], dtype=np.int64), world, True)
+    assert keyed.shape == (0, 3) and positions.shape == (0,)
+    np.testing.assert_array_equal(counts, np.zeros(world))

@@ -34,6 +34,8 @@ from monolith.table.hash_map import KeyGrouper
 from monolith.table.shards import merge_states, select_keys
 
 _sequence = itertools.count()
+#: A request time that stands for none (a lookup without ids): older than any.
+_NO_TIME = np.iinfo(np.int64).min
 
 
 def _exchange(tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int], group) -> torch.Tensor:
@@ -62,7 +64,9 @@ class _Lookup:
     hint: RowHint  # where this rank's table found recv_ids
     num_unique: int
     dim: int  # row width at lookup time
-    grad: torch.Tensor | None = None  # summed per distinct id, in the layout
+    newest: list[int]  # newest request time of this lookup on each rank, by rank (_NO_TIME: it had no ids)
+    registered: bool = False  # in its module's pending lookups (its gradient goes out with the step's)
+    grad: torch.Tensor | None = None  # summed per distinct id, in the layout (None: backward never reached it)
     occurrence_grad: torch.Tensor | None = None  # per occurrence, for the global norm
 
 
@@ -75,7 +79,14 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     """Looks up ``(module, ids, req_time)`` requests in one id exchange and one row exchange.
 
     Returns, per request, its routing record and the rows of its ids (``[len(ids), dim]``). Every
-    rank must pass requests for the same modules in the same order (their ids may differ).
+    rank must pass requests for the same modules in the same order (their ids may differ, and may be
+    none: a feature this rank's batch lacks still takes its place in the exchanges).
+
+    Where autograd records and the module trains, each record joins its module's pending lookups
+    at once, whether or not the model reads its rows: every rank's gradient exchange then carries
+    the same lookups, and one that backward never reached is sent as unused (see
+    :func:`exchange_gradients`). The count exchange also carries each rank's newest request time
+    per request, which every owner's expiry clock advances to when the step is applied.
     """
     if not requests:
         return []
@@ -84,30 +95,39 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
     # where a table filters (every rank decides alike: the same tables, the same configs).
     with_occurrences = any(module.table.filters_occurrences for module, _, _ in requests)
     routed = []
-    for module, ids, req_time in requests:
+    # header[r, t] = (distinct ids of request t for rank r, this rank's newest request time of request t):
+    # every rank learns what it will receive, and how new each rank's lookups are.
+    send_header = np.empty((world, len(requests), 2), dtype=np.int64)
+    for t, (module, ids, req_time) in enumerate(requests):
         keys = np.ascontiguousarray(ids.reshape(-1).numpy(), dtype=np.int64)
         groups, count = module.grouper.group(keys)
-        keyed, counts, positions = plan_route(keys, groups, count, _request_times(req_time, keys.size), world,
-                                              with_occurrences)
-        routed.append((module, torch.from_numpy(keyed), torch.from_numpy(counts), torch.from_numpy(positions)))
-    # counts[r, t]: distinct ids of request t for rank r; every rank learns what it will receive.
-    send_counts = torch.stack([r[2] for r in routed], dim=1).contiguous()
-    recv_counts = torch.empty_like(send_counts)
-    dist.all_to_all_single(recv_counts.view(-1), send_counts.view(-1), group=group)
-    send, recv = send_counts.tolist(), recv_counts.tolist()
+        times = _request_times(req_time, keys.size)
+        keyed, counts, positions = plan_route(keys, groups, count, times, world, with_occurrences)
+        routed.append((module, torch.from_numpy(keyed), torch.from_numpy(positions)))
+        send_header[:, t, 0] = counts
+        send_header[:, t, 1] = times.max() if keys.size else _NO_TIME
+    recv_header = np.empty_like(send_header)
+    dist.all_to_all_single(torch.from_numpy(recv_header).view(-1), torch.from_numpy(send_header).view(-1),
+                           group=group)
+    send, recv = send_header[:, :, 0].tolist(), recv_header[:, :, 0].tolist()
+    peer_newest = recv_header[:, :, 1].T.tolist()  # by request, then rank
     # (id, time) pairs, grouped by destination rank, then by request.
     keyed = [_split_rows(r[1], [send[rank][i] for rank in range(world)]) for i, r in enumerate(routed)]
     outgoing = torch.cat([keyed[i][r] for r in range(world) for i in range(len(routed))])
     incoming = _exchange(outgoing, [sum(row) for row in send], [sum(row) for row in recv], group)
     pieces = _split_rows(incoming, [c for row in recv for c in row])  # by source rank, then request
     records, answers = [], []
-    for i, (module, unique, _, positions) in enumerate(routed):
+    for i, (module, unique, positions) in enumerate(routed):
         mine = torch.cat([pieces[r * len(routed) + i] for r in range(world)])
         rows, hint = module.table.lookup_with_hint(mine[:, 0])
         answers.append(_split_rows(rows, [recv[r][i] for r in range(world)]))
-        records.append(_Lookup(next(_sequence), module, positions, [send[r][i] for r in range(world)],
-                               [recv[r][i] for r in range(world)], mine[:, 0], mine[:, 1],
-                               mine[:, 2] if with_occurrences else None, hint, unique.shape[0], module.table.dim))
+        record = _Lookup(next(_sequence), module, positions, [send[r][i] for r in range(world)],
+                         [recv[r][i] for r in range(world)], mine[:, 0], mine[:, 1],
+                         mine[:, 2] if with_occurrences else None, hint, unique.shape[0], module.table.dim,
+                         peer_newest[i])
+        if torch.is_grad_enabled() and module.training:
+            module._register(record)
+        records.append(record)
         module.bytes_sent += unique.numel() * unique.element_size() + rows.numel() * rows.element_size()
     # Rows, as one flat float buffer: by requesting rank, then request.
     flat = torch.cat([answers[i][r].reshape(-1) for r in range(world) for i in range(len(routed))])
@@ -131,11 +151,26 @@ class _Received:
     times: torch.Tensor
     occurrences: torch.Tensor | None
     hint: RowHint  # where this rank's table found the ids at lookup time
+    newest: int  # newest request time of the lookup over the ranks that used it (_NO_TIME: none)
+
+    def used_only(self, counts: list[int], used: list[bool]) -> "_Received":
+        """Without the ids of the ranks (``counts[r]`` ids each, in rank order) that did not use the lookup."""
+        keep = torch.from_numpy(np.repeat(np.array(used, dtype=np.bool_), counts))
+        hint = None if self.hint is None else RowHint(self.hint.rows[keep.numpy()], self.hint.numbering,
+                                                      self.hint.size)
+        return _Received(self.ids[keep], self.grads[keep], self.times[keep],
+                         None if self.occurrences is None else self.occurrences[keep], hint, self.newest)
 
 
 def exchange_gradients(records: Sequence[_Lookup]) -> None:
     """Sends the gradients of ``records`` (every rank's, in the same order) to their owners in one
-    exchange; each owner keeps what it received in its module until :func:`apply_received`."""
+    exchange; each owner keeps what it received in its module until :func:`apply_received`.
+
+    With them goes one flag per lookup: whether backward reached it on the sending rank. A lookup
+    no backward reached (rows the model never read, a feature the batch lacks) still fills its
+    place with zeros, but its owners apply nothing for it and its request times do not advance
+    their expiry clocks, as one process that never looked it up.
+    """
     if not records:
         return
     group, world = records[0].module.group, records[0].module.world_size
@@ -147,30 +182,53 @@ def exchange_gradients(records: Sequence[_Lookup]) -> None:
         outgoing.append(_split_rows(grad, record.send_counts))
         widths.append(dim)
         record.module.bytes_sent += grad.numel() * grad.element_size()
-    flat = torch.cat([outgoing[i][r].reshape(-1) for r in range(world) for i in range(len(records))])
-    send_elems = [[rec.send_counts[r] * w for rec, w in zip(records, widths)] for r in range(world)]
-    recv_elems = [[rec.recv_counts[r] * w for rec, w in zip(records, widths)] for r in range(world)]
+    # To each rank: the gradients of every lookup, then the flags of every lookup.
+    flags = torch.tensor([float(record.grad is not None) for record in records], dtype=torch.float32)
+    flat = torch.cat([piece for r in range(world)
+                      for piece in [outgoing[i][r].reshape(-1) for i in range(len(records))] + [flags]])
+    send_elems = [[rec.send_counts[r] * w for rec, w in zip(records, widths)] + [len(records)] for r in range(world)]
+    recv_elems = [[rec.recv_counts[r] * w for rec, w in zip(records, widths)] + [len(records)] for r in range(world)]
     received = _exchange(flat, [sum(row) for row in send_elems], [sum(row) for row in recv_elems], group)
     chunks = list(torch.split(received, [e for row in recv_elems for e in row]))
+    per_rank = len(records) + 1
+    used_by = torch.stack([chunks[r * per_rank + len(records)] for r in range(world)]).numpy() > 0.5  # [rank, lookup]
+    used_by_all = used_by.all(axis=0).tolist()
     for i, record in enumerate(records):
-        grads = torch.cat([chunks[r * len(records) + i].view(-1, widths[i]) for r in range(world)])
-        record.module._received.append(_Received(record.recv_ids, grads, record.recv_times, record.recv_occurrences,
-                                                 record.hint))
+        grads = torch.cat([chunks[r * per_rank + i].view(-1, widths[i]) for r in range(world)])
+        if used_by_all[i]:
+            got = _Received(record.recv_ids, grads, record.recv_times, record.recv_occurrences, record.hint,
+                            max(record.newest))
+        else:
+            used = used_by[:, i].tolist()
+            newest = max((t for t, u in zip(record.newest, used) if u), default=_NO_TIME)
+            got = _Received(record.recv_ids, grads, record.recv_times, record.recv_occurrences, record.hint,
+                            newest).used_only(record.recv_counts, used)
+        record.module._received.append(got)
 
 
 def apply_received(module: "ShardedHashEmbedding", global_step: int, scale: float = 1.0) -> None:
-    """The owner's update: one per distinct id, with the gradients every rank sent for it summed."""
+    """The owner's update: one per distinct id, with the gradients every rank sent for it summed.
+
+    The shard's expiry clock advances to the newest request time of the step's lookups of this
+    table on every rank, as one table updated with every rank's lookups would (the ids this shard
+    owns alone may be older, or none).
+    """
     received, module._received = module._received, []
     if not received:
         return
-    grads = cat_or_only([r.grads for r in received])
-    if scale != 1.0:
-        grads = grads * scale
-    occurrences = [r.occurrences for r in received if r.occurrences is not None]
-    module.table.apply_gradients(cat_or_only([r.ids for r in received]), grads, global_step,
-                                 cat_or_only([r.times for r in received]).numpy(), dedup="sum",
-                                 hint=RowHint.concat([r.hint for r in received]),
-                                 occurrences=cat_or_only(occurrences) if occurrences else None)
+    newest = max(r.newest for r in received)
+    received = [r for r in received if r.ids.numel()]
+    if received:
+        grads = cat_or_only([r.grads for r in received])
+        if scale != 1.0:
+            grads = grads * scale
+        occurrences = [r.occurrences for r in received if r.occurrences is not None]
+        module.table.apply_gradients(cat_or_only([r.ids for r in received]), grads, global_step,
+                                     cat_or_only([r.times for r in received]).numpy(), dedup="sum",
+                                     hint=RowHint.concat([r.hint for r in received]),
+                                     occurrences=cat_or_only(occurrences) if occurrences else None)
+    if newest != _NO_TIME:
+        module.table.advance_clock(newest)
 
 
 class _ShardedLookup(torch.autograd.Function):
@@ -178,7 +236,7 @@ class _ShardedLookup(torch.autograd.Function):
     def forward(ctx, anchor, routed):  # noqa: D401 - autograd signature
         # The rows come inside a tuple, not as a tensor input: the output is this Function's own.
         ctx.record, rows = routed
-        ctx.record.module._lookups.append(ctx.record)
+        ctx.record.module._register(ctx.record)  # routed outside autograd: it joins the step's lookups now
         return rows
 
     @staticmethod
@@ -221,6 +279,12 @@ class ShardedHashEmbedding(HashEmbedding):
         return routed[1]
 
     routes_lookups_together = True
+
+    def _register(self, record: _Lookup) -> None:
+        """Adds a lookup to those whose gradients go out with this step's (once)."""
+        if not record.registered:
+            record.registered = True
+            self._lookups.append(record)
 
     @staticmethod
     def lookup_together(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tensor, torch.Tensor | None]],

@@ -413,6 +413,19 @@ class EmbeddingHashTable:
         self._record_writes(rows, _as_times(req_time, keys.size))
 
     # ----------------------------------------------------------------- expiry
+    @property
+    def max_update_time(self) -> int:
+        """The table's expiry clock: the newest request time of any update (``now`` for expiry)."""
+        return self._max_update_time
+
+    def advance_clock(self, req_time: int) -> None:
+        """Moves the expiry clock forward to ``req_time`` if it is newer (never back).
+
+        A shard of a table sharded over ranks calls it with the newest request time of a step's
+        updates on every rank, so that it expires rows as one table seeing every update would.
+        """
+        self._max_update_time = max(self._max_update_time, int(req_time))
+
     def _unexpired(self, now: int | None) -> np.ndarray:
         size = len(self)
         timestamps = self._timestamps[:size]
