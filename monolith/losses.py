@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from monolith.mode_keys import ModeKeys
 
-__all__ = ["LogitCorrection", "get_sigmoid_loss_and_pred", "get_softmax_loss_and_pred"]
+__all__ = ["LogitCorrection", "batch_softmax_loss", "get_sigmoid_loss_and_pred", "get_softmax_loss_and_pred"]
 
 
 class LogitCorrection(torch.nn.Module):
@@ -179,3 +179,37 @@ def get_softmax_loss_and_pred(
         )
     loss = -(label.to(logits.dtype) * torch.log_softmax(logits, dim=1)).sum(dim=1)
     return loss, pred
+
+
+def batch_softmax_loss(query: torch.Tensor, item: torch.Tensor, item_step_interval: torch.Tensor, r: torch.Tensor,
+                       normalize: bool = True, temperature: float = 1.0) -> torch.Tensor:
+    """Monolith's in-batch sampled softmax for retrieval (``losses/batch_softmax_loss.py``).
+
+    Each query's positive is the item of its own row; the other rows' items are its negatives,
+    with the logQ correction of the sampling frequency ``1 / item_step_interval`` (the steps
+    between an item's occurrences, e.g. the row of a :class:`~monolith.optim.BatchSoftmaxOptimizer`
+    slice, read as at least 1: a first lookup holds 0).
+
+    Args:
+        query: ``[batch, k]`` query vectors.
+        item: ``[batch, k]`` item vectors.
+        item_step_interval: ``[batch]`` average global steps between the item's occurrences.
+        r: ``[batch]`` weight of each query's interest in its item.
+        normalize: L2-normalise query and item vectors first.
+        temperature: divides the similarities (> 0).
+
+    Returns:
+        The summed loss, ``-sum(r * log(softmax of each row's similarities at its own item))``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature should be positive, while got {temperature}")
+    if normalize:
+        query = F.normalize(query, dim=1)
+        item = F.normalize(item, dim=1)
+    similarity = query @ item.T / temperature
+    frequency = 1 / torch.clamp(item_step_interval.reshape(-1).to(similarity.dtype), min=1.0)
+    # Monolith exponentiates exp(s - log f) then normalises; log_softmax of the same logits is that
+    # without overflow.
+    corrected = similarity - torch.log(frequency)
+    log_probability = torch.diagonal(torch.log_softmax(corrected, dim=1))
+    return -(r.reshape(-1).to(similarity.dtype) * log_probability).sum()

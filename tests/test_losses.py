@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from monolith.losses import LogitCorrection, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from monolith.losses import LogitCorrection, batch_softmax_loss, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
 from monolith.mode_keys import ModeKeys
 
 
@@ -173,3 +173,21 @@ def test_softmax_loss_and_pred():
         get_softmax_loss_and_pred("cls", logits, torch.tensor([0, 3, 1, 1, 2]), ModeKeys.TRAIN)
     with pytest.raises(ValueError, match="\\[batch, classes\\]"):
         get_softmax_loss_and_pred("cls", logits.reshape(-1), label, ModeKeys.TRAIN)
+
+
+def test_batch_softmax_loss_is_monolith_formula():
+    gen = torch.Generator().manual_seed(4)
+    query, item = torch.rand(4, 3, generator=gen, dtype=torch.float64), torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    interval = torch.tensor([0.0, 2.0, 5.0, 9.0], dtype=torch.float64)  # 0: a first lookup, read as 1
+    r = torch.tensor([1.0, 0.5, 2.0, 1.0], dtype=torch.float64)
+    # Monolith's steps literally: normalise, exp(s - log f), diagonal over row sums.
+    q, i = query / query.norm(dim=1, keepdim=True), item / item.norm(dim=1, keepdim=True)
+    similarity = torch.exp(q @ i.T / 0.5 - torch.log(1 / torch.clamp(interval, min=1.0)))
+    want = -(r * torch.log(torch.diagonal(similarity) / similarity.sum(dim=1))).sum()
+    torch.testing.assert_close(batch_softmax_loss(query, item, interval, r, temperature=0.5), want)
+    raw = torch.exp(query @ item.T - torch.log(1 / torch.clamp(interval, min=1.0)))
+    torch.testing.assert_close(batch_softmax_loss(query, item, interval, r, normalize=False),
+                               -(r * torch.log(torch.diagonal(raw) / raw.sum(dim=1))).sum())
+    with pytest.raises(ValueError, match="temperature should be positive"):
+        batch_softmax_loss(query, item, interval, r, temperature=0.0)
+
