@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -478,10 +478,7 @@ class Estimator:
                     self.save_checkpoint()
                     saved_step, saved_at = self.global_step, time.monotonic()
         except BaseException as error:
-            failure = self._failure(error, "training")
-            if failure is error:
-                raise
-            raise failure from error
+            self._raise_failure(error, "training")
         else:
             if max_steps is not None and self.global_step < max_steps and self._source is None:
                 logger.warning("train: the input ended at global step %d, before max_steps %d", self.global_step,
@@ -529,20 +526,21 @@ class Estimator:
             raise ValueError("Can not provide both save_checkpoints_secs and save_checkpoints_steps.")
         return steps, secs
 
-    def _failure(self, error: BaseException, doing: str) -> BaseException:
-        """What ``error`` on this rank becomes under torch.distributed: a collective that another rank
-        broke, an error naming that rank; this rank's own failure, recorded for the others (whose
-        collectives break as soon as this process exits: nobody waits for a timeout)."""
+    def _raise_failure(self, error: BaseException, doing: str) -> NoReturn:
+        """Raises ``error`` (being handled) as it must be under torch.distributed: a collective that
+        another rank broke, as an error naming that rank; this rank's own failure as it is, recorded
+        for the others (whose collectives break as soon as this process exits: nobody waits for a
+        timeout)."""
         if self.dist is None or isinstance(error, GeneratorExit):
-            return error
+            raise error
         if isinstance(error, RuntimeError):  # gloo's transport errors are plain RuntimeErrors
             failed = {r: why for r, why in self.dist.failed_ranks().items() if r != self.dist.rank}
             lagging = [r for r in self.dist.lagging_ranks(self.global_step) if r != self.dist.rank]
             if failed or lagging or isinstance(error, torch.distributed.DistError):
                 self.dist.abandon()
-                return self._rank_failure(error, doing, failed, lagging)
+                raise self._rank_failure(error, doing, failed, lagging) from error
         self.dist.mark_failed(error)
-        return error
+        raise error
 
     def _rank_failure(self, error: BaseException, doing: str, failed: dict[int, str],
                       lagging: list[int]) -> RuntimeError:
@@ -690,10 +688,7 @@ class Estimator:
         try:
             yield from self._inference_steps(mode, steps)
         except BaseException as error:
-            failure = self._failure(error, "evaluation" if mode == ModeKeys.EVAL else "prediction")
-            if failure is error:
-                raise
-            raise failure from error
+            self._raise_failure(error, "evaluation" if mode == ModeKeys.EVAL else "prediction")
 
     def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)

@@ -293,7 +293,7 @@ class EmbeddingHashTable:
         grads = _as_grads(grads, keys.size, self.dim)
         times = _as_times(req_time, keys.size)
         if times.size:
-            self._max_update_time = max(self._max_update_time, int(times.max()))
+            self.advance_clock(times.max())
         rows = self._find(keys, hint)
         counts = None
         if dedup == "sum":
@@ -568,9 +568,10 @@ def _check_state_shapes(state: dict[str, np.ndarray], meta: dict, size: int, sta
     for name, shape in expected.items():
         if state[name].shape != shape:
             raise ValueError(f"{source}: '{name}' has shape {list(state[name].shape)}, expected {list(shape)}")
-    if state["filter_keys"].shape != state["filter_counts"].shape or state["filter_keys"].ndim != 1:
-        raise ValueError(f"{source}: filter state mismatch: {state['filter_keys'].size} keys but "
-                         f"{state['filter_counts'].size} counts")
+    try:
+        OccurrenceFilter.check_state(state)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:

@@ -85,11 +85,17 @@ class OccurrenceFilter:
         keys, rows = self._counter_rows.items()
         return {"filter_keys": keys, "filter_counts": self._counts[rows].copy()}
 
+    @staticmethod
+    def check_state(state: dict[str, np.ndarray]) -> None:
+        """Raises ``ValueError`` unless ``state`` holds one count per key, as :meth:`state` writes."""
+        keys, counts = state["filter_keys"], state["filter_counts"]
+        if keys.shape != counts.shape or keys.ndim != 1:
+            raise ValueError(f"filter state mismatch: {keys.size} keys but {counts.size} counts")
+
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restores counters written by :meth:`state`."""
+        self.check_state(state)
         keys, counts = state["filter_keys"], state["filter_counts"]
-        if keys.shape != counts.shape:
-            raise ValueError(f"filter state mismatch: {keys.size} keys but {counts.size} counts")
         self._counter_rows.rebuild(keys)
         self._counts = np.ascontiguousarray(counts, dtype=np.int32).copy()
         if self._counts.size == 0:
