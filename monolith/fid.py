@@ -120,6 +120,18 @@ def _normalize_fid(fid: IntLike) -> IntLike:
     return fid
 
 
+def fid_to_int64(value: int) -> int:
+    """A FID given as a Python int of int64 or uint64 range (``-2**63 .. 2**64-1``) as its int64
+    value: uint64 FIDs at or above ``2**63`` become their two's complement.
+
+    Raises:
+        ValueError: ``value`` does not fit in 64 bits.
+    """
+    if not INT64_MIN <= value <= UINT64_MAX:
+        raise ValueError(f"FID {value!r} does not fit in 64 bits (int64 or uint64: -2**63..2**64-1)")
+    return value - (1 << 64) if value > INT64_MAX else value
+
+
 def make_fid(slot: IntLike, signature: IntLike) -> IntLike:
     """Pack a v2 FID: ``(slot << 48) | (signature & (2**48 - 1))``.
 

@@ -201,3 +201,11 @@ def test_hash_string_fid():
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(F.get_slot(got), 32767)
     assert F.hash_string_fid(iter([]), 1).shape == (0,)
+
+
+def test_fid_to_int64_takes_int64_and_uint64_spellings():
+    assert F.fid_to_int64(-(2**63)) == -(2**63) and F.fid_to_int64(2**63 - 1) == 2**63 - 1
+    assert F.fid_to_int64(2**63) == -(2**63) and F.fid_to_int64(2**64 - 1) == -1
+    for outside in (2**64, -(2**63) - 1):
+        with pytest.raises(ValueError, match="does not fit in 64 bits"):
+            F.fid_to_int64(outside)

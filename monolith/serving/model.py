@@ -72,6 +72,7 @@ from monolith.distributed.routing import shard_of
 from monolith.export.exporter import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
                                       compress_rows, decompress_rows, load_table, program_factory)
 from monolith.export.receiver import ServingInputReceiver
+from monolith.fid import fid_to_int64
 from monolith.modules.combiners import make_combiner
 from monolith.table.hash_map import FidMap
 
@@ -79,7 +80,6 @@ __all__ = ["BaseVersionError", "RequestError", "ServingModel", "StaleUpdateError
 
 _UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
-_INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
 
 
 class RequestError(ValueError):
@@ -587,12 +587,17 @@ def _fids(rows: list, field: str) -> tuple[np.ndarray, torch.Tensor]:
             except OverflowError:
                 pass
     if ids is None:
+        converted = []
         for i, row in enumerate(rows):
             for j, fid in enumerate(row):
-                if type(fid) is not int or not _INT64_MIN <= fid < _UINT64_END:
+                try:
+                    if type(fid) is not int:
+                        raise ValueError
+                    converted.append(fid_to_int64(fid))
+                except ValueError:
                     raise RequestError(f"{field}[{i}][{j}] must be an integer FID in [-2**63, 2**64), "
-                                       f"got {reprlib.repr(fid)}")
-        ids = np.array([fid - _UINT64_END if fid >= 1 << 63 else fid for fid in flat], dtype=np.int64)
+                                       f"got {reprlib.repr(fid)}") from None
+        ids = np.array(converted, dtype=np.int64)
     return ids, lengths
 
 

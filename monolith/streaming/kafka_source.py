@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from monolith.fid import fid_to_int64
 from monolith.sparse import Batch, KeyedJaggedTensor
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 ParseFn = Callable[[Sequence[bytes]], Batch]
 
 _POLL_S = 0.05
-_UINT64 = 1 << 64
 
 
 def encode_example(sparse: dict[str, Sequence[int]], label: float, dense: dict[str, Sequence[float]] | None = None,
@@ -103,9 +103,9 @@ def _read_example(message: bytes) -> dict[str, Any]:
 
 def _fid(value: Any) -> int:
     """A JSON FID as int64 (uint64 FIDs at or above ``2**63`` as their two's complement)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not -_UINT64 // 2 <= value < _UINT64:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"FID {value!r} is not an int64 or uint64 integer")
-    return value - _UINT64 if value >= _UINT64 // 2 else value
+    return fid_to_int64(value)
 
 
 def parse_stream_url(url: str) -> tuple[str, str]:

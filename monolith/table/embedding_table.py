@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from monolith.atomic import atomic_write
-from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2
+from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, fid_to_int64
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SliceConfig, SlotConfig
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
@@ -628,7 +628,7 @@ def _as_ids(ids) -> np.ndarray:
 
 
 def _int_list_as_array(ids) -> np.ndarray:
-    """A Python list of ints as int64, or as uint64 where it holds ids of 2^63 and above."""
+    """A Python list of ints as int64 (uint64 ids at or above 2^63 as their two's complement)."""
     array = np.asarray(ids)
     if array.size == 0:
         return array.astype(np.int64)
@@ -636,9 +636,7 @@ def _int_list_as_array(ids) -> np.ndarray:
         # numpy falls back to float64/object for ints beyond int64 mixed with others.
         flat = np.ravel(np.asarray(ids, dtype=object))
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
-            if any(v < -(2**63) or v >= 2**64 for v in flat):
-                raise ValueError("FIDs must fit in 64 bits (int64 or uint64)")
-            return np.array([v % 2**64 for v in flat], dtype=np.uint64).reshape(array.shape)
+            return np.array([fid_to_int64(int(v)) for v in flat], dtype=np.int64).reshape(array.shape)
     return array
 
 
