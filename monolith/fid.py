@@ -14,6 +14,7 @@ int for scalars, an int64 array or tensor otherwise. Scalar FIDs may be given ei
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -118,6 +119,15 @@ def _normalize_fid(fid: IntLike) -> IntLike:
     if isinstance(fid, int):
         _check_range(fid, "fid", INT64_MIN, UINT64_MAX)
     return fid
+
+
+_SLOT_NAME = re.compile(r"(?:fc_)?slot_(\d+)")
+
+
+def slot_from_name(name: str) -> int | None:
+    """``N`` of a ``slot_N`` or ``fc_slot_N`` feature name (Monolith's names for bare slots), else ``None``."""
+    match = _SLOT_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def fid_to_int64(value: int) -> int:

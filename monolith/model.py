@@ -43,7 +43,7 @@ import torch
 
 from monolith.device import DeviceCtxType, MonolithDeviceCtx
 from monolith.feature import EmbeddingFactory, FeatureColumn, FeatureSlice, FeatureSlotConfig
-from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2
+from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, slot_from_name
 from monolith.layout import OutConfig
 from monolith.mode_keys import ModeKeys
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
@@ -486,10 +486,7 @@ class MonolithModel(MonolithBaseModel):
         listed = self._feature_list().get(name) if self.p.feature_list else None
         if listed is not None and listed.slot is not None:
             return listed.slot
-        suffix = name.rsplit("_", 1)[-1]
-        if (name.startswith("slot_") or name.startswith("fc_slot_")) and suffix.isdigit():
-            return int(suffix)
-        return None
+        return slot_from_name(name)
 
     def _feature_list(self) -> "FeatureList":
         return _parse_feature_list(os.fspath(self.p.feature_list))

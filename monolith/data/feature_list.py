@@ -24,12 +24,13 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from monolith.fid import slot_from_name
+
 __all__ = ["Cache", "Feature", "FeatureList", "Feed"]
 
 _TRUE = {"true", "yes", "t", "y", "1"}
 # A key is the identifier right before "="; its value runs to the next key (Monolith's reading).
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=")
-_SLOT_NAME = re.compile(r"(?:fc_)?slot_(\d+)")
 
 
 def _bool(value: str) -> bool:
@@ -277,9 +278,3 @@ class FeatureList:
 
     def __iter__(self) -> Iterator[Feature]:
         return iter(self.features.values())
-
-
-def slot_from_name(name: str) -> int | None:
-    """``N`` of a ``slot_N`` or ``fc_slot_N`` feature name (Monolith's names for bare slots), else ``None``."""
-    match = _SLOT_NAME.fullmatch(name)
-    return int(match.group(1)) if match else None

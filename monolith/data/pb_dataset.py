@@ -85,13 +85,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Reader, Rows, jagged, logger
-from monolith.data.feature_list import FeatureList, slot_from_name
+from monolith.data.feature_list import FeatureList
 from monolith.data.proto.example_pb2 import SHARED, Example, ExampleBatch
 from monolith.data.proto.example_pb2 import Feature as ExampleFeature
 from monolith.data.proto.feature_pb2 import Feature as InstanceFeature
 from monolith.data.proto.line_id_pb2 import LineId
 from monolith.data.proto.proto_parser_pb2 import Instance
-from monolith.fid import get_signature_v1, get_slot_v1, make_fid
+from monolith.fid import get_signature_v1, get_slot_v1, make_fid, slot_from_name
 from monolith.sparse import Batch
 
 __all__ = [
