@@ -66,9 +66,9 @@ class RunConfig:
             torch.distributed each rank's shard of a table reserves that many, as each Monolith PS does).
         seed: seeds torch and the embedding initializers.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
-        dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
-            in order), "sum" (one update per distinct id with the summed gradient, as Monolith's
-            sync training); None picks "sum" under torch.distributed and "local" otherwise.
+        dedup: how repeated ids of a step update the tables: "sum" (one update per distinct id with
+            the summed gradient, as Monolith's sync training; None means it, so one process trains
+            like N) or "local" (one update per occurrence, in order; single process only).
         dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
             on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
             as Monolith's sync training does).
@@ -192,7 +192,7 @@ class Estimator:
         #: Held during each training step; other threads (ParameterSync) read parameters between steps.
         self.step_lock = threading.Lock()
         self.dist = init_from_env()
-        self.dedup = config.dedup or ("sum" if self.dist is not None else "local")
+        self.dedup = config.dedup or "sum"
         if self.dist is not None and self.dedup == "local":
             raise ValueError("RunConfig.dedup 'local' is for a single process; sharded tables sum per id ('sum')")
         if self.dist is not None:

@@ -31,6 +31,7 @@ from monolith.optim.initializers import RandomUniformInitializer, ZerosInitializ
 from monolith.optim.optimizers import AdagradOptimizer, FtrlOptimizer
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable, SliceConfig, SlotConfig
+from monolith.table.embedding_table import DEFAULT_DEDUP
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, CuckooHashTableConfig, HashTableConfig
 
 #: The ids of a feature a batch lacks, where every declared feature is routed (see EmbeddingFactory.begin_step).
@@ -365,7 +366,7 @@ class EmbeddingFactory:
         if modules:
             type(modules[0]).exchange_gradients_together(modules)
 
-    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
+    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = DEFAULT_DEDUP) -> None:
         """Applies every table's pending gradients (times ``scale``)."""
         modules = list(self.tables.values())
         if modules:

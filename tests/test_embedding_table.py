@@ -16,7 +16,7 @@ def sgd_table(lr=0.1, dim=1, **kwargs):
     )
 
 
-def train_step(module, ids, loss_fn, step=0, dedup="local", req_time=None):
+def train_step(module, ids, loss_fn, step=0, dedup="sum", req_time=None):
     emb = module(torch.tensor(ids), req_time=req_time)
     loss_fn(emb).backward()
     module.apply_gradients(global_step=step, dedup=dedup)
@@ -48,8 +48,32 @@ def test_lookup_of_absent_ids_is_zero_and_inserts_nothing():
 def test_local_dedup_applies_one_update_per_occurrence():
     # REFERENCE: SGD lr 0.1, ids [0, 0, 1], loss = -embedding -> [[0.2], [0.1]].
     module = HashEmbedding(sgd_table())
-    train_step(module, [0, 0, 1], lambda e: -e.sum())
+    train_step(module, [0, 0, 1], lambda e: -e.sum(), dedup="local")
     torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor([[0.2], [0.1]]))
+
+
+def test_default_update_is_torch_adagrad_on_gradients_summed_per_distinct_id():
+    # Plain torch: the rows as one dense parameter, autograd sums the gradients of repeated ids, one
+    # Adagrad step per batch (eps 0 and accumulator 1.0 are Monolith's Adagrad; rows not in the batch
+    # get a zero gradient, which leaves them as they are).
+    start = torch.tensor([[0.1, -0.2], [0.3, 0.05], [-0.15, 0.2]])
+    table = EmbeddingHashTable([SliceConfig("vec", 2, initializer=ZerosInitializer(),
+                                            optimizer=AdagradOptimizer(learning_rate=0.1, initial_accumulator_value=1.0))])
+    table.assign(np.arange(3), start)
+    module = HashEmbedding(table)
+    weight = torch.nn.Parameter(start.clone())
+    reference = torch.optim.Adagrad([weight], lr=0.1, initial_accumulator_value=1.0, eps=0.0)
+    target = torch.tensor([1.0, -1.0])
+    for step, ids in enumerate([[0, 0, 0, 1], [1, 2, 1, 0, 1], [2, 2, 2, 2]]):
+        loss_fn = lambda e: ((e - target) ** 2).sum()  # noqa: E731
+        emb = module(torch.tensor(ids))
+        loss_fn(emb).backward()
+        module.apply_gradients(global_step=step)  # the default
+        reference.zero_grad()
+        loss_fn(torch.nn.functional.embedding(torch.tensor(ids), weight)).backward()
+        reference.step()
+        torch.testing.assert_close(table.lookup(np.arange(3)), weight.detach(), atol=1e-6, rtol=1e-5,
+                                   msg=f"rows after step {step}")
 
 
 def test_sum_dedup_matches_reference_distributed_vector():
@@ -76,11 +100,12 @@ def test_a_hint_taken_before_an_insert_finds_the_inserted_row():
 
 
 def test_occurrence_threshold_admits_on_t_plus_first_occurrence():
-    # REFERENCE: threshold 3, ids [0, 0, 1] each step, SGD lr 0.1, loss = -embedding.
+    # REFERENCE (Monolith's Python vector, one update per occurrence): threshold 3, ids [0, 0, 1]
+    # each step, SGD lr 0.1, loss = -embedding.
     module = HashEmbedding(sgd_table(default_occurrence_threshold=3))
     expected = [[[0.0], [0.0]], [[0.1], [0.0]], [[0.3], [0.0]], [[0.5], [0.1]]]
     for step, want in enumerate(expected, start=1):
-        train_step(module, [0, 0, 1], lambda e: -e.sum(), step=step)
+        train_step(module, [0, 0, 1], lambda e: -e.sum(), step=step, dedup="local")
         torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor(want))
 
 
@@ -128,7 +153,8 @@ def test_expiry_now_is_the_newest_update_time_filtered_ids_included(tmp_path):
     day = 86400
     table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1, expire_time=1)])
     old, new = make_fid(1, 1), make_fid(1, 2)
-    table.apply_gradients(np.array([old, old]), np.ones((2, 1), np.float32), req_time=0)
+    for _ in range(2):  # admitted on its second occurrence
+        table.apply_gradients(np.array([old]), np.ones((1, 1), np.float32), req_time=0)
     table.apply_gradients(np.array([new]), np.ones((1, 1), np.float32), req_time=2 * day)  # filtered out
     assert not table.contains(np.array([new])).item()
     table.save(tmp_path / "t.npz")  # expired rows are skipped on save: "now" is day 2
@@ -316,7 +342,7 @@ def test_changed_since_reports_written_rows_and_evict_expired_the_dropped_fids()
 
 
 def test_large_tables_grow_without_copying_and_count_only_rows_in_use():
-    table = EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))])
+    table = EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1, initial_accumulator_value=1.0))])
     ids = np.arange(1, 300_001, dtype=np.int64)
     table.apply_gradients(ids[:100_000], np.ones((100_000, 4), np.float32))
     store = table._weights[0]

@@ -30,6 +30,9 @@ _FORMAT = "monolith-embedding-table"
 _FORMAT_VERSION = 1
 _SECONDS_PER_DAY = 86400
 DEDUP_MODES = ("local", "sum")
+#: One update per distinct id of a step, its gradients summed: how sharded tables (and Monolith's sync
+#: training) update, so one process trains like N by default.
+DEFAULT_DEDUP = "sum"
 
 
 @numba.njit(cache=True)
@@ -271,7 +274,7 @@ class EmbeddingHashTable:
         grads: torch.Tensor | np.ndarray,
         global_step: int = 0,
         req_time: int | np.ndarray | None = None,
-        dedup: str = "local",
+        dedup: str = DEFAULT_DEDUP,
         *,
         hint: RowHint | None = None,
         occurrences: np.ndarray | torch.Tensor | None = None,
@@ -279,11 +282,12 @@ class EmbeddingHashTable:
         """Updates the rows of ``ids`` with ``grads`` (``[n, dim]``) through each slice's optimizer.
 
         Absent ids that pass their slot's occurrence filter are inserted (initialised) first.
-        ``dedup="local"`` applies one update per occurrence, in order, each occurrence counted and
-        filtered on its own (Monolith's single-process training); ``dedup="sum"`` first sums the
-        gradients of each distinct id, then filters it once with all its occurrences counted, and
-        applies one update (Monolith's sync training). There ``occurrences`` tells how many
-        occurrences each entry stands for (an id already summed elsewhere; default 1 each).
+        ``dedup="sum"`` (the default) first sums the gradients of each distinct id, then filters it
+        once with all its occurrences counted, and applies one update (Monolith's sync training;
+        ``occurrences`` tells how many occurrences each entry stands for, for an id already summed
+        elsewhere; default 1 each). ``dedup="local"`` applies one update per occurrence, in order,
+        each occurrence counted and filtered on its own (Monolith's single-process Python path); a
+        stateful optimizer (Adam, Adagrad) then takes as many steps as an id repeats.
         ``req_time`` (seconds, scalar or per id; default now) becomes the rows' last-update time.
         ``hint``, from :meth:`lookup_with_hint` of these same ids, saves searching for them again.
         """
