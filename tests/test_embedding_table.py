@@ -386,3 +386,66 @@ def test_initial_capacity_reserves_room_up_front_and_trains_like_a_growing_table
     torch.testing.assert_close(loaded.lookup(fids), reserved.lookup(fids), rtol=0, atol=0)
     with pytest.raises(ValueError, match="initial_capacity must be an int >= 0, got -1"):
         adagrad_table(initial_capacity=-1)
+
+
+def repeated_ids_model():
+    """A one-slot logistic model (logit: the sum of a 4-dim Adam slice) whose batch repeats 4 ids 32
+    times each, the batch and its labels."""
+    from monolith.estimator import EstimatorSpec
+    from monolith.losses import get_sigmoid_loss_and_pred
+    from monolith.model import MonolithModel
+    from monolith.optim import AdamOptimizer, RandomUniformInitializer
+    from monolith.sparse import Batch, KeyedJaggedTensor
+
+    rng = np.random.default_rng(3)
+    ids = np.repeat(np.arange(4), 32)
+    labels = (rng.random(ids.size) < np.array([0.1, 0.3, 0.6, 0.9])[ids]).astype(np.float32)
+    batch = Batch(KeyedJaggedTensor.from_lists({"f": [[make_fid(1, int(i))] for i in ids]}),
+                  {"label": torch.from_numpy(labels)})
+
+    class Model(MonolithModel):
+        def __init__(self):
+            super().__init__(None)
+            self.register_slots({"f": 1})
+            self.p.train.per_replica_batch_size = ids.size
+
+        def input_fn(self, mode):
+            return [batch] * 3
+
+        def model_fn(self, features, mode):
+            self.create_embedding_feature_column("f")
+            emb = self.lookup_embedding_slice(["f"], "vec", 4, out_type="concat",
+                                              initializer=RandomUniformInitializer(-0.05, 0.05),
+                                              optimizer=AdamOptimizer(learning_rate=0.1))
+            loss, pred = get_sigmoid_loss_and_pred("ctr", emb.sum(1), features.dense["label"], ids.size, mode=mode)
+            return EstimatorSpec(label=features.dense["label"], pred=pred, loss=loss,
+                                 optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+
+        def serving_input_receiver_fn(self):
+            return None
+
+    return Model(), batch, labels
+
+
+def test_adam_on_repeated_ids_converges_in_single_process_training(tmp_path):
+    # One process, default RunConfig: ids repeated 32 times in a batch take one Adam step each (on
+    # their summed gradient), so the log loss falls; one step per occurrence (dedup="local") moves
+    # each row 32 Adam steps per batch and overshoots.
+    from monolith.estimator import Estimator, RunConfig
+
+    torch.manual_seed(0)
+    model, batch, labels = repeated_ids_model()
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path / "run"), log_step_count_steps=1000,
+                                     enable_summaries=False, progress_bar=False))
+    fids = batch.sparse["f"].values()
+
+    def log_loss() -> float:
+        p = torch.sigmoid(model.ctx.tables["f"].table.lookup(fids).sum(1)).numpy().astype(np.float64)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+    losses = []
+    for step in range(1, 4):
+        est.train(max_steps=step)
+        losses.append(log_loss())
+    # ln 2 is the loss of all-zero rows; one Adam step per occurrence went 1.15, 1.12, 1.17.
+    assert np.log(2) > losses[0] > losses[1] > losses[2], losses
