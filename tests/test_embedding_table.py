@@ -192,6 +192,35 @@ def test_expire_time_evicts_per_slot_and_is_skipped_on_save(tmp_path):
     assert table.evict(now=10 * day) == 2
 
 
+def test_an_expiry_that_drops_most_of_a_table_warns_once_with_the_figures(tmp_path, caplog):
+    # Rows last updated in 1998, then one event stamped 2026 into slots expiring after 30 days: the
+    # clock jumps 28 years and every old row goes (serving's 1,253 rows became 1).
+    y1998, y2026 = 883_612_800, 1_796_083_200  # 1998-01-01 and 2026-12-01 UTC
+    table = sgd_table(default_expire_time=30, name="user")
+    table.assign(np.arange(1_253), np.zeros((1_253, 1), np.float32), req_time=y1998)
+    table.apply_gradients(np.array([5_000]), np.ones((1, 1), np.float32), req_time=y2026)
+    with caplog.at_level("WARNING", logger="monolith.table.embedding_table"):
+        assert table.evict() == 1_253
+        table.assign(np.arange(10), np.zeros((10, 1), np.float32), req_time=y1998)  # 10 of 11 rows expire again
+        assert table.evict() == 10
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    for figure in ("table 'user'", "drops 1253 of its 1254 rows (99.9%", "now is 2026-12-01 00:00:00 UTC",
+                   "1998-01-01 00:00:00 UTC to 1998-01-01 00:00:00 UTC", "expire_time 30..30 days"):
+        assert figure in warnings[0], warnings[0]
+    # A save skipping most rows warns as well; dropping half or less does not.
+    saved = sgd_table(default_expire_time=30)
+    saved.assign(np.arange(3), np.zeros((3, 1), np.float32), req_time=[y1998, y1998, y2026])
+    half = sgd_table(default_expire_time=30)
+    half.assign(np.arange(4), np.zeros((4, 1), np.float32), req_time=[y1998, y1998, y2026, y2026])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monolith.table.embedding_table"):
+        half.save(tmp_path / "half.npz")
+        assert half.evict() == 2 and not caplog.records
+        saved.save(tmp_path / "saved.npz")
+    assert [r.getMessage()[:40] for r in caplog.records] == ["table 'table': expiry drops 2 of its 3 r"]
+
+
 def test_save_load_round_trips_rows_state_counters_and_timestamps(tmp_path):
     def make():
         return EmbeddingHashTable(

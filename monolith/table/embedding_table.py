@@ -9,7 +9,9 @@ Each row remembers the time of its last update so rows of a slot can expire.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import logging
 import os
 import time
 import zipfile
@@ -26,6 +28,8 @@ from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
 from monolith.table.prefetch import prefetch_row_ahead
 
+logger = logging.getLogger(__name__)
+
 _FORMAT = "monolith-embedding-table"
 _FORMAT_VERSION = 1
 _SECONDS_PER_DAY = 86400
@@ -33,6 +37,10 @@ DEDUP_MODES = ("local", "sum")
 #: One update per distinct id of a step, its gradients summed: how sharded tables (and Monolith's sync
 #: training) update, so one process trains like N by default.
 DEFAULT_DEDUP = "sum"
+#: An expiry pass (eviction or a save's skipping) that drops more than this share of a table's rows
+#: logs a warning, once per table: so large a share usually means the request times are on another
+#: clock than the rows' (events stamped now into rows last updated years ago).
+MASS_EXPIRY_SHARE = 0.5
 
 
 @numba.njit(cache=True)
@@ -83,6 +91,10 @@ def _touch(timestamps, rows, req_time):
     for i in range(rows.size):
         if req_time[i] > timestamps[rows[i]]:
             timestamps[rows[i]] = req_time[i]
+
+
+def _utc(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _slots_of(keys: np.ndarray) -> np.ndarray:
@@ -162,6 +174,7 @@ class EmbeddingHashTable:
         #: Newest request time of any update, filtered ids' included ("now" for expiry, as Monolith's
         #: max_update_ts_sec_); kept across eviction and checkpoints.
         self._max_update_time = 0
+        self._warned_mass_expiry = False
         # Change counter of each row's last write, so the rows changed since a marker can be
         # pushed to serving (Monolith's real-time parameter sync).
         self._changes = 0
@@ -431,13 +444,28 @@ class EmbeddingHashTable:
         self._max_update_time = max(self._max_update_time, int(req_time))
 
     def _unexpired(self, now: int | None) -> np.ndarray:
+        """Mask of the rows within their slot's expire time at ``now`` (default: the expiry clock).
+
+        Warns once per table when more than :data:`MASS_EXPIRY_SHARE` of the rows are expired.
+        """
         size = len(self)
         timestamps = self._timestamps[:size]
         if size == 0:
             return np.ones(0, dtype=np.bool_)
         now = max(self._max_update_time, int(timestamps.max())) if now is None else int(now)
-        expire_seconds = self._expire_days[_slots_of(self._keys[:size])] * _SECONDS_PER_DAY
-        return now - timestamps < expire_seconds
+        expire_days = self._expire_days[_slots_of(self._keys[:size])]
+        keep = now - timestamps < expire_days * _SECONDS_PER_DAY
+        expired = size - int(np.count_nonzero(keep))
+        if expired > MASS_EXPIRY_SHARE * size and not self._warned_mass_expiry:
+            self._warned_mass_expiry = True
+            logger.warning(
+                "table '%s': expiry drops %d of its %d rows (%.1f%%, more than %d%%): now is %s (the newest "
+                "request time), the dropped rows were last updated %s to %s, expire_time %d..%d days. Request "
+                "times on another clock than the rows' (events stamped now into rows from another time) do "
+                "this. Warned once per table.", self.name, expired, size, 100.0 * expired / size,
+                round(100 * MASS_EXPIRY_SHARE), _utc(now), _utc(int(timestamps[~keep].min())),
+                _utc(int(timestamps[~keep].max())), int(expire_days[~keep].min()), int(expire_days[~keep].max()))
+        return keep
 
     def evict(self, now: int | None = None) -> int:
         """Drops rows not updated for their slot's expire time; returns how many were dropped.
