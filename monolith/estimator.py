@@ -41,6 +41,7 @@ from monolith.params import InstantiableParams
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
+from monolith.table.config import SlidingHashFilterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class RunConfig:
         dedup: how repeated ids of a step update the tables: "sum" (one update per distinct id with
             the summed gradient, as Monolith's sync training; None means it, so one process trains
             like N) or "local" (one update per occurrence, in order; single process only).
+        occurrence_filter: how the tables count occurrences of ids not yet admitted (slots with an
+            ``occurrence_threshold``): None exactly, or in bounded memory by a
+            :class:`~monolith.table.config.SlidingHashFilterConfig` (or a dict of its fields).
         dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
             on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
             as Monolith's sync training does).
@@ -87,6 +91,7 @@ class RunConfig:
     seed: int = 0
     index: int = 0
     dedup: str | None = None
+    occurrence_filter: SlidingHashFilterConfig | dict | None = None
     dense_reduce: str = "sum"
     enable_summaries: bool = True
     save_summary_steps: int = 100
@@ -114,6 +119,11 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.dedup not in (None, "local", "sum"):
             raise ValueError(f"RunConfig.dedup must be 'local', 'sum' or None, got {self.dedup!r}")
+        if isinstance(self.occurrence_filter, dict):
+            self.occurrence_filter = SlidingHashFilterConfig(**self.occurrence_filter)
+        if not isinstance(self.occurrence_filter, (SlidingHashFilterConfig, type(None))):
+            raise ValueError(f"RunConfig.occurrence_filter must be a SlidingHashFilterConfig, a dict of its fields or "
+                             f"None, got {self.occurrence_filter!r}")
         if self.dense_reduce not in ("sum", "mean"):
             raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {self.dense_reduce!r}")
 
@@ -180,6 +190,7 @@ class Estimator:
         self.global_step = 0
         self.model.ctx.use_native_multi_hash_table = config.use_native_multi_hash_table
         self.model.ctx.hashtable_init_capacity = config.hashtable_init_capacity
+        self.model.ctx.occurrence_filter = config.occurrence_filter
         self.model.ctx.seed = config.seed
         self._model_fn = model.create_model_fn()
         self._dense_optimizer: torch.optim.Optimizer | None = None

@@ -32,7 +32,8 @@ from monolith.optim.optimizers import AdagradOptimizer, FtrlOptimizer
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable, SliceConfig, SlotConfig
 from monolith.table.embedding_table import DEFAULT_DEDUP
-from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, CuckooHashTableConfig, HashTableConfig
+from monolith.table.config import (DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterConfig, CuckooHashTableConfig,
+                                   HashTableConfig)
 
 #: The ids of a feature a batch lacks, where every declared feature is routed (see EmbeddingFactory.begin_step).
 _NO_IDS = torch.zeros(0, dtype=torch.int64)
@@ -195,14 +196,18 @@ class EmbeddingFactory:
         hashtable_init_capacity: when above 0, every table's ``initial_capacity`` (Monolith's
             ``CpuTrainingConfig.hashtable_init_capacity``), in place of the slots' own
             ``hashtable_config.initial_capacity``.
+        occurrence_filter: how every table counts the occurrences of ids not yet admitted: None
+            exactly, or a bounded :class:`~monolith.table.config.SlidingHashFilterConfig`.
     """
 
     def __init__(
-        self, use_native_multi_hash_table: bool = True, seed: int = 0, hashtable_init_capacity: int = 0
+        self, use_native_multi_hash_table: bool = True, seed: int = 0, hashtable_init_capacity: int = 0,
+        occurrence_filter: SlidingHashFilterConfig | None = None,
     ) -> None:
         self.use_native_multi_hash_table = use_native_multi_hash_table
         self.seed = seed
         self.hashtable_init_capacity = hashtable_init_capacity
+        self.occurrence_filter = occurrence_filter
         self.feature_slots: list[FeatureSlot] = []
         self.tables: dict[str, HashEmbedding] = {}
         self._table_of_slot: dict[int, HashEmbedding] = {}
@@ -262,6 +267,7 @@ class EmbeddingFactory:
             name=name,
             initial_capacity=self.hashtable_init_capacity
             or sum(s.config.hashtable_config.initial_capacity for s in slots),
+            occurrence_filter=self.occurrence_filter,
         )
         module = self.module_factory(table)
         self.tables[name] = module

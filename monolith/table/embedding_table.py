@@ -23,7 +23,8 @@ import torch
 
 from monolith.atomic import atomic_write
 from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, fid_to_int64
-from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SliceConfig, SlotConfig
+from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterConfig, SliceConfig, SlotConfig
+from monolith.table.sliding_hash_filter import SlidingHashFilter
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
 from monolith.table.prefetch import prefetch_row_ahead
@@ -138,6 +139,9 @@ class EmbeddingHashTable:
         initial_capacity: ids the table holds before it first grows (Monolith's ``initial_capacity``
             of ``CuckooHashTableConfig``). Its map slots and row stores are allocated and paged in
             when the table is built, so training pays no growth until it holds that many ids.
+        occurrence_filter: None counts occurrences exactly, one counter per id not yet admitted
+            (dropped once unseen for the slot's expire time); a :class:`SlidingHashFilterConfig` counts
+            them in fixed memory as Monolith does, admitting a few ids early.
 
     Example::
 
@@ -157,6 +161,7 @@ class EmbeddingHashTable:
         seed: int = 0,
         name: str = "table",
         initial_capacity: int = 0,
+        occurrence_filter: SlidingHashFilterConfig | None = None,
     ) -> None:
         if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 0:
             raise ValueError(f"table '{name}': initial_capacity must be an int >= 0, got {initial_capacity!r}")
@@ -184,7 +189,9 @@ class EmbeddingHashTable:
         SlotConfig(0, default_occurrence_threshold, default_expire_time)  # validates the defaults
         self._thresholds = np.full(MAX_SLOT_V2 + 1, default_occurrence_threshold, dtype=np.int32)
         self._expire_days = np.full(MAX_SLOT_V2 + 1, default_expire_time, dtype=np.int64)
-        self._filter = OccurrenceFilter(self._thresholds)
+        self._filter = (OccurrenceFilter(self._thresholds) if occurrence_filter is None
+                        else SlidingHashFilter(self._thresholds, occurrence_filter))
+        self._filter.check_threshold(0, default_occurrence_threshold)
         for slot in slots:
             self.configure_slot(slot)
         for config in slices:
@@ -214,6 +221,7 @@ class EmbeddingHashTable:
 
     def configure_slot(self, config: SlotConfig) -> None:
         """Sets the occurrence threshold and expire time of one slot."""
+        self._filter.check_threshold(config.slot, config.occurrence_threshold)
         self._thresholds[config.slot] = config.occurrence_threshold
         self._expire_days[config.slot] = config.expire_time
 
@@ -319,7 +327,7 @@ class EmbeddingHashTable:
             # Grouping by hash and summing in a kernel beat np.unique and np.add.at several-fold.
             groups, count = self._grouper.group(keys)
             keys, rows, grads, times, counts = _sum_by_group(groups, count, keys, rows, grads, times, counts)
-        rows = self._admit_missing(keys, rows, counts)
+        rows = self._admit_missing(keys, rows, times, counts)
         updated = rows >= 0
         if not updated.all():
             rows, grads, times = rows[updated], grads[updated], times[updated]
@@ -363,16 +371,18 @@ class EmbeddingHashTable:
             return rows
         return self._map.find(keys)
 
-    def _admit_missing(self, keys: np.ndarray, rows: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    def _admit_missing(self, keys: np.ndarray, rows: np.ndarray, times: np.ndarray,
+                       counts: np.ndarray | None = None) -> np.ndarray:
         """``rows`` with the absent ids that pass the filter inserted; -1 for those filtered out.
 
-        ``counts``: occurrences each key stands for (distinct keys); None: each key is one
-        occurrence, counted in order.
+        ``times``: request time of each key; ``counts``: occurrences each key stands for (distinct
+        keys); None: each key is one occurrence, counted in order.
         """
         missing = np.flatnonzero(rows < 0)
         if missing.size == 0:
             return rows
-        admitted = missing[self._filter.admit(keys[missing], None if counts is None else counts[missing])]
+        admitted = missing[self._filter.admit(keys[missing], None if counts is None else counts[missing],
+                                              times[missing])]
         if admitted.size:
             rows[admitted] = self._insert(keys[admitted])
         return rows
@@ -443,8 +453,15 @@ class EmbeddingHashTable:
         """
         self._max_update_time = max(self._max_update_time, int(req_time))
 
-    def _unexpired(self, now: int | None) -> np.ndarray:
-        """Mask of the rows within their slot's expire time at ``now`` (default: the expiry clock).
+    def _expiry_now(self, now: int | None) -> int:
+        """``now`` for expiry: as given, else the expiry clock (or a newer assigned row's time)."""
+        if now is not None:
+            return int(now)
+        size = len(self)
+        return max(self._max_update_time, int(self._timestamps[:size].max())) if size else self._max_update_time
+
+    def _unexpired(self, now: int) -> np.ndarray:
+        """Mask of the rows within their slot's expire time at ``now``.
 
         Warns once per table when more than :data:`MASS_EXPIRY_SHARE` of the rows are expired.
         """
@@ -452,7 +469,6 @@ class EmbeddingHashTable:
         timestamps = self._timestamps[:size]
         if size == 0:
             return np.ones(0, dtype=np.bool_)
-        now = max(self._max_update_time, int(timestamps.max())) if now is None else int(now)
         expire_days = self._expire_days[_slots_of(self._keys[:size])]
         keep = now - timestamps < expire_days * _SECONDS_PER_DAY
         expired = size - int(np.count_nonzero(keep))
@@ -475,7 +491,12 @@ class EmbeddingHashTable:
         return int(self.evict_expired(now).size)
 
     def evict_expired(self, now: int | None = None) -> np.ndarray:
-        """Like :meth:`evict`, returning the FIDs dropped (serving must drop them too)."""
+        """Like :meth:`evict`, returning the FIDs dropped (serving must drop them too).
+
+        The exact occurrence filter drops its counters of ids not seen for their slot's expire time
+        as well, and those of admitted ids.
+        """
+        now = self._expiry_now(now)
         keep = self._unexpired(now)
         dropped = self._keys[: len(self)][~keep].copy()
         if dropped.size:
@@ -483,6 +504,7 @@ class EmbeddingHashTable:
         if self._filter.enabled and len(self._filter):
             # Admitted ids need no counter; an evicted id starts counting again from zero.
             self._filter.forget(np.concatenate([self._keys[: len(self)], dropped]))
+            self._filter.forget_unseen(now, self._expire_days)
         return dropped
 
     def _compact(self, rows: np.ndarray) -> None:
@@ -500,11 +522,13 @@ class EmbeddingHashTable:
     def state_dict(self, skip_expired: bool = True) -> dict[str, np.ndarray]:
         """Keys, rows, optimizer state, timestamps and filter counters as plain arrays.
 
-        With ``skip_expired`` rows past their expire time are left out, as Monolith skips them on save.
+        With ``skip_expired`` rows past their expire time are left out, as Monolith skips them on
+        save, and so are the exact filter's counters of ids not seen for that long.
         """
         rows = np.arange(len(self))
+        now = self._expiry_now(None)
         if skip_expired:
-            rows = rows[self._unexpired(None)]
+            rows = rows[self._unexpired(now)]
         meta = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
@@ -519,7 +543,7 @@ class EmbeddingHashTable:
             "keys": self._keys[rows],
             "timestamps": self._timestamps[rows],
             "rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), dtype=np.uint8),
-            **self._filter.state(),
+            **(self._filter.state(now, self._expire_days) if skip_expired else self._filter.state()),
         }
         for index, (weights, opt_state) in enumerate(zip(self._weights, self._states)):
             state[f"weights_{index}"] = weights[rows]
@@ -536,6 +560,10 @@ class EmbeddingHashTable:
         keys = np.ascontiguousarray(state["keys"], dtype=np.int64)
         size = keys.size
         _check_state_shapes(state, meta, size, [s.shape[1] for s in self._states], source)
+        try:
+            self._filter.check_state(state)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
         if self._grouper.group(keys)[1] != size:
             raise ValueError(f"{source}: the table's keys repeat a FID")
         self._map.rebuild(keys, room_for=self.initial_capacity)
@@ -553,8 +581,8 @@ class EmbeddingHashTable:
             self._states[index] = self._new_store(np.float32, self._states[index].shape[1])
             self._weights[index][:size] = state[f"weights_{index}"]
             self._states[index][:size] = state[f"state_{index}"]
-        self._filter.load_state({"filter_keys": state["filter_keys"], "filter_counts": state["filter_counts"]})
         self._max_update_time = int(meta.get("max_update_time", 0))
+        self._filter.load_state({k: v for k, v in state.items() if k.startswith("filter_")}, seen=self._max_update_time)
         self._rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
 
     def save(self, path: str | os.PathLike, skip_expired: bool = True) -> None:
@@ -600,10 +628,6 @@ def _check_state_shapes(state: dict[str, np.ndarray], meta: dict, size: int, sta
     for name, shape in expected.items():
         if state[name].shape != shape:
             raise ValueError(f"{source}: '{name}' has shape {list(state[name].shape)}, expected {list(shape)}")
-    try:
-        OccurrenceFilter.check_state(state)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
 
 
 def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
