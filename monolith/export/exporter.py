@@ -39,13 +39,14 @@ import numpy as np
 import torch
 
 from monolith.checkpoint import table_file_stem
-from monolith.dump import ModelDump, restore_compressor
+from monolith.dump import ModelDump
 from monolith.export.receiver import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice
 from monolith.mode_keys import ModeKeys
 from monolith.model import ModelOutput, MonolithBaseModel
 from monolith.modules.combiners import FirstN
 from monolith.optim.base import Compressor
+from monolith.optim.registry import from_config
 from monolith.sparse import Batch, KeyedJaggedTensor
 from monolith.table import EmbeddingHashTable
 
@@ -253,7 +254,7 @@ def load_table(path: str) -> LoadedTable:
             meta = json.loads(bytes(npz["meta"]).decode())
             if meta.get("format") != _TABLE_FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {_TABLE_FORMAT!r}")
-            slices = [TableSlice(s["name"], int(s["dim"]), restore_compressor(s["compressor"])) for s in meta["slices"]]
+            slices = [TableSlice(s["name"], int(s["dim"]), from_config(s["compressor"], Compressor)) for s in meta["slices"]]
             keys = np.ascontiguousarray(npz["keys"], dtype=np.int64)
             rows = decompress_rows([npz[f"slice_{i}"] for i in range(len(slices))], slices)
     except FileNotFoundError:
