@@ -30,7 +30,7 @@ from tqdm import tqdm
 from monolith.checkpoint import CheckpointManager
 from monolith.distributed.context import DistributedContext, init_from_env
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
-from monolith.export import export_saved_model
+from monolith.export.exporter import export_saved_model
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys

@@ -69,8 +69,8 @@ import numpy as np
 import torch
 
 from monolith.distributed.routing import shard_of
-from monolith.export.exporter import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
-                                      compress_rows, decompress_rows, load_table, program_factory)
+from monolith.export.format import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
+                                    compress_rows, decompress_rows, load_table, program_factory)
 from monolith.export.receiver import ServingInputReceiver
 from monolith.fid import fid_to_int64
 from monolith.modules.combiners import make_combiner
