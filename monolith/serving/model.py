@@ -680,7 +680,8 @@ def _row_array(value: Any, field: str, n: int, dim: int) -> np.ndarray:
     if array.shape != (n, dim) or array.dtype.kind != "f":
         raise RequestError(f"{field} must be a float tensor of shape [{n}, {dim}] (one row per id), "
                            f"got {array.dtype} {list(array.shape)}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused by the caller
+        return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _check_finite(rows: np.ndarray, ids: np.ndarray, field: str, problem: str) -> None:
