@@ -202,8 +202,14 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     if args.serving_url is not None:
         from monolith.streaming import ParameterSync
 
+        from monolith.serving.auth import read_token
+
+        try:
+            token = read_token(args.serving_token_file)
+        except ValueError as e:
+            raise CliError(str(e)) from None
         hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
-                                   evict_interval_s=args.evict_interval))
+                                   evict_interval_s=args.evict_interval, token=token))
     metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks)
     latest = CheckpointManager(estimator.config.model_dir).latest()
     return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
@@ -306,6 +312,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="--stream: stop after this many seconds without a message (default: never)")
     train.add_argument("--serving-url", default=None, metavar="http://HOST:PORT",
                        help="push changed embedding rows and dense weights to this serving process")
+    train.add_argument("--serving-token-file", default=None, metavar="PATH",
+                       help="--serving-url: file holding the token serving requires for updates, sent as "
+                            "'Authorization: Bearer <token>' (default: $MONOLITH_SERVING_TOKEN)")
     train.add_argument("--sync-interval", type=float, default=10.0,
                        help="--serving-url: seconds between parameter pushes (default 10)")
     train.add_argument("--evict-interval", type=float, default=None,
