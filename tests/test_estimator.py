@@ -426,7 +426,7 @@ def test_checkpoints_keep_last_n_and_index(tmp_path):
     # A damaged table shard is named, not passed on as a zip error.
     shard = next((run / "ckpt-7" / "tables").iterdir())
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    with pytest.raises(ValueError, match=f"{shard.name}: not a readable embedding table file"):
+    with pytest.raises(ValueError, match=f"damaged checkpoint: .*{shard.name} is cut short"):
         CheckpointManager.read(run / "ckpt-7")
     # A damaged latest checkpoint gives way to the one before it, which training resumes from.
     assert manager.latest() == str(run / "ckpt-6")
