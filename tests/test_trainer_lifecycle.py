@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from monolith import cli
 from monolith.checkpoint import INDEX_FILE, CheckpointManager
+from monolith.estimator import Estimator, RunConfig
 
 MODEL_SOURCE = textwrap.dedent('''
     import functools
@@ -111,6 +113,20 @@ def run_cli(capsys, *args: str) -> dict:
     """``monolith ARGS`` in this process: its result line (its log lines go to caplog)."""
     assert cli.main(list(args)) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def env_for(workdir: Path) -> dict[str, str]:
+    """The environment of a ``monolith`` subprocess: this checkout's package and the model module."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), str(workdir), os.environ.get("PYTHONPATH", "")])}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def train(capsys, model_dir: str, *args: str) -> dict:
@@ -234,23 +250,36 @@ def test_a_lost_index_is_rebuilt_and_no_checkpoint_is_overwritten(workdir, capsy
 
 
 # ----------------------------------------------------------------------------- 12: TensorBoard
-def test_evaluate_writes_its_scalars_before_it_returns(workdir, capsys):
-    summaries = ["--config", '{"run_config": {"log_step_count_steps": 3, "progress_bar": false}}']
-    run_cli(capsys, "train", "--model", "lifecycle_model:Tiny", "--model-dir", "run", *summaries)
-    result = run_cli(capsys, "evaluate", "--model", "lifecycle_model:Tiny", "--model-dir", "run", *summaries)
+def test_evaluate_writes_its_scalars_before_it_returns(workdir):
+    from lifecycle_model import Tiny
+
+    config = RunConfig(model_dir=str(workdir / "run"), log_step_count_steps=3, progress_bar=False)
+    Estimator(Tiny.params(), config).train()
+    estimator = Estimator(Tiny.params(), config)  # still open: nothing is flushed by closing it
+    result = estimator.evaluate()
     events = EventAccumulator(str(workdir / "run")).Reload()
     assert [e.step for e in events.Scalars("loss")] == [3, 6]
     (auc,) = events.Scalars("eval/ctr/auc")
-    assert auc.step == 6 and auc.value == pytest.approx(result["metrics"]["ctr/auc"])
+    assert auc.step == 6 and auc.value == pytest.approx(result["ctr/auc"])
+
+
+def test_under_torchrun_rank_0_alone_writes_tensorboard_scalars(workdir):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "-m", "monolith", "train", "--model", "lifecycle_model:Tiny",
+               "--model-dir", "run", "--max-steps", "4",
+               "--config", '{"run_config": {"log_step_count_steps": 2, "progress_bar": false}}']
+    result = subprocess.run(command, cwd=workdir, env=env_for(workdir), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    files = list((workdir / "run").glob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    events = EventAccumulator(str(workdir / "run")).Reload()
+    assert [e.step for e in events.Scalars("loss")] == [2, 4]
 
 
 # ----------------------------------------------------------------------------- 13: SIGTERM / SIGINT
 def start(workdir: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), str(workdir), os.environ.get("PYTHONPATH", "")])}
-    env.pop("WORLD_SIZE", None)
-    return subprocess.Popen([sys.executable, "-m", "monolith", "train", *args, *QUIET], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "monolith", "train", *args, *QUIET], cwd=workdir,
+                            env=env_for(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_step(proc: subprocess.Popen, step: int, timeout: float = 60) -> str:
