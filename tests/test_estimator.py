@@ -229,10 +229,13 @@ def test_train_calls_hooks_epochs_and_windowed_metrics(tmp_path):
     preds = torch.cat([pred for _, _, pred in recorder.steps[-1:]]).numpy()
     assert window["global_step"] == 9
     assert window["ctr/auc"] == pytest.approx(exact_auc(labels, preds), abs=1e-12)
-    # Every batch was trained: each further call is another pass over the input (an epoch).
+    # The call goes on to the end of the input, where the run is finished: a further call trains
+    # only when asked for more, here another pass over the input (an epoch).
     est.train()
     assert est.global_step == 12
     est.train()
+    assert est.global_step == 12
+    est.train(epochs=1)
     assert est.global_step == 18
 
 
