@@ -16,7 +16,7 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 
-from monolith.layers import initializers as initializers_lib
+import monolith.layers.initializers as initializers_lib
 from monolith.layers.layer import Layer
 
 __all__ = [

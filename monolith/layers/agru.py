@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from monolith.layers import activations as activations_lib
+import monolith.layers.activations as activations_lib
 from monolith.layers.layer import Layer
 
 __all__ = ["AGRUCell", "GRUCell", "dynamic_rnn_with_attention", "static_rnn_with_attention"]

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from monolith.layers import activations as activations_lib
+import monolith.layers.activations as activations_lib
 from monolith.layers.dense import Dense, l2_normalize
 from monolith.layers.layer import Layer
 from monolith.layers.mlp import MLP

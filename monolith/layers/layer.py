@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from monolith.layers import initializers as initializers_lib
-from monolith.layers import regularizers as regularizers_lib
+import monolith.layers.initializers as initializers_lib
+import monolith.layers.regularizers as regularizers_lib
 from monolith.params import InstantiableParams, allowed_kwargs
 
 __all__ = ["Layer", "first_tensor"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from monolith.layers.dense import Dense
 from monolith.layers.mlp import MLP, BatchNormalization, extend_as_list, layer_activations
 from monolith.layers.layer import Layer
+from monolith.layers.utils import one_or_pair
 
 __all__ = ["LHUCTower"]
 
@@ -67,12 +69,10 @@ class LHUCTower(Layer):
         layer_inits = extend_as_list(initializers, n_layers)
         acts = layer_activations(activations, n_layers)
 
-        def batch_norm(name: str) -> BatchNormalization:
-            return BatchNormalization(batch_normalization_momentum, batch_normalization_renorm,
-                                      batch_normalization_renorm_clipping, batch_normalization_renorm_momentum,
-                                      name=name)
+        batch_norm = functools.partial(BatchNormalization, batch_normalization_momentum, batch_normalization_renorm,
+                                       batch_normalization_renorm_clipping, batch_normalization_renorm_momentum)
 
-        self.extra_layers = torch.nn.ModuleList([batch_norm("batch_norm")] if enable_batch_normalization else [])
+        self.extra_layers = torch.nn.ModuleList([batch_norm(name="batch_norm")] if enable_batch_normalization else [])
         dense_layers, lhuc_layers = [], []
         for i, dim in enumerate(self.output_dims):
             block: list[torch.nn.Module] = [Dense(
@@ -81,7 +81,7 @@ class LHUCTower(Layer):
                 kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
                 name=f"layer_{i + 1}/dense")]
             if i != n_layers - 1 and enable_batch_normalization:
-                block.append(batch_norm(f"layer_{i + 1}/batch_norm"))
+                block.append(batch_norm(name=f"layer_{i + 1}/batch_norm"))
             if acts[i] is not None:
                 block.append(acts[i])
             dense_layers.append(torch.nn.Sequential(*block))
@@ -112,12 +112,7 @@ class LHUCTower(Layer):
         return config
 
     def call(self, inputs: Any, **kwargs: Any) -> torch.Tensor:
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(f"LHUCTower takes x or (dense_input, lhuc_input), got {len(inputs)} inputs")
-            dense_input, lhuc_input = inputs
-        else:
-            dense_input = lhuc_input = inputs
+        dense_input, lhuc_input = one_or_pair(inputs, "LHUCTower", "dense_input, lhuc_input")
         out = dense_input
         for layer in self.extra_layers:
             out = layer(out)

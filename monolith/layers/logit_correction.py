@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from monolith.layers import activations as activations_lib
+import monolith.layers.activations as activations_lib
 from monolith.layers.layer import Layer
 
 __all__ = ["LogitCorrection"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import copy
 from typing import Any, Sequence
 
 import torch
 
-from monolith.layers import activations as activations_lib
+import monolith.layers.activations as activations_lib
 from monolith.layers.dense import Dense
 from monolith.layers.layer import Layer
 
@@ -88,12 +89,10 @@ class MLP(Layer):
         layer_inits = extend_as_list(initializers, n_layers)
         acts = layer_activations(activations, n_layers)
 
-        def batch_norm(name: str) -> BatchNormalization:
-            return BatchNormalization(batch_normalization_momentum, batch_normalization_renorm,
-                                      batch_normalization_renorm_clipping, batch_normalization_renorm_momentum,
-                                      name=name)
+        batch_norm = functools.partial(BatchNormalization, batch_normalization_momentum, batch_normalization_renorm,
+                                       batch_normalization_renorm_clipping, batch_normalization_renorm_momentum)
 
-        stacked: list[torch.nn.Module] = [batch_norm("BatchNorm/in")] if enable_batch_normalization else []
+        stacked: list[torch.nn.Module] = [batch_norm(name="BatchNorm/in")] if enable_batch_normalization else []
         for i, dim in enumerate(self.output_dims):
             stacked.append(Dense(dim, use_bias=use_bias, kernel_initializer=layer_inits[i],
                                  bias_initializer="zeros", allow_kernel_norm=use_weight_norm,
@@ -101,7 +100,7 @@ class MLP(Layer):
                                  kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
                                  name=f"dense_{i}"))
             if i != n_layers - 1 and enable_batch_normalization:
-                stacked.append(batch_norm("BatchNorm/out"))
+                stacked.append(batch_norm(name="BatchNorm/out"))
             if acts[i] is not None:
                 stacked.append(acts[i])
         self._stacked_layers = torch.nn.ModuleList(stacked)

@@ -9,6 +9,7 @@ import torch
 
 from monolith.layers.layer import Layer
 from monolith.layers.mlp import MLP
+from monolith.layers.utils import one_or_pair
 from monolith.mode_keys import ModeKeys
 
 __all__ = ["MMoE", "SNR"]
@@ -108,12 +109,7 @@ class MMoE(Layer):
         return gates.transpose(1, 2)
 
     def call(self, inputs: Any, **kwargs: Any) -> list[torch.Tensor]:
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(f"MMoE takes x or (expert_input, gate_input), got {len(inputs)} inputs")
-            expert_input, gate_input = inputs
-        else:
-            expert_input = gate_input = inputs
+        expert_input, gate_input = one_or_pair(inputs, "MMoE", "expert_input, gate_input")
         expert_outputs = torch.stack([expert(expert_input) for expert in self.experts], dim=2)
         gates = self.calc_gate(gate_input)
         if self.gate_type != "softmax":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DCNType", "MergeType", "merge_tensor_list"]
+__all__ = ["DCNType", "MergeType", "merge_tensor_list", "one_or_pair"]
 
 
 class MergeType:
@@ -68,3 +68,12 @@ def merge_tensor_list(tensor_list: torch.Tensor | list[torch.Tensor], merge_type
     else:
         return tensor_list
     return [out] if keep_list else out
+
+
+def one_or_pair(inputs: torch.Tensor | tuple | list, layer: str, names: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-tower layer's inputs: ``x`` (read by both towers) or a pair (``names`` says which, for errors)."""
+    if not isinstance(inputs, (list, tuple)):
+        return inputs, inputs
+    if len(inputs) != 2:
+        raise ValueError(f"{layer} takes x or ({names}), got {len(inputs)} inputs")
+    return inputs[0], inputs[1]
