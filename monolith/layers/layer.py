@@ -20,19 +20,7 @@ import monolith.layers.initializers as initializers_lib
 import monolith.layers.regularizers as regularizers_lib
 from monolith.params import InstantiableParams, allowed_kwargs
 
-__all__ = ["Layer", "first_tensor"]
-
-
-def first_tensor(inputs: Any) -> torch.Tensor:
-    """The first tensor in a (nested) input, whose device new weights take."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs
-    if isinstance(inputs, (list, tuple)):
-        for item in inputs:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    return None
+__all__ = ["Layer"]
 
 
 class Layer(torch.nn.Module):
