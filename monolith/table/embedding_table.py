@@ -27,7 +27,7 @@ from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterCon
 from monolith.table.sliding_hash_filter import SlidingHashFilter
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
-from monolith.table.prefetch import prefetch_row_ahead
+from monolith.prefetch import prefetch_row_ahead
 
 logger = logging.getLogger(__name__)
 
