@@ -22,7 +22,7 @@ from monolith.distributed import ShardedHashEmbedding, get_rank, get_world_size,
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig  # noqa: E402
 from monolith.fid import make_fid  # noqa: E402
 from monolith.model import MonolithModel, TrainingHook  # noqa: E402
-from monolith.optim import SgdOptimizer, ZerosInitializer  # noqa: E402
+from monolith.optim import RandomUniformInitializer, SgdOptimizer, ZerosInitializer  # noqa: E402
 from monolith.sparse import Batch, KeyedJaggedTensor  # noqa: E402
 from monolith.table import EmbeddingHashTable, SliceConfig  # noqa: E402
 
@@ -82,9 +82,10 @@ class EmbeddingUpdateModel(MonolithModel):
     SGD to it with the gradients of every rank summed, which is what sync training promises.
     """
 
-    def __init__(self, params=None, world_size: int = 1, rank: int = 0):
+    def __init__(self, params=None, world_size: int = 1, rank: int = 0, initializer=None):
         super().__init__(params)
         self.p.train.max_steps = 50
+        self.initializer = initializer or ZerosInitializer()
         self.batch_size = BATCH * 2 // world_size
         self.world_size, self.rank = world_size, rank
         torch.manual_seed(42)
@@ -106,7 +107,7 @@ class EmbeddingUpdateModel(MonolithModel):
         names = [f"feature{i}" for i in range(NUM_FEATURES)]
         for name in names:
             self.create_embedding_feature_column(name)
-        ours = self.lookup_embedding_slice(names, "vec", DIM, initializer=ZerosInitializer(),
+        ours = self.lookup_embedding_slice(names, "vec", DIM, initializer=self.initializer,
                                            optimizer=SgdOptimizer(learning_rate=LR), out_type="concat")
         theirs = []
         self.reference_lookups = []
@@ -176,6 +177,25 @@ def run_comp(model_dir: str, multi_hash_table: bool, world_size: int, rank: int,
     SeedTables(model).seed()
     estimator.train()
     return model
+
+
+def run_comp_initialised(model_dir: str, world_size: int, rank: int) -> EmbeddingUpdateModel:
+    """Trains the comp model 3 steps from the tables' own initial rows (Monolith's default uniform
+    initializer), without :class:`SeedTables`: a row starts from its FID, on any rank."""
+    model = EmbeddingUpdateModel(world_size=world_size, rank=rank, initializer=RandomUniformInitializer())
+    model.p.train.max_steps = 3
+    Estimator(model, RunConfig(model_dir=model_dir, dedup="sum", log_step_count_steps=1000,
+                               enable_summaries=False)).train()
+    return model
+
+
+def comp_initialised(out_dir: str) -> None:
+    init_from_env()
+    rank = get_rank()
+    model = run_comp_initialised(os.path.join(out_dir, "model"), get_world_size(), rank)
+    torch.save({"dense": model.state_dict(),
+                "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}},
+               os.path.join(out_dir, f"comp_initialised-{rank}.pt"))
 
 
 def comp(out_dir: str, multi_hash_table: str, clip_norm: str = "1e9") -> None:
@@ -439,5 +459,5 @@ def unread(out_dir: str) -> None:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    {"vector": reference_vector, "comp": comp, "small": small, "filtered": filtered, "partial": partial,
-     "unread": unread}[scenario](out, *sys.argv[3:])
+    {"vector": reference_vector, "comp": comp, "comp_initialised": comp_initialised, "small": small,
+     "filtered": filtered, "partial": partial, "unread": unread}[scenario](out, *sys.argv[3:])

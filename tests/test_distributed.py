@@ -90,6 +90,17 @@ def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, m
     assert_tables_match(ranks, single, atol=1e-5)
 
 
+def test_rows_start_from_their_fid_so_two_ranks_train_as_one_process(tmp_path):
+    """The comp model from the tables' own initial rows (no SeedTables): 1 process and 2 ranks
+    (dedup "sum") agree to float rounding, and no two ranks' new rows start equal."""
+    ok(torchrun("comp_initialised", str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"comp_initialised-{rank}.pt", weights_only=False) for rank in (0, 1)]
+    single = worker.run_comp_initialised(str(tmp_path / "single"), world_size=1, rank=0)
+    assert_tables_match(ranks, single, atol=1e-6)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
+
+
 def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path):
     """Each rank holds the gradients of its own lookups: the clipping norm must sum every rank's."""
     ok(torchrun("comp", str(tmp_path), "on", "0.001", timeout=600))

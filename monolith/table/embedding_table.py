@@ -23,6 +23,7 @@ import torch
 
 from monolith.atomic import atomic_write
 from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, fid_to_int64
+from monolith.optim.fid_random import FidRandom
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterConfig, SliceConfig, SlotConfig
 from monolith.table.sliding_hash_filter import SlidingHashFilter
 from monolith.table.hash_map import FidMap, KeyGrouper
@@ -135,7 +136,9 @@ class EmbeddingHashTable:
         slots: per-slot admission/expiry settings; slots not listed use the defaults.
         default_occurrence_threshold: T for unlisted slots (admitted on the (T+1)-th occurrence).
         default_expire_time: expiry in days for unlisted slots.
-        seed: seeds the initializers, so two tables built alike hold identical rows.
+        seed: keys the initializers: a row's initial value depends on (seed, slice, FID) alone
+            (:class:`~monolith.optim.fid_random.FidRandom`), so an id starts alike in every table
+            built alike, in one process and in N.
         initial_capacity: ids the table holds before it first grows (Monolith's ``initial_capacity``
             of ``CuckooHashTableConfig``). Its map slots and row stores are allocated and paged in
             when the table is built, so training pays no growth until it holds that many ids.
@@ -167,7 +170,7 @@ class EmbeddingHashTable:
             raise ValueError(f"table '{name}': initial_capacity must be an int >= 0, got {initial_capacity!r}")
         self.name = name
         self.slices: list[SliceConfig] = []
-        self._rng = np.random.default_rng(seed)
+        self.seed = seed
         self.initial_capacity = initial_capacity
         self._map = FidMap(max(initial_capacity, 768))
         self._grouper = KeyGrouper()
@@ -405,7 +408,10 @@ class EmbeddingHashTable:
         if stop <= start:
             return
         config = self.slices[index]
-        config.initializer.initialize(self._weights[index][start:stop], self._rng)
+        # Drawn from the rows' FIDs: an id starts from the same vector in any table built alike, in
+        # one process or on any rank, whatever order rows are created in.
+        draws = FidRandom(self.seed, index, self._keys[start:stop])
+        config.initializer.initialize(self._weights[index][start:stop], draws)
         config.optimizer.init_state(self._states[index][start:stop])
 
     def _grow_stores(self, size: int) -> None:
@@ -542,7 +548,6 @@ class EmbeddingHashTable:
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             "keys": self._keys[rows],
             "timestamps": self._timestamps[rows],
-            "rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), dtype=np.uint8),
             **(self._filter.state(now, self._expire_days) if skip_expired else self._filter.state()),
         }
         for index, (weights, opt_state) in enumerate(zip(self._weights, self._states)):
@@ -583,7 +588,6 @@ class EmbeddingHashTable:
             self._states[index][:size] = state[f"state_{index}"]
         self._max_update_time = int(meta.get("max_update_time", 0))
         self._filter.load_state({k: v for k, v in state.items() if k.startswith("filter_")}, seen=self._max_update_time)
-        self._rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
 
     def save(self, path: str | os.PathLike, skip_expired: bool = True) -> None:
         """Writes the table to ``path`` atomically (temporary file, fsync, rename)."""
@@ -641,7 +645,7 @@ def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
         raise ValueError(f"{source}: format version {meta.get('version')}, expected {_FORMAT_VERSION}")
     if not isinstance(meta.get("slices"), list) or not all(isinstance(x, dict) and "dim" in x for x in meta["slices"]):
         raise ValueError(f"{source}: the table's meta has no readable 'slices'")
-    required = {"keys", "timestamps", "rng", "filter_keys", "filter_counts"}
+    required = {"keys", "timestamps", "filter_keys", "filter_counts"}
     required |= {f"{kind}_{i}" for i in range(len(meta["slices"])) for kind in ("weights", "state")}
     missing = sorted(required - set(state))
     if missing:
