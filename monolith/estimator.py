@@ -222,7 +222,10 @@ class Estimator:
                                         for name, shards in tables.items()}, source=latest)
         self.global_step = int(manifest["global_step"])
         self._batches_consumed = int(dense.get("batches_consumed", self.global_step))
-        torch.set_rng_state(dense["torch_rng"])
+        # Each rank resumes its own random stream (dropout draws differ by rank); a checkpoint of
+        # another number of ranks (or of before they were kept per rank) gives every rank rank 0's.
+        streams = dense.get("torch_rng_by_rank") or [dense["torch_rng"]]
+        torch.set_rng_state(streams[rank] if len(streams) == world else streams[0])
         self._restored = latest
         logger.info("restored %s (global step %d)", latest, self.global_step)
 
@@ -251,7 +254,8 @@ class Estimator:
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
             "global_step": self.global_step,
             "batches_consumed": self._batches_consumed,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng_by_rank": ([torch.get_rng_state()] if self.dist is None
+                                  else self.dist.all_gather_object(torch.get_rng_state())),
         }
         input_state = self._source.state_dict() if self._source is not None else None
         if self.dist is None:

@@ -325,6 +325,40 @@ def small(out_dir: str, steps: str, mode: str = "train") -> None:
                os.path.join(out_dir, f"small-{rank}.pt"))
 
 
+class DropoutModel(SmallModel):
+    """SmallModel with dropout on the embeddings and a batch size that differs by rank, so every
+    rank's random stream is its own."""
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.batch_size = 48 + 16 * get_rank()
+        self.dropout = torch.nn.Dropout(0.3)
+
+    def model_fn(self, features, mode):
+        for name in ("uid", "mov"):
+            self.create_embedding_feature_column(name)
+        emb = self.dropout(self.lookup_embedding_slice(["uid", "mov"], "vec", 4, out_type="concat"))
+        logits = self.head(emb).reshape(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, features["label"], reduction="sum")
+        return EstimatorSpec(label=features["label"], pred=torch.sigmoid(logits), head_name="ctr", loss=loss,
+                             optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
+
+
+def resume(out_dir: str) -> None:
+    """DropoutModel trained 6 steps at once, and 3 steps then resumed to 6 by a new estimator (as a
+    restarted job): writes both states of this rank."""
+    init_from_env()
+    states = {}
+    for run, stops in (("uninterrupted", [6]), ("resumed", [3, 6])):
+        for steps in stops:
+            model = DropoutModel()
+            config = RunConfig(model_dir=os.path.join(out_dir, run), log_step_count_steps=1000, enable_summaries=False)
+            Estimator(model, config).train(max_steps=steps)
+        states[run] = {"dense": model.state_dict(),
+                       "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}}
+    torch.save(states, os.path.join(out_dir, f"resume-{get_rank()}.pt"))
+
+
 PARTIAL_SLOTS = {"uid": 1, "mov": 2, "extra": 3}
 PARTIAL_T0 = 1_000_000
 DAY = 86_400
@@ -459,5 +493,5 @@ def unread(out_dir: str) -> None:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    {"vector": reference_vector, "comp": comp, "comp_initialised": comp_initialised, "small": small,
+    {"vector": reference_vector, "comp": comp, "comp_initialised": comp_initialised, "small": small, "resume": resume,
      "filtered": filtered, "partial": partial, "unread": unread}[scenario](out, *sys.argv[3:])

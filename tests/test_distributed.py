@@ -178,6 +178,20 @@ def test_a_dead_rank_stops_the_others_with_its_name_and_keeps_the_last_checkpoin
     assert len(next(iter(restored.ctx.tables.values())).table) > 0
 
 
+def test_a_resumed_two_rank_run_is_bitwise_an_uninterrupted_one(tmp_path):
+    """Every rank resumes its own random stream (dropout here) and its shard's rows."""
+    ok(torchrun("resume", str(tmp_path)))
+    for rank in (0, 1):
+        runs = torch.load(tmp_path / f"resume-{rank}.pt", weights_only=False)
+        for name, value in runs["uninterrupted"]["dense"].items():
+            torch.testing.assert_close(runs["resumed"]["dense"][name], value, atol=0, rtol=0)
+        for name, (keys, rows) in runs["uninterrupted"]["tables"].items():
+            got_keys, got_rows = runs["resumed"]["tables"][name]
+            order, want = np.argsort(got_keys.numpy()), np.argsort(keys.numpy())
+            np.testing.assert_array_equal(got_keys.numpy()[order], keys.numpy()[want])
+            np.testing.assert_array_equal(got_rows.numpy()[order], rows.numpy()[want])
+
+
 def test_ranks_with_different_models_are_refused(tmp_path):
     result = torchrun("small", str(tmp_path), "4", "disagree")
     assert result.returncode != 0
