@@ -174,6 +174,8 @@ def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfi
         fields["model_dir"] = args.model_dir
     if args.seed is not None:
         fields["seed"] = args.seed
+    if args.collective_timeout is not None:
+        fields["collective_timeout_s"] = args.collective_timeout
     try:
         config = RunConfig(**fields)
     except ValueError as e:
@@ -287,6 +289,9 @@ def _parser() -> argparse.ArgumentParser:
                              "its 'run_config' object sets RunConfig fields; --param wins over it")
     common.add_argument("--seed", type=int, default=None,
                         help="RunConfig.seed (default: 0): seeds Python, numpy and torch before the model is built")
+    common.add_argument("--collective-timeout", type=float, default=None, metavar="SECONDS",
+                        help="RunConfig.collective_timeout_s (default: 300): under torchrun, how long the ranks wait "
+                             "for a hung rank before they stop naming it (a killed rank is named within seconds)")
     common.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

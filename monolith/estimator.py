@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
 from monolith.dump import ModelDump
-from monolith.distributed.context import DistributedContext, init_from_env
+from monolith.distributed.context import LIVENESS_WINDOW_S, DistributedContext, init_from_env
+from monolith.distributed.shared_dir import check_shared_dir
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
 from monolith.export.exporter import export_saved_model, exporting_note, serving_receiver, trace_batch
 from monolith.graceful_stop import GracefulStop
@@ -135,7 +136,7 @@ class Estimator:
         self._source = None
         #: Held during each training step; other threads (ParameterSync) read parameters between steps.
         self.step_lock = threading.Lock()
-        self.dist = init_from_env()
+        self.dist = init_from_env(config.collective_timeout_s)
         self.dedup = config.dedup or "sum"
         if self.dist is not None and self.dedup == "local":
             raise ValueError("RunConfig.dedup 'local' is for a single process; sharded tables sum per id ('sum')")
@@ -163,6 +164,8 @@ class Estimator:
         self.model.ctx.build()
         if self.dist is not None:
             self._check_ranks_agree()
+            if self.model.p.mode == ModeKeys.TRAIN:
+                check_shared_dir(self.config.model_dir, self.dist)
             self.dist.broadcast_tensors(list(self.model.state_dict().values()))
         if self.model.p.mode == ModeKeys.TRAIN:
             self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
@@ -483,8 +486,6 @@ class Estimator:
             # already took from its stream is trained, not lost; max_steps stops before taking one.
             done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
             for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
-                if self.dist is not None:
-                    self.dist.heartbeat(self.global_step)
                 with self.step_lock:
                     output = self.train_step(batch)
                 self._batches_consumed += 1
@@ -593,20 +594,22 @@ class Estimator:
             raise error
         if isinstance(error, RuntimeError):  # gloo's transport errors are plain RuntimeErrors
             failed = {r: why for r, why in self.dist.failed_ranks().items() if r != self.dist.rank}
-            lagging = [r for r in self.dist.lagging_ranks(self.global_step) if r != self.dist.rank]
-            if failed or lagging or isinstance(error, torch.distributed.DistError):
+            lost = self.dist.lost_ranks() if not failed else []
+            if failed or lost or isinstance(error, torch.distributed.DistError):
                 self.dist.abandon()
-                raise self._rank_failure(error, doing, failed, lagging) from error
+                raise self._rank_failure(error, doing, failed, lost) from error
         self.dist.mark_failed(error)
         raise error
 
     def _rank_failure(self, error: BaseException, doing: str, failed: dict[int, str],
-                      lagging: list[int]) -> RuntimeError:
-        """A failed collective as an error that names the rank(s) that failed or stopped."""
+                      lost: list[int]) -> RuntimeError:
+        """A failed collective as an error that names the rank(s) that failed or were lost."""
         if failed:
             who = "; ".join(f"rank {r} failed: {why}" for r, why in sorted(failed.items()))
+        elif lost:
+            who = f"rank(s) {lost} stopped (no sign of life for {LIVENESS_WINDOW_S:g} s: killed, exited or hung)"
         else:
-            who = f"rank(s) {lagging} stopped" if lagging else "another rank stopped or hung"
+            who = "another rank stopped or hung"
         return RuntimeError(f"rank {self.dist.rank}: {doing} stopped at global step {self.global_step}: {who}; "
                             f"the latest complete checkpoint is {self._checkpoints.latest()} ({error})")
 

@@ -40,6 +40,9 @@ class RunConfig:
         dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
             on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
             as Monolith's sync training does).
+        collective_timeout_s: under torch.distributed, seconds a collective waits for a rank that
+            hangs (neither answers nor exits) before every other rank stops naming it; a rank that
+            exits or is killed is named within seconds whatever this is.
         enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
             examples/s at every log step, the global gradient norm every ``save_summary_steps``.
         progress_bar: show a tqdm bar on stderr for long loops.
@@ -57,6 +60,7 @@ class RunConfig:
     dedup: str | None = None
     occurrence_filter: SlidingHashFilterConfig | dict | None = None
     dense_reduce: str = "sum"
+    collective_timeout_s: float = 300.0
     enable_summaries: bool = True
     save_summary_steps: int = 100
     progress_bar: bool = True
@@ -75,6 +79,9 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
                 bound = "" if low is None else f" >= {low}"
                 raise ValueError(f"RunConfig.{name} must be an int{bound}, got {value!r}")
+        timeout = self.collective_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ValueError(f"RunConfig.collective_timeout_s must be a number of seconds > 0, got {timeout!r}")
         secs = self.save_checkpoints_secs
         if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
             raise ValueError(f"RunConfig.save_checkpoints_secs must be a number > 0, got {secs!r}")
