@@ -119,14 +119,17 @@ _abandoned = False
 LIVENESS_INTERVAL_S = 0.25
 LIVENESS_WINDOW_S = 2.0
 _ALIVE = "monolith/alive/"
+_liveness_started = False
 
 
 def _start_liveness() -> None:
     """Counts this rank's liveness key up every :data:`LIVENESS_INTERVAL_S` in a daemon thread, on a
-    connection of its own to the store, until the process ends (or the store does)."""
+    connection of its own to the store, until the process ends (or the store does); once a process."""
+    global _liveness_started
     store = _store()
-    if store is None:
+    if store is None or _liveness_started:
         return
+    _liveness_started = True
     store, key = store.clone(), f"{_ALIVE}{dist.get_rank()}"
 
     def tick() -> None:
@@ -180,9 +183,9 @@ def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         atexit.register(_leave_group)
-        _start_liveness()
     if dist.get_world_size() <= 1:
         return None
+    _start_liveness()
     return DistributedContext(dist.get_rank(), dist.get_world_size())
 
 
