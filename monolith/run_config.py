@@ -91,6 +91,11 @@ class RunConfig:
         if self.dedup not in (None, "local", "sum"):
             raise ValueError(f"RunConfig.dedup must be 'local', 'sum' or None, got {self.dedup!r}")
         if isinstance(self.occurrence_filter, dict):
+            fields = {f.name for f in dataclasses.fields(SlidingHashFilterConfig)}
+            unknown = sorted(set(self.occurrence_filter) - fields)
+            if unknown:
+                raise ValueError(f"RunConfig.occurrence_filter: unknown field(s) {unknown}; SlidingHashFilterConfig "
+                                 f"has {sorted(fields)}")
             self.occurrence_filter = SlidingHashFilterConfig(**self.occurrence_filter)
         if not isinstance(self.occurrence_filter, (SlidingHashFilterConfig, type(None))):
             raise ValueError(f"RunConfig.occurrence_filter must be a SlidingHashFilterConfig, a dict of its fields "

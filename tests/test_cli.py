@@ -218,6 +218,11 @@ def test_main_reports_errors(workdir, capsys):
     (["--config", '{"run_config": {"save_checkpoints_steps": "x"}}'], "save_checkpoints_steps must be an int"),
     (["--param", "hidden='abc'"], "building the model from its params failed: TypeError"),
     (["--model-dir", "a_file"], "--model-dir a_file: exists and is not a directory"),
+    (["--collective-timeout", "0"], "RunConfig.collective_timeout_s must be a number of seconds > 0, got 0.0"),
+    (["--config", '{"run_config": {"occurrence_filter": {"capacity": 10}}}'],
+     "SlidingHashFilterConfig.capacity must be an int >= 300, got 10"),
+    (["--config", '{"run_config": {"occurrence_filter": {"capacty": 1000}}}'],
+     "RunConfig.occurrence_filter: unknown field(s) ['capacty']; SlidingHashFilterConfig has ['capacity', 'split_num']"),
 ])
 def test_wrong_values_are_one_line_errors(workdir, capsys, args, message):
     (workdir / "a_file").write_text("")
