@@ -123,24 +123,33 @@ _liveness_started = False
 
 
 def _start_liveness() -> None:
-    """Counts this rank's liveness key up every :data:`LIVENESS_INTERVAL_S` in a daemon thread, on a
-    connection of its own to the store, until the process ends (or the store does); once a process."""
+    """Counts this rank's liveness key up every :data:`LIVENESS_INTERVAL_S` in a thread with a
+    connection of its own to the store, until the process exits (or the store's host does); once a
+    process. The thread is stopped and joined at exit, before the group is left: a thread still in
+    a store call when the interpreter ends aborts the process."""
     global _liveness_started
     store = _store()
     if store is None or _liveness_started:
         return
     _liveness_started = True
-    store, key = store.clone(), f"{_ALIVE}{dist.get_rank()}"
+    store, key, stop = store.clone(), f"{_ALIVE}{dist.get_rank()}", threading.Event()
 
     def tick() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 store.add(key, 1)
             except Exception:  # the store's host exited: the job is over
                 return
-            time.sleep(LIVENESS_INTERVAL_S)
+            stop.wait(LIVENESS_INTERVAL_S)
 
-    threading.Thread(target=tick, name="monolith-liveness", daemon=True).start()
+    thread = threading.Thread(target=tick, name="monolith-liveness", daemon=True)
+    thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join(timeout=10)  # a store call stuck on a vanished host must not hang the exit
+
+    atexit.register(end)  # registered after _leave_group, so it runs before it
 
 
 def _store():
