@@ -13,17 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_MASK64 = (1 << 64) - 1
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(x: np.uint64) -> np.uint64:
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
+from monolith.splitmix import GOLDEN, mix64, mix64_int
 
 
 @numba.njit(cache=True, nogil=True)
@@ -32,9 +22,9 @@ def _uniforms(key, fids, first, out):
     from the top 24 bits (every float32 step of [0, 1) equally likely)."""
     scale = np.float32(1.0 / (1 << 24))
     for i in range(fids.size):
-        row = _mix(key ^ _mix(np.uint64(fids[i]) + _GOLDEN))
+        row = mix64(key ^ mix64(np.uint64(fids[i]) + GOLDEN))
         for j in range(out.shape[1]):
-            x = _mix(row + np.uint64(first + j + 1) * _GOLDEN)
+            x = mix64(row + np.uint64(first + j + 1) * GOLDEN)
             out[i, j] = np.float32(x >> np.uint64(40)) * scale
 
 
@@ -51,7 +41,7 @@ class FidRandom:
 
     def __init__(self, seed: int, stream: int, fids: np.ndarray) -> None:
         self.fids = np.ascontiguousarray(fids, dtype=np.int64)
-        self._key = np.uint64(_mix_int(_mix_int(seed & _MASK64) ^ (stream & _MASK64)))
+        self._key = np.uint64(mix64_int(mix64_int(seed) ^ (stream & ((1 << 64) - 1))))
         self._drawn = 0
 
     def random(self, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
@@ -64,9 +54,3 @@ class FidRandom:
         self._drawn += shape[1]
         return out
 
-
-def _mix_int(x: int) -> int:
-    """splitmix64's finaliser on a Python int (for the key, once per draw source)."""
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)

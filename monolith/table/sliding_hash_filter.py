@@ -27,24 +27,15 @@ import numba
 import numpy as np
 
 from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2
+from monolith.splitmix import mix64
 from monolith.table.config import COUNTER_MAX, SlidingHashFilterConfig
 from monolith.table.occurrence_filter import OccurrenceFilter
 
 _SLOT_MASK = np.int64(MAX_SLOT_V2)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 _MAX_STEP = 16  # cells searched per split (SlidingHashFilter::MAX_STEP)
 _FORWARD = 2  # splits searched from the head (max_forward_step_)
 #: Entries of a table state that hold this filter (the rest of ``filter_*`` is the exact filter's).
 STATE_KEYS = ("filter_splits", "filter_split_ids", "filter_sliding")
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(x: np.uint64) -> np.uint64:
-    # splitmix64's finaliser: every input bit flips about half the output bits.
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
 
 
 @numba.njit(cache=True, inline="always")
@@ -84,7 +75,7 @@ def _admit(splits, ids, ring, capacity, keys, occurrences, thresholds, shift, pa
         threshold = thresholds[(keys[i] >> shift) & _SLOT_MASK]
         if threshold <= 0:  # Monolith counts nothing for a slot without a threshold
             continue
-        home = np.int64(_mix(np.uint64(keys[i])) % home_range)
+        home = np.int64(mix64(np.uint64(keys[i])) % home_range)
         sign = (keys[i] >> 17) & 0xFFF  # Monolith's signature: (fid >> 17 | fid << 15) & 0xFFF
         head = ring[0]
         split, pos = head, -1
