@@ -148,3 +148,24 @@ def test_dense_state_dict_leaves_the_tables_out():
     twin = CtrModel()
     twin.load_dense_state_dict(model.dense_state_dict())
     assert torch.equal(twin.head.weight, model.head.weight)
+
+
+def test_lookups_read_the_batch_of_the_running_step():
+    model = CtrModel()
+    model(make_batch(0))
+    column, vec = model.fc_dict["u"], model.slice_dict["u"]["vec"]
+    with pytest.raises(RuntimeError, match="embedding lookup of feature 'u' outside a step"):
+        column.embedding_lookup(vec)
+    small, large = make_batch(1, size=2), make_batch(2, size=4)
+    collection = model.embedding_collection
+    with torch.no_grad(), collection.step(small):
+        first = column.embedding_lookup(vec)
+        with collection.step(large):
+            assert column.embedding_lookup(vec).shape == (4, DIM)
+        torch.testing.assert_close(column.embedding_lookup(vec), first)  # the outer step's batch again
+    assert first.shape == (2, DIM)
+    with pytest.raises(RuntimeError, match="outside a step"):
+        column.embedding_lookup(vec)
+    # A strategy serves every lookup of its step in place of the tables (as the exporter's does).
+    with collection.step(None, lookup=lambda c, s: torch.full((3, s.end - s.start), 7.0)):
+        assert torch.equal(column.embedding_lookup(vec), torch.full((3, DIM), 7.0))
