@@ -236,12 +236,14 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------ run state
     def set_mode(self, mode: str) -> None:
-        """Sets the run mode (``p.mode``: TRAIN, EVAL or PREDICT), where the mode lives; torch's
-        ``training`` flags (the layers', the tables') follow it: on in TRAIN only."""
+        """Puts the model in ``mode`` (a :class:`~monolith.mode_keys.ModeKeys`), which ``p.mode`` holds:
+        the ``mode`` param that ``model_fn`` reads; torch's training flag (dropout, batch norm) and
+        the tables' training state (whether lookups record gradients) follow it, on in TRAIN only."""
         if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL, ModeKeys.PREDICT):
-            raise ValueError(f"mode must be {ModeKeys.TRAIN!r}, {ModeKeys.EVAL!r} or {ModeKeys.PREDICT!r}, got {mode!r}")
+            raise ValueError(f"mode must be one of {ModeKeys.TRAIN!r}, {ModeKeys.EVAL!r}, {ModeKeys.PREDICT!r}, "
+                             f"got {mode!r}")
         self.p.mode = mode
-        super().train(mode == ModeKeys.TRAIN)
+        super().train(mode == ModeKeys.TRAIN)  # reaches the embedding collection's tables
 
     def train(self, mode: bool = True) -> "MonolithBaseModel":
         """torch's ``train()``/``eval()``, which also set the run mode: TRAIN, or from TRAIN to EVAL
