@@ -230,8 +230,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
 
     @property
     def ctx(self) -> FeatureSlotCollection:
-        """The model's :class:`~monolith.modules.feature_slot_collection.FeatureSlotCollection` (``create_feature_slot``,
-        ``tables``), under the name Monolith's ``NativeContext`` has on a model."""
+        """The model's :class:`~monolith.modules.feature_slot_collection.FeatureSlotCollection`
+        (``create_feature_slot``, ``tables``), under the name Monolith's ``NativeContext`` has on a model."""
         return self.embedding_collection
 
     # ------------------------------------------------------------------ run state
