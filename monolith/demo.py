@@ -43,6 +43,7 @@ from monolith.data import load_movielens100k
 from monolith.distributed import get_rank, get_world_size
 from monolith.dump import ModelDump
 from monolith.estimator import Estimator, RunConfig
+from monolith.export import ServingInputReceiver
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.metrics import AUC
 from monolith.mode_keys import ModeKeys
@@ -131,8 +132,9 @@ class DeepFM(MonolithModel):
         return EstimatorSpec(label=label, pred=pred, head_name="ctr", loss=loss,
                              optimizer=functools.partial(torch.optim.Adam, lr=self.p.dense_learning_rate))
 
-    def serving_input_receiver_fn(self):
-        return None
+    def serving_input_receiver_fn(self) -> ServingInputReceiver:
+        # A request carries the FIDs of every feature; the label is what serving predicts.
+        return ServingInputReceiver(sparse_features=list(self.p.features))
 
 
 class HashedDeepFM(torch.nn.Module):
