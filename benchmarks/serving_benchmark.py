@@ -147,7 +147,7 @@ def run(duration_s: float = 30.0, clients: int = 4, batch_size: int = 32, fids_p
         torch_threads: int = 1) -> dict:
     """Serves an export and loads it for ``duration_s`` seconds; returns throughput and latencies.
 
-    ``torch_threads`` is the server's (``--torch-threads``) and the in-process timing's.
+    ``torch_threads`` is the server's (``--threads``) and the in-process timing's.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
@@ -173,8 +173,8 @@ def _run(duration_s: float, clients: int, batch_size: int, fids_per_table: int, 
             in_process.append(time.perf_counter() - started)
 
         port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "monolith.serving", "--model", path, "--port", str(port),
-                                   "--torch-threads", str(torch_threads), "--log-level", "warning"],
+        server = subprocess.Popen([sys.executable, "-m", "monolith.serving", "--export-dir", path, "--port", str(port),
+                                   "--threads", str(torch_threads), "--log-level", "warning"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             _wait_healthy(port, server)
