@@ -173,7 +173,7 @@ class Estimator:
 
         estimator = Estimator(MyModel(), RunConfig(model_dir="/tmp/run"))
         estimator.train(max_steps=1000)
-        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": ..., "global_step": 1000}
+        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": 0.45, "batch_loss": ..., "global_step": 1000}
         for prediction in estimator.predict(): ...
     """
 
@@ -826,18 +826,22 @@ class Estimator:
         return PredictionWriter(p.output_path, p.output_fields, p.delimiter, self.config.index)
 
     def evaluate(self, steps: int | None = None) -> dict[str, float]:
-        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, mean loss and the global step.
+        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, the losses and the global step.
 
-        With ``output_path`` set, predictions are written as in :meth:`predict`.
+        ``loss`` is per example: the batches' losses summed, over the examples evaluated (with
+        Monolith's summed losses, e.g. ``get_sigmoid_loss_and_pred``, the mean log loss of an
+        example). ``batch_loss`` is Monolith's (TF Estimator's) ``loss``: the mean over batches of
+        each batch's loss, which grows with the batch size. With ``output_path`` set, predictions
+        are written as in :meth:`predict`.
         """
         metrics = _HeadMetrics()
-        losses: list[float] = []
+        losses: list[tuple[float, int]] = []  # (a batch's loss, its examples)
         writer = self._writer()
         try:
             for batch, output in self._inference(ModeKeys.EVAL, steps if steps is not None else self.model.p.eval.steps):
                 metrics.update(output)
                 if output.loss is not None:
-                    losses.append(float(output.loss))
+                    losses.append((float(output.loss), batch.batch_size))
                 if writer is not None:
                     writer.write(batch, output.predictions)
         finally:
@@ -845,8 +849,9 @@ class Estimator:
                 writer.close()
         if self.dist is not None:
             losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
-        result = {**metrics.compute(self.dist), "loss": float(np.mean(losses)) if losses else float("nan"),
-                  "global_step": self.global_step}
+        summed, examples = sum(loss for loss, _ in losses), sum(n for _, n in losses)
+        result = {**metrics.compute(self.dist), "loss": summed / examples if examples else float("nan"),
+                  "batch_loss": summed / len(losses) if losses else float("nan"), "global_step": self.global_step}
         for tag, value in result.items():
             self._summary(f"eval/{tag}", float(value))
         if self._summary_writer is not None:  # the events must be on disk when evaluate returns

@@ -135,7 +135,7 @@ def test_train_evaluate_predict_dump(workdir):
 
     evaluated = result_line(done["evaluate"])
     assert evaluated["global_step"] == 5  # restored from the checkpoint
-    assert set(evaluated["metrics"]) == {"ctr/auc", "loss", "global_step"}
+    assert set(evaluated["metrics"]) == {"ctr/auc", "loss", "batch_loss", "global_step"}
     assert 0.0 <= evaluated["metrics"]["ctr/auc"] <= 1.0
 
     predicted = result_line(done["predict"])
