@@ -396,8 +396,9 @@ class Estimator:
         metrics = self.model.p.metrics
         if (metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0
                 and not has_metric_sink(hooks, FileMetricHook.metric_sink)):
+            # A relative file_base_name (default "deep_insight") is a folder of the run's model_dir.
             hooks.append(FileMetricHook(
-                metrics.file_base_name, metrics.deep_insight_name,
+                os.path.join(self.config.model_dir, metrics.file_base_name), metrics.deep_insight_name,
                 metrics.deep_insight_sample_ratio, metrics.dump_filename, metrics.file_ext,
                 metrics.extra_fields_keys, self.config.index, self.config.seed))
         return hooks
