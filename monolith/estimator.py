@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import operator
 import os
 import random
 import sys
@@ -40,6 +41,7 @@ from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook, has_met
 from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
+from monolith.progress import Progress
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
@@ -86,7 +88,9 @@ class RunConfig:
             as Monolith's sync training does).
         enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
             examples/s at every log step, the global gradient norm every ``save_summary_steps``.
-        progress_bar: show a tqdm bar on stderr for long loops.
+        progress_bar: show progress on stderr (rank 0): a tqdm bar while training (on a terminal,
+            with ``max_steps``), evaluating and predicting; where stderr is no terminal,
+            evaluation and prediction write a periodic line instead (:mod:`monolith.progress`).
     """
 
     model_dir: str = "model_dir"
@@ -741,6 +745,10 @@ class Estimator:
         print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
         return {**values, "global_step": self.global_step}
 
+    def _shows_progress(self) -> bool:
+        """Whether this process shows progress: with RunConfig.progress_bar, on rank 0 only."""
+        return self.config.progress_bar and (self.dist is None or self.dist.rank == 0)
+
     def _progress(self, max_steps: int | None):
         if not self.config.progress_bar or max_steps is None or max_steps - self.global_step < 50:
             return None
@@ -777,8 +785,12 @@ class Estimator:
 
     def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)
+        # Batches to come, when input_fn's iterable knows (a list does): the progress's ETA.
+        known = operator.length_hint(batches) or None
+        total_batches = steps if known is None else min(known, steps) if steps is not None else known
+        progress = Progress("evaluate" if mode == ModeKeys.EVAL else "predict", enabled=self._shows_progress())
         count = 0
-        with torch.no_grad():
+        with torch.no_grad(), progress:
             for batch in self._in_step(batches, pad_exhausted=True):
                 if steps is not None and count >= steps:
                     break
@@ -790,6 +802,9 @@ class Estimator:
                                          f"(no checkpoint; train first)")
                 output = self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
                 count += 1
+                if count == 1 and total_batches is not None:
+                    progress.total = total_batches * batch.batch_size  # examples, if batches are alike
+                progress.update(batch.batch_size)
                 if batch.batch_size:
                     yield batch, output
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
+import termios
 import textwrap
 from pathlib import Path
 
@@ -325,3 +327,30 @@ def test_serve_options_are_the_other_commands_ones(tmp_path, capsys):
         assert deprecated == ([] if args[0] == "--export-dir" else [
             "monolith serve: warning: --model is deprecated; use --export-dir",
             "monolith serve: warning: --torch-threads is deprecated; use --threads"])
+
+
+def test_predict_shows_a_bar_on_a_terminal(workdir):
+    """The real command with stderr on a pseudo-terminal: a tqdm bar of the examples predicted."""
+    model = ["--model", "tiny_cli_model:TinyModel", "--model-dir", "run", "--threads", "1"]
+    result_line(finish(start_cli(workdir, "train", *model, "--max-steps", "2")))
+    controller, terminal = pty.openpty()
+    termios.tcsetwinsize(terminal, (24, 100))  # a new pseudo-terminal has 0 columns: no room for a bar
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "monolith", "predict", *model], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: all is read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert result_line(proc)["predictions"] == 3 * BATCH
+    final = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("predict: 100%") and f"{3 * BATCH}/{3 * BATCH}" in final
