@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 from monolith.params import InstantiableParams, Params
 
 if TYPE_CHECKING:
-    from monolith.estimator import Estimator, RunConfig
+    from monolith.estimator import Estimator
     from monolith.model import MonolithBaseModel
+    from monolith.run_config import RunConfig
 
 __all__ = ["CliError", "apply_overrides", "build_params", "load_model_class", "main", "parse_value"]
 
@@ -212,7 +213,7 @@ def _param_value(p: Params, name: str, text: str) -> Any:
 
 
 def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfig:
-    from monolith.estimator import RunConfig
+    from monolith.run_config import RunConfig
 
     known = sorted(f.name for f in dataclasses.fields(RunConfig))
     for name in fields:
@@ -292,9 +293,6 @@ def _predict(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from monolith.dump import ModelDump
     from monolith.mode_keys import ModeKeys
 
     model = estimator.model
@@ -302,16 +300,12 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     batch = next(iter(source), None)
     if batch is None:
         raise CliError("dump: input_fn(TRAIN) produced no batch for the build pass")
-    estimator.build(batch)
-    with torch.no_grad():
-        output = estimator._model_fn(batch, ModeKeys.TRAIN)
     receiver = model.create_serving_input_receiver_fn()()
     if receiver is not None and not isinstance(getattr(receiver, "features", receiver), Mapping):
         receiver = None  # only a features mapping describes serving inputs
     path = args.dump_path or os.path.join(estimator.config.model_dir, "model_dump.json")
     try:
-        dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver,
-                                    run_config=estimator.config, input_source=source)
+        dump = estimator.model_dump(batch, receiver, input_source=source)
     except ValueError as e:
         raise CliError(f"dump: {e}") from None
     if estimator.dist is None or estimator.dist.rank == 0:
