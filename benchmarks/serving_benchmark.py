@@ -29,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.plots import Bars
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
 from monolith.export import ServingInputReceiver
 from monolith.fid import make_fid
@@ -233,6 +234,13 @@ def report(results: list[dict]) -> str:
             f"{r['server_p50_ms']:.2f} / {r['server_p99_ms']:.2f} | {r['in_process_p50_ms']:.2f} | {r['errors']} |"
         )
     return "\n".join(lines)
+
+
+def figures(results: list[dict]) -> list[Bars]:
+    """Client-side latency percentiles of each load."""
+    return [Bars("serving", "Serving over HTTP: latency of a prediction request", "ms",
+                 [f"{r['clients']} clients, {r['batch_size']} examples/request" for r in results],
+                 {f"p{q}": [r[f"p{q}_ms"] for r in results] for q in (50, 90, 99)})]
 
 
 if __name__ == "__main__":
