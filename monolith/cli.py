@@ -237,6 +237,8 @@ def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfi
 
 # ---------------------------------------------------------------------------------------- commands
 def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    from monolith.checkpoint import CheckpointManager
+
     input_fn, hooks = None, []
     if args.stream is not None:
         from monolith.streaming import KafkaSource, decode_examples
@@ -265,8 +267,6 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
                                    evict_interval_s=args.evict_interval, token=token))
     metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks,
                               epochs=args.epochs)
-    from monolith.checkpoint import CheckpointManager
-
     latest = CheckpointManager(estimator.config.model_dir).latest()
     return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
 
@@ -316,6 +316,8 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _export(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    from monolith.export import ExportSignature
+
     _require_checkpoint(estimator, "export")
     model_dir = estimator.config.model_dir
     export_dir = args.export_dir or os.path.join(model_dir, estimator.model.p.serving.export_dir_base)
@@ -323,8 +325,6 @@ def _export(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         path = estimator.export_saved_model(export_dir)
     except TypeError as e:  # no serving_input_receiver_fn: the model has nothing to serve
         raise CliError(f"export: {e}") from None
-    from monolith.export import ExportSignature
-
     signature = ExportSignature.load(path)
     return {"export": os.path.abspath(path), "program": signature.program, "outputs": signature.outputs,
             "tables": sorted(signature.tables)}
