@@ -71,8 +71,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, capsys):
     results = []
     try:
         for line in lines:
-            line = (line.replace("/tmp/deepfm", str(model_dir)).replace("8500", str(serve_port))
-                    .replace("9092", str(broker_port)))
+            line = (line.replace("8500", str(serve_port)).replace("9092", str(broker_port))
+                    .replace("/tmp/deepfm", str(model_dir)))
             argv = shlex.split(line.removesuffix("&"))
             if line.endswith("&"):
                 command = [sys.executable, "-m", "monolith", *argv[1:]] if argv[0] == "monolith" else \
