@@ -1,4 +1,4 @@
-"""Start-up of the ``monolith`` command: how long ``--help`` and an argument error take, against a bare interpreter and ``import torch``.
+"""Start-up of the `monolith` command: how long `--help` and an argument error take, against a bare interpreter and `import torch`.
 
 Each command runs as a fresh process (``python -m monolith ...``, what the console script runs), the
 commands in turns, ``repeats`` times; the figure of each is its median wall time. ``--help`` and
