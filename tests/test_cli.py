@@ -212,7 +212,7 @@ def test_main_reports_errors(workdir, capsys):
     assert "monolith: error: --param hiden: parameter 'hiden' is not defined" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny_cli_model:TinyModel", "--config", '{"run_config": {"sed": 1}}'])
-    assert "unknown field 'sed'; did you mean seed? RunConfig has ['dedup'," in capsys.readouterr().err
+    assert "unknown field 'sed'; did you mean seed? RunConfig has ['collective_timeout_s', 'dedup'," in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny_cli_model:TinyModel", "--config", "[1]"])
     assert "--config" in capsys.readouterr().err
