@@ -246,11 +246,10 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         from monolith.streaming import KafkaSource, decode_examples
 
         model = estimator.model
-        rank = estimator.dist.rank if estimator.dist is not None else 0
         try:
             source = KafkaSource.from_url(args.stream, model.batch_size or 256,
                                           parse_fn=getattr(model, "parse_stream", decode_examples),
-                                          rank=rank, world_size=estimator.dist.world_size if estimator.dist else 1,
+                                          rank=estimator.dist.rank, world_size=estimator.dist.world_size,
                                           group_id=args.stream_group or model.p.name,
                                           idle_timeout_s=args.stream_idle_timeout)
         except ValueError as e:
@@ -310,7 +309,7 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         dump = estimator.model_dump(batch, receiver, input_source=source)
     except ValueError as e:
         raise CliError(f"dump: {e}") from None
-    if estimator.dist is None or estimator.dist.rank == 0:
+    if estimator.dist.rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         dump.dump(path)
     return {"dump": os.path.abspath(path), "features": [f.name for f in dump.features],
@@ -452,15 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         parser.exit(2, f"monolith: error: {e}\n")
     dist = estimator.dist
-    if dist is None or dist.rank == 0 or args.command == "predict":
+    if dist.rank == 0 or args.command == "predict":
         line = {"command": args.command, "model": args.model, "model_dir": os.path.abspath(run_config.model_dir),
                 "global_step": estimator.global_step, **result}
-        if dist is not None:
+        if dist.world_size > 1:
             line["rank"] = dist.rank
         # One write per line: under torchrun the ranks' lines share stdout and must not interleave.
         sys.stdout.write(json.dumps(line, default=str) + "\n")
         sys.stdout.flush()
-    if dist is not None and torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():
         dist.barrier()
         torch.distributed.destroy_process_group()
     return 0

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
 from monolith.dump import ModelDump
-from monolith.distributed.context import LIVENESS_WINDOW_S, DistributedContext, init_from_env
+from monolith.distributed.context import LIVENESS_WINDOW_S, DistributedContext, SingleProcessContext, init_from_env
 from monolith.distributed.shared_dir import check_shared_dir
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
 from monolith.export.exporter import export_saved_model, exporting_note, serving_receiver, trace_batch
@@ -82,15 +82,12 @@ class _HeadMetrics:
                 label = (label != 0).to(torch.float32)
             metric.update(label, pred.detach().reshape(-1))
 
-    def compute(self, dist_ctx: DistributedContext | None = None) -> dict[str, float]:
-        """Per-head values; under torch.distributed over every rank's examples, not a mean of ranks."""
-        metrics = self._metrics
-        if dist_ctx is not None:
-            merged: dict[str, AUC | MeanSquaredError] = {}
-            for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in metrics.items()}):
-                for head, (kind, state) in states.items():
-                    merged.setdefault(head, kind()).merge(state)
-            metrics = merged
+    def compute(self, dist_ctx: DistributedContext) -> dict[str, float]:
+        """Per-head values over every rank's examples (merged, not a mean of ranks)."""
+        metrics: dict[str, AUC | MeanSquaredError] = {}
+        for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in self._metrics.items()}):
+            for head, (kind, state) in states.items():
+                metrics.setdefault(head, kind()).merge(state)
         return {f"{head}/{'auc' if isinstance(m, AUC) else 'mse'}": m.compute() for head, m in metrics.items()}
 
 
@@ -138,11 +135,11 @@ class Estimator:
         self._source = None
         #: Held during each training step; other threads (ParameterSync) read parameters between steps.
         self.step_lock = threading.Lock()
-        self.dist = init_from_env(config.collective_timeout_s)
+        self.dist = init_from_env(config.collective_timeout_s) or SingleProcessContext()
         self.dedup = config.dedup or "sum"
-        if self.dist is not None and self.dedup == "local":
+        if self.dist.world_size > 1 and self.dedup == "local":
             raise ValueError("RunConfig.dedup 'local' is for a single process; sharded tables sum per id ('sum')")
-        if self.dist is not None:
+        if self.dist.world_size > 1:
             # Sync training: sharded tables (whose owners always sum per id), one output file per rank.
             config.index = self.dist.rank
             self.model.ctx.module_factory = ShardedHashEmbedding
@@ -161,11 +158,10 @@ class Estimator:
                 raise ValueError("input_fn(TRAIN) produced no batch")
         torch.manual_seed(self.config.seed)
         output = self.model.build(batch)
-        if self.dist is not None:
-            self._check_ranks_agree()
-            if self.model.p.mode == ModeKeys.TRAIN:
-                check_shared_dir(self.config.model_dir, self.dist)
-            self.dist.broadcast_tensors(list(self.model.dense_state_dict().values()))
+        self._check_ranks_agree()
+        if self.model.p.mode == ModeKeys.TRAIN:
+            check_shared_dir(self.config.model_dir, self.dist)
+        self.dist.broadcast_tensors(list(self.model.dense_state_dict().values()))
         if self.model.p.mode == ModeKeys.TRAIN:
             self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
         self._restore_latest()
@@ -219,7 +215,7 @@ class Estimator:
         self.model.load_dense_state_dict(dense["model"])
         self._pending_optimizer_state = dense.get("optimizer")
         self._load_optimizer_state()
-        rank, world = (self.dist.rank, self.dist.world_size) if self.dist is not None else (0, 1)
+        rank, world = self.dist.rank, self.dist.world_size
         self.model.ctx.load_table_states({name: table_state_for_rank(shards, rank, world)
                                           for name, shards in tables.items()}, source=latest)
         self.global_step = int(manifest["global_step"])
@@ -256,20 +252,14 @@ class Estimator:
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
             "global_step": self.global_step,
             "batches_consumed": self._batches_consumed,
-            "torch_rng_by_rank": ([torch.get_rng_state()] if self.dist is None
-                                  else self.dist.all_gather_object(torch.get_rng_state())),
+            "torch_rng_by_rank": self.dist.all_gather_object(torch.get_rng_state()),
         }
         input_state = self._source.state_dict() if self._source is not None else None
-        if self.dist is None:
-            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.table_states(),
-                                          extra={"input_states": [input_state], "input_ended": input_ended})
-        else:
-            path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
-                                          self.model.ctx.table_states(),
-                                          extra={"input_states": self.dist.all_gather_object(input_state),
-                                                 "input_ended": input_ended},
-                                          rank=self.dist.rank, world_size=self.dist.world_size,
-                                          barrier=self.dist.barrier)
+        path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
+                                      self.model.ctx.table_states(),
+                                      extra={"input_states": self.dist.all_gather_object(input_state),
+                                             "input_ended": input_ended},
+                                      rank=self.dist.rank, world_size=self.dist.world_size, barrier=self.dist.barrier)
         self._restored = path
         if self._source is not None and hasattr(self._source, "commit"):
             self._source.commit()  # the stream's consumed offsets go with the checkpoint
@@ -279,7 +269,7 @@ class Estimator:
 
     def _export_when_saving(self, checkpoint: str) -> None:
         """Exports the checkpointed model and deletes the exports of checkpoints no longer kept."""
-        if self.dist is not None:
+        if self.dist.world_size > 1:
             if self.dist.rank == 0:
                 logger.warning("serving.export_when_saving: not exported under torch.distributed (an export runs "
                                "in one process: `monolith export` the checkpoint %s)", checkpoint)
@@ -300,7 +290,7 @@ class Estimator:
         if latest is None:
             return
         states = CheckpointManager.read_manifest(latest).get("input_states") or []
-        rank = self.dist.rank if self.dist is not None else 0
+        rank = self.dist.rank
         merge = getattr(self._source, "merge_state_dicts", None)
         if merge is not None and any(state is not None for state in states):
             # One state of every rank's: the checkpoint may come from another number of ranks.
@@ -340,7 +330,7 @@ class Estimator:
         Raises:
             RuntimeError: under torch.distributed (export from one process).
         """
-        if self.dist is not None:
+        if self.dist.world_size > 1:
             raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
                                "outside torch.distributed (it merges the shards of every rank) and export there")
         if export_dir is None:
@@ -361,7 +351,7 @@ class Estimator:
         """Writes a TensorBoard scalar; under torch.distributed rank 0 alone writes (one value a step)."""
         if not self.config.enable_summaries or not math.isfinite(value):
             return
-        if self.dist is not None and self.dist.rank != 0:
+        if self.dist.rank != 0:
             return
         if self._summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
@@ -435,7 +425,7 @@ class Estimator:
         step = int(manifest["global_step"])
         if max_steps is not None and max_steps > max(step, ended.get("max_steps") or 0):
             return False
-        if self.dist is None or self.dist.rank == 0:
+        if self.dist.rank == 0:
             logger.warning("train: %s finished at global step %d (its input was read to the end): nothing to train; "
                            "a higher max_steps, steps or epochs trains more", latest, step)
         return True
@@ -478,9 +468,8 @@ class Estimator:
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
-        stopped = lambda: stop.requested is not None  # noqa: E731
-        if self.dist is not None:  # every rank stops at the same step when any was signalled
-            stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
+        # Every rank stops at the same step when any was signalled.
+        stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
         try:
             # A stream's exhausted ranks join with empty batches, so that a batch another rank
             # already took from its stream is trained, not lost; max_steps stops before taking one.
@@ -507,8 +496,7 @@ class Estimator:
                 due = bool(every_steps) and self.global_step % every_steps == 0
                 if every_secs:
                     due = time.monotonic() - saved_at >= every_secs
-                    if self.dist is not None:  # saving is collective: every rank saves when one is due
-                        due = self.dist.count(due) > 0
+                    due = self.dist.count(due) > 0  # saving is collective: every rank saves when one is due
                 if due:
                     self.save_checkpoint()
                     saved_step, saved_at = self.global_step, time.monotonic()
@@ -531,7 +519,7 @@ class Estimator:
                 self._save_checkpoint(input_ended=ended)
             elif ended is not None and self._restored is not None:
                 self._checkpoints.annotate(self._restored, {"input_ended": ended},
-                                           rank=self.dist.rank if self.dist is not None else 0)
+                                           rank=self.dist.rank)
         finally:
             for hook in (model_hooks or []) + extra_hooks:
                 hook.end()
@@ -560,8 +548,6 @@ class Estimator:
         """This rank's first training batch, once every rank knows that every rank has one (the build
         pass and the steps are collectives) and that all train to the same ``plan``. A stream's rank
         without a batch joins with an empty one; other inputs need data on every rank."""
-        if self.dist is None:
-            return first
         gathered = self.dist.all_gather_object((None if first is None else first.empty_like(), plan))
         for rank, (_, theirs) in enumerate(gathered):
             if theirs != plan:
@@ -590,7 +576,7 @@ class Estimator:
         another rank broke, as an error naming that rank; this rank's own failure as it is, recorded
         for the others (whose collectives break as soon as this process exits: nobody waits for a
         timeout)."""
-        if self.dist is None or isinstance(error, GeneratorExit):
+        if isinstance(error, GeneratorExit):
             raise error
         if isinstance(error, RuntimeError):  # gloo's transport errors are plain RuntimeErrors
             failed = {r: why for r, why in self.dist.failed_ranks().items() if r != self.dist.rank}
@@ -623,10 +609,6 @@ class Estimator:
         if output.loss is None:
             raise ValueError("model_fn returned no loss in TRAIN mode")
         finite = bool(torch.isfinite(output.loss))
-        if not finite and self.dist is None:  # under torch.distributed every rank learns it below
-            self.model.ctx.discard_gradients()
-            raise FloatingPointError(f"loss is {output.loss.item()} at global step {self.global_step}; "
-                                     f"the last checkpoint is kept")
         if self._dense_optimizer is not None:
             self._dense_optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -634,15 +616,15 @@ class Estimator:
         # Without clipping or a summary nobody reads the global norm: its pass over every gradient is skipped.
         needs_norm = self.model.p.clip_norm is not None or summary_due
         sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
-        if self.dist is not None:
-            # The sparse gradients travel to their owners while the dense ones are being summed.
-            summed = self._start_dense_all_reduce(sparse_squared, finite)
-            self.model.ctx.exchange_gradients()
-            sparse_squared, failing = summed()
-            if failing:  # every rank stops here together: no update is applied anywhere
-                self.model.ctx.discard_gradients()
-                raise FloatingPointError(f"rank {self.dist.rank}: the loss is not finite on rank(s) {failing} at "
-                                         f"global step {self.global_step}; the last checkpoint is kept")
+        # The sparse gradients travel to their owners while the dense ones are being summed.
+        summed = self.dist.start_gradient_reduce([p for p in self.model.parameters() if p.requires_grad],
+                                                 sparse_squared, finite, mean=self.config.dense_reduce == "mean")
+        self.model.ctx.exchange_gradients()
+        sparse_squared, failing = summed()
+        if failing:  # every rank stops here together: no update is applied anywhere
+            self.model.ctx.discard_gradients()
+            raise FloatingPointError(f"rank {self.dist.rank}: the loss is not finite on rank(s) {failing} at "
+                                     f"global step {self.global_step}; the last checkpoint is kept")
         dense_scale, sparse_scale, norm = self._clip_scales(sparse_squared)
         if self._dense_optimizer is not None:
             decay = self.model.p.dense_weight_decay
@@ -660,35 +642,6 @@ class Estimator:
         if summary_due:
             self._summary("global_gradient_norm", norm)
         return output
-
-    def _start_dense_all_reduce(self, sparse_squared: float | None,
-                                loss_finite: bool) -> Callable[[], tuple[float | None, list[int]]]:
-        """Starts summing the dense gradients over ranks and, in the same collective, which ranks
-        computed each (a parameter a batch did not use has none on that rank), the ranks' shares of
-        the squared sparse norm (each rank holds the gradients of its own lookups) and which ranks'
-        losses were not finite; the returned function waits for the sums, sets every parameter's
-        gradient that some rank computed, and returns the squared sparse norm and those ranks."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        n, world = len(params), self.dist.world_size
-        flags = torch.zeros(n + 1 + world, dtype=grads[0].dtype if grads else torch.float32)
-        flags[:n] = torch.tensor([p.grad is not None for p in params], dtype=flags.dtype)
-        flags[n] = sparse_squared or 0.0
-        flags[n + 1 + self.dist.rank] = 0.0 if loss_finite else 1.0
-        finish = self.dist.start_all_reduce(grads + [flags])
-
-        def summed() -> tuple[float | None, list[int]]:
-            finish()
-            for param, grad, computed in zip(params, grads, flags[:n].tolist()):
-                if not computed:
-                    continue
-                if self.config.dense_reduce == "mean":
-                    grad.div_(world)
-                param.grad = grad
-            failing = [rank for rank in range(world) if flags[n + 1 + rank] > 0]
-            return (float(flags[n]) if sparse_squared is not None else None), failing
-
-        return summed
 
     def _clip_scales(self, sparse_squared: float | None) -> tuple[float, float, float]:
         """Scales of the dense and sparse gradients under clipping by the global norm, and the norm.
@@ -719,7 +672,7 @@ class Estimator:
 
     def _shows_progress(self) -> bool:
         """Whether this process shows progress: with RunConfig.progress_bar, on rank 0 only."""
-        return self.config.progress_bar and (self.dist is None or self.dist.rank == 0)
+        return self.config.progress_bar and self.dist.rank == 0
 
     def _progress(self, max_steps: int | None):
         if not self.config.progress_bar or max_steps is None or max_steps - self.global_step < 50:
@@ -789,11 +742,6 @@ class Estimator:
         last: Batch | None = None
         while stop is None or not stop():
             batch = next(batches, None)
-            if self.dist is None:
-                if batch is None:
-                    return
-                yield batch
-                continue
             have = self.dist.count(batch is not None)
             if have < self.dist.world_size and not (pad_exhausted and have > 0):
                 return
@@ -833,8 +781,7 @@ class Estimator:
         finally:
             if writer is not None:
                 writer.close()
-        if self.dist is not None:
-            losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
+        losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
         summed, examples = sum(loss for loss, _ in losses), sum(n for _, n in losses)
         result = {**metrics.compute(self.dist), "loss": summed / examples if examples else float("nan"),
                   "batch_loss": summed / len(losses) if losses else float("nan"), "global_step": self.global_step}

@@ -173,13 +173,12 @@ class ParameterSync(TrainingHook):
                                     "deleted": torch.from_numpy(deleted)}
             step = estimator.global_step
             dense = None
-            if (estimator.dist is None or estimator.dist.rank == 0) and (full or step != self._dense_marker):
+            if estimator.dist.rank == 0 and (full or step != self._dense_marker):
                 dense = {k: v.detach().cpu().clone() for k, v in estimator.model.dense_state_dict().items()}
         update = {"version": step, "base_version": self._base, "tables": tables, "dense": dense}
         if full:
             update["full"] = True
-        if estimator.dist is not None:
-            update["rank"], update["world_size"] = estimator.dist.rank, estimator.dist.world_size
+        update["rank"], update["world_size"] = estimator.dist.rank, estimator.dist.world_size
         return update, markers, taken
 
     def _restore_evicted(self, taken: dict[str, np.ndarray]) -> None:
