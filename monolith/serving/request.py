@@ -77,7 +77,7 @@ class _NotPlain(Exception):
     """The body is not in the shape the array reader takes; the message says where."""
 
 
-def parse_json(body: bytes, receiver: ServingInputReceiver, max_examples: int) -> Rows:
+def parse_json(body: bytes | bytearray, receiver: ServingInputReceiver, max_examples: int) -> Rows:
     """The request in a JSON ``body`` (module docstring).
 
     Raises:
@@ -117,7 +117,7 @@ def _check_examples(field: str, examples: int, limit: int) -> None:
         raise TooManyExamples(f"{field} has {examples} examples; a request may have at most {limit} (--max-batch-size)")
 
 
-def _read_plain(body: bytes, receiver: ServingInputReceiver, max_examples: int) -> Rows:
+def _read_plain(body: bytes | bytearray, receiver: ServingInputReceiver, max_examples: int) -> Rows:
     """:func:`parse_json` of a body in the plain shape: an object of at most "sparse" and "dense",
     each an object of feature name -> list of lists of numbers, keys without escapes."""
     spans: dict[str, dict[str, tuple[int, int]]] = {}
@@ -173,13 +173,13 @@ def _read_plain(body: bytes, receiver: ServingInputReceiver, max_examples: int) 
     return Rows(next(iter(sizes.values()), 0), sparse, dense)
 
 
-def _expect(body: bytes, pos: int, char: bytes) -> int:
+def _expect(body: bytes | bytearray, pos: int, char: bytes) -> int:
     if body[pos : pos + 1] != char:
         raise _NotPlain(f"expected {char.decode()} at byte {pos}")
     return _SPACE.match(body, pos + 1).end()
 
 
-def _key(body: bytes, pos: int) -> tuple[str, int]:
+def _key(body: bytes | bytearray, pos: int) -> tuple[str, int]:
     match = _KEY.match(body, pos)
     if match is None:
         raise _NotPlain(f"expected a key without escapes at byte {pos}")
@@ -189,7 +189,7 @@ def _key(body: bytes, pos: int) -> tuple[str, int]:
         raise _NotPlain(f"the key at byte {pos} is not UTF-8") from None
 
 
-def _after(body: bytes, pos: int, close: bytes) -> tuple[int, bool]:
+def _after(body: bytes | bytearray, pos: int, close: bytes) -> tuple[int, bool]:
     """The position after a member's value and whether another member follows (a comma) or the
     object ends (``close``)."""
     pos = _SPACE.match(body, pos).end()
@@ -198,7 +198,7 @@ def _after(body: bytes, pos: int, close: bytes) -> tuple[int, bool]:
     return _expect(body, pos, close), False
 
 
-def _numbers(body: bytes, start: int, end: int, integers: bool, field: str) -> tuple[np.ndarray, np.ndarray]:
+def _numbers(body: bytes | bytearray, start: int, end: int, integers: bool, field: str) -> tuple[np.ndarray, np.ndarray]:
     """The numbers of the list of lists in ``body[start:end]`` (already checked against the
     grammar) and the offsets of its rows: int64 FIDs (uint64 ones as their two's complement) or
     float64 values. Converted a block at a time, each ending after a comma or bracket."""
@@ -212,7 +212,7 @@ def _numbers(body: bytes, start: int, end: int, integers: bool, field: str) -> t
             if cut < block_start:  # one number longer than a block: up to the comma after it
                 cut = body.find(b",", block_end, end)
             block_end = cut + 1 if cut >= 0 else end
-        block = body[block_start:block_end]
+        block = bytes(body[block_start:block_end])
         chars = np.frombuffer(block, dtype=np.uint8)
         if integers:
             in_number = (chars >= _DIGIT_0) & (chars <= _DIGIT_9) | (chars == _MINUS)
@@ -221,8 +221,8 @@ def _numbers(body: bytes, start: int, end: int, integers: bool, field: str) -> t
         first = np.flatnonzero(in_number & ~np.concatenate(([False], in_number[:-1])))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy warns, then stops, at text it cannot read
-            try:
-                read = np.fromstring(block.translate(_SEPARATORS[integers]),
+            try:  # (numpy refuses text of spaces alone)
+                read = np.zeros(0) if first.size == 0 else np.fromstring(block.translate(_SEPARATORS[integers]),
                                      dtype=np.uint64 if integers else np.float64, sep=" ")
             except (ValueError, DeprecationWarning):
                 raise _NotPlain(f"{field} holds a number numpy cannot read") from None
@@ -256,7 +256,7 @@ def _fids(magnitudes: np.ndarray, block: bytes, first: np.ndarray, field: str, d
         return np.where(negative, np.uint64(0) - magnitudes, magnitudes).view(np.int64)
 
 
-def parse_protobuf(body: bytes, receiver: ServingInputReceiver, message: str, max_examples: int) -> Rows:
+def parse_protobuf(body: bytes | bytearray, receiver: ServingInputReceiver, message: str, max_examples: int) -> Rows:
     """The request in a serialized ``ExampleBatch`` or ``Example`` (``message``) ``body``.
 
     Raises:

@@ -159,7 +159,7 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
 
     metrics = _Metrics()
 
-    def read(body: bytes, content_type: str) -> Rows:
+    def read(body: bytearray, content_type: str) -> Rows:
         """The examples of a prediction request's body."""
         message = protobuf_message(content_type)
         if message is None:
@@ -243,7 +243,7 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
     return app
 
 
-async def _read_body(request: Request, limit: int, option: str, timeout_s: float) -> bytes:
+async def _read_body(request: Request, limit: int, option: str, timeout_s: float) -> bytearray:
     """The body of ``request``; 413 (naming the ``monolith serve`` option) as soon as it is known to
     exceed ``limit`` bytes, from its Content-Length or while it streams, so that no more than
     ``limit`` bytes are read before the answer, and none kept beyond them; 408 (and the connection
@@ -260,7 +260,8 @@ async def _read_body(request: Request, limit: int, option: str, timeout_s: float
         close = {"Connection": "close"} if int(declared) - limit > _DISCARD_BYTES else None
         raise HTTPException(status_code=413, detail=f"request body of {declared} bytes is over the limit of "
                                                     f"{limit} bytes ({option})", headers=close)
-    chunks, size, more = [], 0, True
+    # One buffer grown in place: a list of chunks joined at the end would hold the body twice.
+    body, more = bytearray(), True
     while more:
         try:
             message = await asyncio.wait_for(request.receive(), timeout_s)
@@ -270,11 +271,10 @@ async def _read_body(request: Request, limit: int, option: str, timeout_s: float
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk, more = message.get("body", b""), message.get("more_body", False)
-        size += len(chunk)
-        if size > limit:  # a chunked body: of unknown length, so its rest is discarded, not cut off
+        if len(body) + len(chunk) > limit:  # a chunked body: of unknown length, so its rest is discarded, not cut off
             raise HTTPException(status_code=413, detail=f"request body is over the limit of {limit} bytes ({option})")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 class _Guard:
