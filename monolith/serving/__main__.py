@@ -1,5 +1,5 @@
-"""``python -m monolith.serving --model DIR [--host H] [--port P] [--token-file F] [limits]``: serve an
-export over HTTP. Updates need the token of ``--token-file`` or ``$MONOLITH_SERVING_TOKEN`` where one
+"""``python -m monolith.serving --model DIR [--host H] [--port P] [--token-file F] [limits]
+[--batching-max-examples N [--batching-max-wait-ms MS]]``: serve an export over HTTP. Updates need the token of ``--token-file`` or ``$MONOLITH_SERVING_TOKEN`` where one
 is set; without one the server listens on loopback only."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uvicorn
 
 from monolith.serving.auth import TOKEN_ENV, is_loopback, read_token
 from monolith.serving.model import ServingModel
-from monolith.serving.server import (BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
+from monolith.serving.server import (BATCHING_MAX_WAIT_S, BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
                                      MAX_URL_BYTES, create_app)
 
 
@@ -21,6 +21,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -54,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"most bytes of header lines in a request; more get 431 (default {MAX_HEADER_BYTES})")
     parser.add_argument("--body-timeout", type=_positive_float, default=BODY_TIMEOUT_S,
                         help=f"seconds a client may pause mid-body before it gets 408 (default {BODY_TIMEOUT_S:g})")
+    parser.add_argument("--batching-max-examples", type=_non_negative_int, default=0, metavar="N",
+                        help="merge concurrent predictions into model calls of up to N examples (dynamic batching; "
+                             "default 0: every request is its own call)")
+    parser.add_argument("--batching-max-wait-ms", type=_non_negative_float, default=BATCHING_MAX_WAIT_S * 1e3,
+                        metavar="MS", help=f"with batching, the longest a request waits for others to share its call "
+                                           f"(default {BATCHING_MAX_WAIT_S * 1e3:g})")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     try:
@@ -73,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                args.host, args.port)
     app = create_app(model, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
                      max_update_bytes=args.max_update_bytes, token=token, max_header_bytes=args.max_header_bytes,
-                     body_timeout_s=args.body_timeout)
+                     body_timeout_s=args.body_timeout, batching_max_examples=args.batching_max_examples,
+                     batching_max_wait_s=args.batching_max_wait_ms / 1e3)
     # h11 buffers at most this much of an unfinished request head (the app refuses more once parsed).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 h11_max_incomplete_event_size=args.max_header_bytes + MAX_URL_BYTES)
