@@ -21,7 +21,7 @@ from monolith.fid import make_fid, make_fid_v1
 from monolith.serving import RequestError
 from monolith.serving.client import predict_request
 from monolith.serving.model import parse_features
-from monolith.serving.request import PRECISE_BYTES, parse_json
+from monolith.serving.request import BLOCK_BYTES, JSON_BYTES, parse_json
 from monolith.serving.server import create_app
 from test_export import CTX, SLOTS, make_batches, request_of
 from test_serving import PROBE, export_path, model, serve  # noqa: F401 - fixtures
@@ -168,14 +168,17 @@ def test_the_json_array_reader_reads_what_python_json_reads():
     for examples in (0, 1, 3, 20):
         request = random_request(rng, examples)
         for body in (json.dumps(request).encode(), json.dumps(request, indent=2).encode()):
+            # Trailing spaces make the body larger than JSON_BYTES: read by the array reader.
+            body += b" " * JSON_BYTES
             assert_same_rows(parse_json(body, RECEIVER, 10**6), parse_features(RECEIVER, **request))
-    # Larger than PRECISE_BYTES, so that Python's json is never asked: read by the array reader alone,
-    # in several blocks.
+    # Read in several blocks.
     request = random_request(rng, 30_000)
     body = json.dumps(request).encode()
-    assert len(body) > 2 * PRECISE_BYTES
+    assert len(body) > 2 * BLOCK_BYTES
     assert_same_rows(parse_json(body, RECEIVER, 10**6), parse_features(RECEIVER, **request))
     for broken, message in ((body.replace(b"]], ", b", 2**64]], ", 1), "is not a list of lists of integer FIDs"),
+                            (body.replace(b'"uid"', b'"\\u0075id"'), "expected a key without escapes"),
+                            (body.replace(b']], "', b'], [1, 2]], "', 1), "features have different numbers of examples"),
                             (body.replace(b'"uid": [', b'"uid": [[18446744073709551616], ', 1), "outside [-2**63, 2**64)"),
                             (body[: body.rfind(b"[") + 1] + b"1e39" + body[body.find(b",", body.rfind(b"[")) :],
                              f"dense['ctx'][{30_000 - 1}][0] must be a finite number within float32 range")):

@@ -77,11 +77,13 @@ from monolith.fid import fid_to_int64
 from monolith.modules.combiners import Combiner, FirstN, ReduceMean, make_combiner
 from monolith.table.hash_map import FidMap
 
-__all__ = ["BaseVersionError", "LOOKUP_IDS", "RequestError", "ServingModel", "StaleUpdateError", "decode_update",
+__all__ = ["BaseVersionError", "LOOKUP_IDS", "PROGRAM_EXAMPLES", "RequestError", "ServingModel", "StaleUpdateError", "decode_update",
            "encode_update", "parse_features", "per_example"]
 
-#: A prediction looks rows up for at most this many FIDs of a feature at a time.
+#: A prediction looks rows up for at most this many FIDs of a feature at a time, and runs the
+#: dense program on at most this many examples at a time.
 LOOKUP_IDS = 1 << 16
+PROGRAM_EXAMPLES = 4096
 #: The most trainer processes an update may name.
 MAX_WORLD_SIZE = 1 << 16
 _UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
@@ -341,18 +343,38 @@ class ServingModel:
     def predict_rows(self, rows: Rows) -> tuple[dict[str, torch.Tensor], int]:
         """Every output (a tensor with one row per example) for the examples of ``rows``, which
         hold the receiver's features (:mod:`monolith.serving.request` reads request bodies into
-        them), and the version of the parameters that made the prediction."""
+        them), and the version of the parameters that made the prediction.
+
+        Examples go through the dense program :data:`PROGRAM_EXAMPLES` at a time, so that their
+        pooled embeddings and activations stay bounded however many a request has.
+        """
         if rows.num == 0:
             return {name: torch.zeros(0) for name in self.signature.outputs}, self._version
+        if rows.num <= PROGRAM_EXAMPLES:
+            with self._lock:
+                pooled = self._pooled_rows(rows)
+                program, version = self._program, self._version
+            return self._run(program, pooled, rows), version
+        # Updates wait until the last part is done: every part sees the same parameters.
         with self._lock:
-            pooled = {feature: self._pooled(feature, embeddings, *rows.sparse[feature])
-                      for feature, embeddings in self._feature_embeddings.items()}
             program, version = self._program, self._version
+            parts = [self._run(program, self._pooled_rows(part), part)
+                     for part in (rows.slice(start, min(start + PROGRAM_EXAMPLES, rows.num))
+                                  for start in range(0, rows.num, PROGRAM_EXAMPLES))]
+        return {name: torch.cat([part[name] for part in parts]) for name in self.signature.outputs}, version
+
+    def _pooled_rows(self, rows: Rows) -> dict[str, dict[EmbeddingInput, torch.Tensor]]:
+        """Every feature's pooled inputs for ``rows`` (the lock held)."""
+        return {feature: self._pooled(feature, embeddings, *rows.sparse[feature])
+                for feature, embeddings in self._feature_embeddings.items()}
+
+    def _run(self, program: torch.nn.Module, pooled: dict[str, dict[EmbeddingInput, torch.Tensor]],
+             rows: Rows) -> dict[str, torch.Tensor]:
+        """The dense program's outputs for ``rows``, whose pooled inputs are ``pooled``."""
         inputs = [pooled[e.feature][e] for e in self.signature.embeddings]
         dense_inputs = [torch.from_numpy(rows.dense[name]) for name in self.receiver.dense_features]
         with torch.inference_mode():
-            outputs = program(*inputs, *dense_inputs)
-        return dict(zip(self.signature.outputs, outputs)), version
+            return dict(zip(self.signature.outputs, program(*inputs, *dense_inputs)))
 
     def _pooled(self, feature: str, embeddings: list[tuple[EmbeddingInput, Combiner]], ids: np.ndarray,
                 offsets: np.ndarray) -> dict[EmbeddingInput, torch.Tensor]:

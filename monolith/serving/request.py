@@ -5,14 +5,14 @@ A request is held as :class:`~monolith.data.base.Rows`: per sparse feature int64
 per dense feature float32 ``[examples, width]``, the features those of the model's receiver.
 
 **JSON** (``{"sparse": {feature: [[fid, ...] per example]}, "dense": {name: [[x, ...] per
-example]}}``) is not parsed into Python objects, which cost about 40 bytes per FID (a 32 MiB list
+example]}}``) up to :data:`JSON_BYTES` is parsed by Python's ``json``, fastest for small bodies.
+A larger one is not parsed into Python objects, which cost about 40 bytes per FID (a 32 MiB list
 of FIDs took +504 MiB and 15 s): a regular expression checks each feature's list of lists against
 JSON's grammar for numbers without copying it, then its numbers are converted by numpy a block of
-about :data:`BLOCK_BYTES` at a time. Reading a body costs its FIDs' int64s (8 bytes for a FID
-that takes 2 to 21 bytes of JSON), its dense values' float32s and a few blocks. A body this reader
-does not take as it stands (another shape, a value that is no FID, an escaped key, ...) is parsed
-by Python's ``json`` if it is at most :data:`PRECISE_BYTES`, so that the error names the exact
-element; a larger one is refused with the first problem found.
+about :data:`BLOCK_BYTES` at a time. Reading such a body costs its FIDs' int64s (8 bytes for a FID
+that takes 2 to 21 bytes of JSON), its dense values' float32s and a few blocks. It must be in the
+plain shape: an object of "sparse" and "dense", each an object of feature name -> list of lists of
+numbers, keys without escapes, each key once; the error names the first problem found.
 
 **Protobuf** bodies hold one serialized ``ExampleBatch`` (the default) or ``Example``
 (``Content-Type: application/x-protobuf; message=Example``), read by
@@ -35,14 +35,14 @@ from monolith.data.pb_dataset import PBParser
 from monolith.export.receiver import ServingInputReceiver
 from monolith.serving.model import RequestError, parse_features
 
-__all__ = ["BLOCK_BYTES", "PRECISE_BYTES", "PROTOBUF_MESSAGES", "TooManyExamples", "parse_json", "parse_protobuf",
+__all__ = ["BLOCK_BYTES", "JSON_BYTES", "PROTOBUF_MESSAGES", "TooManyExamples", "parse_json", "parse_protobuf",
            "protobuf_message"]
 
 #: Numbers are converted this many bytes of JSON at a time (more where one number is longer).
 BLOCK_BYTES = 1 << 20
-#: A JSON body up to this size that the array reader does not take is parsed by ``json``, for
-#: errors naming the exact element; a larger one gets the array reader's error.
-PRECISE_BYTES = 1 << 20
+#: JSON bodies up to this size are parsed by ``json`` (into Python objects of up to about 16x
+#: their size), larger ones by the array reader.
+JSON_BYTES = 64 << 10
 #: ``message=`` values of an ``application/x-protobuf`` Content-Type.
 PROTOBUF_MESSAGES = {"ExampleBatch": "example_batch", "Example": "example"}
 
@@ -73,10 +73,6 @@ class TooManyExamples(RequestError):
     """A request with more examples than allowed (HTTP 413)."""
 
 
-class _NotPlain(Exception):
-    """The body is not in the shape the array reader takes; the message says where."""
-
-
 def parse_json(body: bytes | bytearray, receiver: ServingInputReceiver, max_examples: int) -> Rows:
     """The request in a JSON ``body`` (module docstring).
 
@@ -87,11 +83,8 @@ def parse_json(body: bytes | bytearray, receiver: ServingInputReceiver, max_exam
             finite float32 number, a row of the wrong width, features with different numbers of
             examples (the message names the feature, and the element where it is known).
     """
-    try:
+    if len(body) > JSON_BYTES:
         return _read_plain(body, receiver, max_examples)
-    except _NotPlain as not_plain:
-        if len(body) > PRECISE_BYTES:
-            raise RequestError(f"request body is not a prediction request that can be read: {not_plain}") from None
     try:
         request = json.loads(body)
     except ValueError as error:  # JSON and UTF-8 decoding errors
@@ -125,14 +118,14 @@ def _read_plain(body: bytes | bytearray, receiver: ServingInputReceiver, max_exa
     while True:
         key, pos = _key(body, pos)
         if key not in ("sparse", "dense") or key in spans:
-            raise _NotPlain(f"unexpected request field {key!r}")
+            raise _not_plain(f"unexpected request field {key!r}")
         spans[key] = {}
         pos = _expect(body, pos, b"{")
         while True:
             name, pos = _key(body, pos)
             match = _LISTS[key].match(body, pos)
             if match is None or name in spans[key]:
-                raise _NotPlain(f"{key}['{name}'] (byte {pos}) is not a list of lists of "
+                raise _not_plain(f"{key}['{name}'] (byte {pos}) is not a list of lists of "
                                 f"{'integer FIDs' if key == 'sparse' else 'numbers'} in plain JSON")
             spans[key][name] = match.span()
             # Each row opens with the only bracket in it (the grammar).
@@ -144,7 +137,7 @@ def _read_plain(body: bytes | bytearray, receiver: ServingInputReceiver, max_exa
         if not more:
             break
     if pos != len(body):
-        raise _NotPlain(f"unexpected bytes after the request object (byte {pos})")
+        raise _not_plain(f"unexpected bytes after the request object (byte {pos})")
     sparse_spans, dense_spans = spans.get("sparse", {}), spans.get("dense", {})
     # The receiver's checks of feature names, with placeholders for the rows.
     parse_features(receiver, {name: [] for name in sparse_spans}, {name: [] for name in dense_spans})
@@ -159,13 +152,13 @@ def _read_plain(body: bytes | bytearray, receiver: ServingInputReceiver, max_exa
         counts = np.diff(offsets)
         wrong = np.flatnonzero(counts != width)
         if wrong.size:
-            raise _NotPlain(f"{field}[{wrong[0]}] must be a list of {width} numbers, got {counts[wrong[0]]} values")
+            raise RequestError(f"{field}[{wrong[0]}] must be a list of {width} numbers, got {counts[wrong[0]]} values")
         with np.errstate(over="ignore"):  # beyond float32: inf, refused below
             rows = values.astype(np.float32).reshape(counts.size, width)
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
         if bad.size:
             j = int(np.flatnonzero(~np.isfinite(rows[bad[0]]))[0])
-            raise _NotPlain(f"{field}[{bad[0]}][{j}] must be a finite number within float32 range")
+            raise RequestError(f"{field}[{bad[0]}][{j}] must be a finite number within float32 range")
         dense[name] = rows
         sizes[field] = counts.size
     if len(set(sizes.values())) > 1:
@@ -173,20 +166,24 @@ def _read_plain(body: bytes | bytearray, receiver: ServingInputReceiver, max_exa
     return Rows(next(iter(sizes.values()), 0), sparse, dense)
 
 
+def _not_plain(problem: str) -> RequestError:
+    return RequestError(f"request body is not a prediction request that can be read: {problem}")
+
+
 def _expect(body: bytes | bytearray, pos: int, char: bytes) -> int:
     if body[pos : pos + 1] != char:
-        raise _NotPlain(f"expected {char.decode()} at byte {pos}")
+        raise _not_plain(f"expected {char.decode()} at byte {pos}")
     return _SPACE.match(body, pos + 1).end()
 
 
 def _key(body: bytes | bytearray, pos: int) -> tuple[str, int]:
     match = _KEY.match(body, pos)
     if match is None:
-        raise _NotPlain(f"expected a key without escapes at byte {pos}")
+        raise _not_plain(f"expected a key without escapes at byte {pos}")
     try:
         return match.group(1).decode("utf-8"), match.end()
     except UnicodeDecodeError:
-        raise _NotPlain(f"the key at byte {pos} is not UTF-8") from None
+        raise _not_plain(f"the key at byte {pos} is not UTF-8") from None
 
 
 def _after(body: bytes | bytearray, pos: int, close: bytes) -> tuple[int, bool]:
@@ -225,9 +222,9 @@ def _numbers(body: bytes | bytearray, start: int, end: int, integers: bool, fiel
                 read = np.zeros(0) if first.size == 0 else np.fromstring(block.translate(_SEPARATORS[integers]),
                                      dtype=np.uint64 if integers else np.float64, sep=" ")
             except (ValueError, DeprecationWarning):
-                raise _NotPlain(f"{field} holds a number numpy cannot read") from None
+                raise _not_plain(f"{field} holds a number numpy cannot read") from None
         if read.size != first.size:
-            raise _NotPlain(f"{field} holds a number numpy cannot read")
+            raise _not_plain(f"{field} holds a number numpy cannot read")
         if integers:
             read = _fids(read, block, first, field, done)
         values.append(read)
@@ -247,11 +244,11 @@ def _fids(magnitudes: np.ndarray, block: bytes, first: np.ndarray, field: str, d
     for k in np.flatnonzero(magnitudes == _UINT64_MAX):
         digits = re.match(rb"-?[0-9]+", block[first[k] : first[k] + 22]).group()
         if int(digits.lstrip(b"-")) != 2**64 - 1 or negative[k]:
-            raise _NotPlain(f"{field} holds an integer outside [-2**63, 2**64) (number {done + k} of the feature)")
+            raise RequestError(f"{field} holds an integer outside [-2**63, 2**64) (number {done + k} of the feature)")
     too_negative = np.flatnonzero(negative & (magnitudes > np.uint64(2**63)))
     if too_negative.size:
-        raise _NotPlain(f"{field} holds an integer outside [-2**63, 2**64) (number {done + too_negative[0]} of "
-                        f"the feature)")
+        raise RequestError(f"{field} holds an integer outside [-2**63, 2**64) (number {done + too_negative[0]} of "
+                           f"the feature)")
     with np.errstate(over="ignore"):
         return np.where(negative, np.uint64(0) - magnitudes, magnitudes).view(np.int64)
 
