@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import monolith.serving.__main__ as serving_main
+from monolith.data import MOVIELENS_SLOTS, load_movielens100k
+from monolith.data.movielens import GENRES
 from monolith.data.proto.example_pb2 import Example, ExampleBatch
 from monolith.export.receiver import ServingInputReceiver
 from monolith.fid import make_fid, make_fid_v1
@@ -200,3 +202,26 @@ def test_predict_request_turns_raw_values_into_each_slots_fids(model, serve):
                          ({"uid": 1}, "dense feature 'ctx' is missing")):
         with pytest.raises(ValueError, match=re.escape(message)):
             predict_request([bad], {"uid": 4, "mov": 2, "hist": 2}, dense_features=["ctx"])
+
+
+def example_fids(feature, i: int) -> list[int]:
+    """Example ``i``'s FIDs of a jagged feature."""
+    offsets = feature.offsets()
+    return feature.values()[offsets[i] : offsets[i + 1]].tolist()
+
+
+def test_predict_request_makes_the_fids_the_movielens_reader_makes():
+    # The first two ratings of MovieLens-100K's u.data, from u.user and u.item's raw values.
+    raw = [{"uid": 196, "mov": 242, "genre": [GENRES.index("Comedy")], "age": 49, "gender": "M",
+            "occupation": "writer"},
+           {"uid": 186, "mov": 302, "genre": [GENRES.index(g) for g in ("Crime", "Film-Noir", "Mystery", "Thriller")],
+            "age": 39, "gender": "F", "occupation": "executive"}]
+    request = predict_request(raw, MOVIELENS_SLOTS)
+    data = load_movielens100k(batch_size=200_000)
+    found = {}
+    for batch in (*data.train, *data.test):  # every rating, in two batches
+        uid, mov = batch.sparse["uid"].values().numpy(), batch.sparse["mov"].values().numpy()  # one FID each
+        for k in range(len(raw)):
+            for i in np.flatnonzero((uid == request["sparse"]["uid"][k][0]) & (mov == request["sparse"]["mov"][k][0])):
+                found[k] = {name: sorted(example_fids(batch.sparse[name], int(i))) for name in MOVIELENS_SLOTS}
+    assert found == {k: {name: sorted(request["sparse"][name][k]) for name in MOVIELENS_SLOTS} for k in range(len(raw))}
