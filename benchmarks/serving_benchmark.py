@@ -177,14 +177,19 @@ def peak_rss_cost(pid: int, action: Callable[[], Any]) -> tuple[int, Any]:
     return vm("VmHWM") - before, result
 
 
-def _predict(connection: http.client.HTTPConnection, body: bytes) -> bool:
-    """One prediction over ``connection``; whether it succeeded."""
+def _predict(connection: http.client.HTTPConnection, body: bytes | None) -> bool:
+    """One prediction over ``connection`` (``body`` None: a ``GET /v1/health`` instead, the HTTP
+    stack's own cost); whether it succeeded."""
+    if body is None:
+        connection.request("GET", "/v1/health")
+        response = connection.getresponse()
+        return response.status == 200 and "status" in json.loads(response.read())
     connection.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/json"})
     response = connection.getresponse()
     return response.status == 200 and "outputs" in json.loads(response.read())
 
 
-def _client(port: int, bodies: list[bytes], offset: int, stop: threading.Event, latencies: list[float],
+def _client(port: int, bodies: list[bytes | None], offset: int, stop: threading.Event, latencies: list[float],
             errors: list[int]) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     i = offset
@@ -197,7 +202,7 @@ def _client(port: int, bodies: list[bytes], offset: int, stop: threading.Event, 
     connection.close()
 
 
-def _load(server: _Server, bodies: list[bytes], clients: int, duration_s: float) -> dict:
+def _load(server: _Server, bodies: list[bytes | None], clients: int, duration_s: float) -> dict:
     """``clients`` keep-alive connections predicting for ``duration_s``: throughput and latencies."""
     warm_up = server.connection()
     if not all(_predict(warm_up, body) for body in bodies[:8]):
@@ -219,7 +224,7 @@ def _load(server: _Server, bodies: list[bytes], clients: int, duration_s: float)
     all_ms = np.concatenate([np.asarray(l) for l in latencies]) * 1e3
     p50, p90, p99 = np.percentile(all_ms, [50, 90, 99])
     batching = after["batching"]
-    calls = batching["model_calls"] - before["batching"]["model_calls"] if batching else all_ms.size
+    calls = batching["model_calls"] - before["batching"]["model_calls"] if batching else after["requests"] - before["requests"]
     return {"clients": clients, "duration_s": elapsed, "requests": int(all_ms.size), "errors": len(errors),
             "requests_per_s": all_ms.size / elapsed, "p50_ms": float(p50), "p90_ms": float(p90),
             "p99_ms": float(p99), "server_p50_ms": after["latency_ms"]["p50"],
@@ -278,13 +283,13 @@ def run(duration_s: float = 20.0, clients: int = 4, batch_sizes: tuple[int, ...]
                     load.append({**row, "batch_size": batch_size, "in_process_p50_ms": _in_process(path, requests)})
                 large = _large(server, _large_bodies(rng, large_fid_bytes, large_examples))
             bodies = [json.dumps(_request(rng, 1, fids_per_table)).encode() for _ in range(_BODIES)]
-            batching = {"off": [], "on": []}
+            batching = {"off": [], "on": [], "health": []}
             with _Server(path, torch_threads) as off, _Server(
                     path, torch_threads, "--batching-max-examples", str(batching_max_examples),
                     "--batching-max-wait-ms", str(batching_max_wait_ms)) as on:
                 for _ in range(batching_rounds):  # in turns, so that both see the machine's load alike
-                    for name, server in (("off", off), ("on", on)):
-                        batching[name].append(_load(server, bodies, batching_clients, duration_s / 2))
+                    for name, server, load_bodies in (("off", off, bodies), ("on", on, bodies), ("health", off, [None])):
+                        batching[name].append(_load(server, load_bodies, batching_clients, duration_s / 2))
     finally:
         torch.set_num_threads(previous_threads)
     return {"fids_per_table": fids_per_table, "clients": clients, "load": load, "large": large,
@@ -338,18 +343,23 @@ def report(results: list[dict]) -> str:
             f"Dynamic batching: {r['batching_clients']} clients sending single-example JSON requests to a server "
             f"without batching and to one with `--batching-max-examples {r['batching_max_examples']} "
             f"--batching-max-wait-ms {r['batching_max_wait_ms']:g}`, in turns ({len(r['batching_rounds']['on'])} "
-            f"rounds each; the median round is shown; requests/s of every round in brackets).",
+            f"rounds each; the median round is shown, requests/s of every round at the end). The last row "
+            f"loads the same HTTP stack with `GET /v1/health`: what it answers without reading a body or "
+            f"calling the model, a ceiling for any prediction.",
             "",
             "| batching | requests/s | p50 ms | p90 ms | p99 ms | server p50 / p99 ms | requests per model call "
             "| errors | rounds |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for name in ("off", "on"):
+        for name in ("off", "on", "health"):
             row = r["batching"][name]
             rounds = ", ".join(f"{x['requests_per_s']:.0f}" for x in r["batching_rounds"][name])
-            lines.append(f"| {name} | {row['requests_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | "
-                         f"{row['p99_ms']:.2f} | {row['server_p50_ms']:.2f} / {row['server_p99_ms']:.2f} | "
-                         f"{row['requests_per_call']:.1f} | {row['errors']} | {rounds} |")
+            # The server's latencies and model calls count predictions only.
+            label, server, per_call = (("GET /v1/health instead (no body, no model)", "-", "-") if name == "health"
+                                       else (name, f"{row['server_p50_ms']:.2f} / {row['server_p99_ms']:.2f}",
+                                             f"{row['requests_per_call']:.1f}"))
+            lines.append(f"| {label} | {row['requests_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | "
+                         f"{row['p99_ms']:.2f} | {server} | {per_call} | {row['errors']} | {rounds} |")
         lines += [
             "",
             "Large requests: the server's peak RSS while it answers one request, over its RSS before, and "

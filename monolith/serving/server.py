@@ -166,26 +166,28 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
             return parse_json(body, model.receiver, max_batch_size)
         return parse_protobuf(body, model.receiver, message, max_batch_size)
 
+    async def answer(body: bytearray, content_type: str) -> bytes:
+        """The answer to a prediction request's body, without batching. Reading large bodies, the
+        model and writing large answers run off the event loop, so that requests overlap."""
+        if len(body) <= _INLINE_BYTES:
+            rows = read(body, content_type)
+        else:
+            rows = await run_in_threadpool(read, body, content_type)
+        outputs, version = await run_in_threadpool(model.predict_rows, rows)
+        if rows.num <= _INLINE_EXAMPLES:
+            return _render(outputs, version)
+        return await run_in_threadpool(_render, outputs, version)
+
     @app.post("/v1/predict")
     async def predict(request: Request) -> Response:
         started, failed = time.perf_counter(), True
         try:
             body = await _read_body(request, max_body_bytes, "--max-body-bytes", body_timeout_s)
             content_type = request.headers.get("content-type", "")
-            # Reading large bodies, lookups, the dense program and rendering large answers run off the
-            # event loop, so that requests overlap.
-            if len(body) <= _INLINE_BYTES:
-                rows = read(body, content_type)
+            if batcher is not None:  # reading, the model and writing in the batcher's thread
+                content = await batcher.submit(lambda: read(body, content_type), lambda p: _render(*p))
             else:
-                rows = await run_in_threadpool(read, body, content_type)
-            if batcher is not None:
-                outputs, version = await batcher.predict(rows)
-            else:
-                outputs, version = await run_in_threadpool(model.predict_rows, rows)
-            if rows.num <= _INLINE_EXAMPLES:
-                content = _render(outputs, version)
-            else:
-                content = await run_in_threadpool(_render, outputs, version)
+                content = await answer(body, content_type)
             failed = False
         except TooManyExamples as error:
             raise HTTPException(status_code=413, detail=str(error)) from None
