@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from benchmarks.plots import Bars
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
 from monolith.export import ServingInputReceiver
 from monolith.fid import make_fid
@@ -141,7 +142,7 @@ class _Server:
         # so that the peak RSS counts them all (glibc would otherwise reuse some of its heap).
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "monolith.serving", "--model", path, "--port", str(self.port), "--torch-threads",
+            [sys.executable, "-m", "monolith.serving", "--export-dir", path, "--port", str(self.port), "--threads",
              str(torch_threads), "--log-level", "warning", "--max-body-bytes", str(LARGE_BODY_LIMIT), *options],
             stdout=subprocess.DEVNULL, env=env)
 
@@ -267,7 +268,7 @@ def run(duration_s: float = 20.0, clients: int = 4, batch_sizes: tuple[int, ...]
         large_examples: int = 100_000, torch_threads: int = 1) -> dict:
     """Serves an export and measures it (module docstring).
 
-    ``torch_threads`` is the servers' (``--torch-threads``) and the in-process timing's.
+    ``torch_threads`` is the servers' (``--threads``) and the in-process timing's.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
@@ -373,6 +374,18 @@ def report(results: list[dict]) -> str:
                          f"{row['peak_rss_bytes'] / 2**20:.0f} MiB | {row['memory_ratio']:.2f}x | "
                          f"{row['seconds']:.2f} |")
     return "\n".join(lines)
+
+
+def figures(results: list[dict]) -> list[Bars]:
+    """Client-side latency percentiles of each load, batching off and on."""
+    bars = []
+    for r in results:
+        loads = {f"{r['clients']} clients, {row['batch_size']} examples/request": row for row in r["load"]}
+        loads.update({f"{r['batching_clients']} clients, 1 example/request, batching {name}": r["batching"][name]
+                      for name in ("off", "on")})
+        bars.append(Bars("serving", "Serving over HTTP: latency of a prediction request", "ms", list(loads),
+                         {f"p{q}": [row[f"p{q}_ms"] for row in loads.values()] for q in (50, 90, 99)}))
+    return bars
 
 
 if __name__ == "__main__":

@@ -88,14 +88,14 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answers(mod
 def test_batching_options_reach_the_app(export_path, monkeypatch, serve):  # noqa: F811
     apps = []
     monkeypatch.setattr(serving_main.uvicorn, "run", lambda app, **kwargs: apps.append(app))
-    serving_main.main(["--model", str(export_path), "--batching-max-examples", "4", "--batching-max-wait-ms", "300"])
+    serving_main.main(["--export-dir", str(export_path), "--batching-max-examples", "4", "--batching-max-wait-ms", "300"])
     base = serve(apps[0])
     answers = post_together(base, distinct_requests(4)[:2])  # 1 + 2 examples: one call
     assert [a.status_code for a in answers] == [200, 200]
     assert httpx.get(f"{base}/v1/metrics").json()["batching"] == {"model_calls": 1, "requests": 2}
     for option in ("--batching-max-examples", "--batching-max-wait-ms"):
         with pytest.raises(SystemExit):
-            serving_main.main(["--model", str(export_path), option, "-1"])
+            serving_main.main(["--export-dir", str(export_path), option, "-1"])
 
 
 # ----------------------------------------------------------------------------- protobuf

@@ -126,7 +126,7 @@ def _read_plain(body: bytes | bytearray, receiver: ServingInputReceiver, max_exa
             match = _LISTS[key].match(body, pos)
             if match is None or name in spans[key]:
                 raise _not_plain(f"{key}['{name}'] (byte {pos}) is not a list of lists of "
-                                f"{'integer FIDs' if key == 'sparse' else 'numbers'} in plain JSON")
+                                 f"{'integer FIDs' if key == 'sparse' else 'numbers'} in plain JSON")
             spans[key][name] = match.span()
             # Each row opens with the only bracket in it (the grammar).
             _check_examples(f"{key}['{name}']", body.count(b"[", *match.span()) - 1, max_examples)
