@@ -1,4 +1,4 @@
-"""Serving over HTTP on 127.0.0.1: throughput and latency under a bounded local load, dynamic batching against none, and the memory and time of large requests.
+"""Serving over HTTP on 127.0.0.1: throughput and latency under load, dynamic batching, large requests.
 
 A CTR model (user and item FIDs sum-pooled, a history of items cut to its first 10, 8 dense
 floats, a 64-32-1 tower) is built, its tables are seeded with ``fids_per_table`` rows each, and it
@@ -225,7 +225,10 @@ def _load(server: _Server, bodies: list[bytes | None], clients: int, duration_s:
     all_ms = np.concatenate([np.asarray(l) for l in latencies]) * 1e3
     p50, p90, p99 = np.percentile(all_ms, [50, 90, 99])
     batching = after["batching"]
-    calls = batching["model_calls"] - before["batching"]["model_calls"] if batching else after["requests"] - before["requests"]
+    if batching:
+        calls = batching["model_calls"] - before["batching"]["model_calls"]
+    else:
+        calls = after["requests"] - before["requests"]
     return {"clients": clients, "duration_s": elapsed, "requests": int(all_ms.size), "errors": len(errors),
             "requests_per_s": all_ms.size / elapsed, "p50_ms": float(p50), "p90_ms": float(p90),
             "p99_ms": float(p99), "server_p50_ms": after["latency_ms"]["p50"],
@@ -289,8 +292,8 @@ def run(duration_s: float = 20.0, clients: int = 4, batch_sizes: tuple[int, ...]
                     path, torch_threads, "--batching-max-examples", str(batching_max_examples),
                     "--batching-max-wait-ms", str(batching_max_wait_ms)) as on:
                 for _ in range(batching_rounds):  # in turns, so that both see the machine's load alike
-                    for name, server, load_bodies in (("off", off, bodies), ("on", on, bodies), ("health", off, [None])):
-                        batching[name].append(_load(server, load_bodies, batching_clients, duration_s / 2))
+                    for name, server, sent in (("off", off, bodies), ("on", on, bodies), ("health", off, [None])):
+                        batching[name].append(_load(server, sent, batching_clients, duration_s / 2))
     finally:
         torch.set_num_threads(previous_threads)
     return {"fids_per_table": fids_per_table, "clients": clients, "load": load, "large": large,
@@ -335,7 +338,8 @@ def report(results: list[dict]) -> str:
         ]
         for row in r["load"]:
             lines.append(
-                f"| {row['batch_size']} | {row['requests_per_s']:.0f} | {row['requests_per_s'] * row['batch_size']:,.0f} "
+                f"| {row['batch_size']} | {row['requests_per_s']:.0f} "
+                f"| {row['requests_per_s'] * row['batch_size']:,.0f} "
                 f"| {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | "
                 f"{row['server_p50_ms']:.2f} / {row['server_p99_ms']:.2f} | {row['in_process_p50_ms']:.2f} | "
                 f"{row['errors']} |")

@@ -13,6 +13,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 
 import monolith.serving.__main__ as serving_main
 from monolith.data import MOVIELENS_SLOTS, load_movielens100k
@@ -87,8 +88,9 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answers(mod
 
 def test_batching_options_reach_the_app(export_path, monkeypatch, serve):  # noqa: F811
     apps = []
-    monkeypatch.setattr(serving_main.uvicorn, "run", lambda app, **kwargs: apps.append(app))
-    serving_main.main(["--export-dir", str(export_path), "--batching-max-examples", "4", "--batching-max-wait-ms", "300"])
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    serving_main.main(["--export-dir", str(export_path), "--batching-max-examples", "4",
+                       "--batching-max-wait-ms", "300"])
     base = serve(apps[0])
     answers = post_together(base, distinct_requests(4)[:2])  # 1 + 2 examples: one call
     assert [a.status_code for a in answers] == [200, 200]
@@ -180,8 +182,10 @@ def test_the_json_array_reader_reads_what_python_json_reads():
     assert_same_rows(parse_json(body, RECEIVER, 10**6), parse_features(RECEIVER, **request))
     for broken, message in ((body.replace(b"]], ", b", 2**64]], ", 1), "is not a list of lists of integer FIDs"),
                             (body.replace(b'"uid"', b'"\\u0075id"'), "expected a key without escapes"),
-                            (body.replace(b']], "', b'], [1, 2]], "', 1), "features have different numbers of examples"),
-                            (body.replace(b'"uid": [', b'"uid": [[18446744073709551616], ', 1), "outside [-2**63, 2**64)"),
+                            (body.replace(b']], "', b'], [1, 2]], "', 1),
+                             "features have different numbers of examples"),
+                            (body.replace(b'"uid": [', b'"uid": [[18446744073709551616], ', 1),
+                             "outside [-2**63, 2**64)"),
                             (body[: body.rfind(b"[") + 1] + b"1e39" + body[body.find(b",", body.rfind(b"[")) :],
                              f"dense['ctx'][{30_000 - 1}][0] must be a finite number within float32 range")):
         with pytest.raises(RequestError, match=re.escape(message)):
@@ -198,7 +202,8 @@ def test_predict_request_turns_raw_values_into_each_slots_fids(model, serve):
                                "mov": [[abc, 1153447759131936 - (4 << 48) + (2 << 48)], []], "hist": [[], []]},
                     "dense": {"ctx": [[0.5, 1.0, 2.0], [0.0, 0.0, 0.0]]}}
     assert httpx.post(f"{serve(create_app(model))}/v1/predict", json=body).status_code == 200
-    for bad, message in (({"age": 3}, "unknown feature(s) ['age']"), ({"uid": 1.5, "ctx": [0, 0, 0]}, "int or a string"),
+    for bad, message in (({"age": 3}, "unknown feature(s) ['age']"),
+                         ({"uid": 1.5, "ctx": [0, 0, 0]}, "int or a string"),
                          ({"uid": 1}, "dense feature 'ctx' is missing")):
         with pytest.raises(ValueError, match=re.escape(message)):
             predict_request([bad], {"uid": 4, "mov": 2, "hist": 2}, dense_features=["ctx"])

@@ -14,8 +14,8 @@ import sys
 from typing import Any, Sequence
 
 from monolith.serving.auth import TOKEN_ENV, is_loopback, read_token
-from monolith.serving.limits import (BATCHING_MAX_WAIT_S, BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
-                                     MAX_URL_BYTES)
+from monolith.serving.limits import (BATCHING_MAX_WAIT_S, BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES,
+                                     MAX_HEADER_BYTES, MAX_UPDATE_BYTES, MAX_URL_BYTES)
 
 PROG = "monolith serve"
 DESCRIPTION = (f"Serve an export over HTTP: POST /v1/predict, GET /v1/health and /v1/metrics, POST /v1/update "

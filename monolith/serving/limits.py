@@ -4,7 +4,8 @@ Kept apart from the server so that ``monolith serve --help`` shows them without 
 stack or torch.
 """
 
-__all__ = ["BATCHING_MAX_WAIT_S", "BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES", "MAX_UPDATE_BYTES",
+__all__ = ["BATCHING_MAX_WAIT_S", "BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
+           "MAX_UPDATE_BYTES",
            "MAX_URL_BYTES"]
 
 #: Bytes of a prediction request, examples in one, and bytes of an update (larger: a trainer's

@@ -77,7 +77,8 @@ from monolith.fid import fid_to_int64
 from monolith.modules.combiners import Combiner, FirstN, ReduceMean, make_combiner
 from monolith.table.hash_map import FidMap
 
-__all__ = ["BaseVersionError", "LOOKUP_IDS", "PROGRAM_EXAMPLES", "RequestError", "ServingModel", "StaleUpdateError", "decode_update",
+__all__ = ["BaseVersionError", "LOOKUP_IDS", "PROGRAM_EXAMPLES", "RequestError", "ServingModel", "StaleUpdateError",
+           "decode_update",
            "encode_update", "parse_features", "per_example"]
 
 #: A prediction looks rows up for at most this many FIDs of a feature at a time, and runs the
@@ -405,7 +406,8 @@ class ServingModel:
                 for (e, _), pooled in zip(embeddings, zip(*parts))}
 
     @staticmethod
-    def _pooled_long(table: _Table, embeddings: list[tuple[EmbeddingInput, Combiner]], ids: np.ndarray) -> list[torch.Tensor]:
+    def _pooled_long(table: _Table, embeddings: list[tuple[EmbeddingInput, Combiner]],
+                     ids: np.ndarray) -> list[torch.Tensor]:
         """One example's inputs ``[1, width]`` (sums or means) from more than :data:`LOOKUP_IDS` FIDs."""
         if any(isinstance(combiner, FirstN) for _, combiner in embeddings):
             raise AssertionError("sequences are cut to their first ids before the lookup")
@@ -794,7 +796,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def per_example(output: torch.Tensor) -> list:
-    """An output's values as lists, one entry per example; a ``[batch, 1]`` output gives plain values, as ``Estimator.predict`` does."""
+    """An output's values as lists, one entry per example; a ``[batch, 1]`` output gives plain values,
+    as ``Estimator.predict`` does."""
     if output.dim() == 2 and output.shape[1] == 1:
         output = output[:, 0]
     return output.tolist()

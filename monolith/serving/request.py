@@ -92,7 +92,8 @@ def parse_json(body: bytes | bytearray, receiver: ServingInputReceiver, max_exam
     except RecursionError:
         raise RequestError("request body nests too deeply to parse as JSON") from None
     if not isinstance(request, dict):
-        raise RequestError(f"request body must be a JSON object with 'sparse' and 'dense', got {type(request).__name__}")
+        raise RequestError(f"request body must be a JSON object with 'sparse' and 'dense', "
+                           f"got {type(request).__name__}")
     unknown = sorted(set(request) - {"sparse", "dense"})
     if unknown:
         raise RequestError(f"unknown request field(s) {unknown}; a request has 'sparse' and 'dense'")
@@ -195,7 +196,8 @@ def _after(body: bytes | bytearray, pos: int, close: bytes) -> tuple[int, bool]:
     return _expect(body, pos, close), False
 
 
-def _numbers(body: bytes | bytearray, start: int, end: int, integers: bool, field: str) -> tuple[np.ndarray, np.ndarray]:
+def _numbers(body: bytes | bytearray, start: int, end: int, integers: bool,
+             field: str) -> tuple[np.ndarray, np.ndarray]:
     """The numbers of the list of lists in ``body[start:end]`` (already checked against the
     grammar) and the offsets of its rows: int64 FIDs (uint64 ones as their two's complement) or
     float64 values. Converted a block at a time, each ending after a comma or bracket."""
