@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 import monolith.serving.__main__ as serving_main
+import monolith.serving.model as model_module
 from monolith.data import MOVIELENS_SLOTS, load_movielens100k
 from monolith.data.movielens import GENRES
 from monolith.data.proto.example_pb2 import Example, ExampleBatch
@@ -230,3 +231,18 @@ def test_predict_request_makes_the_fids_the_movielens_reader_makes():
             for i in np.flatnonzero((uid == request["sparse"]["uid"][k][0]) & (mov == request["sparse"]["mov"][k][0])):
                 found[k] = {name: sorted(example_fids(batch.sparse[name], int(i))) for name in MOVIELENS_SLOTS}
     assert found == {k: {name: sorted(request["sparse"][name][k]) for name in MOVIELENS_SLOTS} for k in range(len(raw))}
+
+
+# ----------------------------------------------------------------------------- bounded lookups and program calls
+def test_lookups_and_program_calls_in_parts_predict_what_one_call_does(model, monkeypatch):
+    rng = np.random.default_rng(3)
+    request = random_request(rng, 40)
+    for name, rows in request["sparse"].items():  # long examples among short ones; known and absent FIDs
+        rows[5] = [make_fid(1 if name == "uid" else 2, int(s)) for s in rng.integers(0, 40, 30)]
+    request["dense"]["ctx"] = rng.normal(size=(40, CTX)).tolist()
+    whole = model.predict(**request)
+    monkeypatch.setattr(model_module, "LOOKUP_IDS", 4)  # parts of 4 FIDs, example 5 summed over 8 of them
+    monkeypatch.setattr(model_module, "PROGRAM_EXAMPLES", 7)
+    parts = model.predict(**request)
+    for name, values in whole.items():
+        np.testing.assert_allclose(parts[name], values, rtol=1e-5, atol=1e-6)

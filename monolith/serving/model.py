@@ -78,8 +78,7 @@ from monolith.modules.combiners import Combiner, FirstN, ReduceMean, make_combin
 from monolith.table.hash_map import FidMap
 
 __all__ = ["BaseVersionError", "LOOKUP_IDS", "PROGRAM_EXAMPLES", "RequestError", "ServingModel", "StaleUpdateError",
-           "decode_update",
-           "encode_update", "parse_features", "per_example"]
+           "decode_update", "encode_update", "parse_features", "per_example"]
 
 #: A prediction looks rows up for at most this many FIDs of a feature at a time, and runs the
 #: dense program on at most this many examples at a time.
@@ -408,16 +407,21 @@ class ServingModel:
     @staticmethod
     def _pooled_long(table: _Table, embeddings: list[tuple[EmbeddingInput, Combiner]],
                      ids: np.ndarray) -> list[torch.Tensor]:
-        """One example's inputs ``[1, width]`` (sums or means) from more than :data:`LOOKUP_IDS` FIDs."""
-        if any(isinstance(combiner, FirstN) for _, combiner in embeddings):
-            raise AssertionError("sequences are cut to their first ids before the lookup")
-        sums = [torch.zeros(1, e.end - e.start) for e, _ in embeddings]
-        for start in range(0, ids.size, LOOKUP_IDS):
+        """One example's inputs ``[1, ...]`` from its ``ids``, more than :data:`LOOKUP_IDS`: sums
+        and means over parts of that many, a sequence from its first ids alone."""
+        sums = {e: torch.zeros(1, e.end - e.start) for e, c in embeddings if not isinstance(c, FirstN)}
+        for start in range(0, ids.size if sums else 0, LOOKUP_IDS):
             rows = torch.from_numpy(table.lookup(ids[start : start + LOOKUP_IDS]))
-            for total, (e, _) in zip(sums, embeddings):
+            for e, total in sums.items():
                 total += rows[:, e.start : e.end].sum(0, keepdim=True)
-        return [total / ids.size if isinstance(combiner, ReduceMean) else total
-                for total, (_, combiner) in zip(sums, embeddings)]
+        pooled = []
+        for e, combiner in embeddings:
+            if isinstance(combiner, FirstN):
+                first = torch.from_numpy(table.lookup(ids[: combiner.max_seq_length]))
+                pooled.append(combiner(first[:, e.start : e.end], torch.tensor([first.shape[0]])))
+            else:
+                pooled.append(sums[e] / ids.size if isinstance(combiner, ReduceMean) else sums[e])
+        return pooled
 
     # ------------------------------------------------------------------ updates
     def apply_update(self, update: Mapping[str, Any]) -> int:
