@@ -1,7 +1,8 @@
 """Serving's request paths: dynamic batching of concurrent predictions (answers against unbatched
 ones), ``ExampleBatch`` / ``Example`` protobuf bodies (answers against the same examples sent as
-JSON), the JSON array reader (against Python's ``json``), and the client's request builder (against
-known FIDs of raw values). Servers are uvicorn on 127.0.0.1, stopped after their test.
+JSON), the JSON array reader (against Python's ``json``), the client's request builder (against
+known FIDs and the MovieLens reader's), and lookups and program calls in bounded parts (against one
+call). Servers are uvicorn on 127.0.0.1, stopped after their test.
 """
 
 from __future__ import annotations
