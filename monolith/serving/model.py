@@ -82,7 +82,7 @@ __all__ = ["BaseVersionError", "LOOKUP_IDS", "PROGRAM_EXAMPLES", "RequestError",
 
 #: A prediction looks rows up for at most this many FIDs of a feature at a time, and runs the
 #: dense program on at most this many examples at a time.
-LOOKUP_IDS = 1 << 16
+LOOKUP_IDS = 1 << 14
 PROGRAM_EXAMPLES = 4096
 #: The most trainer processes an update may name.
 MAX_WORLD_SIZE = 1 << 16

@@ -39,7 +39,7 @@ __all__ = ["BLOCK_BYTES", "JSON_BYTES", "PROTOBUF_MESSAGES", "TooManyExamples", 
            "protobuf_message"]
 
 #: Numbers are converted this many bytes of JSON at a time (more where one number is longer).
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 256 << 10
 #: JSON bodies up to this size are parsed by ``json`` (into Python objects of up to about 16x
 #: their size), larger ones by the array reader.
 JSON_BYTES = 64 << 10
