@@ -23,8 +23,8 @@ than the limit is read; a prediction with an output JSON cannot carry (NaN, infi
 Headers over ``max_header_bytes`` get 431, a URL over ``MAX_URL_BYTES`` 414, and a body the client
 stops sending for ``body_timeout_s`` 408; those connections are then closed.
 
-**Batching.** An app given a :class:`~monolith.serving.batching.Batcher`'s limits
-(``batching_max_examples``) merges concurrent predictions into one model call.
+**Batching.** An app with ``batching_max_examples`` > 0 merges concurrent predictions into model
+calls of up to that many examples (:mod:`monolith.serving.batching`).
 
 **Credentials.** An app given a ``token`` (:mod:`monolith.serving.auth`) answers ``/v1/update``
 without ``Authorization: Bearer <token>`` with 401 before reading its body; one without a token
@@ -263,7 +263,8 @@ async def _read_body(request: Request, limit: int, option: str, timeout_s: float
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk, more = message.get("body", b""), message.get("more_body", False)
-        if len(body) + len(chunk) > limit:  # a chunked body: of unknown length, so its rest is discarded, not cut off
+        # A chunked body: of unknown length, so its rest is discarded, not cut off.
+        if len(body) + len(chunk) > limit:
             raise HTTPException(status_code=413, detail=f"request body is over the limit of {limit} bytes ({option})")
         body += chunk
     return body
