@@ -112,6 +112,21 @@ def _freshness_goals(results: list[dict]) -> list[Goal]:
             for r in results if r["sync_interval_s"] == 1.0]
 
 
+def _serving_goals(results: list[dict]) -> list[Goal]:
+    goals = []
+    for r in results:
+        on, speedup = r["batching"]["on"], serving_benchmark.batching_speedup(r)
+        goals.append(Goal(f"Serving, {r['batching_clients']} clients of single-example JSON requests: dynamic "
+                          f"batching vs none, same server", ">= 3.0x requests/s, p99 <= 50 ms",
+                          f"{speedup:.2f}x ({on['requests_per_s']:.0f} vs "
+                          f"{r['batching']['off']['requests_per_s']:.0f} requests/s), p99 {on['p99_ms']:.0f} ms",
+                          speedup >= 3.0 and on["p99_ms"] <= 50))
+        worst = max(r["large"], key=lambda row: row["memory_ratio"])
+        goals.append(Goal("Serving, a large predict request's peak memory over its body", "<= 4x",
+                          f"{worst['memory_ratio']:.2f}x ({worst['request']})", worst["memory_ratio"] <= 4))
+    return goals
+
+
 def _peers_goals(results: list[dict]) -> list[Goal]:
     goals = []
     for r in results:
@@ -171,11 +186,12 @@ BENCHMARKS: list[Benchmark] = [
         figures=distributed_benchmark.figures,
     ),
     Benchmark(
-        "Serving: HTTP predict throughput and latency under a local load",
+        "Serving: HTTP predict throughput and latency, dynamic batching, large requests",
         serving_benchmark,
-        runs=[{"duration_s": 30, "batch_size": 1}, {"duration_s": 30, "batch_size": 64}],
-        quick_runs=[{"duration_s": 3, "batch_size": 8, "fids_per_table": 10_000}],
-        goals=lambda results: [],
+        runs=[{}],
+        quick_runs=[{"duration_s": 3, "batch_sizes": (8,), "batching_rounds": 1, "fids_per_table": 10_000,
+                     "large_fid_bytes": 1 << 20, "large_examples": 2_000}],
+        goals=_serving_goals,
         figures=serving_benchmark.figures,
     ),
     Benchmark(
