@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monolith.data.dataset import Dataset
 from monolith.sparse import Batch, KeyedJaggedTensor
 
 __all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
@@ -210,8 +211,9 @@ def _existing_files(paths: PathOrPaths) -> list[str]:
     return files
 
 
-class Reader(abc.ABC):
-    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order.
+class Reader(Dataset):
+    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order, and a
+    :class:`~monolith.data.dataset.Dataset`, so ``map``, ``shuffle``, ``take``, ``prefetch`` ... chain.
 
     Args:
         paths: one file or a sequence of files, read in the given order.
