@@ -43,12 +43,13 @@ import torch
 
 from monolith.device import DeviceCtxType, MonolithDeviceCtx
 from monolith.feature import EmbeddingFactory, FeatureColumn, FeatureSlice, FeatureSlotConfig
-from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, slot_from_name
+from monolith.fid import MAX_SLOT_V2, slot_from_name
+from monolith.fid_transforms import switch_slot, switch_slot_batch
 from monolith.layout import OutConfig
 from monolith.mode_keys import ModeKeys
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
 from monolith.params import InstantiableParams, Params
-from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
+from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _COMBINERS = {"reduce_sum", "reduce_mean", "first_n"}
-_SIGNATURE_MASK = (1 << SIGNATURE_BITS_V2) - 1
 
 
 class TrainingHook:
@@ -669,29 +669,3 @@ def _parse_feature_list(path: str) -> "FeatureList":
     from monolith.data.feature_list import FeatureList  # late: monolith.data pulls in pyarrow
 
     return FeatureList.parse(path)
-
-
-def switch_slot_batch(batch: Batch, features: Mapping[str, tuple[bool, int]], variant_type: str = "example_batch",
-                      suffix: str = "share") -> Batch:
-    """Monolith's ``switch_slot_batch``: ``features`` maps name -> ``(inplace, slot)``; in place the
-    feature's FIDs get ``slot``, otherwise a copy named ``{name}_{suffix}`` does.
-
-    ``variant_type`` (the TF variant's message type) is accepted for Monolith's signature; a
-    :class:`Batch` is already parsed.
-    """
-    if not isinstance(batch, Batch):
-        raise TypeError(f"switch_slot_batch: features must be a Batch, got {type(batch).__name__}")
-    jagged = batch.sparse.to_dict()
-    for name, (inplace, slot) in features.items():
-        if name not in jagged:
-            raise KeyError(f"switch_slot_batch: feature '{name}' is not in the batch; sparse features: {list(jagged)}")
-        jagged[name if inplace else f"{name}_{suffix}"] = switch_slot(jagged[name], slot)
-    return Batch(KeyedJaggedTensor.from_jagged_dict(jagged, stride=batch.sparse.stride()), dict(batch.dense))
-
-
-def switch_slot(jagged: JaggedTensor, slot: int) -> JaggedTensor:
-    """The same FIDs with their slot bits replaced by ``slot`` (v2 layout)."""
-    if not 0 <= slot <= MAX_SLOT_V2:
-        raise ValueError(f"slot {slot} out of range 0..{MAX_SLOT_V2}")
-    values = (jagged.values() & _SIGNATURE_MASK) | (slot << SIGNATURE_BITS_V2)
-    return JaggedTensor(values, jagged.lengths())

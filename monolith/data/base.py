@@ -36,7 +36,7 @@ import torch
 from monolith.data.dataset import Dataset
 from monolith.sparse import Batch, KeyedJaggedTensor
 
-__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
+__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "skip_bad_record", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
 
 logger = logging.getLogger("monolith.data")
 
@@ -209,6 +209,20 @@ def _existing_files(paths: PathOrPaths) -> list[str]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path}")
     return files
+
+
+def skip_bad_record(source: Any, path: str, offset: int, reason: str) -> None:
+    """A record at byte ``offset`` of ``path`` is bad: raise ``ValueError`` if ``source.strict``, else
+    count it in ``source.num_bad_records`` and keep (and log) it in ``source.bad_records`` while
+    fewer than :data:`MAX_BAD_RECORDS_KEPT` are kept: the bookkeeping of the sources whose records
+    have byte offsets rather than lines."""
+    where = f"{path}, byte offset {offset}"
+    if source.strict:
+        raise ValueError(f"{where}: malformed record: {reason}")
+    source.num_bad_records += 1
+    if len(source.bad_records) < MAX_BAD_RECORDS_KEPT:
+        source.bad_records.append((path, offset, reason))
+        logger.warning("skipping malformed record at %s: %s", where, reason)
 
 
 class Reader(Dataset):

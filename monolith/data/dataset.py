@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monolith.data.feature_utils import reweight_replicas
 from monolith.sparse import Batch, KeyedJaggedTensor
 
 __all__ = ["AUTOTUNE", "Dataset", "TensorSpec", "to_ragged"]
@@ -339,6 +340,23 @@ class Dataset(abc.ABC):
                 at = (at + 1) % cycle
 
         return _FromCallable(interleaved)
+
+    def instance_reweight(self, action_priority: str, reweight: str, variant_type: str = "example") -> Dataset:
+        """Each ``Example`` / ``Instance`` message repeated by its actions' weights and relabelled
+        (Monolith's ``dataset.instance_reweight``; :func:`~monolith.data.feature_utils.reweight_replicas`).
+
+        Args:
+            action_priority: actions, most important first, e.g. ``"2,7,0,1"``.
+            reweight: ``action:weight:label`` items, e.g. ``"0:0:1,2:3:-1"``.
+            variant_type: ``"example"`` or ``"instance"`` (checked against each message).
+        """
+        def replicas() -> Iterator[Any]:
+            for message in self:
+                count, out = reweight_replicas(message, action_priority, reweight, variant_type)
+                for _ in range(count):
+                    yield out
+
+        return _FromCallable(replicas)
 
     def to_ragged(self, sparse_features: Sequence[str], padding: int | None = None) -> Dataset:
         """Each batched dict element as a :class:`Batch` (:func:`to_ragged`)."""

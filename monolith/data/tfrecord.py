@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numba
 import numpy as np
 
-from monolith.data.base import MAX_BAD_RECORDS_KEPT, PathOrPaths, _existing_files, logger
+from monolith.data.base import PathOrPaths, _existing_files, logger, skip_bad_record
 from monolith.data.dataset import Dataset
 from monolith.data.proto import tf_example_pb2
 from monolith.data.proto.example_pb2 import Example
@@ -191,25 +191,16 @@ class TFRecordDataset(Dataset):
             try:
                 data = self._read(path)
             except (OSError, EOFError, zlib.error) as e:
-                self._bad(path, 0, f"corrupt compressed data: {e}")
+                skip_bad_record(self, path, 0, f"corrupt compressed data: {e}")
                 continue
             try:
                 for offset, record, reason in _records(data, self.verify_crc):
                     if record is None:
-                        self._bad(path, offset, reason)
+                        skip_bad_record(self, path, offset, reason)
                     else:
                         yield record
             except _FileEnd as e:
-                self._bad(path, e.offset, e.reason)
-
-    def _bad(self, path: str, offset: int, reason: str) -> None:
-        where = f"{path}, byte offset {offset}"
-        if self.strict:
-            raise ValueError(f"{where}: bad TFRecord record: {reason}")
-        self.num_bad_records += 1
-        if len(self.bad_records) < MAX_BAD_RECORDS_KEPT:
-            self.bad_records.append((path, offset, reason))
-            logger.warning("skipping bad TFRecord record at %s: %s", where, reason)
+                skip_bad_record(self, path, e.offset, e.reason)
 
 
 def _float_signature(value: float) -> int:
