@@ -20,34 +20,26 @@ from Monolith: string dense features and string LineId fields cannot be in a bat
 
 Asking for a feature by slot (``3``, ``"slot_3"``, ``"fc_slot_3"``) of Examples whose FID
 features have names (``"uid"``) finds nothing without a feature list mapping the slot to its name;
-instead of returning the empty feature silently, such a call warns (``UserWarning``), naming the
-features the messages have.
+instead of returning the empty feature silently, the parser warns (``UserWarning``), naming the
+features the messages have (as :class:`~monolith.data.pb_dataset.PBDataset` does).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from monolith.data.base import logger
 from monolith.data.feature_list import FeatureList
 from monolith.data.pb_dataset import PBParser
-from monolith.data.proto.example_pb2 import Example, ExampleBatch
-from monolith.fid import slot_from_name
 from monolith.sparse import Batch
 
 __all__ = ["parse_example_batch", "parse_examples", "parse_instances"]
-
-_FID_CASES = ("fid_v1_list", "fid_v2_list", "fid_v1_lists", "fid_v2_lists")
-# How many messages the slot check looks at for the names of their FID features.
-_NAME_SAMPLE = 16
-
 
 def _dtype(value: Any, name: str) -> np.dtype:
     if isinstance(value, torch.dtype):
@@ -116,47 +108,7 @@ def _parse(
         if strict:
             raise ValueError(f"message {index} of the batch: malformed record: {reason}")
         logger.warning("skipping malformed message %d of the batch: %s", index, reason)
-    batch = rows.to_batch()
-    if variant_type != "instance" and sparse_features and parser.feature_list is None:
-        _warn_slot_requests(variant_type, sparse_features, frames, batch)
-    return batch
-
-
-def _warn_slot_requests(
-    variant_type: str, sparse_features: Sequence[str | int], frames: list[tuple[int, bytes]], batch: Batch
-) -> None:
-    """Warn about features asked for by slot that came out empty from messages with named FID features."""
-    by_slot = [
-        (f"slot_{item}" if isinstance(item, int) else item)
-        for item in sparse_features
-        if isinstance(item, int) or slot_from_name(item) is not None
-    ]
-    empty = [name for name in by_slot if name in batch.sparse and not batch.sparse[name].values().numel()]
-    if not empty:
-        return
-    names: set[str] = set()
-    for _, payload in frames[:_NAME_SAMPLE]:
-        try:
-            if variant_type == "example":
-                features = [(nf.name, nf.feature) for nf in Example.FromString(payload).named_feature]
-            else:
-                features = [
-                    (column.name, f)
-                    for column in ExampleBatch.FromString(payload).named_feature_list
-                    for f in column.feature[:1]
-                ]
-        except DecodeError:
-            continue
-        names.update(name for name, f in features if f.WhichOneof("type") in _FID_CASES)
-    names -= set(by_slot)
-    if names:
-        warnings.warn(
-            f"sparse features {empty} were asked for by slot and are empty in all {batch.batch_size} examples: "
-            f"these messages name their FID features ({sorted(names)[:8]}), which a slot does not find; "
-            "ask for the names, or give the feature_list that maps the slots to them",
-            UserWarning,
-            stacklevel=3,
-        )
+    return rows.to_batch()
 
 
 def parse_examples(
