@@ -85,7 +85,16 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Reader, Rows, jagged, logger
+from monolith.data.base import (
+    ChunkedReader,
+    Jagged,
+    PathOrPaths,
+    Reader,
+    Rows,
+    jagged,
+    logger,
+    skip_bad_record,
+)
 from monolith.data.feature_list import FeatureList
 from monolith.data.proto.example_pb2 import SHARED, Example, ExampleBatch
 from monolith.data.proto.example_pb2 import Feature as ExampleFeature
@@ -1101,10 +1110,4 @@ class PBDataset(Reader):
 
     def _bad_record(self, path: str, offset: int, reason: str) -> None:
         # The base class's bookkeeping, worded with the byte offset where text readers have a line.
-        where = f"{path}, byte offset {offset}"
-        if self.strict:
-            raise ValueError(f"{where}: malformed record: {reason}")
-        self.num_bad_records += 1
-        if len(self.bad_records) < MAX_BAD_RECORDS_KEPT:
-            self.bad_records.append((path, offset, reason))
-            logger.warning("skipping malformed record at %s: %s", where, reason)
+        skip_bad_record(self, path, offset, reason)
