@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -30,7 +31,8 @@ from tqdm import tqdm
 from monolith.checkpoint import CheckpointManager
 from monolith.distributed.context import DistributedContext, init_from_env
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
-from monolith.export import export_saved_model
+from monolith.export.exporter import export_saved_model
+from monolith.graceful_stop import GracefulStop
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
@@ -45,7 +47,15 @@ from monolith.spec import EstimatorSpec
 logger = logging.getLogger(__name__)
 
 # RunnerConfig and ServiceDiscoveryType are importable from here, as from Monolith's estimator module.
-__all__ = ["Estimator", "EstimatorSpec", "RunConfig", "RunnerConfig", "ServiceDiscoveryType"]
+__all__ = ["Estimator", "EstimatorSpec", "RunConfig", "RunnerConfig", "ServiceDiscoveryType", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's ``random``, numpy's global generator and torch: call it before the model is
+    built, so that layers made in its ``__init__`` start the same in every run of the same seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @dataclasses.dataclass
@@ -64,7 +74,9 @@ class RunConfig:
         hashtable_init_capacity: when above 0, ids every table holds before it first grows, its
             memory allocated when the tables are built (Monolith's field of the same name; under
             torch.distributed each rank's shard of a table reserves that many, as each Monolith PS does).
-        seed: seeds torch and the embedding initializers.
+        seed: seeds Python's ``random``, numpy and torch before a model given as params is built
+            (:func:`seed_everything`; the ``monolith`` command does it before building its model),
+            and again the embedding initializers when the tables are built.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
         dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
             in order), "sum" (one update per distinct id with the summed gradient, as Monolith's
@@ -168,6 +180,7 @@ class Estimator:
     def __init__(self, model: MonolithBaseModel | InstantiableParams,
                  config: RunConfig | RunnerConfig | str | None = None) -> None:
         if isinstance(model, InstantiableParams):
+            seed_everything(config.seed if isinstance(config, RunConfig) else RunConfig.seed)
             model = model.instantiate()
         if not isinstance(model, MonolithBaseModel):
             raise TypeError(f"Estimator needs a MonolithBaseModel or its params, got {type(model).__name__}")
@@ -297,6 +310,11 @@ class Estimator:
         Not under torch.distributed (an export runs in one process): there rank 0 logs a warning and
         the checkpoint is exported with ``monolith export``.
         """
+        return self._save_checkpoint(input_ended=None)
+
+    def _save_checkpoint(self, input_ended: dict[str, Any] | None) -> str:
+        """:meth:`save_checkpoint`, recording ``input_ended`` (``{"max_steps": ...}`` of a run that read
+        all of its input: a finished run) in the manifest."""
         dense = {
             "model": self.model.state_dict(),
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
@@ -307,11 +325,12 @@ class Estimator:
         input_state = self._source.state_dict() if self._source is not None else None
         if self.dist is None:
             path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict(),
-                                          extra={"input_states": [input_state]})
+                                          extra={"input_states": [input_state], "input_ended": input_ended})
         else:
             path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
                                           self.model.ctx.state_dict(),
-                                          extra={"input_states": self.dist.all_gather_object(input_state)},
+                                          extra={"input_states": self.dist.all_gather_object(input_state),
+                                                 "input_ended": input_ended},
                                           rank=self.dist.rank, world_size=self.dist.world_size,
                                           barrier=self.dist.barrier)
         self._restored = path
@@ -361,7 +380,10 @@ class Estimator:
         return export_saved_model(self, export_dir)
 
     def _summary(self, tag: str, value: float) -> None:
+        """Writes a TensorBoard scalar; under torch.distributed rank 0 alone writes (one value a step)."""
         if not self.config.enable_summaries or not math.isfinite(value):
+            return
+        if self.dist is not None and self.dist.rank != 0:
             return
         if self._summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
@@ -383,20 +405,31 @@ class Estimator:
     # ------------------------------------------------------------------ training
     def train(self, max_steps: int | None = None, steps: int | None = None,
               input_fn: Callable[[str], Iterable[Batch]] | None = None,
-              hooks: Sequence[TrainingHook] | None = None) -> dict[str, float]:
+              hooks: Sequence[TrainingHook] | None = None, epochs: int | None = None) -> dict[str, float]:
         """Trains until the global step reaches ``max_steps`` (or for ``steps`` more steps, or until
-        the input ends); returns the last logged metrics.
+        the input ends, or for ``epochs`` passes over it); returns the last logged metrics.
 
         ``input_fn`` replaces the model's (e.g. a :class:`~monolith.streaming.KafkaSource`);
         ``hooks`` run besides the model's own (e.g. :class:`~monolith.streaming.ParameterSync`).
         An input with ``state_dict``/``load_state_dict`` (a stream) is checkpointed and resumed by
-        its own state; any other input is resumed by skipping the batches already trained, and read
-        again from its start once they were all trained (another epoch, as TensorFlow's ``train``
-        reads ``input_fn`` anew). The loss and metrics logged every ``log_step_count_steps`` cover
-        the steps since the previous log.
+        its own state; any other input is resumed by skipping the batches already trained.
+
+        A finished run stays finished: when the latest checkpoint was written because ``input_fn``
+        ended (every batch trained), training again trains nothing and says so in one line, unless
+        more is asked for: ``max_steps`` above both that step and the ``max_steps`` the run ended
+        before, ``steps``, or ``epochs``; then ``input_fn`` is read again from its start.
+        ``epochs`` reads it this many times, the first pass continuing where the checkpoint left it.
+
+        SIGTERM or SIGINT (in the main thread) stops training after the current step: the
+        checkpoint is written, the stream's offsets committed, the hooks ended (ParameterSync pushes
+        its last changes) and ``train`` returns; a second signal ends the process at once. An input
+        with a ``stop()`` method (a KafkaSource) is told to stop waiting for data. The loss and
+        metrics logged every ``log_step_count_steps`` cover the steps since the previous log.
         """
         if steps is not None and max_steps is not None:
             raise ValueError("Can not provide both steps and max_steps.")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"train: epochs must be an int >= 1, got {epochs!r}")
         extra_hooks = list(hooks or [])
         for hook in extra_hooks:
             if not isinstance(hook, TrainingHook):
@@ -405,35 +438,59 @@ class Estimator:
         self.model.train()
         self.model.ctx.train(True)
         max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
-        every_steps, every_secs = self._checkpoint_every()
         make_input = input_fn or self.model.create_input_fn(ModeKeys.TRAIN)
         source = make_input(ModeKeys.TRAIN)
         self._source = source if _is_stateful(source) else None
+        if self._source is not None and epochs is not None:
+            raise ValueError("train: epochs is for an input_fn read from its start, not a stream")
+        stop_source = getattr(source, "stop", None)
+        with GracefulStop(stop_source if callable(stop_source) else lambda: None) as stop:
+            return self._train(max_steps, steps, epochs, make_input, source, extra_hooks, stop)
+
+    def _finished(self, max_steps: int | None) -> bool:
+        """Whether the latest checkpoint ended its run by reading all of ``input_fn`` and ``max_steps``
+        asks for no more than it had (then one line says so)."""
+        latest = self._checkpoints.latest()
+        manifest = {} if latest is None else CheckpointManager.read_manifest(latest)
+        ended = manifest.get("input_ended")
+        if ended is None:
+            return False
+        step = int(manifest["global_step"])
+        if max_steps is not None and max_steps > max(step, ended.get("max_steps") or 0):
+            return False
+        if self.dist is None or self.dist.rank == 0:
+            logger.warning("train: %s finished at global step %d (its input was read to the end): nothing to train; "
+                           "a higher max_steps, steps or epochs trains more", latest, step)
+        return True
+
+    def _train(self, max_steps: int | None, steps: int | None, epochs: int | None,
+               make_input: Callable[[str], Iterable[Batch]], source: Iterable[Batch],
+               extra_hooks: list[TrainingHook], stop: GracefulStop) -> dict[str, float]:
+        every_steps, every_secs = self._checkpoint_every()
         if self._source is not None:
             self._restore_input_state()
         batches = iter(source)
-        first = self._first_of_every_rank(next(batches, None), {"max_steps": max_steps, "steps": steps})
+        first = self._first_of_every_rank(next(batches, None), {"max_steps": max_steps, "steps": steps,
+                                                                "epochs": epochs})
         if first is None:
             if self._source is not None:
                 # A stream with nothing new (a restarted trainer that had consumed it all) is quiet,
                 # not broken: there is nothing to train and the checkpoint stays as it is.
-                logger.warning("train: the stream produced no batch before its idle timeout; nothing trained "
-                               "(latest checkpoint: %s)", self._checkpoints.latest())
+                logger.warning("train: the stream produced no batch%s; nothing trained (latest checkpoint: %s)",
+                               f" before {stop.requested}" if stop.requested else " before its idle timeout",
+                               self._checkpoints.latest())
                 return {}
             raise ValueError("input_fn(TRAIN) produced no batch")
         built_now = not self.model.ctx.built
         self.build(first)
+        if self._source is None and steps is None and epochs is None and self._finished(max_steps):
+            return {}
         if steps is not None:
             max_steps = self.global_step + steps
         if self._source is not None:
             batches = itertools.chain([first], batches)
         else:
-            batches = self._resume(first, batches)
-            if batches is None:  # every batch was trained before: a new pass over the input
-                logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
-                            self._batches_consumed)
-                self._batches_consumed = 0
-                batches = iter(make_input(ModeKeys.TRAIN))
+            batches = self._passes(first, batches, make_input, epochs)
         metrics = _HeadMetrics()
         # Hooks begin before the first step: the given ones, and the model's from the build pass when
         # it ran now (tables exist, checkpoint restored), else from the first step's model_fn.
@@ -444,10 +501,13 @@ class Estimator:
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
+        stopped = lambda: stop.requested is not None  # noqa: E731
+        if self.dist is not None:  # every rank stops at the same step when any was signalled
+            stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
         try:
             # A stream's exhausted ranks join with empty batches, so that a batch another rank
             # already took from its stream is trained, not lost; max_steps stops before taking one.
-            done = (lambda: self.global_step >= max_steps) if max_steps is not None else None
+            done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
             for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
                 if self.dist is not None:
                     self.dist.heartbeat(self.global_step)
@@ -480,14 +540,23 @@ class Estimator:
         except BaseException as error:
             self._raise_failure(error, "training")
         else:
-            if max_steps is not None and self.global_step < max_steps and self._source is None:
+            signalled = stopped()  # under torch.distributed a collective, which every rank reaches here
+            input_ended = (self._source is None and not signalled
+                           and (max_steps is None or self.global_step < max_steps))
+            if input_ended and max_steps is not None:
                 logger.warning("train: the input ended at global step %d, before max_steps %d", self.global_step,
                                max_steps)
+            if signalled:
+                logger.warning("train: stopped by a signal at global step %d", self.global_step)
             if examples:
                 if self.global_step % self.config.log_step_count_steps:  # steps since the last log
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
-                if saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
-                    self.save_checkpoint()
+            ended = {"max_steps": max_steps} if input_ended else None
+            if examples and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
+                self._save_checkpoint(input_ended=ended)
+            elif ended is not None and self._restored is not None:
+                self._checkpoints.annotate(self._restored, {"input_ended": ended},
+                                           rank=self.dist.rank if self.dist is not None else 0)
         finally:
             for hook in (model_hooks or []) + extra_hooks:
                 hook.end()
@@ -496,6 +565,21 @@ class Estimator:
             if self._summary_writer is not None:
                 self._summary_writer.flush()
         return last
+
+    def _passes(self, first: Batch, rest: Iterator[Batch], make_input: Callable[[str], Iterable[Batch]],
+                epochs: int | None) -> Iterator[Batch]:
+        """The batches of ``epochs`` passes over the input (None: one), the first continuing from where
+        the restored checkpoint left it, or a new pass when every batch of it was trained."""
+        batches = self._resume(first, rest)
+        if batches is None:
+            logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
+                        self._batches_consumed)
+            self._batches_consumed = 0
+            batches = iter(make_input(ModeKeys.TRAIN))
+        yield from batches
+        for _ in range((epochs or 1) - 1):
+            self._batches_consumed = 0  # counts the batches of the pass being trained (what a resume skips)
+            yield from make_input(ModeKeys.TRAIN)
 
     def _first_of_every_rank(self, first: Batch | None, plan: dict[str, Any]) -> Batch | None:
         """This rank's first training batch, once every rank knows that every rank has one (the build
@@ -765,6 +849,8 @@ class Estimator:
                   "global_step": self.global_step}
         for tag, value in result.items():
             self._summary(f"eval/{tag}", float(value))
+        if self._summary_writer is not None:  # the events must be on disk when evaluate returns
+            self._summary_writer.flush()
         print("eval: " + ", ".join(f"{k} = {v:.6g}" for k, v in result.items()), file=sys.stderr)
         return result
 

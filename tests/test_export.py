@@ -25,7 +25,8 @@ import torch
 import monolith.export.exporter as exporter
 from monolith.dump import ModelDump
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
-from monolith.export import ExportSignature, ServingInputReceiver, export_saved_model
+from monolith.export import ExportSignature, ServingInputReceiver
+from monolith.export.exporter import export_saved_model
 from monolith.fid import make_fid
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.mode_keys import ModeKeys

@@ -69,8 +69,8 @@ import numpy as np
 import torch
 
 from monolith.distributed.routing import shard_of
-from monolith.export.exporter import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
-                                      compress_rows, decompress_rows, load_table, program_factory)
+from monolith.export.format import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
+                                    compress_rows, decompress_rows, load_table, program_factory)
 from monolith.export.receiver import ServingInputReceiver
 from monolith.fid import fid_to_int64
 from monolith.modules.combiners import make_combiner
@@ -78,6 +78,8 @@ from monolith.table.hash_map import FidMap
 
 __all__ = ["BaseVersionError", "RequestError", "ServingModel", "StaleUpdateError", "decode_update", "encode_update"]
 
+#: The most trainer processes an update may name.
+MAX_WORLD_SIZE = 1 << 16
 _UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
 
@@ -391,11 +393,20 @@ class ServingModel:
                         self._tables[name].upsert(ids, rows)
                 if program is not None:
                     self._program = program
-                self._version = max(self._version, checked.version)
+                self._record_shard(checked)
+                # A full update may take its shard back to an older version: the served version is
+                # then the newest any shard is at.
+                self._version = self._newest_shard_version() if checked.full else max(self._version, checked.version)
                 self._updated_at = time.time()
                 version = self._version
-            self._record_shard(checked)
         return version
+
+    def _newest_shard_version(self) -> int:
+        """The newest version a shard is at, after a full update (the update lock held)."""
+        versions = list(self._shard_versions.values())
+        if not self._shards_unknown and len(versions) < self._world_size:
+            versions.append(self.signature.global_step)  # ranks that have not pushed: at the export's step
+        return max(versions)
 
     def _record_shard(self, checked: _Update) -> None:
         """Notes the version the sender's shard is at after ``checked`` (the update lock held)."""
@@ -412,10 +423,20 @@ class ServingModel:
         self._shard_versions[checked.rank] = checked.version
 
     def _check_sequence(self, checked: _Update) -> None:
-        """Refuses a stale update, and a delta that does not build on what serving holds."""
+        """Refuses a stale update, and a delta that does not build on what serving holds.
+
+        A full update is never refused for its version: whatever a push did to the shard's version
+        (a huge one included), the trainer's next delta gets a base-version refusal, not a stale
+        one, and the full snapshot it answers with gets through."""
+        if checked.full:
+            return
         held = self._shard_version(checked.rank, checked.world_size)
-        based = checked.full or checked.base is not None
-        floor = held if based and held is not None else self._version
+        if checked.base is not None and checked.base != held:
+            holds = f"version {held}" if held is not None else "an unknown version"
+            raise BaseVersionError(f"update builds on version {checked.base}, but serving holds {holds} for the "
+                                   f"shard of rank {checked.rank} of {checked.world_size} (served version "
+                                   f"{self._version}): send a full update", self._version, held)
+        floor = held if checked.base is not None else self._version
         if checked.version < floor:
             if floor == self._version:
                 message = f"update version {checked.version} is older than the served version {floor}"
@@ -423,11 +444,6 @@ class ServingModel:
                 message = (f"update version {checked.version} is older than the version {floor} serving holds for "
                            f"the shard of rank {checked.rank} of {checked.world_size} (served version {self._version})")
             raise StaleUpdateError(message, served_version=self._version, min_version=floor)
-        if not checked.full and checked.base is not None and checked.base != held:
-            holds = f"version {held}" if held is not None else "an unknown version"
-            raise BaseVersionError(f"update builds on version {checked.base}, but serving holds {holds} for the "
-                                   f"shard of rank {checked.rank} of {checked.world_size} (served version "
-                                   f"{self._version}): send a full update", self._version, held)
 
     def _check_update(self, update: Any) -> _Update:
         if not isinstance(update, Mapping):
@@ -435,14 +451,17 @@ class ServingModel:
         _no_unknown(update, _UPDATE_FIELDS, "update")
         version = _int_field(update, "version")
         base = _int_field(update, "base_version", None)
+        for name, value in (("version", version), ("base_version", base)):
+            if value is not None and not 0 <= value < 2**63:
+                raise RequestError(f"update '{name}' must be in [0, 2**63), got {value}")
         full = update.get("full", False)
         if not isinstance(full, bool):
             raise RequestError(f"update 'full' must be a bool, got {full!r}")
         world_size = _int_field(update, "world_size", 1)
         rank = _int_field(update, "rank", 0)
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise RequestError(f"update 'rank' and 'world_size' must satisfy 0 <= rank < world_size, got rank {rank} "
-                               f"and world_size {world_size}")
+        if not 1 <= world_size <= MAX_WORLD_SIZE or not 0 <= rank < world_size:
+            raise RequestError(f"update 'rank' and 'world_size' must satisfy 0 <= rank < world_size <= "
+                               f"{MAX_WORLD_SIZE}, got rank {rank} and world_size {world_size}")
         checked = _Update(version, base, full, rank, world_size, {}, None)
         with self._update_lock:  # refused early, before rows are converted; checked again when applied
             self._check_sequence(checked)
@@ -462,6 +481,9 @@ class ServingModel:
             table = self._tables[name]
             ids = _id_array(change.get("ids"), f"{field}['ids']")
             rows = _row_array(change.get("rows"), f"{field}['rows']", ids.size, table.dim)
+            _check_finite(rows, ids, f"{field}['rows']", "is not finite")
+            served = table.as_served(rows)
+            _check_finite(served, ids, f"{field}['rows']", "is beyond the range of the table's compressor")
             deleted = _id_array(change.get("deleted"), f"{field}['deleted']")
             if full and deleted.size:
                 raise RequestError(f"{field}['deleted'] must be empty in a full update (it replaces the shard's rows)")
@@ -471,7 +493,7 @@ class ServingModel:
                     if foreign.size:
                         raise RequestError(f"{field}['{what}'] holds FIDs of other ranks' shards (e.g. "
                                            f"{foreign[0]}); rank {rank} of {world_size} may only send its own")
-            checked.changes[name] = (ids, table.as_served(rows), deleted)
+            checked.changes[name] = (ids, served, deleted)
         checked.dense = self._check_dense(update.get("dense"))
         if full:
             missing = sorted(set(self._tables) - set(checked.changes))
@@ -487,7 +509,7 @@ class ServingModel:
         if not isinstance(dense, Mapping):
             raise RequestError(f"update 'dense' must be the model's state dict or None, got {type(dense).__name__}")
         missing = sorted(set(self._dense_spec) - set(dense))
-        unexpected = sorted(set(dense) - set(self._dense_spec))
+        unexpected = sorted(set(dense) - set(self._dense_spec), key=repr)  # keys of any type
         if missing or unexpected:
             raise RequestError(f"update 'dense' must hold every dense weight of the model: missing {missing}, "
                                f"unexpected {unexpected}")
@@ -506,6 +528,8 @@ class ServingModel:
                 checked[name] = value.detach().to("cpu", copy=True)
             except RuntimeError as error:  # tensors without data, e.g. on the meta device
                 raise RequestError(f"{field} cannot be read: {_first_line(error)}") from None
+            if checked[name].is_floating_point() and not bool(torch.isfinite(checked[name]).all()):
+                raise RequestError(f"{field} is not finite: serving it would make every prediction fail")
         return checked
 
 
@@ -656,7 +680,16 @@ def _row_array(value: Any, field: str, n: int, dim: int) -> np.ndarray:
     if array.shape != (n, dim) or array.dtype.kind != "f":
         raise RequestError(f"{field} must be a float tensor of shape [{n}, {dim}] (one row per id), "
                            f"got {array.dtype} {list(array.shape)}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused by the caller
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _check_finite(rows: np.ndarray, ids: np.ndarray, field: str, problem: str) -> None:
+    """Refuses ``rows`` (of ``ids``) if one is not finite: serving it would fail every prediction reading it."""
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        raise RequestError(f"{field}[{bad[0]}] (FID {ids[bad[0]]}) {problem}: serving it would make every "
+                           f"prediction that reads it fail")
 
 
 def _numpy(value: Any, field: str) -> np.ndarray:
