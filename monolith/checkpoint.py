@@ -100,6 +100,12 @@ class CheckpointManager:
         """Paths of the kept checkpoints, oldest first."""
         return [os.path.join(self.model_dir, name) for name in self._read_index()["all"]]
 
+    def named(self, name: str | os.PathLike) -> str | None:
+        """The kept checkpoint ``name`` names (its path or ``ckpt-N``; TensorFlow's ``model.ckpt-N``
+        names ``ckpt-N``), or None."""
+        wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(os.path.normpath(os.fspath(name))))
+        return next((path for path in self.checkpoints() if os.path.basename(path) == wanted), None)
+
     def latest(self) -> str | None:
         """Path of the newest complete checkpoint, or None.
 

@@ -138,7 +138,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         p.train.define("fountain_precompute_value_rowids", False, "Ignored: no fountain data service.")
         p.define("eval", Params(), "Evaluation params.")
         p.eval.define("per_replica_batch_size", None, "Batch size of one replica.")
-        p.eval.define("steps_per_eval", 10000, "Ignored: Estimator.train does not evaluate in between.")
+        p.eval.define("steps_per_eval", 10000, "Training steps between two evaluations of "
+                                                "monolith.train_and_evaluate.train_and_evaluate.")
         p.eval.define("steps", None, "Number of steps to evaluate (Estimator.evaluate's default).")
         p.define("serving", Params(), "Serving params.")
         p.serving.define("export_with_gpu_allowed", False, "Ignored: exports are device-independent programs.")
@@ -292,6 +293,13 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
     def layout_dict(self, value: dict[str, OutConfig]) -> None:
         self._layout_dict = value
 
+    def fresh_tables(self) -> None:
+        """Forgets the feature slots and embedding tables (a new, unbuilt ``ctx``) and the caches
+        that point at them: the next build pass declares and creates new tables, as a new Monolith
+        graph would. Dense modules keep their weights."""
+        self.ctx = EmbeddingFactory()
+        self.clean()
+
     def clean(self) -> None:
         """Forgets the feature-slot caches (``fs_dict``, ``fc_dict``, ``slice_dict``, thresholds)."""
         self.fs_dict = {}
@@ -410,6 +418,13 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
             classification = list(classification)
         else:
             classification = [bool(classification)] * len(head_name)
+        if loss is not None:
+            if not isinstance(loss, torch.Tensor):
+                raise ValueError(f"model_fn: loss must be a scalar tensor, got {type(loss).__name__}")
+            if loss.numel() != 1:  # backward needs one number; a [batch] loss usually lacks its reduce_mean
+                raise ValueError(f"model_fn: loss must be a scalar, got shape {list(loss.shape)}")
+            if loss.dim():
+                loss = loss.reshape(())
         if loss is not None and self._losses:
             loss = loss + torch.stack(self._losses).sum()
         return ModelOutput(mode, list(head_name), labels, preds, classification, loss, predictions,

@@ -84,11 +84,11 @@ import getpass
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from typing import TYPE_CHECKING, Callable
 
+from monolith import gflags_utils
 from monolith.atomic import atomic_write
 from monolith.checkpoint import INDEX_FILE, CheckpointManager
 
@@ -251,6 +251,7 @@ class RunnerConfig:
     enable_local_profiling: bool = False
 
     def __post_init__(self) -> None:
+        gflags_utils.update(self)  # --model_dir, ... as Monolith: a field the code set wins over its flag
         if isinstance(self.kafka_topics, str):
             self.kafka_topics = self.kafka_topics.split(",")
         if self.server_type not in ("worker", "chief"):
@@ -352,10 +353,9 @@ def _checkpoint_named(manager: CheckpointManager, name: str | None) -> str:
         raise FileNotFoundError(f"{manager.model_dir}: no checkpoint to restore from")
     if name is None:
         return latest
-    wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(name))
-    for path in manager.checkpoints():
-        if os.path.basename(path) == wanted:
-            return path
+    path = manager.named(name)
+    if path is not None:
+        return path
     logger.warning("restore_ckpt %r is not a checkpoint of %s (it has %s); restoring its latest, %s", name,
                    manager.model_dir, [os.path.basename(p) for p in manager.checkpoints()], os.path.basename(latest))
     return latest
@@ -366,3 +366,6 @@ def _write_index(model_dir: str, latest: str, kept: list[str]) -> None:
     with atomic_write(os.path.join(model_dir, INDEX_FILE), "w") as f:
         json.dump({"latest": latest, "all": kept}, f)
 
+
+# Every field is a command-line flag once this module is imported, as Monolith's runner_utils does.
+gflags_utils.extract_flags(RunnerConfig, skip_flags={"device_fn"})
