@@ -8,6 +8,9 @@
   the ids of each example (``reduce_sum``, ``reduce_mean``, ``first_n``).
 * :class:`EmbeddingFactory` -- builds the tables behind the slots and looks features up for the
   batch of the current step (Monolith's feature factory on the task context).
+* :class:`FeatureFactory` -- the factory a task's ``model_fn`` declares slots with on every step
+  (Monolith's ``ctx.feature_factory``): each declaration after the first returns the same slot and
+  slices, so the slots are created once.
 
 Tables are only built once every slot and slice is known: the first call of ``model_fn`` is a
 *build pass* (as Monolith builds its graph before running it) in which lookups return zeros of the
@@ -17,6 +20,7 @@ right shape; :meth:`EmbeddingFactory.build` then creates the tables.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import zlib
 from typing import Any, Callable, NamedTuple
@@ -391,3 +395,59 @@ class EmbeddingFactory:
             raise ValueError(f"{source}: no state for embedding tables {missing} (has {sorted(state)})")
         for name, module in self.tables.items():
             module.table.load_state_dict(state[name], source=f"{source}:{name}")
+
+
+class DeclaredSlot:
+    """A slot as one ``create_feature_slot`` call of a task's ``model_fn`` sees it: its n-th
+    ``add_feature_slice`` is the slot's n-th slice, added on the first step and the same one on
+    every later step (``model_fn`` runs every step; Monolith's runs once to build a graph)."""
+
+    def __init__(self, feature_slot: FeatureSlot) -> None:
+        self.feature_slot = feature_slot
+        self._declared = 0
+
+    @property
+    def name(self) -> str:
+        return self.feature_slot.name
+
+    def add_feature_slice(self, dim_size: int, initializer: Initializer | None = None,
+                          optimizer: SliceOptimizer | None = None, compressor: Compressor | None = None,
+                          learning_rate_fn: Callable[[int], float] | None = None) -> FeatureSlice:
+        """The slot's next slice: created with these settings on the first step, the same afterwards
+        (a different ``dim_size`` than the first step's raises ``ValueError``)."""
+        self._declared += 1
+        return self.feature_slot.named_slice(f"declared_{self._declared}", dim_size, initializer, optimizer,
+                                             compressor, learning_rate_fn)
+
+    def get_bias_slice(self) -> FeatureSlice:
+        return self.feature_slot.get_bias_slice()
+
+
+class FeatureFactory:
+    """Monolith's ``ctx.feature_factory`` for tasks: :meth:`create_feature_slot` by config name,
+    once, on the tables of ``embeddings()`` (the model's current :class:`EmbeddingFactory`)."""
+
+    def __init__(self, embeddings: Callable[[], EmbeddingFactory]) -> None:
+        self._embeddings = embeddings
+
+    def create_feature_slot(self, config: FeatureSlotConfig) -> DeclaredSlot:
+        """The slot named ``config.name``: created on the first call (a config without ``slot_id``
+        gets the lowest free slot), the same slot on every later call."""
+        embeddings = self._embeddings()
+        for existing in embeddings.feature_slots:
+            if existing.name == config.name:
+                return DeclaredSlot(existing)
+        if config.slot_id is None:
+            used = {fs.slot for fs in embeddings.feature_slots}
+            config = dataclasses.replace(config, slot_id=next(s for s in itertools.count(1) if s not in used))
+        return DeclaredSlot(embeddings.create_feature_slot(config))
+
+
+class FeatureColumnV1(FeatureColumn):
+    """Monolith's ``FeatureColumnV1(slot, fc_name, combiner)``: a :class:`FeatureColumn` of a slot
+    that a task's ``model_fn`` declared (a :class:`DeclaredSlot`) or of a :class:`FeatureSlot`."""
+
+    def __init__(self, feature_slot: DeclaredSlot | FeatureSlot, fc_name: str, combiner: Combiner | None = None) -> None:
+        if isinstance(feature_slot, DeclaredSlot):
+            feature_slot = feature_slot.feature_slot
+        super().__init__(feature_slot, fc_name, combiner)

@@ -6,7 +6,7 @@ records skipped and counted (``bad_records``, ``num_bad_records``) or raised wit
 """
 
 from monolith.data.base import MAX_BAD_RECORDS_KEPT, Reader, rebatch
-from monolith.data.dataset import AUTOTUNE, Dataset, TensorSpec, to_ragged
+from monolith.data.dataset import AUTOTUNE, Dataset, TensorSpec, advanced_parse, to_ragged
 from monolith.data.criteo import CRITEO_DENSE, CRITEO_SPARSE, CriteoReader
 from monolith.data.libsvm import LIBSVM_FIELD, LibSvmReader
 from monolith.data.movielens import MOVIELENS_SLOTS, MovieLens100K, MovieLensSplit, load_movielens100k
@@ -42,6 +42,7 @@ __all__ = [
     "TFRecordDataset",
     "TensorSpec",
     "add_action",
+    "advanced_parse",
     "add_label",
     "feature_combine",
     "filter_by_feature_value",

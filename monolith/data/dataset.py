@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from monolith.data.feature_utils import reweight_replicas
-from monolith.sparse import Batch, KeyedJaggedTensor
+from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
 
 __all__ = ["AUTOTUNE", "Dataset", "TensorSpec", "to_ragged"]
 
@@ -173,6 +173,26 @@ def to_ragged(element: Mapping[str, Any], sparse_features: Sequence[str], paddin
     return Batch(sparse, dense)
 
 
+def advanced_parse(features: Mapping[str, Any]) -> Batch:
+    """A dict of features as a :class:`Batch` (Monolith's ``parser_utils.advanced_parse``, which
+    finishes parsing a features dict): the :class:`~monolith.sparse.JaggedTensor` values (Monolith's
+    ragged tensors, e.g. ``JaggedTensor.from_lists([[1, 2, 3, 4]])`` for
+    ``tf.ragged.constant([[1, 2, 3, 4]])``) become the sparse features, every other value a dense
+    tensor whose first dimension is the batch.
+
+    Raises:
+        ValueError: the features disagree on the batch size, or there is no feature at all.
+    """
+    jagged = {name: value for name, value in features.items() if isinstance(value, JaggedTensor)}
+    dense = {name: torch.as_tensor(value) for name, value in features.items() if name not in jagged}
+    sizes = {name: len(value) for name, value in jagged.items()}
+    sizes.update({name: value.shape[0] if value.dim() else None for name, value in dense.items()})
+    if not sizes or len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"advanced_parse: every feature needs the same batch (first) dimension, got {sizes}")
+    stride = next(iter(sizes.values()))
+    return Batch(KeyedJaggedTensor.from_jagged_dict(jagged, stride=stride), dense)
+
+
 class Dataset(abc.ABC):
     """A re-iterable source of elements with tf.data's chaining operations.
 
@@ -209,6 +229,11 @@ class Dataset(abc.ABC):
                 yield element if output_signature is None else _conform(element, output_signature, f"element {i}")
 
         return _FromCallable(elements)
+
+    @staticmethod
+    def from_tensors(tensors: Any) -> Dataset:
+        """A dataset of one element, ``tensors`` (``tf.data.Dataset.from_tensors``)."""
+        return _FromCallable(lambda: iter([tensors]))
 
     @staticmethod
     def from_tensor_slices(tensors: Any) -> Dataset:
