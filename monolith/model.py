@@ -94,6 +94,29 @@ class ModelOutput:
     extra_outputs: dict[str, Any]
 
 
+class _ParamsGroupOrMethod:
+    """A model's ``train`` / ``eval``: a Monolith params group (Monolith models read and set
+    ``self.train.max_steps``) that, called, is torch's ``Module.train`` / ``Module.eval``."""
+
+    __slots__ = ("_group", "_method")
+
+    def __init__(self, group: Params, method: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_group", group)
+        object.__setattr__(self, "_method", method)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._group, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._group, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._group)
+
+
 class MonolithBaseModel(torch.nn.Module, abc.ABC):
     """Params, run state and the ``create_*_fn`` wrappers shared by every Monolith model."""
 
@@ -201,6 +224,17 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self.ctx = EmbeddingFactory()
 
     # ------------------------------------------------------------------ params as attributes
+    @property
+    def train(self) -> _ParamsGroupOrMethod:
+        """``self.train.max_steps`` is the ``train.max_steps`` param, as in Monolith;
+        ``self.train(mode)`` is torch's ``Module.train``."""
+        return _ParamsGroupOrMethod(self.p.train, functools.partial(torch.nn.Module.train, self))
+
+    @property
+    def eval(self) -> _ParamsGroupOrMethod:
+        """``self.eval.steps`` is the ``eval.steps`` param; ``self.eval()`` is torch's ``Module.eval``."""
+        return _ParamsGroupOrMethod(self.p.eval, functools.partial(torch.nn.Module.eval, self))
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)

@@ -25,7 +25,8 @@ A misspelt field is a ``TypeError`` naming it, as for any dataclass.
   gradient, which is what deduplicating FIDs before the push does in Monolith.
 * ``enable_sync_training`` -> ``RunConfig.dense_reduce="mean"`` (Horovod's average, as Monolith's
   sync training); otherwise ``"sum"``, the nearest to Monolith's asynchronous PS training, where
-  every worker's gradient is applied in full.
+  every worker's gradient is applied in full. It also sets ``dedup="sum"`` in one process, as
+  Monolith's sync training updates each distinct FID once with its summed gradient.
 * ``server_type``: ``"worker"`` or ``"chief"``; ``"ps"`` is an error, there are no parameter
   servers (the tables are sharded over the training ranks).
 * ``restore_dir`` / ``restore_ckpt`` (training jobs only, ``mode="train"``, as in Monolith): a
@@ -272,7 +273,7 @@ class RunnerConfig:
             use_native_multi_hash_table=self.use_native_multi_hash_table is not False,
             hashtable_init_capacity=self.hashtable_init_capacity,
             index=self.index,
-            dedup="sum" if self.enable_fid_dedup else None,
+            dedup="sum" if self.enable_fid_dedup or self.enable_sync_training else None,
             dense_reduce="mean" if self.enable_sync_training else "sum",
             enable_summaries=bool(self.save_summary_steps),
             save_summary_steps=self.save_summary_steps or 100,

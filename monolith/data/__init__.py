@@ -9,7 +9,8 @@ from monolith.data.base import MAX_BAD_RECORDS_KEPT, Reader, rebatch
 from monolith.data.dataset import AUTOTUNE, Dataset, TensorSpec, advanced_parse, to_ragged
 from monolith.data.criteo import CRITEO_DENSE, CRITEO_SPARSE, CriteoReader
 from monolith.data.libsvm import LIBSVM_FIELD, LibSvmReader
-from monolith.data.movielens import MOVIELENS_SLOTS, MovieLens100K, MovieLensSplit, load_movielens100k
+from monolith.data.movielens import (MOVIELENS_SLOTS, MovieLens100K, MovieLensSplit, load_movielens100k,
+                                     load_movielens_ratings)
 from monolith.data.synthetic import SyntheticClickLog
 from monolith.data.feature_utils import (
     add_action,
@@ -31,12 +32,13 @@ from monolith.data.feature_utils import (
 from monolith.data.messages import PBMessageDataset
 from monolith.data.parsing import parse_example_batch, parse_examples, parse_instances
 from monolith.data.pb_dataset import PBDataset
-from monolith.data.tfrecord import TFRecordDataset, tf_example_to_example, write_tfrecord
+from monolith.data.tfrecord import FixedLenFeature, TFRecordDataset, parse_example, tf_example_to_example, write_tfrecord
 from monolith.data.tabular import CsvReader, ParquetReader
 
 __all__ = [
     "AUTOTUNE",
     "Dataset",
+    "FixedLenFeature",
     "PBDataset",
     "PBMessageDataset",
     "TFRecordDataset",
@@ -54,6 +56,7 @@ __all__ = [
     "map_id",
     "multi_label_gen",
     "negative_sample",
+    "parse_example",
     "parse_example_batch",
     "parse_examples",
     "parse_instances",
@@ -77,5 +80,6 @@ __all__ = [
     "Reader",
     "SyntheticClickLog",
     "load_movielens100k",
+    "load_movielens_ratings",
     "rebatch",
 ]

@@ -104,6 +104,18 @@ def _stack(values: list[Any]) -> Any:
     return list(values)
 
 
+def _stack_ragged(values: list[Any]) -> Any:
+    """``_stack``, with 1-D tensors as one JaggedTensor (``ragged_batch``)."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        return {k: _stack_ragged([v[k] for v in values]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_stack_ragged(list(parts)) for parts in zip(*values))
+    if isinstance(first, torch.Tensor) and first.dim() == 1:
+        return JaggedTensor(torch.cat(values), torch.tensor([len(v) for v in values], dtype=torch.int64))
+    return _stack(values)
+
+
 def _slices(tensors: Any) -> list[Any]:
     """The elements of ``from_tensor_slices``: ``tensors`` cut along their first dimension."""
     if isinstance(tensors, Mapping):
@@ -119,6 +131,8 @@ def _slices(tensors: Any) -> list[Any]:
         if len(set(sizes)) > 1:
             raise ValueError(f"from_tensor_slices needs one first dimension for all components, got {sizes}")
         return list(zip(*columns))
+    if isinstance(tensors, np.ndarray) and tensors.dtype.kind in "biuf":
+        tensors = torch.from_numpy(tensors)  # numbers as tensors, as tf.data slices them; strings stay numpy
     if isinstance(tensors, (torch.Tensor, np.ndarray)):
         if tensors.ndim == 0:
             raise ValueError("from_tensor_slices needs tensors of at least one dimension, got a scalar")
@@ -231,6 +245,11 @@ class Dataset(abc.ABC):
         return _FromCallable(elements)
 
     @staticmethod
+    def counter(start: int = 0, step: int = 1) -> Dataset:
+        """The endless count ``start, start + step, ...`` as int64 scalars (``tf.data.Dataset.counter``)."""
+        return _FromCallable(lambda: (torch.tensor(i) for i in itertools.count(start, step)))
+
+    @staticmethod
     def from_tensors(tensors: Any) -> Dataset:
         """A dataset of one element, ``tensors`` (``tf.data.Dataset.from_tensors``)."""
         return _FromCallable(lambda: iter([tensors]))
@@ -251,10 +270,28 @@ class Dataset(abc.ABC):
                             "use from_generator(lambda: ...) to make a new iterator each pass")
         return _FromCallable(lambda: iter(iterable))
 
+    def as_numpy_iterator(self) -> Iterator[Any]:
+        """The elements with their tensors as numpy arrays (``tf.data.Dataset.as_numpy_iterator``)."""
+        def numpy(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.numpy()
+            if isinstance(value, Mapping):
+                return {k: numpy(v) for k, v in value.items()}
+            if isinstance(value, (tuple, list)):
+                return type(value)(numpy(v) for v in value)
+            return value
+
+        return map(numpy, self)
+
     # -- operations
 
-    def map(self, fn: Callable[[Any], Any]) -> Dataset:
-        """``fn(element)`` for each element (a tuple element is passed as one argument, unlike tf.data)."""
+    def map(self, fn: Callable[[Any], Any], num_parallel_calls: int | None = None,
+            deterministic: bool | None = None) -> Dataset:
+        """``fn(element)`` for each element (a tuple element is passed as one argument, unlike tf.data).
+
+        ``num_parallel_calls`` and ``deterministic`` are accepted and ignored: ``fn`` runs in order
+        on the reading thread (``prefetch`` moves the whole pipeline to a background thread).
+        """
         return _FromCallable(lambda: map(fn, self))
 
     def filter(self, predicate: Callable[[Any], Any]) -> Dataset:
@@ -263,6 +300,15 @@ class Dataset(abc.ABC):
 
     def batch(self, batch_size: int, drop_remainder: bool = False) -> Dataset:
         """Consecutive elements combined ``batch_size`` at a time (see the module doc for how)."""
+        return self._batch(batch_size, drop_remainder, _stack)
+
+    def ragged_batch(self, batch_size: int, drop_remainder: bool = False) -> Dataset:
+        """As :meth:`batch`, but the 1-D tensors of a component (of any lengths) become one
+        :class:`~monolith.sparse.JaggedTensor` (``tf.data``'s ``ragged_batch`` /
+        ``experimental.dense_to_ragged_batch``); other components are combined as by :meth:`batch`."""
+        return self._batch(batch_size, drop_remainder, _stack_ragged)
+
+    def _batch(self, batch_size: int, drop_remainder: bool, combine: Callable[[list[Any]], Any]) -> Dataset:
         _check_positive("batch_size", batch_size)
 
         def batches() -> Iterator[Any]:
@@ -270,7 +316,7 @@ class Dataset(abc.ABC):
             while chunk := list(itertools.islice(it, batch_size)):
                 if len(chunk) < batch_size and drop_remainder:
                     return
-                yield _stack(chunk)
+                yield combine(chunk)
 
         return _FromCallable(batches)
 

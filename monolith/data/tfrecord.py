@@ -1,4 +1,5 @@
-"""TFRecord files of ``tf.train.Example`` without TensorFlow, and Monolith's ``tf_example_to_example``.
+"""TFRecord files of ``tf.train.Example`` without TensorFlow, ``tf.io.parse_example`` of
+fixed-length features, and Monolith's ``tf_example_to_example``.
 
 **Framing** (TensorFlow's ``record_writer.cc``). A file is a sequence of records::
 
@@ -26,9 +27,11 @@ import math
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
+import torch
 
 from monolith.data.base import PathOrPaths, _existing_files, logger, skip_bad_record
 from monolith.data.dataset import Dataset
@@ -36,7 +39,8 @@ from monolith.data.proto import tf_example_pb2
 from monolith.data.proto.example_pb2 import Example
 from monolith.fid import MAX_SLOT_V2, make_fid
 
-__all__ = ["TFRecordDataset", "crc32c", "frame_tfrecord", "masked_crc32c", "tf_example_to_example", "write_tfrecord"]
+__all__ = ["FixedLenFeature", "TFRecordDataset", "crc32c", "frame_tfrecord", "masked_crc32c", "parse_example",
+           "tf_example_to_example", "write_tfrecord"]
 
 _MASK_DELTA = 0xA282EAD8
 _COMPRESSIONS = (None, "", "GZIP", "ZLIB")
@@ -201,6 +205,64 @@ class TFRecordDataset(Dataset):
                         yield record
             except _FileEnd as e:
                 skip_bad_record(self, path, e.offset, e.reason)
+
+
+class FixedLenFeature(NamedTuple):
+    """``tf.io.FixedLenFeature``: a feature with ``prod(shape)`` values in every example, int64 or
+    float32 (``dtype``), ``default_value`` where an example lacks it (None: it is an error)."""
+
+    shape: Sequence[int]
+    dtype: torch.dtype
+    default_value: Any = None
+
+
+_KINDS = {torch.int64: "int64_list", torch.float32: "float_list"}
+
+
+def parse_example(serialized: bytes | Iterable[bytes | tf_example_pb2.Example],
+                  features: Mapping[str, FixedLenFeature]) -> dict[str, torch.Tensor]:
+    """``tf.io.parse_example`` of a batch of serialized ``tf.train.Example`` s (or one): ``{name:
+    tensor [batch, *shape]}`` for the ``FixedLenFeature`` s of ``features``.
+
+    Raises:
+        ValueError: a record does not parse, an example lacks a feature that has no default, holds
+            another number of values than its shape, or of another kind than its dtype; a dtype other
+            than int64 / float32 (as TensorFlow, one bad example fails the batch).
+    """
+    records = [serialized] if isinstance(serialized, (bytes, tf_example_pb2.Example)) else list(serialized)
+    examples = []
+    for i, record in enumerate(records):
+        try:
+            examples.append(record if isinstance(record, tf_example_pb2.Example)
+                            else tf_example_pb2.Example.FromString(bytes(record)))
+        except Exception as e:  # protobuf's DecodeError
+            raise ValueError(f"parse_example: record {i} is not a tf.train.Example: {e}") from e
+    out = {}
+    for name, spec in features.items():
+        if spec.dtype not in _KINDS:
+            raise ValueError(f"parse_example: feature {name!r} has dtype {spec.dtype}; int64 and float32 are supported")
+        kind, shape = _KINDS[spec.dtype], [int(d) for d in spec.shape]
+        size = math.prod(shape)
+        rows = []
+        for i, example in enumerate(examples):
+            feature = example.features.feature.get(name)
+            if feature is None or feature.WhichOneof("kind") is None:
+                if spec.default_value is None:
+                    raise ValueError(f"parse_example: example {i} has no feature {name!r}, which has no default_value")
+                rows.append(np.broadcast_to(np.asarray(spec.default_value), shape).reshape(-1))
+                continue
+            if feature.WhichOneof("kind") != kind:
+                raise ValueError(f"parse_example: feature {name!r} of example {i} is a {feature.WhichOneof('kind')}, "
+                                 f"expected a {kind}")
+            values = getattr(feature, kind).value
+            if len(values) != size:
+                raise ValueError(f"parse_example: feature {name!r} of example {i} has {len(values)} values, "
+                                 f"expected shape {shape}")
+            rows.append(np.asarray(values))
+        column = np.stack(rows) if rows else np.empty((0, size))
+        out[name] = torch.from_numpy(column.astype(np.int64 if spec.dtype == torch.int64 else np.float32)
+                                     ).reshape(len(examples), *shape)
+    return out
 
 
 def _float_signature(value: float) -> int:
