@@ -116,28 +116,38 @@ def _stack_ragged(values: list[Any]) -> Any:
     return _stack(values)
 
 
-def _slices(tensors: Any) -> list[Any]:
-    """The elements of ``from_tensor_slices``: ``tensors`` cut along their first dimension."""
-    if isinstance(tensors, Mapping):
-        columns = {k: _slices(v) for k, v in tensors.items()}
-        sizes = {k: len(v) for k, v in columns.items()}
+def _columns(tensors: Any) -> tuple[Any, int]:
+    """``tensors`` as a structure of tensors / arrays cut along their first dimension, and its length."""
+    if isinstance(tensors, (Mapping, tuple)):
+        parts = dict(tensors) if isinstance(tensors, Mapping) else dict(enumerate(tensors))
+        columns = {k: _columns(v) for k, v in parts.items()}
+        sizes = {k: n for k, (_, n) in columns.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"from_tensor_slices needs one first dimension for all components, got {sizes}")
-        n = next(iter(sizes.values()), 0)
-        return [{k: column[i] for k, column in columns.items()} for i in range(n)]
-    if isinstance(tensors, tuple):
-        columns = [_slices(v) for v in tensors]
-        sizes = [len(c) for c in columns]
-        if len(set(sizes)) > 1:
-            raise ValueError(f"from_tensor_slices needs one first dimension for all components, got {sizes}")
-        return list(zip(*columns))
+        structure = {k: column for k, (column, _) in columns.items()}
+        return (structure if isinstance(tensors, Mapping) else tuple(structure.values())), next(iter(sizes.values()), 0)
     if isinstance(tensors, np.ndarray) and tensors.dtype.kind in "biuf":
         tensors = torch.from_numpy(tensors)  # numbers as tensors, as tf.data slices them; strings stay numpy
-    if isinstance(tensors, (torch.Tensor, np.ndarray)):
-        if tensors.ndim == 0:
-            raise ValueError("from_tensor_slices needs tensors of at least one dimension, got a scalar")
-        return list(tensors) if isinstance(tensors, np.ndarray) else list(tensors.unbind(0))
-    return list(torch.as_tensor(np.asarray(tensors)).unbind(0))
+    if not isinstance(tensors, (torch.Tensor, np.ndarray)):
+        tensors = torch.as_tensor(np.asarray(tensors))
+    if tensors.ndim == 0:
+        raise ValueError("from_tensor_slices needs tensors of at least one dimension, got a scalar")
+    return tensors, len(tensors)
+
+
+def _element(columns: Any, index: int | slice) -> Any:
+    """Row ``index`` (or the rows of a slice) of a structure of columns."""
+    if isinstance(columns, Mapping):
+        return {k: _element(v, index) for k, v in columns.items()}
+    if isinstance(columns, tuple):
+        return tuple(_element(v, index) for v in columns)
+    return columns[index]
+
+
+def _slices(tensors: Any) -> list[Any]:
+    """The elements of ``from_tensor_slices``: ``tensors`` cut along their first dimension."""
+    columns, n = _columns(tensors)
+    return [_element(columns, i) for i in range(n)]
 
 
 def to_ragged(element: Mapping[str, Any], sparse_features: Sequence[str], padding: int | None = None) -> Batch:
@@ -257,8 +267,7 @@ class Dataset(abc.ABC):
     @staticmethod
     def from_tensor_slices(tensors: Any) -> Dataset:
         """One element per row of ``tensors`` (a tensor, array, list, or a dict / tuple of them)."""
-        elements = _slices(tensors)
-        return _FromCallable(lambda: iter(elements))
+        return _TensorSlices(*_columns(tensors))
 
     @staticmethod
     def from_iterable(iterable: Iterable[Any]) -> Dataset:
@@ -326,9 +335,7 @@ class Dataset(abc.ABC):
 
     def shard(self, num_shards: int, index: int) -> Dataset:
         """Every ``num_shards``-th element from element ``index`` on (worker ``index``'s share)."""
-        _check_positive("num_shards", num_shards)
-        if not 0 <= index < num_shards:
-            raise ValueError(f"shard index must be in [0, {num_shards}), got {index}")
+        _check_shard(num_shards, index)
         return _FromCallable(lambda: itertools.islice(self, index, None, num_shards))
 
     def take(self, count: int) -> Dataset:
@@ -437,6 +444,28 @@ class Dataset(abc.ABC):
 def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _check_shard(num_shards: int, index: int) -> None:
+    _check_positive("num_shards", num_shards)
+    if not 0 <= index < num_shards:
+        raise ValueError(f"shard index must be in [0, {num_shards}), got {index}")
+
+
+class _TensorSlices(Dataset):
+    """``from_tensor_slices``: elements made as they are read; ``shard`` cuts the columns first, so a
+    worker's shard of a large table costs only its own rows."""
+
+    def __init__(self, columns: Any, n: int) -> None:
+        self._columns, self._n = columns, n
+
+    def __iter__(self) -> Iterator[Any]:
+        return (_element(self._columns, i) for i in range(self._n))
+
+    def shard(self, num_shards: int, index: int) -> Dataset:
+        _check_shard(num_shards, index)
+        rows = slice(index, None, num_shards)
+        return _TensorSlices(_element(self._columns, rows), len(range(self._n)[rows]))
 
 
 class _FromCallable(Dataset):
