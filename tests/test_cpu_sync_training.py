@@ -1,3 +1,16 @@
+# Copyright 2022 ByteDance and/or its affiliates.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 # Monolith's native_training/cpu_sync_training_test.py, ported: the task API (NativeTask,
 # ctx.feature_factory, FeatureColumnV1, CpuTraining, distributed_sync_train).
 # Changed against Monolith's: the imports; TF tensor code as torch (ragged constants as JaggedTensor,
@@ -16,7 +29,6 @@ import torch
 from monolith import cpu_training, feature
 from monolith.data import Dataset, advanced_parse
 from monolith.estimator import Estimator, RunConfig
-from monolith.fid import make_fid
 from monolith.mode_keys import ModeKeys
 from monolith.modules import combiners as embedding_combiners
 from monolith.native_task import NativeTask, TFEstimatorSpec
@@ -85,8 +97,7 @@ class EmbeddingUpdateTask(NativeTask):
               name="slot",
               default_vec_initializer=entry.ConstantsInitializer(0),
               default_vec_optimizer=entry.AdagradOptimizer(
-                  learning_rate=0.1, initial_accumulator_value=1),
-              default_vec_compressor=entry.Fp32Compressor()))
+                  learning_rate=0.1, initial_accumulator_value=1)))
       s = slot.add_feature_slice(5)
       fc = feature.FeatureColumnV1(slot, "feature")
       embedding = fc.embedding_lookup(s)
@@ -270,3 +281,20 @@ class TestDistributedSyncTrain:
             hashtable_init_capacity=100000,
             enable_embedding_postpush=False), params)
     assert est.global_step == 2 and est.checkpoint_path.endswith("ckpt-2")
+
+  def test_sparse_pipelining(self):
+    model_dir = os.path.join(test_folder, "sync_training_pipelined")
+    params = FeatureTask.params()
+    params.name = "test_task"
+    params.train.max_steps = 4
+    est = cpu_training.distributed_sync_train(
+        cpu_training.DistributedCpuTrainingConfig(
+            model_dir=model_dir,
+            enable_sync_training=True,
+            reorder_fids_in_data_pipeline=True,
+            embedding_prefetch_capacity=1,
+            enable_pipelined_bwda2a=True,
+            enable_pipelined_fwda2a=True,
+            hashtable_init_capacity=100000,
+            enable_embedding_postpush=False), params)
+    assert est.global_step == 4

@@ -128,7 +128,7 @@ class EmbeddingUpdateTask(MonolithModel):
       label = features['label']
       loss = torch.mean(torch.square(pred.squeeze(1) - label))
       tf_loss = torch.mean(torch.square(tf_pred.squeeze(1) - label))
-
+      
       optimizer = functools.partial(torch.optim.Adagrad, lr=0.05, initial_accumulator_value=0.1)
       # with tf.device("/device:CPU:0"):
         # loss = tf.compat.v1.Print(loss, [loss], 'monolith loss')
