@@ -17,7 +17,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from absl import flags
 
 from monolith.checkpoint import CheckpointManager
 from monolith.data import load_movielens_ratings
@@ -34,15 +33,6 @@ def example(directory: str, name: str):
     if directory not in sys.path:
         sys.path.insert(0, directory)
     return importlib.import_module(name)
-
-
-@pytest.fixture
-def parsed_flags():
-    def parse(*args: str) -> None:
-        flags.FLAGS(["prog", *args])
-
-    yield parse
-    flags.FLAGS.unparse_flags()
 
 
 # ----------------------------------------------------------------------------- model_comp_test.py

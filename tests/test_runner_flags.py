@@ -18,16 +18,6 @@ from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def parsed_flags():
-    """Parses a command line into absl's global FLAGS for one test, and forgets it afterwards."""
-    def parse(*args: str) -> None:
-        flags.FLAGS(["prog", *args])
-
-    yield parse
-    flags.FLAGS.unparse_flags()
-
-
 def test_flags_fill_the_fields_the_code_left_at_their_defaults(parsed_flags):
     parsed_flags("--model_dir=/tmp/run", "--model_name=movie", "--save_checkpoints_steps=7",
                  "--discovery_type=zk", "--use_native_multi_hash_table=false", "--index=3",
