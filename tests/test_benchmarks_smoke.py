@@ -30,3 +30,13 @@ def test_quality_trains_both_systems_and_the_study():
     assert set(result["study"]) == {"threshold 0, no expiry", "occurrence threshold 1", "expire time 30 days"}
     assert all(0.0 <= s["auc"][0] <= 1.0 for s in result["systems"].values())
     assert "### MovieLens-100K" in quality_benchmark.report([result])
+
+
+def test_input_pipeline_times_reading_training_and_prefetch():
+    from benchmarks import input_pipeline_benchmark
+
+    result = input_pipeline_benchmark.run(examples=600, batch_size=200, width=8, repeats=1, device_step_ms=1)
+    assert result["batches"] == 3 and result["step"] == "device wait 1 ms"
+    assert all(result[k] > 0 for k in ("read_s", "train_s", "serial_s", "prefetch_s"))
+    assert result["ideal"] == (result["read_s"] + result["train_s"]) / max(result["read_s"], result["train_s"])
+    assert "| device wait 1 ms | 600 x 200 |" in input_pipeline_benchmark.report([result])
