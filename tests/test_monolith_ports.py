@@ -28,10 +28,25 @@ DEMO = os.path.join(REPO, "examples", "monolith_demo")
 NATIVE = os.path.join(REPO, "examples", "native_training")
 
 
+EXAMPLE_MODULES = ("demo_model", "ml_dataset", "kafka_receiver", "model_comp_test")
+
+
+@pytest.fixture(autouse=True)
+def _own_example_modules():
+    """Monolith's scripts import each other by file name, and examples/movie_ranking has modules of
+    the same names: each test imports these afresh and leaves sys.modules and sys.path as it found them."""
+    saved = {name: sys.modules.pop(name) for name in EXAMPLE_MODULES if name in sys.modules}
+    saved_path = list(sys.path)
+    yield
+    for name in EXAMPLE_MODULES:
+        sys.modules.pop(name, None)
+    sys.modules.update(saved)
+    sys.path[:] = saved_path
+
+
 def example(directory: str, name: str):
-    """Imports an example module by file name, as Monolith's scripts import each other."""
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
+    """Imports an example module by file name (its directory first on sys.path), as Monolith's scripts do."""
+    sys.path.insert(0, directory)
     return importlib.import_module(name)
 
 
