@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from monolith.data import AUTOTUNE, CsvReader, Dataset, PBDataset, TensorSpec, to_ragged
+from monolith.data import AUTOTUNE, CsvReader, Dataset, PBDataset, TensorSpec, advanced_parse, to_ragged
 from monolith.data.pb_dataset import write_pb_file
 from monolith.data.proto.example_pb2 import Example
+from monolith.sparse import JaggedTensor
 
 
 def ints(ds):
@@ -162,3 +163,30 @@ def test_readers_chain(tmp_path):
     reader = CsvReader(str(csv), {"uid": 1}, [], "label", 1)
     assert [b["label"].tolist() for b in reader.filter(lambda b: b["label"][0] > 0).prefetch(2)] == [[1.0], [1.0]]
 
+
+
+def test_counter_from_tensors_ragged_batch_and_as_numpy_iterator():
+    # tf.data: Counter(0, 1).map(...).apply(dense_to_ragged_batch(2, True)) -> ragged ids, stacked labels.
+    ds = Dataset.counter(0, 1).map(lambda i: {"ids": torch.arange(int(i) + 1), "label": i.float()}).ragged_batch(2, True)
+    first, second = list(ds.take(2))
+    assert first["ids"].to_lists() == [[0], [0, 1]] and first["label"].tolist() == [0.0, 1.0]
+    assert second["ids"].to_lists() == [[0, 1, 2], [0, 1, 2, 3]]
+    assert list(Dataset.from_tensors({"a": torch.tensor([1, 2])}).repeat(3).map(lambda x: x["a"].sum().item())) == [3] * 3
+    (row,) = list(Dataset.from_tensor_slices({"a": np.array([[1, 2]]), "s": np.array(["x"])}).as_numpy_iterator())
+    assert isinstance(row["a"], np.ndarray) and row["a"].tolist() == [1, 2] and row["s"] == "x"
+
+
+def test_from_tensor_slices_shard_cuts_columns_like_the_generic_shard():
+    columns = {"a": torch.arange(10), "b": np.arange(10) * 2}
+    sliced = Dataset.from_tensor_slices(columns).shard(3, 1)
+    assert [(int(x["a"]), int(x["b"])) for x in sliced] == [(1, 2), (4, 8), (7, 14)]
+    assert ints(Dataset.from_tensor_slices(torch.arange(10)).shard(3, 1).map(lambda x: x * 10)) == [10, 40, 70]
+    with pytest.raises(ValueError, match=r"shard index must be in \[0, 3\)"):
+        Dataset.from_tensor_slices(torch.arange(10)).shard(3, 3)
+
+
+def test_advanced_parse_makes_a_batch_of_jagged_and_dense_features():
+    batch = advanced_parse({"f": JaggedTensor.from_lists([[1, 2], [3]]), "x": torch.tensor([[1.0], [2.0]])})
+    assert batch.batch_size == 2 and batch["f"].to_lists() == [[1, 2], [3]] and batch["x"].shape == (2, 1)
+    with pytest.raises(ValueError, match="same batch"):
+        advanced_parse({"f": JaggedTensor.from_lists([[1, 2], [3]]), "x": torch.tensor([1.0])})

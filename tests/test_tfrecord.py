@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from monolith.data import TFRecordDataset, parse_examples, tf_example_to_example, write_tfrecord
+from monolith.data import (FixedLenFeature, TFRecordDataset, parse_example, parse_examples, tf_example_to_example,
+                           write_tfrecord)
 from monolith.data.proto import tf_example_pb2 as tfpb
 from monolith.data.tfrecord import crc32c, frame_tfrecord, masked_crc32c
 
@@ -150,3 +151,26 @@ def test_tf_example_to_example_rejects_bad_descriptions():
         tf_example_to_example(b"", {"label": 1}, [], "label")
     with pytest.raises(ValueError, match="cannot parse the tf.train.Example"):
         tf_example_to_example(b"\xff\xff", {"a": 1}, [], "label")
+
+
+def test_parse_example_of_fixed_length_features():
+    def example(**features):
+        e = tfpb.Example()
+        for name, values in features.items():
+            kind = e.features.feature[name].int64_list if isinstance(values[0], int) else e.features.feature[name].float_list
+            kind.value.extend(values)
+        return e.SerializeToString()
+
+    spec = {"mov": FixedLenFeature([1], torch.int64), "label": FixedLenFeature([], torch.float32),
+            "ctx": FixedLenFeature([2], torch.float32, default_value=[0.5, 1.5])}
+    out = parse_example([example(mov=[7], label=[4.0]), example(mov=[9], label=[2.0], ctx=[1.0, 2.0])], spec)
+    assert out["mov"].tolist() == [[7], [9]] and out["mov"].dtype == torch.int64
+    assert out["label"].tolist() == [4.0, 2.0] and out["ctx"].tolist() == [[0.5, 1.5], [1.0, 2.0]]
+    with pytest.raises(ValueError, match="example 0 has no feature 'mov', which has no default_value"):
+        parse_example([example(label=[1.0])], spec)
+    with pytest.raises(ValueError, match=r"feature 'mov' of example 0 has 2 values, expected shape \[1\]"):
+        parse_example([example(mov=[1, 2], label=[1.0])], spec)
+    with pytest.raises(ValueError, match="is a float_list, expected a int64_list"):
+        parse_example([example(mov=[1.0], label=[1.0])], spec)
+    with pytest.raises(ValueError, match="record 0 is not a tf.train.Example"):
+        parse_example([b"\xff\xff"], spec)

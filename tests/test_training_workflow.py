@@ -1,6 +1,7 @@
 """The training workflow around the Estimator: evaluation during training with early stopping,
 evaluating a chosen checkpoint from a live Estimator, a model reused by a second Estimator, the
-loss-shape check, and a model whose only trainable parameters are embedding slices.
+loss-shape check, a model whose only trainable parameters are embedding slices, and the task API's
+slot declarations (``FeatureFactory``) made at every step.
 
 The model is embedding-only (its prediction is the sum of a 2-wide ``vec`` slice, rows start at 0,
 plain SGD), so every value is known by hand: with ``loss = sum(embedding)`` each row element falls by
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
+from monolith.feature import EmbeddingFactory, FeatureFactory, FeatureSlotConfig
 from monolith.fid import make_fid
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithModel
@@ -168,3 +170,16 @@ def test_early_stopping_arguments_are_checked():
     assert EarlyStopping(mode="max", min_delta=0.1).improves(0.75, 0.6)
     assert not EarlyStopping(mode="max", min_delta=0.1).improves(0.65, 0.6)
     assert not EarlyStopping().improves(math.nan, None)
+
+
+def test_task_slot_declarations_create_each_slot_and_slice_once():
+    embeddings = EmbeddingFactory()
+    embeddings.create_feature_slot(FeatureSlotConfig(name="taken", slot_id=1))
+    factory = FeatureFactory(lambda: embeddings)
+    for step in range(3):  # a task's model_fn declares the same slots at every step
+        slot = factory.create_feature_slot(FeatureSlotConfig(name="slot"))
+        first, second = slot.add_feature_slice(5), slot.add_feature_slice(2)
+        assert (first.start, first.end, second.start, second.end) == (0, 5, 5, 7)
+    assert [(fs.name, fs.slot, fs.dim) for fs in embeddings.feature_slots] == [("taken", 1, 0), ("slot", 2, 7)]
+    with pytest.raises(ValueError, match="has dim 5, asked for 4"):
+        factory.create_feature_slot(FeatureSlotConfig(name="slot")).add_feature_slice(4)
