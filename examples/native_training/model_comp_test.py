@@ -81,7 +81,7 @@ class EmbeddingUpdateTask(MonolithModel):
     def input_tensors():
       features = {}
       for i in range(num_features):
-        # ids carry their feature's slot (i + 1, given in creation order): merged tables tell features apart by it
+        # ids carry their feature's slot (i + 1, given in creation order): a merged table keeps features apart by it
         features[f'feature{i}'] = make_fid(i + 1, torch.randint(0, fid_max_val, (int(torch.randint(1, 25, ())),)))
       features['label'] = torch.randint(0, 2, ()).to(torch.float32)
       return features
