@@ -146,10 +146,9 @@ class CheckpointManager:
             raise FileNotFoundError(f"{self.model_dir}: no checkpoint to restore from")
         if name is None:
             return latest
-        wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(name))
-        for path in self.checkpoints():
-            if os.path.basename(path) == wanted:
-                return path
+        path = self.named(name)
+        if path is not None:
+            return path
         logger.warning("restore_ckpt %r is not a checkpoint of %s (it has %s); restoring its latest, %s", name,
                        self.model_dir, [os.path.basename(p) for p in self.checkpoints()], os.path.basename(latest))
         return latest
@@ -157,6 +156,12 @@ class CheckpointManager:
     def checkpoints(self) -> list[str]:
         """Paths of the kept checkpoints, oldest first."""
         return [os.path.join(self.model_dir, name) for name in self._read_index()["all"]]
+
+    def named(self, name: str | os.PathLike) -> str | None:
+        """The kept checkpoint ``name`` names (its path or ``ckpt-N``; TensorFlow's ``model.ckpt-N``
+        names ``ckpt-N``), or None."""
+        wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(os.path.normpath(os.fspath(name))))
+        return next((path for path in self.checkpoints() if os.path.basename(path) == wanted), None)
 
     def latest(self) -> str | None:
         """Path of the newest complete checkpoint, or None.

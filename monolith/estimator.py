@@ -118,6 +118,12 @@ class Estimator:
             config = RunConfig(model_dir=config or "model_dir")
         elif isinstance(config, RunnerConfig):
             config = config.configure(model)
+        if model.ctx.built:
+            # A model another Estimator trained: its tables belong to that run (model_dir, table
+            # layout); this one starts from fresh tables, as Monolith builds a new graph per Estimator.
+            logger.warning("Estimator: %s was built by another Estimator; its embedding tables start afresh "
+                           "(dense layers keep their weights)", type(model).__name__)
+            model.fresh_tables()
         self.model = model
         self.config = config
         self.global_step = 0
@@ -211,6 +217,10 @@ class Estimator:
         latest = self._checkpoints.latest()
         if latest is None or latest == self._restored:
             return
+        self._restore(latest)
+
+    def _restore(self, latest: str) -> None:
+        """Loads checkpoint ``latest`` into the model, its tables and the dense optimizer."""
         dense, tables, manifest = CheckpointManager.read(latest)
         self.model.load_dense_state_dict(dense["model"])
         self._pending_optimizer_state = dense.get("optimizer")
@@ -699,14 +709,16 @@ class Estimator:
         return None if following is None else itertools.chain([following], batches)
 
     # ------------------------------------------------------------------ evaluation and prediction
-    def _inference(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
+    def _inference(self, mode: str, steps: int | None,
+                   checkpoint: str | None = None) -> Iterator[tuple[Batch, ModelOutput]]:
         self.model.set_mode(ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
         try:
-            yield from self._inference_steps(mode, steps)
+            yield from self._inference_steps(mode, steps, checkpoint)
         except BaseException as error:
             self._raise_failure(error, "evaluation" if mode == ModeKeys.EVAL else "prediction")
 
-    def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
+    def _inference_steps(self, mode: str, steps: int | None,
+                         checkpoint: str | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)
         # Batches to come, when input_fn's iterable knows (a list does): the progress's ETA.
         known = operator.length_hint(batches) or None
@@ -719,7 +731,10 @@ class Estimator:
                     break
                 if count == 0:
                     self.build(batch)
-                    self._restore_latest()  # a checkpoint written since the model was built
+                    if checkpoint is not None:
+                        self._restore(checkpoint)
+                    else:
+                        self._restore_latest()  # a checkpoint written since the model was built
                     if self._restored is None:  # as TensorFlow's Estimator: no guessing with random weights
                         raise ValueError(f"Could not find trained model in model_dir: {self.config.model_dir} "
                                          f"(no checkpoint; train first)")
@@ -759,7 +774,7 @@ class Estimator:
             return None
         return PredictionWriter(p.output_path, p.output_fields, p.delimiter, self.config.index)
 
-    def evaluate(self, steps: int | None = None) -> dict[str, float]:
+    def evaluate(self, steps: int | None = None, checkpoint_path: str | os.PathLike | None = None) -> dict[str, float]:
         """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, the losses and the global step.
 
         ``loss`` is per example: the batches' losses summed, over the examples evaluated (with
@@ -767,12 +782,41 @@ class Estimator:
         example). ``batch_loss`` is Monolith's (TF Estimator's) ``loss``: the mean over batches of
         each batch's loss, which grows with the batch size. With ``output_path`` set, predictions
         are written as in :meth:`predict`.
+
+        ``checkpoint_path`` (a checkpoint of ``model_dir``: its path, ``ckpt-N`` or TensorFlow's
+        ``model.ckpt-N``) evaluates that checkpoint instead of the latest, as TensorFlow's
+        ``evaluate(checkpoint_path=)``: training not yet checkpointed is saved first, and the
+        estimator returns to its latest checkpoint afterwards, so training goes on where it was.
         """
+        chosen = None if checkpoint_path is None else self._checkpoint_named(checkpoint_path)
+        if chosen is not None and self.model.ctx.built and self.global_step != self._latest_step():
+            self.save_checkpoint()  # the live state is newer than every checkpoint: keep it
+        try:
+            return self._evaluate(steps if steps is not None else self.model.p.eval.steps, chosen)
+        finally:
+            latest = self._checkpoints.latest()
+            if chosen is not None and latest is not None and self._restored != latest:
+                self._restore(latest)
+
+    def _latest_step(self) -> int | None:
+        latest = self._checkpoints.latest()
+        return None if latest is None else int(CheckpointManager.read_manifest(latest)["global_step"])
+
+    def _checkpoint_named(self, name: str | os.PathLike) -> str:
+        """The checkpoint of ``model_dir`` that ``name`` (a path, ``ckpt-N``, ``model.ckpt-N``) names."""
+        path = self._checkpoints.named(name)
+        if path is None:
+            kept = [os.path.basename(p) for p in self._checkpoints.checkpoints()]
+            raise ValueError(f"checkpoint_path {os.fspath(name)!r} is not a checkpoint of {self.config.model_dir} "
+                             f"(it has {kept})")
+        return path
+
+    def _evaluate(self, steps: int | None, checkpoint: str | None) -> dict[str, float]:
         metrics = _HeadMetrics()
         losses: list[tuple[float, int]] = []  # (a batch's loss, its examples)
         writer = self._writer()
         try:
-            for batch, output in self._inference(ModeKeys.EVAL, steps if steps is not None else self.model.p.eval.steps):
+            for batch, output in self._inference(ModeKeys.EVAL, steps, checkpoint):
                 metrics.update(output)
                 if output.loss is not None:
                     losses.append((float(output.loss), batch.batch_size))

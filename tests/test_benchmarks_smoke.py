@@ -77,3 +77,13 @@ def test_command_start_up_is_timed_against_import_torch(tmp_path):
     [goal] = _cli_goals([result])
     assert goal.measured.startswith(f"{result['median_s'][cli_benchmark.HELP]:.2f} s")
     check_figures(cli_benchmark.figures([result]), tmp_path)
+
+
+def test_input_pipeline_times_reading_training_and_prefetch():
+    from benchmarks import input_pipeline_benchmark
+
+    result = input_pipeline_benchmark.run(examples=600, batch_size=200, width=8, repeats=1, device_step_ms=1)
+    assert result["batches"] == 3 and result["step"] == "device wait 1 ms"
+    assert all(result[k] > 0 for k in ("read_s", "train_s", "serial_s", "prefetch_s"))
+    assert result["ideal"] == (result["read_s"] + result["train_s"]) / max(result["read_s"], result["train_s"])
+    assert "| device wait 1 ms | 600 x 200 |" in input_pipeline_benchmark.report([result])

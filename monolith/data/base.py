@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from monolith.data.dataset import Dataset
 from monolith.sparse import Batch, KeyedJaggedTensor
 
-__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
+__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "skip_bad_record", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
 
 logger = logging.getLogger("monolith.data")
 
@@ -210,8 +211,23 @@ def _existing_files(paths: PathOrPaths) -> list[str]:
     return files
 
 
-class Reader(abc.ABC):
-    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order.
+def skip_bad_record(source: Any, path: str, offset: int, reason: str) -> None:
+    """A record at byte ``offset`` of ``path`` is bad: raise ``ValueError`` if ``source.strict``, else
+    count it in ``source.num_bad_records`` and keep (and log) it in ``source.bad_records`` while
+    fewer than :data:`MAX_BAD_RECORDS_KEPT` are kept: the bookkeeping of the sources whose records
+    have byte offsets rather than lines."""
+    where = f"{path}, byte offset {offset}"
+    if source.strict:
+        raise ValueError(f"{where}: malformed record: {reason}")
+    source.num_bad_records += 1
+    if len(source.bad_records) < MAX_BAD_RECORDS_KEPT:
+        source.bad_records.append((path, offset, reason))
+        logger.warning("skipping malformed record at %s: %s", where, reason)
+
+
+class Reader(Dataset):
+    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order, and a
+    :class:`~monolith.data.dataset.Dataset`, so ``map``, ``shuffle``, ``take``, ``prefetch`` ... chain.
 
     Args:
         paths: one file or a sequence of files, read in the given order.

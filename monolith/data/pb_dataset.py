@@ -73,6 +73,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,16 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Reader, Rows, jagged, logger
+from monolith.data.base import (
+    ChunkedReader,
+    Jagged,
+    PathOrPaths,
+    Reader,
+    Rows,
+    jagged,
+    logger,
+    skip_bad_record,
+)
 from monolith.data.feature_list import FeatureList
 from monolith.data.proto.example_pb2 import SHARED, Example, ExampleBatch
 from monolith.data.proto.example_pb2 import Feature as ExampleFeature
@@ -583,6 +593,9 @@ class PBParser:
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"feature names used twice (sparse, dense, label or line id fields): {twice}")
+        # Features asked for by slot, which named FID features do not match without a feature list.
+        by_slot = self.feature_list is None and self.variant_type != "instance"
+        self._slot_requests = [n for n in self._sparse or () if by_slot and slot_from_name(n) is not None]
 
     # -- configuration helpers
 
@@ -895,7 +908,27 @@ class PBParser:
                 good.extend(rs)
             else:
                 bad.append((position, problem))
+        if self._slot_requests:
+            self._warn_slot_requests(good)
         return self._rows(good), bad
+
+    def _warn_slot_requests(self, records: list[_Record]) -> None:
+        """Warn (once per feature) when a feature asked for by slot (``3``, ``slot_3``, ``fc_slot_3``) is
+        in none of ``records`` while they have FID features of other names: without a feature list a
+        slot does not find a named feature, and the feature would be empty without a word."""
+        names = {name for r in records for name in r.fids}
+        missing = [n for n in self._slot_requests if n not in names]
+        others = sorted(names - set(self._sparse or ()))
+        if not (missing and others):
+            return
+        self._slot_requests = [n for n in self._slot_requests if n not in missing]
+        warnings.warn(
+            f"sparse features {missing} were asked for by slot and no example has them; these examples name "
+            f"their FID features ({others[:8]}), which a slot does not find: ask for the names, or give the "
+            "feature_list that maps the slots to them",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def parse(
         self,
@@ -1077,10 +1110,4 @@ class PBDataset(Reader):
 
     def _bad_record(self, path: str, offset: int, reason: str) -> None:
         # The base class's bookkeeping, worded with the byte offset where text readers have a line.
-        where = f"{path}, byte offset {offset}"
-        if self.strict:
-            raise ValueError(f"{where}: malformed record: {reason}")
-        self.num_bad_records += 1
-        if len(self.bad_records) < MAX_BAD_RECORDS_KEPT:
-            self.bad_records.append((path, offset, reason))
-            logger.warning("skipping malformed record at %s: %s", where, reason)
+        skip_bad_record(self, path, offset, reason)

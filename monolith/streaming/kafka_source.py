@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from monolith.data.dataset import Dataset
 from monolith.fid import fid_to_int64
 from monolith.sparse import Batch, KeyedJaggedTensor
 
@@ -117,8 +118,9 @@ def parse_stream_url(url: str) -> tuple[str, str]:
     return parsed.netloc, topic
 
 
-class KafkaSource:
-    """Batches of examples consumed from Kafka partitions, with offsets that checkpoints keep.
+class KafkaSource(Dataset):
+    """Batches of examples consumed from Kafka partitions, with offsets that checkpoints keep; a
+    :class:`~monolith.data.dataset.Dataset`, so ``map``, ``filter``, ``prefetch`` ... chain.
 
     Args:
         bootstrap_servers: ``HOST:PORT`` of the brokers.
