@@ -202,8 +202,12 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     if args.serving_url is not None:
         from monolith.streaming import ParameterSync
 
-        hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
-                                   evict_interval_s=args.evict_interval))
+        try:
+            hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
+                                       dense_interval_s=args.dense_sync_interval, every_steps=args.sync_every_steps,
+                                       evict_interval_s=args.evict_interval))
+        except ValueError as e:
+            raise CliError(f"--serving-url: {e}") from None
     metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks)
     latest = CheckpointManager(estimator.config.model_dir).latest()
     return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
@@ -307,7 +311,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--serving-url", default=None, metavar="http://HOST:PORT",
                        help="push changed embedding rows and dense weights to this serving process")
     train.add_argument("--sync-interval", type=float, default=10.0,
-                       help="--serving-url: seconds between parameter pushes (default 10)")
+                       help="--serving-url: seconds between pushes of the changed embedding rows (default 10)")
+    train.add_argument("--dense-sync-interval", type=float, default=None,
+                       help="--serving-url: seconds between pushes of the dense weights (default: 6 times "
+                            "--sync-interval; the last push of a run always carries them)")
+    train.add_argument("--sync-every-steps", type=int, default=None, metavar="K",
+                       help="--serving-url: also push after every K global steps (default: by the clock only)")
     train.add_argument("--evict-interval", type=float, default=None,
                        help="--serving-url: seconds between expiry sweeps whose evictions reach serving")
     for name, what in (("evaluate", "evaluate the latest checkpoint (per-head AUC / MSE, mean loss)"),

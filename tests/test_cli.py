@@ -218,6 +218,11 @@ def test_main_reports_errors(workdir, capsys):
     (["--config", '{"run_config": {"save_checkpoints_steps": "x"}}'], "save_checkpoints_steps must be an int"),
     (["--param", "hidden='abc'"], "building the model from its params failed: TypeError"),
     (["--model-dir", "a_file"], "--model-dir a_file: exists and is not a directory"),
+    (["--serving-url", "http://127.0.0.1:1", "--sync-interval", "0"], "--serving-url: sync interval must be > 0"),
+    (["--serving-url", "http://127.0.0.1:1", "--dense-sync-interval", "-1"],
+     "--serving-url: dense sync interval must be >= 0 seconds, got -1.0"),
+    (["--serving-url", "http://127.0.0.1:1", "--sync-every-steps", "0"],
+     "--serving-url: sync every_steps must be a positive int or None, got 0"),
 ])
 def test_wrong_values_are_one_line_errors(workdir, capsys, args, message):
     (workdir / "a_file").write_text("")

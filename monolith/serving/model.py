@@ -17,7 +17,14 @@ tensors)::
      "full": bool,                   # optional (default False): a full snapshot of the sender's shard
      "rank": int, "world_size": int, # optional (default 0 and 1): the trainer process that sent it
      "tables": {name: {"ids": int64[n], "rows": float32[n, dim], "deleted": int64[m]}},
-     "dense": model.state_dict() or None}
+     "dense": model.state_dict() or None,
+     "stream": {"topic": str, "offsets": {partition: int}}}  # optional: what the trainer had trained
+
+``stream`` makes what serving reflects observable: the next offset of each partition of the
+trainer's stream after the last batch trained before the update was taken. Serving keeps, per
+partition, the furthest offset an applied update reported (ranks read disjoint partitions), and
+the version of the last update that carried dense weights (:meth:`ServingModel.progress`; a
+trainer pushes changed rows more often than the dense weights).
 
 Rows arrive uncompressed and are stored as an export stores them (through the slices'
 compressors), so serving precision does not depend on how a row got there.
@@ -78,7 +85,7 @@ from monolith.table.hash_map import FidMap
 
 __all__ = ["BaseVersionError", "RequestError", "ServingModel", "StaleUpdateError", "decode_update", "encode_update"]
 
-_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
+_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense", "stream")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
 
 
@@ -125,6 +132,7 @@ class _Update:
     world_size: int
     changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> ids, rows, deleted
     dense: dict[str, torch.Tensor] | None
+    stream: tuple[str, dict[int, int]] | None = None  # topic, next offset per partition
 
 
 class _Table:
@@ -239,6 +247,9 @@ class ServingModel:
         self._lock = threading.Lock()  # held by requests while they read, and by updates while they write
         self._update_lock = threading.Lock()  # one update at a time, from its checks to its last write
         self._version = signature.global_step
+        self._dense_version = signature.global_step
+        self._stream_topic: str | None = None
+        self._stream_offsets: dict[int, int] = {}
         self._updated_at: float | None = None
         # The version each shard is at (module docstring): per rank of the world size that pushed
         # since the load (None: none yet); a rank not in _shard_versions is at the export's step,
@@ -289,6 +300,16 @@ class ServingModel:
         if rank in self._shard_versions:
             return self._shard_versions[rank]
         return None if self._shards_unknown else self.signature.global_step
+
+    def progress(self) -> dict[str, Any]:
+        """What the served parameters reflect of training: ``model_version`` (the trainer's global
+        step at the newest applied update), ``dense_version`` (the version the dense weights are
+        from) and ``stream``, the trainer's stream offsets those updates had trained up to
+        (``{"topic": str, "offsets": {partition: next offset}}``, None before an update carried them)."""
+        with self._update_lock:
+            stream = None if self._stream_topic is None else {
+                "topic": self._stream_topic, "offsets": {str(p): o for p, o in sorted(self._stream_offsets.items())}}
+            return {"model_version": self._version, "dense_version": self._dense_version, "stream": stream}
 
     @property
     def last_update_time(self) -> float | None:
@@ -395,6 +416,14 @@ class ServingModel:
                 self._updated_at = time.time()
                 version = self._version
             self._record_shard(checked)
+            if checked.dense is not None:
+                self._dense_version = max(self._dense_version, checked.version)
+            if checked.stream is not None:
+                topic, offsets = checked.stream
+                if topic != self._stream_topic:  # another stream: its offsets do not compare with the old
+                    self._stream_topic, self._stream_offsets = topic, {}
+                for partition, offset in offsets.items():
+                    self._stream_offsets[partition] = max(offset, self._stream_offsets.get(partition, offset))
         return version
 
     def _record_shard(self, checked: _Update) -> None:
@@ -473,6 +502,7 @@ class ServingModel:
                                            f"{foreign[0]}); rank {rank} of {world_size} may only send its own")
             checked.changes[name] = (ids, table.as_served(rows), deleted)
         checked.dense = self._check_dense(update.get("dense"))
+        checked.stream = _check_stream(update.get("stream"))
         if full:
             missing = sorted(set(self._tables) - set(checked.changes))
             if missing:
@@ -510,6 +540,26 @@ class ServingModel:
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _check_stream(stream: Any) -> tuple[str, dict[int, int]] | None:
+    """An update's ``stream`` as (topic, next offset per partition); None where it has none."""
+    if stream is None:
+        return None
+    expected = "update 'stream' must be {'topic': str, 'offsets': {partition: offset}} with ints >= 0"
+    if not isinstance(stream, Mapping) or set(stream) != {"topic", "offsets"}:
+        raise RequestError(f"{expected}, got {reprlib.repr(stream)}")
+    topic, offsets = stream["topic"], stream["offsets"]
+    if not isinstance(topic, str) or not isinstance(offsets, Mapping):
+        raise RequestError(f"{expected}, got {reprlib.repr(stream)}")
+    checked = {}
+    for partition, offset in offsets.items():
+        partition = int(partition) if isinstance(partition, str) and partition.isdigit() else partition
+        if (isinstance(partition, bool) or not isinstance(partition, int) or partition < 0
+                or isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise RequestError(f"{expected}, got offsets[{partition!r}] = {offset!r}")
+        checked[partition] = offset
+    return topic, checked
+
+
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     """``array`` with zero rows appended up to ``capacity`` rows."""
     out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
