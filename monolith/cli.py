@@ -15,7 +15,9 @@ Usage::
 module (the current directory is searched first) or a ``.py`` file. Each command prints one JSON
 line of results on stdout (under torchrun: rank 0 only, except ``predict``, which every rank runs on
 its own data); the Estimator's progress goes to stderr. A ``model_dir`` holding checkpoints is
-resumed from its latest one.
+resumed from its latest one; a finished one (its input read to the end) is left as it is, unless
+``--max-steps`` (higher), ``--steps`` or ``--epochs`` ask for more. SIGTERM or SIGINT stop ``train``
+after the current step with a checkpoint (and exit status 0); a second signal stops it at once.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ from typing import Any
 import torch
 
 from monolith.checkpoint import CheckpointManager
-from monolith.dump import ModelDump
-from monolith.estimator import Estimator, RunConfig
+from monolith.estimator import Estimator, RunConfig, seed_everything
 from monolith.export import ExportSignature
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithBaseModel
@@ -202,13 +203,20 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     if args.serving_url is not None:
         from monolith.streaming import ParameterSync
 
+        from monolith.serving.auth import read_token
+
+        try:
+            token = read_token(args.serving_token_file)
+        except ValueError as e:
+            raise CliError(str(e)) from None
         try:
             hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
                                        dense_interval_s=args.dense_sync_interval, every_steps=args.sync_every_steps,
-                                       evict_interval_s=args.evict_interval))
+                                       evict_interval_s=args.evict_interval, token=token))
         except ValueError as e:
             raise CliError(f"--serving-url: {e}") from None
-    metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks)
+    metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks,
+                              epochs=args.epochs)
     latest = CheckpointManager(estimator.config.model_dir).latest()
     return {"metrics": metrics, "checkpoint": None if latest is None else os.path.abspath(latest)}
 
@@ -238,16 +246,12 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     batch = next(iter(source), None)
     if batch is None:
         raise CliError("dump: input_fn(TRAIN) produced no batch for the build pass")
-    estimator.build(batch)
-    with torch.no_grad():
-        output = estimator._model_fn(batch, ModeKeys.TRAIN)
     receiver = model.create_serving_input_receiver_fn()()
     if receiver is not None and not isinstance(getattr(receiver, "features", receiver), Mapping):
         receiver = None  # only a features mapping describes serving inputs
     path = args.dump_path or os.path.join(estimator.config.model_dir, "model_dump.json")
     try:
-        dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver,
-                                    run_config=estimator.config, input_source=source)
+        dump = estimator.model_dump(batch, receiver, input_source=source)
     except ValueError as e:
         raise CliError(f"dump: {e}") from None
     if estimator.dist is None or estimator.dist.rank == 0:
@@ -285,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=None, metavar="JSON",
                         help="JSON object (inline or a file) of param overrides, names dotted or nested as groups; "
                              "its 'run_config' object sets RunConfig fields; --param wins over it")
-    common.add_argument("--seed", type=int, default=None, help="RunConfig.seed (default: 0)")
+    common.add_argument("--seed", type=int, default=None,
+                        help="RunConfig.seed (default: 0): seeds Python, numpy and torch before the model is built")
     common.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 is often fastest for these small ops)")
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -301,6 +306,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=None,
                        help="stop at this global step (default: the train.max_steps param, else the end of input_fn)")
     train.add_argument("--steps", type=int, default=None, help="this many more steps")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="read input_fn this many times (the first pass continues where the checkpoint left it); "
+                            "a run that read all of its input is finished, and trains again only with --epochs, "
+                            "--steps or a higher --max-steps")
     train.add_argument("--stream", default=None, metavar="kafka://HOST:PORT/TOPIC",
                        help="read training examples from this Kafka topic (rank r of N reads the partitions p with "
                             "p %% N == r), parsed by the model's parse_stream(messages) if it has one, else as JSON "
@@ -310,6 +319,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="--stream: stop after this many seconds without a message (default: never)")
     train.add_argument("--serving-url", default=None, metavar="http://HOST:PORT",
                        help="push changed embedding rows and dense weights to this serving process")
+    train.add_argument("--serving-token-file", default=None, metavar="PATH",
+                       help="--serving-url: file holding the token serving requires for updates, sent as "
+                            "'Authorization: Bearer <token>' (default: $MONOLITH_SERVING_TOKEN)")
     train.add_argument("--sync-interval", type=float, default=10.0,
                        help="--serving-url: seconds between pushes of the changed embedding rows (default 10)")
     train.add_argument("--dense-sync-interval", type=float, default=None,
@@ -365,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.output_path = args.output_path
         elif args.command == "predict" and p.output_path is None:
             p.output_path = os.path.join(run_config.model_dir, "predictions")
+        seed_everything(run_config.seed)  # layers built in the model's __init__ draw from these generators
         try:
             model = p.instantiate()
         except (TypeError, ValueError) as e:

@@ -12,7 +12,7 @@ Example::
 
     estimator = Estimator(model, RunConfig(model_dir=tmp))
     estimator.train(max_steps=1)
-    ModelDump.from_model(model, optimizer=estimator._dense_optimizer).dump(f"{tmp}/model_dump.json")
+    estimator.model_dump(first_batch).dump(f"{tmp}/model_dump.json")
     dump = ModelDump.load(f"{tmp}/model_dump.json")
     dump.get_slot_to_occurrence_threshold()        # {1: 0, 2: 5}
     params, layouts = dump.restore_params()
@@ -21,29 +21,26 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import json
-import logging
 import os
 import types
 import typing
-from typing import Any, Mapping, NamedTuple, TypeVar
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
-import monolith.optim
+from monolith import tagged_json
 from monolith.atomic import atomic_write
 from monolith.feature import FeatureSlot
 from monolith.layout import OutConfig
 from monolith.model import ModelOutput, MonolithModel
 from monolith.modules.combiners import Combiner, make_combiner
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
-from monolith.params import InstantiableParams, Params
+from monolith.optim.registry import from_config
+from monolith.params import InstantiableParams
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import SliceConfig, SlotConfig
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "DenseOptimizerDump",
@@ -56,9 +53,6 @@ __all__ = [
     "SignatureDump",
     "SliceDump",
     "TableDump",
-    "restore_compressor",
-    "restore_initializer",
-    "restore_optimizer",
 ]
 
 _FORMAT = "monolith.model_dump"
@@ -99,8 +93,8 @@ class SliceDump:
 
     def restore(self) -> SliceConfig:
         """The table slice this records."""
-        return SliceConfig(self.name, self.dim, restore_initializer(self.initializer),
-                           restore_optimizer(self.optimizer), restore_compressor(self.compressor))
+        return SliceConfig(self.name, self.dim, from_config(self.initializer, Initializer),
+                           from_config(self.optimizer, SliceOptimizer), from_config(self.compressor, Compressor))
 
 
 @dataclasses.dataclass
@@ -180,21 +174,21 @@ class DenseOptimizerDump:
                                  f"parameters of the model")
             hyper = {k: v for k, v in group.items() if k != "params"}
             groups.append(ParamGroupDump([names[id(p)] for p in group["params"]],
-                                         _encode_mapping(hyper, f"optimizer.param_groups[{i}]")))
-        return cls(_reference(type(optimizer)), _encode_mapping(optimizer.defaults, "optimizer.defaults"), groups)
+                                         tagged_json.encode_mapping(hyper, f"optimizer.param_groups[{i}]")))
+        return cls(tagged_json.reference(type(optimizer)), tagged_json.encode_mapping(optimizer.defaults, "optimizer.defaults"), groups)
 
     def restore(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         """A new optimizer of the recorded class and hyper-parameters over ``model``'s parameters."""
-        optimizer_cls = _resolve(self.cls)
+        optimizer_cls = tagged_json.resolve(self.cls)
         parameters = dict(model.named_parameters())
         missing = sorted({n for g in self.param_groups for n in g.params} - set(parameters))
         if missing:
             raise ValueError(f"model has no parameters {missing} named by the dumped dense optimizer")
-        groups = [{"params": [parameters[n] for n in g.params], **_decode_mapping(g.hyper_parameters)}
+        groups = [{"params": [parameters[n] for n in g.params], **tagged_json.decode_mapping(g.hyper_parameters)}
                   for g in self.param_groups]
         # ``defaults`` may hold keys the constructor does not take (set by subclasses or schedulers).
         accepted = inspect.signature(optimizer_cls).parameters
-        defaults = {k: v for k, v in _decode_mapping(self.defaults).items() if k in accepted}
+        defaults = {k: v for k, v in tagged_json.decode_mapping(self.defaults).items() if k in accepted}
         return optimizer_cls(groups, **defaults)
 
 
@@ -269,9 +263,9 @@ class ModelDump:
                              f"(model_fn added {[type(h).__name__ for h in output.training_hooks]})")
         receiver_features = None if receiver is None else _describe_inputs(getattr(receiver, "features", receiver))
         dump = cls(
-            params=_encode(model.p, "p"),
+            params=tagged_json.encode(model.p, "p"),
             user_params=_user_params(model),
-            run_config=None if run_config is None else _encode_mapping(dataclasses.asdict(run_config), "run_config"),
+            run_config=None if run_config is None else tagged_json.encode_mapping(dataclasses.asdict(run_config), "run_config"),
             input_source=None if input_source is None else _source(input_source),
             layouts={name: config.to_dict() for name, config in model.layout_dict.items()},
             features=[_feature(model, name) for name in model.fc_dict],
@@ -324,7 +318,7 @@ class ModelDump:
             raise ValueError("model dump has no params")
         if not self.layouts:
             raise ValueError("layout_dict is empty")
-        return ModelParams(_decode(self.params), {n: OutConfig.from_dict(d) for n, d in self.layouts.items()})
+        return ModelParams(tagged_json.decode(self.params), {n: OutConfig.from_dict(d) for n, d in self.layouts.items()})
 
     @property
     def feature_slice_dims(self) -> dict[str, list[int]]:
@@ -453,128 +447,6 @@ def _signatures(inputs: list[str], output: ModelOutput) -> dict[str, SignatureDu
     for name, value in output.extra_outputs.items():
         signatures[name] = SignatureDump(inputs, list(value) if isinstance(value, Mapping) else [name])
     return signatures
-
-
-# --------------------------------------------------------------------------------------- optim configs
-#: ``config()`` keys that differ from the constructor keyword (the attribute keeps Monolith's proto name).
-_CONFIG_TO_KWARG = {"l1_regularization_strength": "l1_regularization",
-                    "l2_regularization_strength": "l2_regularization", "r": "fixed_range"}
-
-_T = TypeVar("_T")
-
-
-def _restore_optim(config: Mapping[str, Any], base: type[_T]) -> _T:
-    cls = getattr(monolith.optim, str(config.get("type")), None)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ValueError(f"{config.get('type')!r} names no {base.__name__} class of monolith.optim")
-    # Keys the constructor does not take (e.g. MovingAverage's fixed learning_rate 0) are derived values.
-    accepted = inspect.signature(cls).parameters
-    kwargs = {_CONFIG_TO_KWARG.get(k, k): v for k, v in config.items() if _CONFIG_TO_KWARG.get(k, k) in accepted}
-    restored = cls(**kwargs)
-    if restored.config() != dict(config):
-        raise ValueError(f"{cls.__name__} config {dict(config)} rebuilds as {restored.config()}")
-    return restored
-
-
-def restore_initializer(config: Mapping[str, Any]) -> Initializer:
-    """The initializer whose ``config()`` is ``config``."""
-    return _restore_optim(config, Initializer)
-
-
-def restore_optimizer(config: Mapping[str, Any]) -> SliceOptimizer:
-    """The slice optimizer whose ``config()`` is ``config``."""
-    return _restore_optim(config, SliceOptimizer)
-
-
-def restore_compressor(config: Mapping[str, Any]) -> Compressor:
-    """The compressor whose ``config()`` is ``config``."""
-    return _restore_optim(config, Compressor)
-
-
-# --------------------------------------------------------------------------------------- value encoding
-# Values become JSON with every object tagged, so nothing is ambiguous: {"$tuple": [...]},
-# {"$dict": [[key, value], ...]}, {"$ref": "module:qualname"} for classes and functions, and
-# {"$params": ref, "items": {...}} for Params groups. Lists and scalars stay as they are.
-
-
-class _Unserialisable(ValueError):
-    """A value that cannot be recorded (a skipped param, or an error where it is needed)."""
-
-
-def _reference(obj: Any) -> str:
-    """``module:qualname`` of a class or function that can be imported back."""
-    name = f"{getattr(obj, '__module__', None)}:{getattr(obj, '__qualname__', None)}"
-    try:
-        found = _resolve(name)
-    except ValueError:
-        found = None
-    if found is not obj:
-        raise _Unserialisable(f"{obj!r} cannot be imported back by its qualified name")
-    return name
-
-
-def _resolve(name: str) -> Any:
-    module, _, qualname = name.partition(":")
-    try:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot import {name!r}: {e}") from e
-    return obj
-
-
-def _encode(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, list):
-        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return {"$tuple": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
-    if isinstance(value, dict):
-        return {"$dict": [[_encode(k, path), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()]}
-    if isinstance(value, Params):
-        return {"$params": _reference(type(value)), "items": _encode_mapping(dict(value.iter_params()), path)}
-    if callable(value):  # classes and functions
-        return {"$ref": _reference(value)}
-    raise _Unserialisable(f"{type(value).__name__} is not serialisable")
-
-
-def _encode_mapping(mapping: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """Encodes each value; one that cannot be recorded is left out with a warning."""
-    out = {}
-    for name, value in mapping.items():
-        try:
-            out[name] = _encode(value, f"{path}.{name}")
-        except _Unserialisable as e:
-            logger.warning("model dump: skipping %s.%s: %s", path, name, e)
-    return out
-
-
-def _decode(data: Any) -> Any:
-    if isinstance(data, list):
-        return [_decode(v) for v in data]
-    if not isinstance(data, dict):
-        return data
-    if "$tuple" in data:
-        return tuple(_decode(v) for v in data["$tuple"])
-    if "$dict" in data:
-        return {_decode(k): _decode(v) for k, v in data["$dict"]}
-    if "$ref" in data:
-        return _resolve(data["$ref"])
-    if "$params" in data:
-        params = _resolve(data["$params"])()
-        for name, value in _decode_mapping(data["items"]).items():
-            if params.contain(name):  # e.g. InstantiableParams' own ``cls``
-                setattr(params, name, value)
-            else:
-                params.define(name, value)
-        return params
-    raise ValueError(f"unknown encoded value {data!r}")
-
-
-def _decode_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: _decode(value) for name, value in data.items()}
 
 
 # --------------------------------------------------------------------------------------- JSON -> records

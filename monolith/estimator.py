@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -28,9 +29,11 @@ import torch
 from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
+from monolith.dump import ModelDump
 from monolith.distributed.context import DistributedContext, init_from_env
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
-from monolith.export import export_saved_model
+from monolith.export.exporter import export_saved_model, exporting_note, serving_receiver, trace_batch
+from monolith.graceful_stop import GracefulStop
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
@@ -38,84 +41,23 @@ from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook, has_met
 from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
+from monolith.run_config import RunConfig
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
 logger = logging.getLogger(__name__)
 
-# RunnerConfig and ServiceDiscoveryType are importable from here, as from Monolith's estimator module.
-__all__ = ["Estimator", "EstimatorSpec", "RunConfig", "RunnerConfig", "ServiceDiscoveryType"]
+# RunConfig, RunnerConfig and ServiceDiscoveryType are importable from here, as from Monolith's estimator module.
+__all__ = ["Estimator", "EstimatorSpec", "RunConfig", "RunnerConfig", "ServiceDiscoveryType", "seed_everything"]
 
 
-@dataclasses.dataclass
-class RunConfig:
-    """How a model is run (Monolith's ``RunnerConfig``, the fields that mean something here).
-
-    Args:
-        model_dir: checkpoints, summaries and exports go here.
-        save_checkpoints_steps: checkpoint every this many steps (None: the model's
-            ``train.save_checkpoints_steps`` param; neither: only at the end of ``train``).
-        save_checkpoints_secs: checkpoint when this many seconds passed since the last one (None:
-            the model's ``train.save_checkpoints_secs`` param); not together with steps.
-        keep_checkpoint_max: how many checkpoints to keep.
-        log_step_count_steps: log loss, metrics and examples/s every this many steps.
-        use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
-        hashtable_init_capacity: when above 0, ids every table holds before it first grows, its
-            memory allocated when the tables are built (Monolith's field of the same name; under
-            torch.distributed each rank's shard of a table reserves that many, as each Monolith PS does).
-        seed: seeds torch and the embedding initializers.
-        index: this worker's index (output file suffix); set from torch.distributed when it runs.
-        dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
-            in order), "sum" (one update per distinct id with the summed gradient, as Monolith's
-            sync training); None picks "sum" under torch.distributed and "local" otherwise.
-        dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
-            on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
-            as Monolith's sync training does).
-        enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
-            examples/s at every log step, the global gradient norm every ``save_summary_steps``.
-        progress_bar: show a tqdm bar on stderr for long loops.
-    """
-
-    model_dir: str = "model_dir"
-    save_checkpoints_steps: int | None = None
-    save_checkpoints_secs: float | None = None
-    keep_checkpoint_max: int = 5
-    log_step_count_steps: int = 100
-    use_native_multi_hash_table: bool = True
-    hashtable_init_capacity: int = 0
-    seed: int = 0
-    index: int = 0
-    dedup: str | None = None
-    dense_reduce: str = "sum"
-    enable_summaries: bool = True
-    save_summary_steps: int = 100
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        """Wrong types and values fail here, naming the field, not at some later step."""
-        if not isinstance(self.model_dir, (str, os.PathLike)):
-            raise ValueError(f"RunConfig.model_dir must be a path, got {self.model_dir!r}")
-        self.model_dir = os.fspath(self.model_dir)
-        minimum = {"keep_checkpoint_max": 1, "log_step_count_steps": 1, "hashtable_init_capacity": 0, "index": 0,
-                   "save_summary_steps": 1}
-        for name, low in {**minimum, "seed": None, "save_checkpoints_steps": 1}.items():
-            value = getattr(self, name)
-            if value is None and name == "save_checkpoints_steps":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-                bound = "" if low is None else f" >= {low}"
-                raise ValueError(f"RunConfig.{name} must be an int{bound}, got {value!r}")
-        secs = self.save_checkpoints_secs
-        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
-            raise ValueError(f"RunConfig.save_checkpoints_secs must be a number > 0, got {secs!r}")
-        for name in ("use_native_multi_hash_table", "enable_summaries", "progress_bar"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"RunConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.dedup not in (None, "local", "sum"):
-            raise ValueError(f"RunConfig.dedup must be 'local', 'sum' or None, got {self.dedup!r}")
-        if self.dense_reduce not in ("sum", "mean"):
-            raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {self.dense_reduce!r}")
+def seed_everything(seed: int) -> None:
+    """Seeds Python's ``random``, numpy's global generator and torch: call it before the model is
+    built, so that layers made in its ``__init__`` start the same in every run of the same seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class _HeadMetrics:
@@ -168,6 +110,7 @@ class Estimator:
     def __init__(self, model: MonolithBaseModel | InstantiableParams,
                  config: RunConfig | RunnerConfig | str | None = None) -> None:
         if isinstance(model, InstantiableParams):
+            seed_everything(config.seed if isinstance(config, RunConfig) else RunConfig.seed)
             model = model.instantiate()
         if not isinstance(model, MonolithBaseModel):
             raise TypeError(f"Estimator needs a MonolithBaseModel or its params, got {type(model).__name__}")
@@ -307,6 +250,11 @@ class Estimator:
         Not under torch.distributed (an export runs in one process): there rank 0 logs a warning and
         the checkpoint is exported with ``monolith export``.
         """
+        return self._save_checkpoint(input_ended=None)
+
+    def _save_checkpoint(self, input_ended: dict[str, Any] | None) -> str:
+        """:meth:`save_checkpoint`, recording ``input_ended`` (``{"max_steps": ...}`` of a run that read
+        all of its input: a finished run) in the manifest."""
         dense = {
             "model": self.model.state_dict(),
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
@@ -317,11 +265,12 @@ class Estimator:
         input_state = self._source.state_dict() if self._source is not None else None
         if self.dist is None:
             path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict(),
-                                          extra={"input_states": [input_state]})
+                                          extra={"input_states": [input_state], "input_ended": input_ended})
         else:
             path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
                                           self.model.ctx.state_dict(),
-                                          extra={"input_states": self.dist.all_gather_object(input_state)},
+                                          extra={"input_states": self.dist.all_gather_object(input_state),
+                                                 "input_ended": input_ended},
                                           rank=self.dist.rank, world_size=self.dist.world_size,
                                           barrier=self.dist.barrier)
         self._restored = path
@@ -362,16 +311,60 @@ class Estimator:
         elif rank < len(states) and states[rank] is not None:
             self._source.load_state_dict(states[rank])
 
+    def model_dump(self, batch: Batch, receiver: Any = None, input_source: Any = None) -> ModelDump:
+        """Monolith's model dump of this estimator's model (:class:`~monolith.dump.ModelDump`): its
+        params, features, slices, tables, dense optimizer and ``model_fn``'s TRAIN output on ``batch``
+        (a batch of its ``input_fn``; the model is built on it first if it is not built yet).
+        ``receiver`` and ``input_source`` (what ``input_fn`` returned) are recorded when given.
+        The tables are read, not changed: ``model_fn`` runs without gradients or new rows.
+
+        Raises:
+            ValueError: what :meth:`ModelDump.from_model` refuses (training hooks, code in a slice).
+        """
+        self.build(batch)
+        previous = self.model.p.mode
+        self.model.set_mode(ModeKeys.TRAIN)
+        self.model.ctx.train(False)  # no row is created for ids of ``batch`` that the tables lack
+        try:
+            with torch.no_grad():
+                output = self._model_fn(batch, ModeKeys.TRAIN)
+        finally:
+            self.model.set_mode(previous)
+        return ModelDump.from_model(self.model, output, self._dense_optimizer, batch, receiver,
+                                    run_config=self.config, input_source=input_source)
+
     def export_saved_model(self, export_dir: str | os.PathLike | None = None) -> str:
         """Exports the model for serving to ``export_dir/<global_step>/`` and returns that path
-        (see :func:`monolith.export.export_saved_model`); ``export_dir`` defaults to ``model_dir``
-        joined with the ``serving.export_dir_base`` param, as in Monolith."""
+        (see :func:`monolith.export.exporter.export_saved_model`); ``export_dir`` defaults to
+        ``model_dir`` joined with the ``serving.export_dir_base`` param, as in Monolith. An estimator
+        that has not built its model builds it on the serving receiver's features and restores the
+        latest checkpoint, whose shards from any number of ranks merge into this process.
+
+        Raises:
+            RuntimeError: under torch.distributed (export from one process).
+        """
+        if self.dist is not None:
+            raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
+                               "outside torch.distributed (it merges the shards of every rank) and export there")
         if export_dir is None:
             export_dir = os.path.join(self.config.model_dir, self.model.p.serving.export_dir_base)
-        return export_saved_model(self, export_dir)
+        receiver = serving_receiver(self.model)
+        previous = self.model.p.mode
+        self.model.set_mode(ModeKeys.PREDICT)
+        try:  # an estimator that has not built its model builds it here and restores the latest checkpoint
+            self.build(trace_batch(receiver))
+        except Exception as error:
+            error.add_note(exporting_note(receiver))
+            raise
+        finally:
+            self.model.set_mode(previous)
+        return export_saved_model(self.model, self.global_step, export_dir, run_config=self.config)
 
     def _summary(self, tag: str, value: float) -> None:
+        """Writes a TensorBoard scalar; under torch.distributed rank 0 alone writes (one value a step)."""
         if not self.config.enable_summaries or not math.isfinite(value):
+            return
+        if self.dist is not None and self.dist.rank != 0:
             return
         if self._summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
@@ -393,57 +386,90 @@ class Estimator:
     # ------------------------------------------------------------------ training
     def train(self, max_steps: int | None = None, steps: int | None = None,
               input_fn: Callable[[str], Iterable[Batch]] | None = None,
-              hooks: Sequence[TrainingHook] | None = None) -> dict[str, float]:
+              hooks: Sequence[TrainingHook] | None = None, epochs: int | None = None) -> dict[str, float]:
         """Trains until the global step reaches ``max_steps`` (or for ``steps`` more steps, or until
-        the input ends); returns the last logged metrics.
+        the input ends, or for ``epochs`` passes over it); returns the last logged metrics.
 
         ``input_fn`` replaces the model's (e.g. a :class:`~monolith.streaming.KafkaSource`);
         ``hooks`` run besides the model's own (e.g. :class:`~monolith.streaming.ParameterSync`).
         An input with ``state_dict``/``load_state_dict`` (a stream) is checkpointed and resumed by
-        its own state; any other input is resumed by skipping the batches already trained, and read
-        again from its start once they were all trained (another epoch, as TensorFlow's ``train``
-        reads ``input_fn`` anew). The loss and metrics logged every ``log_step_count_steps`` cover
-        the steps since the previous log.
+        its own state; any other input is resumed by skipping the batches already trained.
+
+        A finished run stays finished: when the latest checkpoint was written because ``input_fn``
+        ended (every batch trained), training again trains nothing and says so in one line, unless
+        more is asked for: ``max_steps`` above both that step and the ``max_steps`` the run ended
+        before, ``steps``, or ``epochs``; then ``input_fn`` is read again from its start.
+        ``epochs`` reads it this many times, the first pass continuing where the checkpoint left it.
+
+        SIGTERM or SIGINT (in the main thread) stops training after the current step: the
+        checkpoint is written, the stream's offsets committed, the hooks ended (ParameterSync pushes
+        its last changes) and ``train`` returns; a second signal ends the process at once. An input
+        with a ``stop()`` method (a KafkaSource) is told to stop waiting for data. The loss and
+        metrics logged every ``log_step_count_steps`` cover the steps since the previous log.
         """
         if steps is not None and max_steps is not None:
             raise ValueError("Can not provide both steps and max_steps.")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"train: epochs must be an int >= 1, got {epochs!r}")
         extra_hooks = list(hooks or [])
         for hook in extra_hooks:
             if not isinstance(hook, TrainingHook):
                 raise TypeError(f"train: hooks must be TrainingHooks, got {type(hook).__name__}")
-        self.model.p.mode = ModeKeys.TRAIN
-        self.model.train()
-        self.model.ctx.train(True)
+        self.model.set_mode(ModeKeys.TRAIN)
         max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
-        every_steps, every_secs = self._checkpoint_every()
         make_input = input_fn or self.model.create_input_fn(ModeKeys.TRAIN)
         source = make_input(ModeKeys.TRAIN)
         self._source = source if _is_stateful(source) else None
+        if self._source is not None and epochs is not None:
+            raise ValueError("train: epochs is for an input_fn read from its start, not a stream")
+        stop_source = getattr(source, "stop", None)
+        with GracefulStop(stop_source if callable(stop_source) else lambda: None) as stop:
+            return self._train(max_steps, steps, epochs, make_input, source, extra_hooks, stop)
+
+    def _finished(self, max_steps: int | None) -> bool:
+        """Whether the latest checkpoint ended its run by reading all of ``input_fn`` and ``max_steps``
+        asks for no more than it had (then one line says so)."""
+        latest = self._checkpoints.latest()
+        manifest = {} if latest is None else CheckpointManager.read_manifest(latest)
+        ended = manifest.get("input_ended")
+        if ended is None:
+            return False
+        step = int(manifest["global_step"])
+        if max_steps is not None and max_steps > max(step, ended.get("max_steps") or 0):
+            return False
+        if self.dist is None or self.dist.rank == 0:
+            logger.warning("train: %s finished at global step %d (its input was read to the end): nothing to train; "
+                           "a higher max_steps, steps or epochs trains more", latest, step)
+        return True
+
+    def _train(self, max_steps: int | None, steps: int | None, epochs: int | None,
+               make_input: Callable[[str], Iterable[Batch]], source: Iterable[Batch],
+               extra_hooks: list[TrainingHook], stop: GracefulStop) -> dict[str, float]:
+        every_steps, every_secs = self._checkpoint_every()
         if self._source is not None:
             self._restore_input_state()
         batches = iter(source)
-        first = self._first_of_every_rank(next(batches, None), {"max_steps": max_steps, "steps": steps})
+        first = self._first_of_every_rank(next(batches, None), {"max_steps": max_steps, "steps": steps,
+                                                                "epochs": epochs})
         if first is None:
             if self._source is not None:
                 # A stream with nothing new (a restarted trainer that had consumed it all) is quiet,
                 # not broken: there is nothing to train and the checkpoint stays as it is.
-                logger.warning("train: the stream produced no batch before its idle timeout; nothing trained "
-                               "(latest checkpoint: %s)", self._checkpoints.latest())
+                logger.warning("train: the stream produced no batch%s; nothing trained (latest checkpoint: %s)",
+                               f" before {stop.requested}" if stop.requested else " before its idle timeout",
+                               self._checkpoints.latest())
                 return {}
             raise ValueError("input_fn(TRAIN) produced no batch")
         built_now = not self.model.ctx.built
         self.build(first)
+        if self._source is None and steps is None and epochs is None and self._finished(max_steps):
+            return {}
         if steps is not None:
             max_steps = self.global_step + steps
         if self._source is not None:
             batches = itertools.chain([first], batches)
         else:
-            batches = self._resume(first, batches)
-            if batches is None:  # every batch was trained before: a new pass over the input
-                logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
-                            self._batches_consumed)
-                self._batches_consumed = 0
-                batches = iter(make_input(ModeKeys.TRAIN))
+            batches = self._passes(first, batches, make_input, epochs)
         metrics = _HeadMetrics()
         # Hooks begin before the first step: the given ones, and the model's from the build pass when
         # it ran now (tables exist, checkpoint restored), else from the first step's model_fn.
@@ -454,10 +480,13 @@ class Estimator:
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
         started, examples = time.perf_counter(), 0
+        stopped = lambda: stop.requested is not None  # noqa: E731
+        if self.dist is not None:  # every rank stops at the same step when any was signalled
+            stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
         try:
             # A stream's exhausted ranks join with empty batches, so that a batch another rank
             # already took from its stream is trained, not lost; max_steps stops before taking one.
-            done = (lambda: self.global_step >= max_steps) if max_steps is not None else None
+            done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
             for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
                 if self.dist is not None:
                     self.dist.heartbeat(self.global_step)
@@ -490,14 +519,23 @@ class Estimator:
         except BaseException as error:
             self._raise_failure(error, "training")
         else:
-            if max_steps is not None and self.global_step < max_steps and self._source is None:
+            signalled = stopped()  # under torch.distributed a collective, which every rank reaches here
+            input_ended = (self._source is None and not signalled
+                           and (max_steps is None or self.global_step < max_steps))
+            if input_ended and max_steps is not None:
                 logger.warning("train: the input ended at global step %d, before max_steps %d", self.global_step,
                                max_steps)
+            if signalled:
+                logger.warning("train: stopped by a signal at global step %d", self.global_step)
             if examples:
                 if self.global_step % self.config.log_step_count_steps:  # steps since the last log
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
-                if saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
-                    self.save_checkpoint()
+            ended = {"max_steps": max_steps} if input_ended else None
+            if examples and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
+                self._save_checkpoint(input_ended=ended)
+            elif ended is not None and self._restored is not None:
+                self._checkpoints.annotate(self._restored, {"input_ended": ended},
+                                           rank=self.dist.rank if self.dist is not None else 0)
         finally:
             for hook in (model_hooks or []) + extra_hooks:
                 hook.end()
@@ -506,6 +544,21 @@ class Estimator:
             if self._summary_writer is not None:
                 self._summary_writer.flush()
         return last
+
+    def _passes(self, first: Batch, rest: Iterator[Batch], make_input: Callable[[str], Iterable[Batch]],
+                epochs: int | None) -> Iterator[Batch]:
+        """The batches of ``epochs`` passes over the input (None: one), the first continuing from where
+        the restored checkpoint left it, or a new pass when every batch of it was trained."""
+        batches = self._resume(first, rest)
+        if batches is None:
+            logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
+                        self._batches_consumed)
+            self._batches_consumed = 0
+            batches = iter(make_input(ModeKeys.TRAIN))
+        yield from batches
+        for _ in range((epochs or 1) - 1):
+            self._batches_consumed = 0  # counts the batches of the pass being trained (what a resume skips)
+            yield from make_input(ModeKeys.TRAIN)
 
     def _first_of_every_rank(self, first: Batch | None, plan: dict[str, Any]) -> Batch | None:
         """This rank's first training batch, once every rank knows that every rank has one (the build
@@ -696,9 +749,7 @@ class Estimator:
 
     # ------------------------------------------------------------------ evaluation and prediction
     def _inference(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
-        self.model.p.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT
-        self.model.eval()
-        self.model.ctx.train(False)
+        self.model.set_mode(ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
         try:
             yield from self._inference_steps(mode, steps)
         except BaseException as error:
@@ -779,6 +830,8 @@ class Estimator:
                   "global_step": self.global_step}
         for tag, value in result.items():
             self._summary(f"eval/{tag}", float(value))
+        if self._summary_writer is not None:  # the events must be on disk when evaluate returns
+            self._summary_writer.flush()
         print("eval: " + ", ".join(f"{k} = {v:.6g}" for k, v in result.items()), file=sys.stderr)
         return result
 

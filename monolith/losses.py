@@ -9,58 +9,15 @@ corrected logits (:class:`LogitCorrection`) while predictions keep using the raw
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
+from monolith.layers.logit_correction import LogitCorrection
 from monolith.mode_keys import ModeKeys
 
-__all__ = ["LogitCorrection", "batch_softmax_loss", "get_sigmoid_loss_and_pred", "get_softmax_loss_and_pred"]
-
-
-class LogitCorrection(torch.nn.Module):
-    """Map unbiased logits to the biased training distribution (Monolith's ``layers.LogitCorrection``).
-
-    Called on ``(logits, sample_rate)``, both ``[batch]`` (``sample_rate`` may be None):
-
-    ========================  ====================  ==========================================
-    ``sample_rate``           ``sample_bias``       result
-    ========================  ====================  ==========================================
-    given                     False                 ``logits - log(sample_rate)``
-    given                     True                  ``log_sigmoid(logits) - log(sample_rate)``
-    None                      True                  ``log_sigmoid(logits)``
-    None                      False                 ``logits``
-    ========================  ====================  ==========================================
-
-    Args:
-        activation: optional function applied to the corrected logits.
-        sample_bias: whether to correct for fast-emit sample bias.
-        name: the layer's name (Monolith passes one; it names nothing here).
-    """
-
-    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor] | None = None, sample_bias: bool = False,
-                 name: str | None = None):
-        super().__init__()
-        self.name = name  # Keras layer name in Monolith; kept for the record
-        self.activation = activation
-        self.sample_bias = sample_bias
-
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor | float | None]) -> torch.Tensor:
-        logits, sample_rate = inputs
-        corrected = self.get_sample_logits(logits, sample_rate, self.sample_bias)
-        return corrected if self.activation is None else self.activation(corrected)
-
-    @staticmethod
-    def get_sample_logits(
-        logits: torch.Tensor, sample_rate: torch.Tensor | float | None, sample_bias: bool
-    ) -> torch.Tensor:
-        """The table above; ``F.logsigmoid`` is the numerically safe ``log(sigmoid(x))``."""
-        corrected = F.logsigmoid(logits) if sample_bias else logits
-        if sample_rate is None:
-            return corrected
-        return corrected - torch.log(torch.as_tensor(sample_rate, dtype=logits.dtype, device=logits.device))
+__all__ = ["batch_softmax_loss", "get_sigmoid_loss_and_pred", "get_softmax_loss_and_pred"]
 
 
 def get_sigmoid_loss_and_pred(
@@ -123,7 +80,7 @@ def get_sigmoid_loss_and_pred(
         if sample_rate.numel() != batch_size:
             raise ValueError(f"get_sigmoid_loss_and_pred('{name}'): sample_rate has {sample_rate.numel()} "
                              f"values for a batch of {batch_size}; give one float or one per example")
-    logits_biased = LogitCorrection(sample_bias=sample_bias)((logits, sample_rate))
+    logits_biased = LogitCorrection.get_sample_logits(logits, sample_rate, sample_bias)
     pred = torch.sigmoid(logits if predict_before_correction else logits_biased)
 
     if logit_clip_threshold is not None:

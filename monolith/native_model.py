@@ -9,7 +9,8 @@ from monolith.entry import *  # noqa: F403 - Monolith's module star-imports entr
 from monolith.entry import __all__ as _entry_names
 from monolith.export import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlot, FeatureSlotConfig
-from monolith.losses import LogitCorrection, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from monolith.layers.logit_correction import LogitCorrection
+from monolith.losses import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
 from monolith.model import MonolithBaseModel, MonolithModel, switch_slot, switch_slot_batch
 from monolith.modules.combiners import Combiner, FirstN
 from monolith.spec import EstimatorSpec

@@ -14,7 +14,8 @@ import pytest
 from monolith.data import CriteoReader, CsvReader, LibSvmReader, ParquetReader
 from monolith.data.base import Reader
 from monolith.data.feature_list import FeatureList
-from monolith.data.text import LineStream
+from monolith.data.text import DEFAULT_BLOCK_SIZE, LineStream
+from monolith.fid import hash_string_fid
 
 
 SKIPPED = "corrupt or truncated data, the rest of the file is skipped"
@@ -64,8 +65,8 @@ def test_only_physically_empty_lines_are_skipped(tmp_path: Path, block_size: int
     assert labels == [1.0, 1.0] and bad == [(3, "column 'label': expected a number, got ''")]
 
 
-def test_line_stream_notes_empty_lines_whatever_the_reads(tmp_path: Path) -> None:
-    """Each empty line is noted once, however the reads cut the bytes; a cut gzip ends at a whole line."""
+def test_line_stream_reads_whole_lines_whatever_the_reads(tmp_path: Path) -> None:
+    """Every read ends at a line end, however the underlying reads cut the bytes; a cut gzip ends at a whole line."""
     rng = random.Random(0)
     path = tmp_path / "lines"
     for _ in range(200):
@@ -73,9 +74,9 @@ def test_line_stream_notes_empty_lines_whatever_the_reads(tmp_path: Path) -> Non
         path.write_bytes(b"".join(line + b"\n" for line in lines))
         got = []
         with LineStream(str(path)) as stream:
-            while stream.read(rng.randint(1, 5)):
-                got += stream.empty_lines(len(lines)).tolist()
-        assert got == [n for n, line in enumerate(lines, 1) if line in (b"", b"\r")], lines
+            while chunk := stream.read_lines(rng.randint(1, 5)):
+                got.append(chunk)
+        assert all(chunk.endswith(b"\n") for chunk in got) and b"".join(got) == path.read_bytes()
         assert stream.lines == len(lines) and stream.error is None
 
     cut = tmp_path / "cut.gz"
@@ -169,6 +170,42 @@ def test_invalid_utf8_in_a_csv_line_is_one_bad_record(tmp_path: Path) -> None:
     assert labels == [1.0, 0.0] and bad == [(3, "column 'u': invalid UTF-8")]
     with pytest.raises(ValueError, match=rf"{path}, line 3: malformed record: column 'u': invalid UTF-8"):
         list(CsvReader(path, {"u": 1}, [], "label", 4, strict=True))
+
+
+@pytest.mark.parametrize("block_size", [1 << 16, DEFAULT_BLOCK_SIZE])
+def test_a_stray_quote_drops_only_its_own_line(tmp_path: Path, block_size: int) -> None:
+    """A quote that opens a field and never closes it on its line is one bad record; the lines
+    after it (which pyarrow would read as the rest of that field) are records of their own."""
+    n = 60_000  # about 1 MB: several blocks of 64 KiB
+    quoted = '"a,b"'  # a good quoted field, on lines 7, 1007, ...
+    lines = [f"{i},{quoted if i % 1000 == 5 else f'n{i}'},{i % 2},{i}\n" for i in range(n)]
+    lines[10] = '10,"n10,0,10\n'  # line 12: the quote runs on to the end of the block
+    lines[996] = '996,"n996,0,996\n'  # line 998: closed by the quoted field of line 1007
+    lines[2000] = '2000,n"2000,0,2000\n'  # a quote inside a field is a character: a good record
+    lines[-1] = f'{n - 1},n,1,"{n - 1}\n'  # the file's last line
+    path = tmp_path / "stray.csv"
+    path.write_text("u,note,label,x\n" + "".join(lines))
+    reader = CsvReader(path, {"u": 1, "note": 2}, ["x"], "label", 4096, block_size=block_size)
+    batches = list(reader)
+    unclosed = "a quoted field is not closed on its line"
+    assert [(line, reason) for _, line, reason in reader.bad_records] == [(12, unclosed), (998, unclosed),
+                                                                          (n + 1, unclosed)]
+    assert reader.num_bad_records == 3
+    good = [i for i in range(n) if i not in (10, 996, n - 1)]
+    assert [x for b in batches for x in b.dense["x"].tolist()] == good
+    assert [y for b in batches for y in b.dense["label"].tolist()] == [i % 2 for i in good]
+    notes = [v for b in batches for v in b["note"].values().tolist()]
+    assert notes[good.index(1005)] == hash_string_fid(["a,b"], 2)[0]  # the quoted field of line 1007
+    assert notes[good.index(2000)] == hash_string_fid(['n"2000'], 2)[0]
+    with pytest.raises(ValueError, match=rf"{path}, line 12: malformed record: {unclosed}"):
+        list(CsvReader(path, {"u": 1}, [], "label", 4096, block_size=block_size, strict=True))
+
+
+def test_a_carriage_return_inside_a_line_is_one_bad_record(tmp_path: Path) -> None:
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"u,label\r\na,1\r\nb\r0\nc,1\n\"d\re\",0\n")  # pyarrow ends a record at a lone \r
+    labels, bad = read(CsvReader(path, {"u": 1}, [], "label", 4))
+    assert labels == [1.0, 1.0, 0.0] and bad == [(3, "a carriage return inside the line")]
 
 
 # ---------------------------------------------------------------- Parquet files

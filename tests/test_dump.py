@@ -17,9 +17,6 @@ from monolith.dump import (
     SERVING_SIGNATURE,
     InputFeatureDump,
     ModelDump,
-    restore_compressor,
-    restore_initializer,
-    restore_optimizer,
 )
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
 from monolith.fid import make_fid
@@ -34,18 +31,22 @@ from monolith.optim import (
     AdagradOptimizer,
     AdamOptimizer,
     AmsgradOptimizer,
+    Compressor,
     ConstantsInitializer,
     FixedR8Compressor,
     Fp16Compressor,
     Fp32Compressor,
     FtrlOptimizer,
+    Initializer,
     MomentumOptimizer,
     MovingAverageOptimizer,
     RandomUniformInitializer,
     RmspropOptimizer,
     RmspropV2Optimizer,
     SgdOptimizer,
+    SliceOptimizer,
     ZerosInitializer,
+    from_config,
 )
 from monolith.params import Params
 from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
@@ -353,7 +354,7 @@ SLICE_OPTIMIZERS = [
 
 @pytest.mark.parametrize("optimizer", SLICE_OPTIMIZERS, ids=lambda o: type(o).__name__)
 def test_slice_optimizer_config_round_trip_gives_the_same_updates(optimizer):
-    restored = restore_optimizer(json.loads(json.dumps(optimizer.config())))
+    restored = from_config(json.loads(json.dumps(optimizer.config())), SliceOptimizer)
     assert type(restored) is type(optimizer) and restored.config() == optimizer.config()
     rng = np.random.default_rng(0)
     dim, rows = 3, np.array([0, 2, 0])
@@ -369,22 +370,22 @@ def test_slice_optimizer_config_round_trip_gives_the_same_updates(optimizer):
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
-@pytest.mark.parametrize("obj, restore", [
-    (ZerosInitializer(), restore_initializer),
-    (ConstantsInitializer(0.25), restore_initializer),
-    (RandomUniformInitializer(-0.2, 0.3), restore_initializer),
-    (Fp32Compressor(), restore_compressor),
-    (Fp16Compressor(), restore_compressor),
-    (FixedR8Compressor(3.0), restore_compressor),
-], ids=lambda x: type(x).__name__)
-def test_initializer_and_compressor_config_round_trip(obj, restore):
-    restored = restore(obj.config())
+@pytest.mark.parametrize("obj, base", [
+    (ZerosInitializer(), Initializer),
+    (ConstantsInitializer(0.25), Initializer),
+    (RandomUniformInitializer(-0.2, 0.3), Initializer),
+    (Fp32Compressor(), Compressor),
+    (Fp16Compressor(), Compressor),
+    (FixedR8Compressor(3.0), Compressor),
+], ids=lambda x: x.__name__ if isinstance(x, type) else type(x).__name__)
+def test_initializer_and_compressor_config_round_trip(obj, base):
+    restored = from_config(obj.config(), base)
     assert type(restored) is type(obj) and restored.config() == obj.config()
 
 
 def test_restore_refuses_a_config_of_the_wrong_kind():
     with pytest.raises(ValueError, match="names no SliceOptimizer"):
-        restore_optimizer(Fp16Compressor().config())
+        from_config(Fp16Compressor().config(), SliceOptimizer)
     with pytest.raises(ValueError, match="names no Initializer"):
-        restore_initializer({"type": "NoSuchInitializer"})
-    assert math.isclose(restore_compressor({"type": "FixedR8Compressor", "r": 2.0}).r, 2.0)
+        from_config({"type": "NoSuchInitializer"}, Initializer)
+    assert math.isclose(from_config({"type": "FixedR8Compressor", "r": 2.0}, Compressor).r, 2.0)

@@ -141,12 +141,12 @@ def test_one_bit_defaults_and_decode():
 
 
 def test_one_bit_config_round_trips():
-    from monolith.dump import restore_compressor, restore_initializer
+    from monolith.optim import Compressor, Initializer, from_config
 
     compressor = OneBitCompressor(step_size=7, amplitude=0.5)
-    assert restore_compressor(compressor.config()).config() == compressor.config()
+    assert from_config(compressor.config(), Compressor).config() == compressor.config()
     init = BatchSoftmaxInitializer(2.0)
-    assert restore_initializer(init.config()).config() == init.config()
+    assert from_config(init.config(), Initializer).config() == init.config()
 
 
 def test_hash_net_quantizer_monolith_vectors():

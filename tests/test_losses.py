@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from monolith.losses import LogitCorrection, batch_softmax_loss, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
+from monolith.losses import batch_softmax_loss, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
 from monolith.mode_keys import ModeKeys
 
 
@@ -22,19 +22,6 @@ def data():
     weight = torch.rand(8, 1, generator=gen, dtype=torch.float64)
     mask = torch.tensor([True, False, True, True, False, True, True, True])
     return logits, label, sample_rate, weight, mask
-
-
-def test_logit_correction_cases():
-    x = torch.tensor([-1.0, 0.5, 3.0], dtype=torch.float64)
-    sr = torch.tensor([0.5, 0.25, 1.0], dtype=torch.float64)
-    log_sig = torch.log(1 / (1 + torch.exp(-x)))
-    torch.testing.assert_close(LogitCorrection()((x, sr)), x - torch.log(sr))
-    torch.testing.assert_close(LogitCorrection(sample_bias=True)((x, sr)), log_sig - torch.log(sr))
-    torch.testing.assert_close(LogitCorrection(sample_bias=True)((x, None)), log_sig)
-    torch.testing.assert_close(LogitCorrection()((x, None)), x)
-    torch.testing.assert_close(LogitCorrection(activation=torch.sigmoid)((x, None)), torch.sigmoid(x))
-    # log_sigmoid stays finite where log(sigmoid(x)) underflows.
-    assert torch.isfinite(LogitCorrection(sample_bias=True)((torch.tensor([-200.0]), None))).all()
 
 
 def test_default_float_sample_rate(data):
@@ -132,12 +119,6 @@ def test_sample_rate_as_list_or_array_equals_tensor(data):
         torch.testing.assert_close(loss, want)
     with pytest.raises(ValueError, match="sample_rate has 3 values for a batch of 8"):
         get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=[0.5, 0.5, 1.0])
-
-
-def test_logit_correction_takes_monolith_name_argument():
-    layer = LogitCorrection(activation=None, sample_bias=False, name="sample_rate_correction")
-    x = torch.tensor([0.5, -1.0])
-    torch.testing.assert_close(layer((x, torch.tensor([0.5, 0.5]))), x - math.log(0.5))
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.5, 2.0])

@@ -845,7 +845,7 @@ def test_stochastic_rounding_of_any_slice_optimizer():
 
 
 def test_stochastic_rounding_wrapper_delegates_and_round_trips():
-    from monolith.dump import restore_optimizer
+    from monolith.optim import SliceOptimizer, from_config
 
     inner = AdamOptimizer(learning_rate=0.02, warmup_steps=5)
     opt = StochasticRoundingFloat16OptimizerWrapper(inner)
@@ -855,7 +855,7 @@ def test_stochastic_rounding_wrapper_delegates_and_round_trips():
     assert StochasticRoundingFloat16OptimizerWrapper(opt).optimizer is inner  # one flag in Monolith's proto
     config = opt.config()
     assert config == {"type": "StochasticRoundingFloat16OptimizerWrapper", "optimizer": inner.config()}
-    restored = restore_optimizer(config)
+    restored = from_config(config, SliceOptimizer)
     assert type(restored) is StochasticRoundingFloat16OptimizerWrapper and restored.config() == config
 
 
@@ -950,9 +950,9 @@ def test_entry_constructs_as_monoliths_entry_test():
     ids=repr,
 )
 def test_new_optimizer_configs_round_trip(opt):
-    from monolith.dump import restore_optimizer
+    from monolith.optim import SliceOptimizer, from_config
 
-    restored = restore_optimizer(opt.config())
+    restored = from_config(opt.config(), SliceOptimizer)
     assert type(restored) is type(opt) and restored.config() == opt.config()
 
 

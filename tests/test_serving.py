@@ -757,7 +757,7 @@ def test_ranks_keep_their_own_base_versions_and_replace_only_their_shard(model):
     assert model.shard_version(0, 2) is None and model.shard_version(1, 2) is None
 
 
-def test_parameter_sync_retries_a_failed_full_snapshot_and_holds_back_when_serving_is_ahead(tmp_path):
+def test_parameter_sync_retries_a_failed_full_snapshot_and_replaces_a_newer_version(tmp_path):
     torch.manual_seed(0)
     est = Estimator(ServeModel(), RunConfig(model_dir=str(tmp_path / "run"), log_step_count_steps=1000,
                                             enable_summaries=False, progress_bar=False))
@@ -788,18 +788,18 @@ def test_parameter_sync_retries_a_failed_full_snapshot_and_holds_back_when_servi
     assert sync.pushes == 2 and sync.full_pushes == 1 and served.version == 7
     assert_serving_equals_trainer(served, est)
 
-    # Serving holds a newer version of the shard (e.g. the trainer restarted from an older
-    # checkpoint): the stale refusal holds pushes back until training reaches that version, when
-    # the delta, not building on what serving holds, is followed by a full snapshot.
+    # Serving holds a newer version of the shard (a trainer restarted from an older checkpoint, or
+    # a push with a huge version): the delta, not building on what serving holds, is refused for its
+    # base, and the full snapshot that follows wins over the newer version (a full update is never
+    # stale), so no push can lock the trainer out.
     served.apply_update({"version": 9, "full": True, "tables": {name: {} for name in served.table_sizes()},
                          "dense": dense_state(served)})
     sent.clear(), outcomes.clear()
     longer = make_batches(11, 16, 0)  # ServeModel's 8 training batches, and 3 more
     est.train(max_steps=11, input_fn=lambda mode: longer, hooks=[sync, PushEveryStep(sync)])
     assert [(u["version"], u["base_version"], u.get("full", False)) for u in sent] == [
-        (8, 7, False),  # stale: nothing is sent before step 9
-        (9, 7, False), (9, 7, True), (10, 9, False), (11, 10, False)]
-    assert outcomes == ["StaleUpdateError", "BaseVersionError", "applied", "applied", "applied"]
+        (8, 7, False), (8, 7, True), (9, 8, False), (10, 9, False), (11, 10, False)]
+    assert outcomes == ["BaseVersionError", "applied", "applied", "applied", "applied"]
     assert served.version == 11 and sync.full_pushes == 2
     assert_serving_equals_trainer(served, est)
 

@@ -137,7 +137,7 @@ def test_a_stream_trainers_step_and_offsets_reach_health_after_each_push(tmp_pat
     assert_serving_equals_trainer(served, est)
 
 
-def test_stream_field_of_an_update_is_checked_and_offsets_only_grow(tmp_path):
+def test_stream_field_of_an_update_is_checked_and_kept_per_partition(tmp_path):
     est = estimator(tmp_path / "run")
     est.train(max_steps=2)
     served = ServingModel.load(est.export_saved_model(tmp_path / "export"))
@@ -146,12 +146,14 @@ def test_stream_field_of_an_update_is_checked_and_offsets_only_grow(tmp_path):
         with pytest.raises(RequestError, match="update 'stream'"):
             served.apply_update({"version": 3, "base_version": 2, "stream": bad})
     assert served.progress() == {"model_version": 2, "dense_version": 2, "stream": None}
-    # Two ranks' updates each name their own partitions; a partition's offset never goes back.
+    # Two ranks' updates each name their own partitions: each keeps what its rank said last.
     served.apply_update({"version": 3, "rank": 0, "world_size": 2, "stream": {"topic": "t", "offsets": {"0": 10}}})
     served.apply_update({"version": 3, "rank": 1, "world_size": 2, "stream": {"topic": "t", "offsets": {"1": 7}}})
-    served.apply_update({"version": 4, "rank": 0, "world_size": 2, "stream": {"topic": "t", "offsets": {"0": 4}}})
     assert served.progress()["stream"] == {"topic": "t", "offsets": {"0": 10, "1": 7}}
     served.apply_update({"version": 5, "rank": 0, "world_size": 2, "dense": dense_state(served),
                          "stream": {"topic": "t", "offsets": {"0": 12}}})
     assert served.progress() == {"model_version": 5, "dense_version": 5,
                                  "stream": {"topic": "t", "offsets": {"0": 12, "1": 7}}}
+    # Another topic replaces the old offsets, which do not compare with its own.
+    served.apply_update({"version": 6, "rank": 1, "world_size": 2, "stream": {"topic": "u", "offsets": {"1": 3}}})
+    assert served.progress()["stream"] == {"topic": "u", "offsets": {"1": 3}}

@@ -1,23 +1,19 @@
 """Streaming delimited text (CSV, TSV) through pyarrow, with the line number of every record.
 
-pyarrow parses the file in blocks; every column is read as text so that the readers do the
-number parsing themselves and can pin a bad value (or invalid UTF-8) on its line. Lines with the
-wrong number of fields reach pyarrow's invalid-row handler, which knows their physical line
-number; the line of any parsed record follows from its position in the stream and the invalid
-lines before it. Line numbers assume no quoted field spans several lines.
+The file is read in blocks of whole lines, each parsed by pyarrow; every column is read as text
+so that the readers do the number parsing themselves and can pin a bad value (or invalid UTF-8)
+on its line. Each line is one record (a quoted field ends on its line), so a record's line number
+is its position among the lines of its block, and a malformed line drops only itself.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from monolith.data.base import ChunkedReader, Rows
@@ -25,13 +21,10 @@ from monolith.data.columns import invalid_utf8
 
 __all__ = ["LineStream", "header_names", "read_delimited", "stream_error"]
 
-#: Bytes pyarrow parses at a time; each block becomes one ``Rows`` (about 10-50k lines).
+#: Bytes parsed at a time; each block becomes one ``Rows`` (about 10-50k lines).
 DEFAULT_BLOCK_SIZE = 4 << 20
 
 Convert = Callable[[pa.RecordBatch, np.ndarray], tuple[Rows, list[tuple[int, str]]]]
-
-# A "\n" that ends the line before an empty one.
-_BEFORE_EMPTY_LINE = re.compile(rb"\n(?=\r?\n)")
 
 
 def header_names(path: str, delimiter: str, quote_char: str | bool) -> list[str]:
@@ -43,21 +36,24 @@ def header_names(path: str, delimiter: str, quote_char: str | bool) -> list[str]
     try:
         with io.BufferedReader(pa.input_stream(path, compression="detect")) as f:
             header = f.readline()
-        # Parse the header line alone so that pyarrow's quoting rules apply and no data is parsed.
-        parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=quote_char)
-        return pacsv.read_csv(io.BytesIO(header), parse_options=parse).schema.names
+        return _names_in(header, delimiter, quote_char)
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"{path}: cannot read the header line: {e}") from e
+
+
+def _names_in(header: bytes, delimiter: str, quote_char: str | bool) -> list[str]:
+    """The column names of a header line (parsed alone: pyarrow's quoting rules apply, no data is parsed)."""
+    if not header.endswith(b"\n"):
+        header += b"\n"  # pyarrow reads no columns from a line without its end
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=quote_char)
+    return pacsv.read_csv(io.BytesIO(header), parse_options=parse).schema.names
 
 
 class LineStream(ChunkedReader):
     """The decompressed bytes of a text file, whole lines at a time, for pyarrow or line iteration.
 
-    * It notes the numbers of the physically empty lines: pyarrow turns an empty line into a
-      record of empty fields, just like a line of empty fields (``8,,,`` with the first column
-      unread, or 39 tabs), and only the raw bytes tell them apart.
-    * Where the data cannot be read on (a corrupt or cut compressed file) it ends, after the last
-      complete line, and keeps the error: a half line could otherwise pass for a good record.
+    Where the data cannot be read on (a corrupt or cut compressed file) it ends, after the last
+    complete line, and keeps the error: a half line could otherwise pass for a good record.
 
     Attributes:
         error: what stopped the reading early, else ``None``.
@@ -68,12 +64,15 @@ class LineStream(ChunkedReader):
         super().__init__(pa.input_stream(path, compression="detect"))
         self._partial: list[bytes] = []  # the pieces of a line read in part
         self._done = False
-        self._empty: list[int] = []
         self.error: OSError | None = None
         self.lines = 0
 
+    def read_lines(self, size: int) -> bytes:
+        """The next whole lines, about ``size`` bytes or one longer line (the last line even without
+        its newline); ``b""`` at the end. Not to be mixed with ``read``."""
+        return self._next_chunk(size)
+
     def _next_chunk(self, size: int) -> bytes:
-        """The next whole lines (the last line even without its newline)."""
         while not self._done:
             try:
                 data = self._raw.read(size)
@@ -89,38 +88,93 @@ class LineStream(ChunkedReader):
                     continue
                 # Joined once the line is whole: a long line read in many pieces costs linear time.
                 ready, self._partial = b"".join([*self._partial, data[:cut]]), [data[cut:]]
-            self._note_empty_lines(ready)
+            self.lines += ready.count(b"\n")
             if ready:
                 return ready
         return b""
 
-    def _note_empty_lines(self, chunk: bytes) -> None:
-        # Each chunk but the last ends with a line, so b"\n" + chunk starts with the end of one.
-        text = b"\n" + chunk
-        line, counted = self.lines, 0
-        for match in _BEFORE_EMPTY_LINE.finditer(text):
-            line += text.count(b"\n", counted, match.start() + 1)
-            counted = match.start() + 1
-            self._empty.append(line)
-        self.lines += chunk.count(b"\n")
 
-    def empty_lines(self, last: int) -> np.ndarray:
-        """The empty lines up to ``last`` (forgotten afterwards: lines are asked for in order)."""
-        done = [n for n in self._empty if n <= last]
-        self._empty = self._empty[len(done) :]
-        return np.array(done, dtype=np.int64)
+class _LineParser:
+    """Parses whole lines of delimited text with pyarrow, each line as one record.
 
-
-def _line_numbers(first_row: int, num: int, header_lines: int, invalid_lines: np.ndarray) -> np.ndarray:
-    """1-based line numbers of parsed records ``first_row .. first_row + num - 1`` of the stream.
-
-    ``invalid_lines`` (sorted) are lines pyarrow skipped. The ``j``-th of them comes after
-    ``invalid_lines[j] - header_lines - 1 - j`` parsed records, so a record at stream position ``i``
-    has as many invalid lines before it as there are such counts ``<= i``.
+    pyarrow lets a quoted field run over line ends, so one stray quote would swallow the lines up
+    to the next quote (often the rest of the block) as one field. Lines are records here: a block
+    whose records do not match its lines one to one is cut in halves until they do, so a line with
+    an unclosed quote is one bad record, and a clean block is parsed in one go.
     """
-    rows = np.arange(first_row, first_row + num, dtype=np.int64)
-    parsed_before = invalid_lines - header_lines - 1 - np.arange(len(invalid_lines))
-    return header_lines + 1 + rows + np.searchsorted(parsed_before, rows, side="right")
+
+    def __init__(self, names: list[str], columns: Sequence[str], delimiter: str, quote_char: str | bool) -> None:
+        self._names = names
+        self._columns = list(columns)
+        self._delimiter, self._quote_char = delimiter, quote_char
+        # Binary: invalid UTF-8 is then one bad record (see _as_strings), not an error for the file.
+        self._convert = pacsv.ConvertOptions(
+            column_types={c: pa.binary() for c in columns}, include_columns=self._columns, strings_can_be_null=False
+        )
+
+    def parse(self, data: bytes) -> tuple[pa.RecordBatch, np.ndarray, list[tuple[int, str]]]:
+        """The records of ``data`` (whole lines) as binary ``columns``, their 0-based line numbers in
+        ``data``, and (0-based line, reason) of the malformed lines. Empty lines are no records."""
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        raw = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(raw == ord("\n"))
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        empty = (ends == starts) | ((ends == starts + 1) & (raw[starts] == ord("\r")))
+        tables, lines, bad = self._records(data, ends, 0)
+        batch = pa.concat_tables(tables).combine_chunks().to_batches() if tables else []
+        batch = batch[0] if batch else _empty_batch(self._columns)
+        keep = ~empty[lines]
+        if not keep.all():
+            batch, lines = batch.filter(pa.array(keep)), lines[keep]
+        return batch, lines, bad
+
+    def _records(
+        self, data: bytes, ends: np.ndarray, first: int
+    ) -> tuple[list[pa.Table], np.ndarray, list[tuple[int, str]]]:
+        """``parse`` of the lines ending at ``ends`` (offsets in ``data``), the first being line ``first``."""
+        num = len(ends)
+        lone_cr = data.count(b"\r") != data.count(b"\r\n")  # pyarrow ends a record there too
+        table, invalid = self._read(data)
+        # One more record than lines (the empty line _read appends is there): no quote ran over a
+        # line end. A lone carriage return adds a record where a quote may have taken one away, so
+        # only a single line with one record is sure then.
+        if table.num_rows + len(invalid) == num + 1 and (not lone_cr or (num == 1 and len(invalid) <= 1)):
+            lines = np.delete(np.arange(first, first + num), [n for n, _ in invalid])
+            return [table.slice(0, table.num_rows - 1)], lines, [(first + n, why) for n, why in invalid]
+        if num == 1:
+            reason = "a carriage return inside the line" if lone_cr else "a quoted field is not closed on its line"
+            return [], np.empty(0, dtype=np.int64), [(first, reason)]
+        half = num // 2
+        cut = int(ends[half - 1]) + 1
+        left = self._records(data[:cut], ends[:half], first)
+        right = self._records(data[cut:], ends[half:] - cut, first + half)
+        return left[0] + right[0], np.concatenate([left[1], right[1]]), left[2] + right[2]
+
+    def _read(self, data: bytes) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """pyarrow's records of ``data`` and an empty line after it, and (0-based line, reason) of
+        the lines with the wrong number of fields."""
+        invalid: list[tuple[int, str]] = []
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            invalid.append((row.number - 1, f"expected {row.expected_columns} fields, got {row.actual_columns}"))
+            return "skip"
+
+        # One block, so that a quote cannot stop unseen at a block end; serial, as pyarrow only
+        # knows the line numbers of invalid rows then.
+        read = pacsv.ReadOptions(use_threads=False, block_size=len(data) + 2, column_names=self._names)
+        parse = pacsv.ParseOptions(
+            delimiter=self._delimiter, quote_char=self._quote_char, ignore_empty_lines=False,
+            invalid_row_handler=on_invalid,
+        )
+        table = pacsv.read_csv(
+            pa.py_buffer(data + b"\n"), read_options=read, parse_options=parse, convert_options=self._convert
+        )
+        return table, invalid
+
+
+def _empty_batch(columns: Sequence[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], pa.binary()) for _ in columns], names=list(columns))
 
 
 def _as_strings(batch: pa.RecordBatch, lines: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray, list[tuple[int, str]]]:
@@ -158,66 +212,48 @@ def read_delimited(
         column_names: the names of all columns when the file has no header line; ``None`` reads
             them from the header.
 
-    Empty lines are skipped silently (a line of empty fields is a record). Reported as malformed:
-    a line with the wrong number of fields or with invalid UTF-8 in a column read. Files ending in
-    ``.gz``, ``.bz2``, ... are decompressed on the fly; compressed data that is corrupt or cut
-    short ends the file there, as one malformed record at the first line not read.
+    Each line is one record: a quoted field ends on its line. Empty lines are skipped silently (a
+    line of empty fields is a record). Reported as malformed: a line with the wrong number of
+    fields, with a quoted field not closed on it, with a carriage return inside it (not before its
+    newline, nor quoted), or with invalid UTF-8 in a column read. Files ending in ``.gz``,
+    ``.bz2``, ... are decompressed on the fly; compressed data that is corrupt or cut short ends
+    the file there, as one malformed record at the first line not read.
 
     Raises:
         ValueError: pyarrow cannot read the file, naming it: a column is missing, no header, ...
     """
     path = os.fspath(path)
-    invalid: list[tuple[int, str]] = []
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        invalid.append((row.number, f"expected {row.expected_columns} fields, got {row.actual_columns}"))
-        return "skip"
-
-    read = pacsv.ReadOptions(
-        # Serial parsing: pyarrow only knows the line numbers of invalid rows then.
-        use_threads=False,
-        block_size=block_size,
-        column_names=list(column_names) if column_names is not None else None,
-    )
-    # Empty lines stay in the stream (as all-empty records) so the line numbering holds.
-    parse = pacsv.ParseOptions(
-        delimiter=delimiter, quote_char=quote_char, ignore_empty_lines=False, invalid_row_handler=on_invalid
-    )
-    # Binary: invalid UTF-8 is then one bad record (see _as_strings), not an error for the file.
-    convert_options = pacsv.ConvertOptions(
-        column_types={c: pa.binary() for c in columns}, include_columns=list(columns), strings_can_be_null=False
-    )
-    header_lines = 0 if column_names is not None else 1
-    reported = 0
-    first_row = 0
     with LineStream(path) as stream:
-        try:
-            with pacsv.open_csv(
-                stream, read_options=read, parse_options=parse, convert_options=convert_options
-            ) as reader:
-                for batch in reader:
-                    invalid_lines = np.array([n for n, _ in invalid], dtype=np.int64)
-                    lines = _line_numbers(first_row, batch.num_rows, header_lines, invalid_lines)
-                    first_row += batch.num_rows
-                    blank = np.isin(lines, stream.empty_lines(int(lines[-1]) if len(lines) else 0))
-                    if blank.any():
-                        # Checked, as line numbers go wrong after a quoted field that spans lines.
-                        for column in batch.columns:
-                            blank &= pc.equal(column, b"").to_numpy(zero_copy_only=False)
-                        batch, lines = batch.filter(pa.array(~blank)), lines[~blank]
-                    batch, lines, bad_text = _as_strings(batch, lines)
-                    rows, bad = convert(batch, lines)
-                    bad += bad_text + invalid[reported:]
-                    reported = len(invalid)
-                    yield rows, bad
-        except pa.ArrowKeyError as e:
-            # A column to read is not in the file; pyarrow's message names it.
-            raise ValueError(f"{path}: {e.args[0]}") from e
-        except pa.ArrowInvalid as e:
-            # Without its header (cut off by corrupt data), the file is reported below instead.
-            if stream.error is None:
+        data = stream.read_lines(block_size)
+        names = list(column_names) if column_names is not None else None
+        header_lines = 0
+        if names is None:
+            header, _, data = data.partition(b"\n")
+            if not header and stream.error is not None:
+                # The header is cut off by corrupt data: the file is reported below instead.
+                yield Rows.empty(), stream_error(stream)
+                return
+            try:
+                names = _names_in(header, delimiter, quote_char)
+            except pa.ArrowInvalid as e:
                 raise ValueError(f"{path}: {e}") from e
-    yield Rows.empty(), invalid[reported:] + stream_error(stream)
+            header_lines = 1
+        parser = _LineParser(names, columns, delimiter, quote_char)
+        first_line = header_lines + 1
+        while data or (data := stream.read_lines(block_size)):
+            try:
+                batch, lines, bad = parser.parse(data)
+            except pa.ArrowKeyError as e:
+                # A column to read is not in the file; pyarrow's message names it.
+                raise ValueError(f"{path}: {e.args[0]}") from e
+            lines += first_line
+            bad = [(first_line + n, reason) for n, reason in bad]
+            batch, lines, bad_text = _as_strings(batch, lines)
+            rows, bad_values = convert(batch, lines)
+            yield rows, bad + bad_text + bad_values
+            first_line += data.count(b"\n") + (not data.endswith(b"\n"))
+            data = b""
+    yield Rows.empty(), stream_error(stream)
 
 
 def stream_error(stream: LineStream) -> list[tuple[int, str]]:

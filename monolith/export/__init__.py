@@ -1,10 +1,10 @@
-"""Export of trained models for serving: the receiver a model declares and the exporter.
+"""Export of trained models for serving: the receiver a model declares, the on-disk format and the exporter.
 
-See :mod:`monolith.export.exporter` for the layout of an export and :mod:`monolith.serving` for
-serving one.
+:mod:`monolith.export.format` describes an export's files (and is all that serving imports);
+:mod:`monolith.export.exporter` writes them (``Estimator.export_saved_model`` calls it).
 """
 
-from monolith.export.exporter import ExportSignature, export_saved_model, prune_exports
+from monolith.export.format import ExportSignature, prune_exports
 from monolith.export.receiver import ServingInputReceiver
 
-__all__ = ["ExportSignature", "ServingInputReceiver", "export_saved_model", "prune_exports"]
+__all__ = ["ExportSignature", "ServingInputReceiver", "prune_exports"]

@@ -1,24 +1,12 @@
-"""Export of a trained model for serving (Monolith's standalone ``saved_model_exporters``).
+"""The exporter: a trained model written for serving (Monolith's standalone ``saved_model_exporters``).
 
-One export is a directory ``export_dir/<global_step>/``::
-
-    dense.pt2           the dense part, a torch.export program (dense.ts: TorchScript, the fallback)
-    tables/NAME.npz     each embedding table: its FIDs and its rows, compressed slice by slice
-    signature.json      the receiver, the program's inputs and outputs, the table files
-    model_dump.json     the model's :class:`~monolith.dump.ModelDump`
-
-The dense part is ``model_fn`` in PREDICT mode with every embedding lookup turned into an input:
-the program takes the pooled embedding of each (feature, slice) that ``model_fn`` looks up, then
-the receiver's dense features, and returns the heads' predictions and the extra outputs. Serving
-(:mod:`monolith.serving`) looks the FIDs up and pools them with the features' combiners itself,
-so an export loads without the model's Python code.
-
-The export is assembled in a hidden staging directory (``.<step>.staging``: deleted if the export
-fails, or by the next export of the step after a kill) and renamed into place, so a reader never
-sees half of one. An existing export of the
-same step is first renamed aside (``.<step>.replaced``), the new one renamed in, then the old copy
-deleted: at every moment ``<step>/`` is the old export whole, the new one whole, or (between the
-two renames) absent. Serving reads only ``<step>`` directories, never the hidden ones. A crash
+The dense part is ``model_fn`` in PREDICT mode with every embedding lookup turned into an input
+(:mod:`monolith.export.format` describes the files). Serving (:mod:`monolith.serving`) looks the
+FIDs up and pools them with the features' combiners itself, so an export loads without the model's
+Python code. The export is assembled in a hidden staging directory (deleted if the export fails, or
+by the next export of the step after a kill) and renamed into place; an existing export of the same
+step is renamed aside first, the new one renamed in, then the old copy deleted: at every moment
+``<step>/`` is the old export whole, the new one whole, or (between the two renames) absent. A crash
 between the two renames leaves only the aside copy; the next export into the directory renames it
 back (or deletes it, where its step is in place again).
 """
@@ -26,261 +14,37 @@ back (or deletes it, where its step is in place again).
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import logging
 import os
-import re
 import shutil
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from monolith.checkpoint import table_file_stem
-from monolith.dump import ModelDump, restore_compressor
+from monolith.dump import ModelDump
+from monolith.export.format import (MODEL_DUMP_FILE, PROGRAM_FILES, TABLES_DIR, EmbeddingInput, ExportSignature,
+                                    program_factory, recover_replaced, save_table)
 from monolith.export.receiver import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice
 from monolith.mode_keys import ModeKeys
 from monolith.model import ModelOutput, MonolithBaseModel
-from monolith.modules.combiners import FirstN
-from monolith.optim.base import Compressor
 from monolith.sparse import Batch, KeyedJaggedTensor
-from monolith.table import EmbeddingHashTable
 
-if TYPE_CHECKING:
-    from monolith.estimator import Estimator
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DENSE_STATE_PREFIX",
-    "EmbeddingInput",
-    "ExportSignature",
-    "LoadedTable",
-    "TableSlice",
-    "compress_rows",
-    "decompress_rows",
-    "export_saved_model",
-    "load_table",
-    "program_factory",
-    "prune_exports",
-    "save_table",
-]
-
-FORMAT = "monolith.export"
-FORMAT_VERSION = 1
-SIGNATURE_FILE = "signature.json"
-MODEL_DUMP_FILE = "model_dump.json"
-TABLES_DIR = "tables"
-#: The file of each kind of dense program.
-PROGRAM_FILES = {"torch.export": "dense.pt2", "torchscript": "dense.ts"}
-#: The program holds the model as its submodule ``model``: its state dict is the model's, keys prefixed.
-DENSE_STATE_PREFIX = "model."
-_TABLE_FORMAT = "monolith.serving-table"
 #: Batch size of the example inputs the program is traced with (a dynamic dimension for torch.export).
 _TRACE_BATCH = 7
 #: Batch sizes at which the saved program is checked against eager ``model_fn``: not the traced one,
 #: so a program with the batch size baked in is caught, and 1 (a request of one example), where a
 #: ``model_fn`` branching on the batch size (``x.shape[0] == 1``) parts from its trace.
 _CHECK_BATCHES = (1, 3)
-#: A step's export directory, and the hidden copies of one being written or replaced.
-_STEP_DIR = re.compile(r"\d+")
-_REPLACED_DIR = re.compile(r"\.(\d+)\.replaced")
-_DELETED_DIR = re.compile(r"\.\d+\.deleted")
 
-
-# --------------------------------------------------------------------------------------- signature
-@dataclasses.dataclass(frozen=True)
-class EmbeddingInput:
-    """One input of the dense program: ``feature``'s rows (from ``table``), columns ``[start, end)``,
-    pooled per example by the feature's combiner (``max_seq_length`` > 0 for ``first_n``)."""
-
-    feature: str
-    table: str
-    slice: str | None
-    start: int
-    end: int
-    combiner: str
-    max_seq_length: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.feature}[{self.start}:{self.end}]"
-
-    @property
-    def shape(self) -> list[int]:
-        """``[-1, dim]``, or ``[-1, max_seq_length, dim]`` for ``first_n``; -1 is the batch."""
-        dim = self.end - self.start
-        return [-1, self.max_seq_length, dim] if self.combiner == FirstN.name else [-1, dim]
-
-
-@dataclasses.dataclass
-class ExportSignature:
-    """``signature.json``: what the dense program takes and returns, and where the tables are.
-
-    The program's inputs are ``embeddings`` (in order), then the receiver's dense features (in the
-    receiver's order); its outputs are ``outputs``: the heads, then the extra outputs (a dict-valued
-    extra output ``x`` gives ``x/key`` per entry).
-    """
-
-    global_step: int
-    program: str
-    receiver: ServingInputReceiver
-    embeddings: list[EmbeddingInput]
-    outputs: list[str]
-    heads: list[str]
-    tables: dict[str, str]
-    fallback_reason: str | None = None
-
-    @property
-    def program_file(self) -> str:
-        return PROGRAM_FILES[self.program]
-
-    def inputs(self) -> list[dict[str, Any]]:
-        """The program's inputs in order: name, kind, shape (and the lookup of embedding inputs)."""
-        embedded = [{"name": e.name, "kind": "embedding", "shape": e.shape, **dataclasses.asdict(e)}
-                    for e in self.embeddings]
-        dense = [{"name": name, "kind": "dense", "shape": [-1, width]}
-                 for name, width in self.receiver.dense_features.items()]
-        return embedded + dense
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "global_step": self.global_step,
-            "program": {"kind": self.program, "file": self.program_file, "fallback_reason": self.fallback_reason,
-                        "dense_state_prefix": DENSE_STATE_PREFIX},
-            "receiver": self.receiver.to_dict(),
-            "inputs": self.inputs(),
-            "outputs": list(self.outputs),
-            "heads": list(self.heads),
-            "extra_outputs": [o for o in self.outputs if o not in self.heads],
-            "tables": dict(self.tables),
-        }
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ExportSignature":
-        """Reads ``signature.json`` of the export in ``directory``.
-
-        Raises:
-            ValueError: the file is not a signature of this format version (the message names it).
-        """
-        path = os.path.join(os.fspath(directory), SIGNATURE_FILE)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}, "
-                                 f"expected {FORMAT!r} version {FORMAT_VERSION}")
-            fields = {f.name for f in dataclasses.fields(EmbeddingInput)}
-            return cls(
-                global_step=int(data["global_step"]),
-                program=data["program"]["kind"],
-                receiver=ServingInputReceiver.from_dict(data["receiver"]),
-                embeddings=[EmbeddingInput(**{k: v for k, v in i.items() if k in fields})
-                            for i in data["inputs"] if i["kind"] == "embedding"],
-                outputs=list(data["outputs"]),
-                heads=list(data["heads"]),
-                tables=dict(data["tables"]),
-                fallback_reason=data["program"]["fallback_reason"],
-            )
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{directory}: not an export (no {SIGNATURE_FILE})") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{path}: not a readable export signature: {error}") from error
-
-    def save(self, directory: str) -> None:
-        with open(os.path.join(directory, SIGNATURE_FILE), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
-
-
-# --------------------------------------------------------------------------------------- tables
-@dataclasses.dataclass(frozen=True)
-class TableSlice:
-    """One slice of a served table's rows: its name, width and serving compressor."""
-
-    name: str
-    dim: int
-    compressor: Compressor
-
-
-class LoadedTable(NamedTuple):
-    """A table file read back: FIDs ``[n]``, decompressed float32 rows ``[n, dim]`` and the slices."""
-
-    name: str
-    keys: np.ndarray
-    rows: np.ndarray
-    slices: list[TableSlice]
-
-
-def compress_rows(rows: np.ndarray, slices: Sequence[TableSlice]) -> list[np.ndarray]:
-    """Each slice's columns of float32 ``rows`` ``[n, dim]``, encoded by the slice's compressor."""
-    encoded, column = [], 0
-    for s in slices:
-        encoded.append(s.compressor.encode(rows[:, column : column + s.dim]))
-        column += s.dim
-    return encoded
-
-
-def decompress_rows(encoded: Sequence[np.ndarray], slices: Sequence[TableSlice]) -> np.ndarray:
-    """Float32 rows ``[n, dim]`` from :func:`compress_rows`' output."""
-    return np.ascontiguousarray(np.hstack([s.compressor.decode(e, s.dim) for e, s in zip(encoded, slices)]),
-                                dtype=np.float32)
-
-
-def save_table(path: str, table: EmbeddingHashTable) -> None:
-    """Writes ``table``'s FIDs and rows, each slice encoded by its compressor, to ``path`` (npz)."""
-    slices = [TableSlice(c.name, c.dim, c.compressor) for c in table.slices]
-    keys, rows = table.items()
-    meta = {"format": _TABLE_FORMAT, "name": table.name, "dim": table.dim,
-            "slices": [{"name": s.name, "dim": s.dim, "compressor": s.compressor.config()} for s in slices]}
-    arrays = {f"slice_{i}": encoded for i, encoded in enumerate(compress_rows(rows, slices))}
-    with open(path, "wb") as f:
-        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), keys=keys, **arrays)
-
-
-def load_table(path: str) -> LoadedTable:
-    """Reads a table file written by :func:`save_table`, rows decompressed to float32.
-
-    Raises:
-        ValueError: the file is unreadable or not a table file (the message names it).
-    """
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(bytes(npz["meta"]).decode())
-            if meta.get("format") != _TABLE_FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {_TABLE_FORMAT!r}")
-            slices = [TableSlice(s["name"], int(s["dim"]), restore_compressor(s["compressor"])) for s in meta["slices"]]
-            keys = np.ascontiguousarray(npz["keys"], dtype=np.int64)
-            rows = decompress_rows([npz[f"slice_{i}"] for i in range(len(slices))], slices)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable serving table ({error})") from error
-    if rows.shape != (keys.size, sum(s.dim for s in slices)):
-        raise ValueError(f"{path}: {keys.size} FIDs but rows of shape {list(rows.shape)}")
-    return LoadedTable(meta["name"], keys, rows, slices)
-
+__all__ = ["export_saved_model"]
 
 # --------------------------------------------------------------------------------------- dense program
-def program_factory(path: str, kind: str) -> Callable[[], torch.nn.Module]:
-    """A function that makes a new module of the dense program saved at ``path``.
-
-    Modules of a torch.export program share its weight tensors: give a module new weights with
-    ``load_state_dict(state, assign=True)``, which replaces its tensors instead of writing into them.
-    """
-    if kind == "torch.export":
-        return torch.export.load(path).module
-    if kind == "torchscript":
-        with open(path, "rb") as f:
-            data = f.read()
-        return lambda: torch.jit.load(io.BytesIO(data))
-    raise ValueError(f"{path}: unknown dense program kind {kind!r}; expected one of {sorted(PROGRAM_FILES)}")
-
-
 class _DenseProgram(torch.nn.Module):
     """The model's PREDICT-mode ``model_fn`` as a function of pooled embeddings and dense features.
 
@@ -473,61 +237,68 @@ def _check_program(program: _DenseProgram, saved: torch.nn.Module, kind: str) ->
 
 
 # --------------------------------------------------------------------------------------- export
-def export_saved_model(estimator: "Estimator", export_dir: str | os.PathLike) -> str:
-    """Exports ``estimator``'s model for serving to ``export_dir/<global_step>/``; returns that path.
+def serving_receiver(model: MonolithBaseModel) -> ServingInputReceiver:
+    """``model``'s serving receiver (its ``serving_input_receiver_fn``'s).
 
-    Tables and dense weights are the estimator's current ones (an estimator that has not built its
-    model yet builds it on the receiver's features and restores the latest checkpoint, whose shards
-    from any number of ranks merge into this process). An existing export of the same step is replaced
-    (renamed aside, the new one renamed in, the old one deleted: never half of one in place); a failed
-    export leaves no trace.
+    Raises:
+        TypeError: ``serving_input_receiver_fn`` returned no :class:`ServingInputReceiver`.
+    """
+    receiver = model.create_serving_input_receiver_fn()()
+    if not isinstance(receiver, ServingInputReceiver):
+        raise TypeError(f"{type(model).__name__}.serving_input_receiver_fn must return a ServingInputReceiver, "
+                        f"got {type(receiver).__name__}")
+    return receiver
+
+
+def trace_batch(receiver: ServingInputReceiver) -> Batch:
+    """The batch of the receiver's features that the exporter traces ``model_fn`` on: building a
+    model on it first gives it every layer the export needs."""
+    return receiver.example_batch(_TRACE_BATCH)
+
+
+def exporting_note(receiver: ServingInputReceiver) -> str:
+    """The note an export adds to a failure of ``model_fn`` on the receiver's features."""
+    return f"while exporting: model_fn in PREDICT mode on the serving receiver's features {receiver.to_dict()}"
+
+
+def export_saved_model(model: MonolithBaseModel, step: int, export_dir: str | os.PathLike,
+                       run_config: Any = None) -> str:
+    """Exports ``model`` (built: its layers and tables exist, e.g. on :func:`trace_batch`) for serving
+    to ``export_dir/<step>/``; returns that path. ``run_config`` is recorded in the export's model dump.
+
+    An existing export of the same step is replaced (renamed aside, the new one renamed in, the old
+    one deleted: never half of one in place); a failed export leaves no trace.
 
     Raises:
         TypeError: ``serving_input_receiver_fn`` returned no :class:`ServingInputReceiver`.
         ValueError: ``model_fn`` in PREDICT mode fails on the receiver's features, looks up a feature
             the receiver lacks, reads FIDs itself (``share_slot`` / ``switch_slot_batch`` inside
             ``model_fn``: do them in ``input_fn``), or has outputs without one row per example.
-        RuntimeError: under torch.distributed (export from one process), or the saved program fails
-            or disagrees with ``model_fn`` at batch size 1 or 3 (the message names the output and
-            the batch size).
+        RuntimeError: the saved program fails or disagrees with ``model_fn`` at batch size 1 or 3 (the
+            message names the output and the batch size).
     """
-    if estimator.dist is not None:
-        raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
-                           "outside torch.distributed (it merges the shards of every rank) and export there")
-    model = estimator.model
-    receiver = model.create_serving_input_receiver_fn()()
-    if not isinstance(receiver, ServingInputReceiver):
-        raise TypeError(f"{type(model).__name__}.serving_input_receiver_fn must return a ServingInputReceiver, "
-                        f"got {type(receiver).__name__}")
-    mode, training = model.p.mode, model.training
-    model.p.mode = ModeKeys.PREDICT
-    model.eval()
-    model.ctx.train(False)
+    receiver = serving_receiver(model)
+    previous = model.p.mode
+    model.set_mode(ModeKeys.PREDICT)
     try:
         try:
-            estimator.build(receiver.example_batch(_TRACE_BATCH))
             program = _DenseProgram(model, receiver)
             output = program.discover(_TRACE_BATCH)
         except Exception as error:
-            error.add_note(f"while exporting: model_fn in PREDICT mode on the serving receiver's features "
-                           f"{receiver.to_dict()}")
+            error.add_note(exporting_note(receiver))
             raise
-        return _write_export(estimator, program, output, export_dir)
+        return _write_export(model, step, run_config, program, output, export_dir)
     finally:
-        model.p.mode = mode
-        model.train(training)
-        model.ctx.train(training)
+        model.set_mode(previous)
 
 
-def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelOutput,
-                  export_dir: str | os.PathLike) -> str:
-    model = estimator.model
-    step = estimator.global_step
+def _write_export(model: MonolithBaseModel, step: int, run_config: Any, program: _DenseProgram,
+                  output: ModelOutput, export_dir: str | os.PathLike) -> str:
     export_dir = os.fspath(export_dir)
     final = os.path.join(export_dir, str(step))
     staging = os.path.join(export_dir, f".{step}.staging")
     aside = os.path.join(export_dir, f".{step}.replaced")
-    _recover_replaced(export_dir)
+    recover_replaced(export_dir)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         os.makedirs(os.path.join(staging, TABLES_DIR))
@@ -538,7 +309,7 @@ def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelO
             save_table(os.path.join(staging, tables[name]), module.table)
         # Training hooks never run in serving, so the dump (which refuses them) is made without them.
         ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
-                             run_config=estimator.config).dump(os.path.join(staging, MODEL_DUMP_FILE))
+                             run_config=run_config).dump(os.path.join(staging, MODEL_DUMP_FILE))
         ExportSignature(step, kind, program.receiver, program.embeddings, program.outputs, program.heads, tables,
                         reason).save(staging)
         # Old export aside, new one in, old one deleted: <step>/ is never half of either.
@@ -555,49 +326,3 @@ def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelO
     return final
 
 
-def _recover_replaced(export_dir: str) -> None:
-    """Finishes replacements a crash interrupted: an aside copy ``.<step>.replaced`` is deleted where
-    ``<step>/`` is in place, else renamed back to ``<step>/`` (the step's only complete export);
-    leftovers of an interrupted :func:`prune_exports` are deleted."""
-    for name in _listdir(export_dir):
-        if _DELETED_DIR.fullmatch(name):  # prune_exports was interrupted
-            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-        match = _REPLACED_DIR.fullmatch(name)
-        if match is None:
-            continue
-        aside, final = os.path.join(export_dir, name), os.path.join(export_dir, match.group(1))
-        if os.path.isdir(final):
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(aside, final)
-            logger.warning("%s: restored the export of step %s that an interrupted export had set aside",
-                           final, match.group(1))
-
-
-def _listdir(directory: str) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except FileNotFoundError:
-        return []
-
-
-def prune_exports(export_dir: str | os.PathLike, keep_steps: set[int] | Sequence[int]) -> list[str]:
-    """Deletes the exports ``export_dir/<step>/`` whose step is not in ``keep_steps``, as Monolith's
-    export saver listener deletes exports whose checkpoint is gone; returns the deleted paths.
-
-    Only ``<step>`` directories are touched (hidden staging and aside copies are not); an export is
-    renamed to a hidden name before it is deleted, so serving never loads half of one.
-    """
-    export_dir, keep = os.fspath(export_dir), {int(step) for step in keep_steps}
-    deleted = []
-    for name in sorted(_listdir(export_dir)):
-        path = os.path.join(export_dir, name)
-        if _STEP_DIR.fullmatch(name) is None or int(name) in keep or not os.path.isdir(path):
-            continue
-        doomed = os.path.join(export_dir, f".{name}.deleted")
-        shutil.rmtree(doomed, ignore_errors=True)
-        os.replace(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-        deleted.append(path)
-        logger.info("deleted export %s: its checkpoint is no longer kept", path)
-    return deleted

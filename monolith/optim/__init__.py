@@ -32,8 +32,8 @@ from monolith.optim.optimizers import (
     RmspropV2Optimizer,
     SgdOptimizer,
     StochasticRoundingFloat16OptimizerWrapper,
-    make_optimizer,
 )
+from monolith.optim.registry import from_config, make_optimizer
 
 __all__ = [
     "AdaGradWithGroupLassoOptimizer",
@@ -66,5 +66,6 @@ __all__ = [
     "SliceOptimizer",
     "StochasticRoundingFloat16OptimizerWrapper",
     "ZerosInitializer",
+    "from_config",
     "make_optimizer",
 ]

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import numba
 import numpy as np
 
 from monolith.optim.base import SliceOptimizer, check_int, check_real
-from monolith.table.prefetch import prefetch_row_ahead
+from monolith.prefetch import prefetch_row_ahead
 
 _F32 = np.float32
 
@@ -1061,12 +1061,7 @@ class StochasticRoundingFloat16OptimizerWrapper(_KernelOptimizer):
     optimizer once (Monolith's proto has a single ``stochastic_rounding_float16`` flag).
     """
 
-    def __init__(self, optimizer: SliceOptimizer | Mapping[str, Any]) -> None:
-        if isinstance(optimizer, Mapping):
-            # A model dump records the wrapped optimizer by its config(); rebuild it.
-            from monolith.dump import restore_optimizer
-
-            optimizer = restore_optimizer(optimizer)
+    def __init__(self, optimizer: SliceOptimizer) -> None:
         if isinstance(optimizer, StochasticRoundingFloat16OptimizerWrapper):
             optimizer = optimizer.optimizer
         if not isinstance(optimizer, SliceOptimizer):
@@ -1127,32 +1122,3 @@ class StochasticRoundingFloat16OptimizerWrapper(_KernelOptimizer):
 
 #: Monolith's other name for the same optimizer (its proto message is ``GroupAdaGradOptimizerConfig``).
 GroupAdaGradOptimizer = AdaGradWithGroupLassoOptimizer
-
-_OPTIMIZERS: dict[str, type[_KernelOptimizer]] = {
-    cls.name: cls
-    for cls in (
-        SgdOptimizer,
-        AdagradOptimizer,
-        FtrlOptimizer,
-        AdamOptimizer,
-        AmsgradOptimizer,
-        MomentumOptimizer,
-        MovingAverageOptimizer,
-        RmspropOptimizer,
-        RmspropV2Optimizer,
-        AdadeltaOptimizer,
-        AdaGradWithGroupLassoOptimizer,
-        FTRLWithGroupSparsityOptimizer,
-        DynamicWdAdagradOptimizer,
-        BatchSoftmaxOptimizer,
-    )
-}
-
-
-def make_optimizer(name: str, **kwargs: Any) -> SliceOptimizer:
-    """Build the optimizer Monolith's proto calls ``name`` (e.g. ``"adagrad"``) from ``entry.py`` keywords."""
-    try:
-        cls = _OPTIMIZERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(_OPTIMIZERS))}") from None
-    return cls(**kwargs)

@@ -1,4 +1,6 @@
-"""``python -m monolith.serving --model DIR [--host H] [--port P] [limits]``: serve an export over HTTP."""
+"""``python -m monolith.serving --model DIR [--host H] [--port P] [--token-file F] [limits]``: serve an
+export over HTTP. Updates need the token of ``--token-file`` or ``$MONOLITH_SERVING_TOKEN`` where one
+is set; without one the server listens on loopback only."""
 
 from __future__ import annotations
 
@@ -9,14 +11,23 @@ from typing import Sequence
 import torch
 import uvicorn
 
+from monolith.serving.auth import TOKEN_ENV, is_loopback, read_token
 from monolith.serving.model import ServingModel
-from monolith.serving.server import MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_UPDATE_BYTES, create_app
+from monolith.serving.server import (BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
+                                     MAX_URL_BYTES, create_app)
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -36,8 +47,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"most examples in one prediction request; more get 413 (default {MAX_BATCH_SIZE})")
     parser.add_argument("--max-update-bytes", type=_positive_int, default=MAX_UPDATE_BYTES,
                         help=f"largest /v1/update body; larger ones get 413 (default {MAX_UPDATE_BYTES >> 30} GiB)")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help=f"file holding the token /v1/update requires as 'Authorization: Bearer <token>' "
+                             f"(default: ${TOKEN_ENV}; required beyond loopback)")
+    parser.add_argument("--max-header-bytes", type=_positive_int, default=MAX_HEADER_BYTES,
+                        help=f"most bytes of header lines in a request; more get 431 (default {MAX_HEADER_BYTES})")
+    parser.add_argument("--body-timeout", type=_positive_float, default=BODY_TIMEOUT_S,
+                        help=f"seconds a client may pause mid-body before it gets 408 (default {BODY_TIMEOUT_S:g})")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
+    try:
+        token = read_token(args.token_file)
+    except ValueError as error:
+        parser.exit(2, f"monolith serve: error: {error}\n")
+    if token is None and not is_loopback(args.host):
+        parser.exit(2, f"monolith serve: error: --host {args.host} is reachable from other machines, which could "
+                       f"then change what is served: set ${TOKEN_ENV} or --token-file\n")
     logging.basicConfig(level=args.log_level.upper())
     torch.set_num_threads(args.torch_threads)
     try:
@@ -47,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("monolith.serving").info("serving %s (version %d) on %s:%d", model.path, model.version,
                                                args.host, args.port)
     app = create_app(model, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
-                     max_update_bytes=args.max_update_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+                     max_update_bytes=args.max_update_bytes, token=token, max_header_bytes=args.max_header_bytes,
+                     body_timeout_s=args.body_timeout)
+    # h11 buffers at most this much of an unfinished request head (the app refuses more once parsed).
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                h11_max_incomplete_event_size=args.max_header_bytes + MAX_URL_BYTES)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Mapping
 
+from monolith.serving.auth import authorization, read_token
 from monolith.serving.model import encode_update
 
 __all__ = ["BaseVersionRejected", "UpdateRejected", "push_update"]
@@ -48,24 +49,28 @@ class BaseVersionRejected(UpdateRejected):
         self.base_version = base_version
 
 
-def push_update(url: str, update: Mapping[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+def push_update(url: str, update: Mapping[str, Any], timeout: float = 60.0, token: str | None = None) -> dict[str, Any]:
     """POSTs ``update`` (format in :mod:`monolith.serving.model`) to ``{url}/v1/update``.
 
     Args:
         url: the server's base URL, e.g. ``http://127.0.0.1:8500``.
         update: ``{"version": int, "base_version": int, "tables": {...}, "dense": state_dict or None, ...}``.
         timeout: seconds to wait for the server.
+        token: the serving token, sent as ``Authorization: Bearer <token>`` (default:
+            ``$MONOLITH_SERVING_TOKEN``, none where unset; :mod:`monolith.serving.auth`).
 
     Returns:
         The server's answer, ``{"model_version": int}``.
 
     Raises:
         BaseVersionRejected: a delta that does not build on the version serving holds (409).
-        UpdateRejected: the server answered with another error status.
+        UpdateRejected: the server answered with another error status (401: a missing or wrong token).
         urllib.error.URLError: the server could not be reached.
     """
+    token = read_token() if token is None else token
+    headers = {"Content-Type": "application/octet-stream", **(authorization(token) if token is not None else {})}
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/update", data=encode_update(update), method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())

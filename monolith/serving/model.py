@@ -22,8 +22,9 @@ tensors)::
 
 ``stream`` makes what serving reflects observable: the next offset of each partition of the
 trainer's stream after the last batch trained before the update was taken. Serving keeps, per
-partition, the furthest offset an applied update reported (ranks read disjoint partitions), and
-the version of the last update that carried dense weights (:meth:`ServingModel.progress`; a
+partition, the offset the last applied update reported (ranks read disjoint partitions; a trainer
+restarted from an older checkpoint reports older offsets, and its full snapshot serves what they
+trained), and the version of the last update that carried dense weights (:meth:`ServingModel.progress`; a
 trainer pushes changed rows more often than the dense weights).
 
 Rows arrive uncompressed and are stored as an export stores them (through the slices'
@@ -76,8 +77,8 @@ import numpy as np
 import torch
 
 from monolith.distributed.routing import shard_of
-from monolith.export.exporter import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
-                                      compress_rows, decompress_rows, load_table, program_factory)
+from monolith.export.format import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
+                                    compress_rows, decompress_rows, load_table, program_factory)
 from monolith.export.receiver import ServingInputReceiver
 from monolith.fid import fid_to_int64
 from monolith.modules.combiners import make_combiner
@@ -85,6 +86,8 @@ from monolith.table.hash_map import FidMap
 
 __all__ = ["BaseVersionError", "RequestError", "ServingModel", "StaleUpdateError", "decode_update", "encode_update"]
 
+#: The most trainer processes an update may name.
+MAX_WORLD_SIZE = 1 << 16
 _UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense", "stream")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
 
@@ -412,19 +415,27 @@ class ServingModel:
                         self._tables[name].upsert(ids, rows)
                 if program is not None:
                     self._program = program
-                self._version = max(self._version, checked.version)
+                self._record_shard(checked)
+                # A full update may take its shard back to an older version: the served version is
+                # then the newest any shard is at.
+                self._version = self._newest_shard_version() if checked.full else max(self._version, checked.version)
                 self._updated_at = time.time()
                 version = self._version
-            self._record_shard(checked)
             if checked.dense is not None:
-                self._dense_version = max(self._dense_version, checked.version)
+                self._dense_version = checked.version
             if checked.stream is not None:
                 topic, offsets = checked.stream
                 if topic != self._stream_topic:  # another stream: its offsets do not compare with the old
                     self._stream_topic, self._stream_offsets = topic, {}
-                for partition, offset in offsets.items():
-                    self._stream_offsets[partition] = max(offset, self._stream_offsets.get(partition, offset))
+                self._stream_offsets.update(offsets)  # ranks read disjoint partitions
         return version
+
+    def _newest_shard_version(self) -> int:
+        """The newest version a shard is at, after a full update (the update lock held)."""
+        versions = list(self._shard_versions.values())
+        if not self._shards_unknown and len(versions) < self._world_size:
+            versions.append(self.signature.global_step)  # ranks that have not pushed: at the export's step
+        return max(versions)
 
     def _record_shard(self, checked: _Update) -> None:
         """Notes the version the sender's shard is at after ``checked`` (the update lock held)."""
@@ -441,10 +452,20 @@ class ServingModel:
         self._shard_versions[checked.rank] = checked.version
 
     def _check_sequence(self, checked: _Update) -> None:
-        """Refuses a stale update, and a delta that does not build on what serving holds."""
+        """Refuses a stale update, and a delta that does not build on what serving holds.
+
+        A full update is never refused for its version: whatever a push did to the shard's version
+        (a huge one included), the trainer's next delta gets a base-version refusal, not a stale
+        one, and the full snapshot it answers with gets through."""
+        if checked.full:
+            return
         held = self._shard_version(checked.rank, checked.world_size)
-        based = checked.full or checked.base is not None
-        floor = held if based and held is not None else self._version
+        if checked.base is not None and checked.base != held:
+            holds = f"version {held}" if held is not None else "an unknown version"
+            raise BaseVersionError(f"update builds on version {checked.base}, but serving holds {holds} for the "
+                                   f"shard of rank {checked.rank} of {checked.world_size} (served version "
+                                   f"{self._version}): send a full update", self._version, held)
+        floor = held if checked.base is not None else self._version
         if checked.version < floor:
             if floor == self._version:
                 message = f"update version {checked.version} is older than the served version {floor}"
@@ -452,11 +473,6 @@ class ServingModel:
                 message = (f"update version {checked.version} is older than the version {floor} serving holds for "
                            f"the shard of rank {checked.rank} of {checked.world_size} (served version {self._version})")
             raise StaleUpdateError(message, served_version=self._version, min_version=floor)
-        if not checked.full and checked.base is not None and checked.base != held:
-            holds = f"version {held}" if held is not None else "an unknown version"
-            raise BaseVersionError(f"update builds on version {checked.base}, but serving holds {holds} for the "
-                                   f"shard of rank {checked.rank} of {checked.world_size} (served version "
-                                   f"{self._version}): send a full update", self._version, held)
 
     def _check_update(self, update: Any) -> _Update:
         if not isinstance(update, Mapping):
@@ -464,14 +480,17 @@ class ServingModel:
         _no_unknown(update, _UPDATE_FIELDS, "update")
         version = _int_field(update, "version")
         base = _int_field(update, "base_version", None)
+        for name, value in (("version", version), ("base_version", base)):
+            if value is not None and not 0 <= value < 2**63:
+                raise RequestError(f"update '{name}' must be in [0, 2**63), got {value}")
         full = update.get("full", False)
         if not isinstance(full, bool):
             raise RequestError(f"update 'full' must be a bool, got {full!r}")
         world_size = _int_field(update, "world_size", 1)
         rank = _int_field(update, "rank", 0)
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise RequestError(f"update 'rank' and 'world_size' must satisfy 0 <= rank < world_size, got rank {rank} "
-                               f"and world_size {world_size}")
+        if not 1 <= world_size <= MAX_WORLD_SIZE or not 0 <= rank < world_size:
+            raise RequestError(f"update 'rank' and 'world_size' must satisfy 0 <= rank < world_size <= "
+                               f"{MAX_WORLD_SIZE}, got rank {rank} and world_size {world_size}")
         checked = _Update(version, base, full, rank, world_size, {}, None)
         with self._update_lock:  # refused early, before rows are converted; checked again when applied
             self._check_sequence(checked)
@@ -491,6 +510,9 @@ class ServingModel:
             table = self._tables[name]
             ids = _id_array(change.get("ids"), f"{field}['ids']")
             rows = _row_array(change.get("rows"), f"{field}['rows']", ids.size, table.dim)
+            _check_finite(rows, ids, f"{field}['rows']", "is not finite")
+            served = table.as_served(rows)
+            _check_finite(served, ids, f"{field}['rows']", "is beyond the range of the table's compressor")
             deleted = _id_array(change.get("deleted"), f"{field}['deleted']")
             if full and deleted.size:
                 raise RequestError(f"{field}['deleted'] must be empty in a full update (it replaces the shard's rows)")
@@ -500,7 +522,7 @@ class ServingModel:
                     if foreign.size:
                         raise RequestError(f"{field}['{what}'] holds FIDs of other ranks' shards (e.g. "
                                            f"{foreign[0]}); rank {rank} of {world_size} may only send its own")
-            checked.changes[name] = (ids, table.as_served(rows), deleted)
+            checked.changes[name] = (ids, served, deleted)
         checked.dense = self._check_dense(update.get("dense"))
         checked.stream = _check_stream(update.get("stream"))
         if full:
@@ -517,7 +539,7 @@ class ServingModel:
         if not isinstance(dense, Mapping):
             raise RequestError(f"update 'dense' must be the model's state dict or None, got {type(dense).__name__}")
         missing = sorted(set(self._dense_spec) - set(dense))
-        unexpected = sorted(set(dense) - set(self._dense_spec))
+        unexpected = sorted(set(dense) - set(self._dense_spec), key=repr)  # keys of any type
         if missing or unexpected:
             raise RequestError(f"update 'dense' must hold every dense weight of the model: missing {missing}, "
                                f"unexpected {unexpected}")
@@ -536,6 +558,8 @@ class ServingModel:
                 checked[name] = value.detach().to("cpu", copy=True)
             except RuntimeError as error:  # tensors without data, e.g. on the meta device
                 raise RequestError(f"{field} cannot be read: {_first_line(error)}") from None
+            if checked[name].is_floating_point() and not bool(torch.isfinite(checked[name]).all()):
+                raise RequestError(f"{field} is not finite: serving it would make every prediction fail")
         return checked
 
 
@@ -706,7 +730,16 @@ def _row_array(value: Any, field: str, n: int, dim: int) -> np.ndarray:
     if array.shape != (n, dim) or array.dtype.kind != "f":
         raise RequestError(f"{field} must be a float tensor of shape [{n}, {dim}] (one row per id), "
                            f"got {array.dtype} {list(array.shape)}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused by the caller
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _check_finite(rows: np.ndarray, ids: np.ndarray, field: str, problem: str) -> None:
+    """Refuses ``rows`` (of ``ids``) if one is not finite: serving it would fail every prediction reading it."""
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        raise RequestError(f"{field}[{bad[0]}] (FID {ids[bad[0]]}) {problem}: serving it would make every "
+                           f"prediction that reads it fail")
 
 
 def _numpy(value: Any, field: str) -> np.ndarray:

@@ -160,6 +160,7 @@ class KafkaSource:
         self._consumer = None
         self._sparse_features = dict.fromkeys(sparse_features)  # an ordered set
         self.num_bad_batches = 0
+        self._stopping = False
 
     @classmethod
     def from_url(cls, url: str, batch_size: int, **kwargs: Any) -> "KafkaSource":
@@ -252,12 +253,17 @@ class KafkaSource:
                            self.rank, self.world_size, len(metadata.partitions))
         return share
 
+    def stop(self) -> None:
+        """Ends the iteration within one poll (safe in a signal handler): the offsets stay those of
+        the last batch yielded; messages of a batch not yet complete are read again by the next run."""
+        self._stopping = True
+
     def __iter__(self) -> Iterator[Batch]:
         self._consumer = self._connect()
         pending: list = []
         first_at = last_message_at = time.monotonic()
         try:
-            while True:
+            while not self._stopping:
                 # consume() blocks until it has all it asked for or the timeout passes: short timeouts
                 # keep a lone fresh event from waiting on a batch that will not fill.
                 wait = self.max_batch_wait_s - (time.monotonic() - first_at) if pending else _POLL_S

@@ -41,6 +41,7 @@ dense weights.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -59,10 +60,10 @@ PushFn = Callable[[str, dict[str, Any]], Any]
 DENSE_INTERVAL_FACTOR = 6
 
 
-def _default_push(url: str, update: dict[str, Any]) -> Any:
+def _default_push(url: str, update: dict[str, Any], token: str | None = None) -> Any:
     from monolith.serving.client import push_update
 
-    return push_update(url, update)
+    return push_update(url, update, token=token)
 
 
 class ParameterSync(TrainingHook):
@@ -80,6 +81,8 @@ class ParameterSync(TrainingHook):
             sweep before the first push after each checkpoint (None: only that one); evicted FIDs
             are removed from serving with the next push.
         push_fn: sends one update (default: HTTP POST to ``{serving_url}/v1/update``).
+        token: the serving token the default ``push_fn`` sends (default: ``$MONOLITH_SERVING_TOKEN``;
+            :mod:`monolith.serving.auth`).
 
     Under torch.distributed each rank pushes the rows of its own table shards; rank 0 also pushes
     the dense weights. A delta with nothing changed is not sent. After serving refused a delta for
@@ -87,7 +90,7 @@ class ParameterSync(TrainingHook):
     """
 
     def __init__(self, serving_url: str, interval_s: float = 10.0, evict_interval_s: float | None = None,
-                 push_fn: PushFn = _default_push, dense_interval_s: float | None = None,
+                 push_fn: PushFn | None = None, token: str | None = None, dense_interval_s: float | None = None,
                  every_steps: int | None = None) -> None:
         if interval_s <= 0:
             raise ValueError(f"sync interval must be > 0 seconds, got {interval_s}")
@@ -101,7 +104,7 @@ class ParameterSync(TrainingHook):
         self.dense_interval_s = DENSE_INTERVAL_FACTOR * interval_s if dense_interval_s is None else dense_interval_s
         self.every_steps = every_steps
         self.evict_interval_s = evict_interval_s
-        self.push_fn = push_fn
+        self.push_fn = push_fn if push_fn is not None else functools.partial(_default_push, token=token)
         self.version = 0  # the version of the last successful push
         self.pushes = 0
         self.full_pushes = 0

@@ -56,7 +56,7 @@ class SliceConfig:
         if not isinstance(self.dim, int) or self.dim <= 0:
             raise ValueError(f"slice '{self.name}': dim must be a positive int, got {self.dim!r}")
         if isinstance(self.optimizer, str):  # a proto name, e.g. "adagrad", with entry.py's defaults
-            from monolith.optim.optimizers import make_optimizer
+            from monolith.optim.registry import make_optimizer
 
             self.optimizer = make_optimizer(self.optimizer)
         for field, kind in (("initializer", Initializer), ("optimizer", SliceOptimizer), ("compressor", Compressor)):

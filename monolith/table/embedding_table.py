@@ -24,7 +24,7 @@ from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, fid_to_int64
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SliceConfig, SlotConfig
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
-from monolith.table.prefetch import prefetch_row_ahead
+from monolith.prefetch import prefetch_row_ahead
 
 _FORMAT = "monolith-embedding-table"
 _FORMAT_VERSION = 1

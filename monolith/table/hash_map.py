@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from monolith.table.prefetch import PREFETCH_AHEAD, prefetch
+from monolith.prefetch import PREFETCH_AHEAD, prefetch
 
 #: Marks an empty slot. A real key equal to it is kept aside in ``_sentinel_row``.
 EMPTY_KEY = np.int64(-(2**63))
