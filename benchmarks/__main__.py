@@ -29,6 +29,7 @@ from benchmarks import (
     freshness_benchmark,
     fused_update_benchmark,
     growth_benchmark,
+    online_benchmark,
     peers_benchmark,
     quality_benchmark,
     serving_benchmark,
@@ -109,6 +110,18 @@ def _freshness_goals(results: list[dict]) -> list[Goal]:
             for r in results if r["sync_interval_s"] == 1.0]
 
 
+def _online_goals(results: list[dict]) -> list[Goal]:
+    goals = []
+    for r in results:
+        for count in r["shard_counts"]:
+            e = r["by_count"][count]
+            gains = [on - off for on, off in zip(e[online_benchmark.ONLINE]["shard_averaged"],
+                                                 e[online_benchmark.BATCH]["shard_averaged"])]
+            goals.append(Goal(f"Online above batch-only, shard-averaged AUC, N = {count} (every seed)", "> 0 each",
+                              ", ".join(f"{100 * g:+.2f}" for g in gains), all(g > 0 for g in gains)))
+    return goals
+
+
 def _peers_goals(results: list[dict]) -> list[Goal]:
     goals = []
     for r in results:
@@ -169,6 +182,13 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{"sync_interval_s": 1.0, "measurements": 10}],
         quick_runs=[{"sync_interval_s": 1.0, "measurements": 2}],
         goals=_freshness_goals,
+    ),
+    Benchmark(
+        "Online training vs batch-only through the live loop (the Monolith paper's Table 2)",
+        online_benchmark,
+        runs=[{"plot_to": str(RESULTS.with_name("online_vs_batch.png"))}],
+        quick_runs=[{"shard_counts": (10,), "seeds": (0,)}],
+        goals=_online_goals,
     ),
     Benchmark(
         "Training side by side: monolith, plain PyTorch and TorchRec on a Criteo-like workload",
