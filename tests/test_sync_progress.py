@@ -52,7 +52,7 @@ def test_every_k_steps_pushes_rows_and_the_dense_weights_only_at_the_end(tmp_pat
     assert [u["version"] for u in pushes] == [3, 6, 8]
     assert [u["dense"] is not None for u in pushes] == [False, False, True]
     assert all(u["tables"] for u in pushes) and "stream" not in pushes[0]  # no stream: no offsets
-    for name, value in est.model.state_dict().items():
+    for name, value in est.model.dense_state_dict().items():
         torch.testing.assert_close(pushes[-1]["dense"][name], value, atol=0, rtol=0)
     assert sync.progress == {"version": 8, "dense_version": 8, "stream": None}
 

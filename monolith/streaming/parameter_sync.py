@@ -218,7 +218,7 @@ class ParameterSync(TrainingHook):
             dense = None
             if (estimator.dist is None or estimator.dist.rank == 0) and (
                     full or (dense_due and step != self._dense_marker)):
-                dense = {k: v.detach().cpu().clone() for k, v in estimator.model.state_dict().items()}
+                dense = {k: v.detach().cpu().clone() for k, v in estimator.model.dense_state_dict().items()}
             # Recorded after a step, so at most one step behind: serving never hears of offsets
             # whose batches the pushed parameters have not trained.
             stream = self._trained_stream
