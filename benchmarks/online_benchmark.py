@@ -1,10 +1,14 @@
-"""Online training against batch-only training, through the live loop (the Monolith paper's Table 2).
+"""Does the live loop beat a model trained once? DeepFM on time-ordered MovieLens-100K, batch-trained
+on the first 5/7 of the time span, then served while a separate trainer process learns the rest from
+a Kafka stream in N = 10 / 50 / 100 shards: serving's AUC on each shard before it is trained, online
+against the batch model never updated.
 
-The paper (arXiv 2209.07663, Section 4.3, Algorithm 1) batch-trains on Criteo's first 5 days, cuts the
-last 2 days into N shards and, for each shard in time order, refreshes serving's parameters from the
-trainer, scores the shard with serving, then trains on it. Here the data is MovieLens-100K in time
-order (label rating >= 4; ``monolith.data.movielens``): the first 5/7 of its time span is batch-trained,
-the rest cut into N shards of equal time. The model is ``monolith.demo.DeepFM`` with its own params.
+The paper (arXiv 2209.07663, Section 4.3, Table 2, Algorithm 1) batch-trains on Criteo's first 5 days,
+cuts the last 2 days into N shards and, for each shard in time order, refreshes serving's parameters
+from the trainer, scores the shard with serving, then trains on it. Here the data is MovieLens-100K
+in time order (label rating >= 4; ``monolith.data.movielens``): the first 5/7 of its time span is
+batch-trained, the rest cut into N shards of equal time. The model is ``monolith.demo.DeepFM`` with
+its own params. No package here ships another time-ordered public data set.
 
 Every part is the real one, each in its own process: a Kafka-compatible broker (``LocalKafkaBroker``),
 the trainer (``monolith train --model monolith.demo:DeepFM --stream kafka://... --serving-url ...``,
@@ -151,8 +155,9 @@ def _online_run(timeline: Timeline, shards: list[tuple[int, int]], seed: int, ch
              "--serving-url", url, "--sync-interval", "3600", "--dense-sync-interval", "0", "--sync-every-steps", "1"]
     # Both start at once (their start-up is most of a run's time): the trainer pushes nothing before
     # it trains, and it trains nothing before the first shard is produced, after the batch-only scores.
-    with _process(serve, work / f"serve-{name}.log", env), _process(train, work / f"train-{name}.log", env) as trainer, \
-            httpx.Client(base_url=url, timeout=60) as client:
+    with (_process(serve, work / f"serve-{name}.log", env),
+          _process(train, work / f"train-{name}.log", env) as trainer,
+          httpx.Client(base_url=url, timeout=60) as client):
         _wait(lambda: _healthy(url), timeout_s, "the server")
         if batch_scores is not None:
             batch_scores[:] = _score(client, timeline.examples)
@@ -206,7 +211,8 @@ def run(shard_counts: tuple[int, ...] = (10, 50, 100), seeds: tuple[int, ...] = 
     timeline = Timeline(DeepFM.params().train.per_replica_batch_size)
     labels = timeline.labels
     results: dict = {"shard_counts": list(shard_counts), "seeds": list(seeds), "batch_examples": timeline.cut,
-                     "online_examples": len(labels), "online_days": float(timeline.times[-1] - timeline.times[0]) / _DAY,
+                     "online_examples": len(labels),
+                     "online_days": float(timeline.times[-1] - timeline.times[0]) / _DAY,
                      "by_count": {}}
     seen = set(np.concatenate([b.sparse["uid"].values().numpy() for b in timeline.batches]).tolist())
     results["unseen_user_share"] = float(np.mean([e["uid"][0] not in seen for e in timeline.examples]))
