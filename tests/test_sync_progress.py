@@ -8,6 +8,7 @@ serving's ``/v1/health`` reports (uvicorn on 127.0.0.1, a real broker for the st
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -157,3 +158,17 @@ def test_stream_field_of_an_update_is_checked_and_kept_per_partition(tmp_path):
     # Another topic replaces the old offsets, which do not compare with its own.
     served.apply_update({"version": 6, "rank": 1, "world_size": 2, "stream": {"topic": "u", "offsets": {"1": 3}}})
     assert served.progress()["stream"] == {"topic": "u", "offsets": {"1": 3}}
+
+
+def test_health_progress_does_not_wait_for_an_update_being_applied(tmp_path):
+    est = estimator(tmp_path / "run")
+    est.train(max_steps=2)
+    served = ServingModel.load(est.export_saved_model(tmp_path / "export"))
+    served.apply_update({"version": 3, "stream": {"topic": "t", "offsets": {"0": 10}}})
+    answers = []
+    with served._update_lock:  # held from an update's checks to its last write (a big one takes seconds)
+        reader = threading.Thread(target=lambda: answers.append(served.progress()))
+        reader.start()
+        reader.join(timeout=5)
+        assert answers == [{"model_version": 3, "dense_version": 2, "stream": {"topic": "t", "offsets": {"0": 10}}}]
+    reader.join()

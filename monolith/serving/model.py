@@ -251,8 +251,9 @@ class ServingModel:
         self._update_lock = threading.Lock()  # one update at a time, from its checks to its last write
         self._version = signature.global_step
         self._dense_version = signature.global_step
-        self._stream_topic: str | None = None
-        self._stream_offsets: dict[int, int] = {}
+        # (topic, next offset per partition) of the updates' streams, replaced whole so that
+        # progress() reads it without waiting for an update being applied.
+        self._stream: tuple[str, dict[int, int]] | None = None
         self._updated_at: float | None = None
         # The version each shard is at (module docstring): per rank of the world size that pushed
         # since the load (None: none yet); a rank not in _shard_versions is at the export's step,
@@ -309,10 +310,10 @@ class ServingModel:
         step at the newest applied update), ``dense_version`` (the version the dense weights are
         from) and ``stream``, the trainer's stream offsets those updates had trained up to
         (``{"topic": str, "offsets": {partition: next offset}}``, None before an update carried them)."""
-        with self._update_lock:
-            stream = None if self._stream_topic is None else {
-                "topic": self._stream_topic, "offsets": {str(p): o for p, o in sorted(self._stream_offsets.items())}}
-            return {"model_version": self._version, "dense_version": self._dense_version, "stream": stream}
+        version, dense_version, stream = self._version, self._dense_version, self._stream
+        if stream is not None:
+            stream = {"topic": stream[0], "offsets": {str(p): o for p, o in sorted(stream[1].items())}}
+        return {"model_version": version, "dense_version": dense_version, "stream": stream}
 
     @property
     def last_update_time(self) -> float | None:
@@ -425,9 +426,9 @@ class ServingModel:
                 self._dense_version = checked.version
             if checked.stream is not None:
                 topic, offsets = checked.stream
-                if topic != self._stream_topic:  # another stream: its offsets do not compare with the old
-                    self._stream_topic, self._stream_offsets = topic, {}
-                self._stream_offsets.update(offsets)  # ranks read disjoint partitions
+                # Ranks read disjoint partitions; another stream's offsets do not compare with the old.
+                kept = self._stream[1] if self._stream is not None and self._stream[0] == topic else {}
+                self._stream = (topic, {**kept, **offsets})
         return version
 
     def _newest_shard_version(self) -> int:
