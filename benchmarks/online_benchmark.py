@@ -30,8 +30,6 @@ seed of the initial weights; the data order is time's).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import os
 import resource
 import secrets
@@ -49,7 +47,8 @@ import numpy as np
 import torch
 
 from benchmarks.freshness_benchmark import _free_port, _healthy, _wait
-from benchmarks.peers_benchmark import PEERS_PYTHON, ROOT
+from benchmarks.peers_benchmark import ROOT
+from benchmarks.plots import Curves
 from monolith.checkpoint import CheckpointManager
 from monolith.data import load_movielens100k
 from monolith.demo import FEATURES, DeepFM, auc
@@ -203,8 +202,8 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run(shard_counts: tuple[int, ...] = (10, 50, 100), seeds: tuple[int, ...] = (0, 1, 2), timeout_s: float = 120.0,
-        plot_to: str | None = None) -> dict:
+def run(shard_counts: tuple[int, ...] = (10, 50, 100), seeds: tuple[int, ...] = (0, 1, 2),
+        timeout_s: float = 120.0) -> dict:
     """Runs the experiment for every shard count and seed; returns per shard count and system the
     pooled and shard-averaged AUC of each seed, the per-shard AUCs, and the setup."""
     started, cpu_started, load = time.perf_counter(), _cpu_s(), os.getloadavg()[0]
@@ -252,7 +251,6 @@ def run(shard_counts: tuple[int, ...] = (10, 50, 100), seeds: tuple[int, ...] = 
         torch.set_num_threads(previous_threads)
     results["elapsed_s"], results["cpu_s"], results["load_at_start"] = (time.perf_counter() - started,
                                                                          _cpu_s() - cpu_started, load)
-    results["figure"] = _draw(results, Path(plot_to)) if plot_to else ""
     return results
 
 
@@ -298,8 +296,6 @@ def report(results: list[dict]) -> str:
         lines += ["", *_verdicts(r)]
         lines += ["", "The paper (Criteo, Table 2), shard-averaged AUC x 100 online vs batch-only: 79.66 vs 79.42 "
                   "(N=10), 79.78 vs 79.44 (N=50), 79.80 vs 79.43 (N=100)."]
-        if r.get("figure"):
-            lines += ["", r["figure"]]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -323,61 +319,27 @@ def _verdicts(r: dict) -> list[str]:
     return lines
 
 
-# ------------------------------------------------------------------------------------ the plot
-def plot(spec_file: str, png: str) -> None:
-    """Draws AUC per shard over time (mean over seeds), online against batch-only, one panel per N."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    spec = json.loads(Path(spec_file).read_text())
-    panels = spec["panels"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True, squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for system, curve in panel["curves"].items():
-            ax.plot(panel["days"], curve, marker="o" if len(curve) <= 10 else None, label=system)
-        ax.set(title=f"N = {panel['count']}", xlabel="days into the online period")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"shard AUC (mean of {spec['seeds']} seeds)")
-    axes[0][0].legend()
-    fig.suptitle(spec["title"])
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-
-
-def _plotting_python() -> str | None:
-    """A Python with matplotlib: the peers venv's (``make bench-peers``), else this one if it has it."""
-    if PEERS_PYTHON.exists():
-        return str(PEERS_PYTHON)
-    return sys.executable if importlib.util.find_spec("matplotlib") is not None else None
-
-
-def _draw(results: dict, png: Path) -> str:
-    """Draws ``results``' per-shard AUCs to ``png``; returns the markdown that shows it (or why not)."""
-    python = _plotting_python()
-    if python is None:
-        return ("Plot skipped: matplotlib is in neither this venv nor the peers venv benchmarks/.venv-peers "
-                "(`make bench-peers` creates it).")
-    panels = []
-    for count in results["shard_counts"]:
-        e = results["by_count"][count]
-        keep = [i for i, aucs in enumerate(zip(*e[ONLINE]["per_shard"], *e[BATCH]["per_shard"]))
-                if None not in aucs]
-        panels.append({"count": count, "days": [e["shard_end_days"][i] for i in keep],
-                       "curves": {system: [float(np.mean([seed[i] for seed in e[system]["per_shard"]])) for i in keep]
-                                  for system in (ONLINE, BATCH)}})
-    spec = {"title": "MovieLens-100K: AUC per shard, online vs batch-only", "seeds": len(results["seeds"]),
-            "panels": panels}
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump(spec, f)
-        f.flush()
-        subprocess.run([python, "-m", "benchmarks.online_benchmark", "plot", f.name, str(png)], cwd=ROOT, check=True)
-    return f"![{spec['title']}]({png.name})"
+# ------------------------------------------------------------------------------------ the figures
+def figures(results: list[dict]) -> list[Curves]:
+    """Per shard count, each shard's AUC against time, online and batch-only: the mean over seeds,
+    the seeds' range shaded (shards whose AUC is undefined for a seed left out)."""
+    drawn = []
+    for r in results:
+        for count in r["shard_counts"]:
+            e = r["by_count"][count]
+            keep = [i for i, aucs in enumerate(zip(*e[ONLINE]["per_shard"], *e[BATCH]["per_shard"]))
+                    if None not in aucs]
+            days = [e["shard_end_days"][i] for i in keep]
+            aucs = {system: np.asarray([[seed[i] for i in keep] for seed in e[system]["per_shard"]])
+                    for system in (ONLINE, BATCH)}
+            drawn.append(Curves(
+                f"online_vs_batch_n{count}",
+                f"MovieLens-100K, N = {count} shards of {24 * e['shard_days']:.0f} h: AUC per shard "
+                f"({len(r['seeds'])} seeds)", "days into the online period (shard end)", "shard AUC",
+                {system: (days, a.mean(axis=0).tolist()) for system, a in aucs.items()},
+                {system: (a.min(axis=0).tolist(), a.max(axis=0).tolist()) for system, a in aucs.items()}))
+    return drawn
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["plot"]:
-        plot(*sys.argv[2:4])
-    else:
-        print(report([run(plot_to=str(Path(__file__).with_name("online_vs_batch.png")))]))
+    print(report([run()]))

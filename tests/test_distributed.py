@@ -90,6 +90,17 @@ def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, m
     assert_tables_match(ranks, single, atol=1e-5)
 
 
+def test_rows_start_from_their_fid_so_two_ranks_train_as_one_process(tmp_path):
+    """The comp model from the tables' own initial rows (no SeedTables): 1 process and 2 ranks
+    (dedup "sum") agree to float rounding, and no two ranks' new rows start equal."""
+    ok(torchrun("comp_initialised", str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"comp_initialised-{rank}.pt", weights_only=False) for rank in (0, 1)]
+    single = worker.run_comp_initialised(str(tmp_path / "single"), world_size=1, rank=0)
+    assert_tables_match(ranks, single, atol=1e-6)
+    for name, value in single.dense_state_dict().items():
+        torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
+
+
 def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path):
     """Each rank holds the gradients of its own lookups: the clipping norm must sum every rank's."""
     ok(torchrun("comp", str(tmp_path), "on", "0.001", timeout=600))
@@ -165,6 +176,20 @@ def test_a_dead_rank_stops_the_others_with_its_name_and_keeps_the_last_checkpoin
     assert '"latest": "ckpt-2"' in index  # nothing half-written became the latest checkpoint
     restored = small_model_state(str(tmp_path / "model"))
     assert len(next(iter(restored.ctx.tables.values())).table) > 0
+
+
+def test_a_resumed_two_rank_run_is_bitwise_an_uninterrupted_one(tmp_path):
+    """Every rank resumes its own random stream (dropout here) and its shard's rows."""
+    ok(torchrun("resume", str(tmp_path)))
+    for rank in (0, 1):
+        runs = torch.load(tmp_path / f"resume-{rank}.pt", weights_only=False)
+        for name, value in runs["uninterrupted"]["dense"].items():
+            torch.testing.assert_close(runs["resumed"]["dense"][name], value, atol=0, rtol=0)
+        for name, (keys, rows) in runs["uninterrupted"]["tables"].items():
+            got_keys, got_rows = runs["resumed"]["tables"][name]
+            order, want = np.argsort(got_keys.numpy()), np.argsort(keys.numpy())
+            np.testing.assert_array_equal(got_keys.numpy()[order], keys.numpy()[want])
+            np.testing.assert_array_equal(got_rows.numpy()[order], rows.numpy()[want])
 
 
 def test_ranks_with_different_models_are_refused(tmp_path):

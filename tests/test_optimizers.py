@@ -919,7 +919,7 @@ def test_new_optimizers_in_a_table():
     table.apply_gradients(ids, torch.ones(3, 6), global_step=10)
     table.apply_gradients(ids[:1], torch.ones(1, 6), global_step=14)
     rows = table.lookup(np.array([5, 9])).numpy()
-    b5 = 0.9 * (0.9 * (0.9 * 4.0 + 0.1 * 10) + 0.1 * 0) + 0.1 * 4  # steps 10, 10 (repeat), 14
+    b5 = 0.9 * (0.9 * 4.0 + 0.1 * 10) + 0.1 * 4  # steps 10 (its two occurrences, one update), 14
     b9 = 0.9 * 4.0 + 0.1 * 10
     np.testing.assert_allclose(rows[:, 0], [b5, b9], rtol=1e-6)
     np.testing.assert_array_equal(rows[:, 1:4], rows[:, 1:4].astype(np.float16).astype(F))

@@ -30,7 +30,7 @@ from monolith.modules.embedding_lookup import HashEmbedding, cat_or_only, widen_
 from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable, RowHint, sum_rows_by_group
 from monolith.table.hash_map import KeyGrouper
-from monolith.table.shards import merge_states, select_keys
+from monolith.table.shards import merge_states, select_keys, with_own_filter
 
 #: A request time that stands for none (a lookup without ids): older than any.
 _NO_TIME = np.iinfo(np.int64).min
@@ -335,8 +335,9 @@ def _request_times(req_time, n: int) -> np.ndarray:
 
 
 def table_state_for_rank(states: list[dict[str, np.ndarray]], rank: int, world_size: int) -> dict[str, np.ndarray]:
-    """Merges table shards written by any number of ranks and keeps the FIDs ``rank`` owns."""
+    """Merges table shards written by any number of ranks and keeps the FIDs ``rank`` owns (and the
+    sliding hash filter it wrote, when the number of ranks is the same)."""
     merged = merge_states(states)
-    if world_size == 1:
-        return merged
-    return select_keys(merged, lambda keys: shard_of(torch.from_numpy(keys), world_size).numpy() == rank)
+    if world_size > 1:
+        merged = select_keys(merged, lambda keys: shard_of(torch.from_numpy(keys), world_size).numpy() == rank)
+    return with_own_filter(merged, states, rank, world_size)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from monolith.optim.clipping import squared_norm
-from monolith.table.embedding_table import EmbeddingHashTable, RowHint
+from monolith.table.embedding_table import DEFAULT_DEDUP, EmbeddingHashTable, RowHint
 
 
 @dataclass
@@ -109,7 +109,7 @@ class HashEmbedding(torch.nn.Module):
 
     @staticmethod
     def apply_gradients_together(modules: Sequence["HashEmbedding"], global_step: int, scale: float = 1.0,
-                                 dedup: str = "local") -> None:
+                                 dedup: str = DEFAULT_DEDUP) -> None:
         """:meth:`apply_gradients` of every module (sharded tables exchange their gradients at once)."""
         for module in modules:
             module.apply_gradients(global_step, scale, dedup)
@@ -122,8 +122,9 @@ class HashEmbedding(torch.nn.Module):
         """Drops the pending gradients (a step that is not applied)."""
         self.pending = []
 
-    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
-        """Applies the pending gradients (times ``scale``) in lookup order and clears them."""
+    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = DEFAULT_DEDUP) -> None:
+        """Applies the pending gradients (times ``scale``) in lookup order and clears them (``dedup``: see
+        :meth:`EmbeddingHashTable.apply_gradients`)."""
         if not self.pending:
             return
         pending = sorted(self.pending, key=lambda p: p.order)

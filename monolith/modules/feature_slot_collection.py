@@ -25,7 +25,7 @@ from monolith.modules.embedding_lookup import HashEmbedding
 from monolith.modules.embedding_step import end_step, running_step
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable
-from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS
+from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterConfig
 
 __all__ = ["EmbeddingStep", "FeatureSlotCollection", "LookupStrategy"]
 
@@ -46,15 +46,20 @@ class FeatureSlotCollection(torch.nn.Module):
         hashtable_init_capacity: when above 0, every table's ``initial_capacity`` (Monolith's
             ``CpuTrainingConfig.hashtable_init_capacity``), in place of the slots' own
             ``hashtable_config.initial_capacity``.
+        occurrence_filter: how every table counts the occurrences of ids not yet admitted: None
+            exactly, or Monolith's bounded sliding hash filter
+            (:class:`~monolith.table.config.SlidingHashFilterConfig`).
     """
 
     def __init__(
-        self, use_native_multi_hash_table: bool = True, seed: int = 0, hashtable_init_capacity: int = 0
+        self, use_native_multi_hash_table: bool = True, seed: int = 0, hashtable_init_capacity: int = 0,
+        occurrence_filter: SlidingHashFilterConfig | None = None,
     ) -> None:
         super().__init__()
         self.use_native_multi_hash_table = use_native_multi_hash_table
         self.seed = seed
         self.hashtable_init_capacity = hashtable_init_capacity
+        self.occurrence_filter = occurrence_filter
         self.feature_slots: list[FeatureSlot] = []
         #: Table name -> its module (kept out of ``_modules``: a table may be named anything a
         #: feature is; ``train()`` and ``state_dict()`` reach them below).
@@ -103,6 +108,7 @@ class FeatureSlotCollection(torch.nn.Module):
             name=name,
             initial_capacity=self.hashtable_init_capacity
             or sum(s.config.hashtable_config.initial_capacity for s in slots),
+            occurrence_filter=self.occurrence_filter,
         )
         module = self.module_factory(table)
         module.train(self.training)
