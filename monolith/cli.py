@@ -264,8 +264,12 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
             token = read_token(args.serving_token_file)
         except ValueError as e:
             raise CliError(str(e)) from None
-        hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
-                                   evict_interval_s=args.evict_interval, token=token))
+        try:
+            hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
+                                       dense_interval_s=args.dense_sync_interval, every_steps=args.sync_every_steps,
+                                       evict_interval_s=args.evict_interval, token=token))
+        except ValueError as e:
+            raise CliError(f"--serving-url: {e}") from None
     metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks,
                               epochs=args.epochs)
     latest = CheckpointManager(estimator.config.model_dir).latest()
@@ -383,7 +387,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="--serving-url: file holding the token serving requires for updates, sent as "
                             "'Authorization: Bearer <token>' (default: $MONOLITH_SERVING_TOKEN)")
     train.add_argument("--sync-interval", type=float, default=10.0,
-                       help="--serving-url: seconds between parameter pushes (default 10)")
+                       help="--serving-url: seconds between pushes of the changed embedding rows (default 10)")
+    train.add_argument("--dense-sync-interval", type=float, default=None,
+                       help="--serving-url: seconds between pushes of the dense weights (default: 6 times "
+                            "--sync-interval; the last push of a run always carries them)")
+    train.add_argument("--sync-every-steps", type=int, default=None, metavar="K",
+                       help="--serving-url: also push after every K global steps (default: by the clock only)")
     train.add_argument("--evict-interval", type=float, default=None,
                        help="--serving-url: seconds between expiry sweeps whose evictions reach serving")
     for name, what in (("evaluate", "evaluate the latest checkpoint (per-head AUC / MSE, loss per example)"),

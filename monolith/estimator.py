@@ -213,6 +213,16 @@ class Estimator:
         """The checkpoint this estimator last wrote or restored (None before either)."""
         return self._restored
 
+    @property
+    def stream_position(self) -> dict[str, Any] | None:
+        """How far training has read its stream: ``{"topic": str, "offsets": {partition: next
+        offset}}`` after the last batch taken (None when the input is no stream). An endless stream
+        writes no checkpoint by default, so this is what tells how far a running trainer has got."""
+        state = self._source.state_dict() if self._source is not None else None
+        if not isinstance(state, dict) or "offsets" not in state:
+            return None
+        return {"topic": str(state.get("topic")), "offsets": {str(p): int(o) for p, o in state["offsets"].items()}}
+
     def _restore_latest(self) -> None:
         latest = self._checkpoints.latest()
         if latest is None or latest == self._restored:
@@ -677,7 +687,11 @@ class Estimator:
                   "examples_per_sec": examples_per_sec}
         for tag, value in values.items():
             self._summary(tag, value)
-        print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
+        line = f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items())
+        position = self.stream_position
+        if position is not None:
+            line += f"; stream {position['topic']} at offsets {position['offsets']}"
+        print(line, file=sys.stderr)
         return {**values, "global_step": self.global_step}
 
     def _shows_progress(self) -> bool:

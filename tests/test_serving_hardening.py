@@ -303,7 +303,7 @@ def test_requests_that_got_500_get_4xx_and_the_connection_serves_on(model, serve
             assert answer.status_code == status, (path, answer.text)
             assert answer.json()["detail"]
             # The next request goes over the same connection.
-            assert client.get("/v1/health").json() == {"status": "ok", "model_version": 8}
+            assert client.get("/v1/health").json()["model_version"] == 8
     assert "sparse['\\ud800'] has 3 examples" in httpx.post(f"{base}/v1/predict", content=cases[0][1]).text
 
 

@@ -17,7 +17,15 @@ tensors)::
      "full": bool,                   # optional (default False): a full snapshot of the sender's shard
      "rank": int, "world_size": int, # optional (default 0 and 1): the trainer process that sent it
      "tables": {name: {"ids": int64[n], "rows": float32[n, dim], "deleted": int64[m]}},
-     "dense": model.dense_state_dict() or None}
+     "dense": model.dense_state_dict() or None,
+     "stream": {"topic": str, "offsets": {partition: int}}}  # optional: what the trainer had trained
+
+``stream`` makes what serving reflects observable: the next offset of each partition of the
+trainer's stream after the last batch trained before the update was taken. Serving keeps, per
+partition, the offset the last applied update reported (ranks read disjoint partitions; a trainer
+restarted from an older checkpoint reports older offsets, and its full snapshot serves what they
+trained), and the version of the last update that carried dense weights (:meth:`ServingModel.progress`; a
+trainer pushes changed rows more often than the dense weights).
 
 Rows arrive uncompressed and are stored as an export stores them (through the slices'
 compressors), so serving precision does not depend on how a row got there.
@@ -86,7 +94,7 @@ LOOKUP_IDS = 1 << 14
 PROGRAM_EXAMPLES = 4096
 #: The most trainer processes an update may name.
 MAX_WORLD_SIZE = 1 << 16
-_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
+_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense", "stream")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
 
 
@@ -133,6 +141,7 @@ class _Update:
     world_size: int
     changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> ids, rows, deleted
     dense: dict[str, torch.Tensor] | None
+    stream: tuple[str, dict[int, int]] | None = None  # topic, next offset per partition
 
 
 class _Table:
@@ -250,6 +259,10 @@ class ServingModel:
         self._lock = threading.Lock()  # held by requests while they read, and by updates while they write
         self._update_lock = threading.Lock()  # one update at a time, from its checks to its last write
         self._version = signature.global_step
+        self._dense_version = signature.global_step
+        # (topic, next offset per partition) of the updates' streams, replaced whole so that
+        # progress() reads it without waiting for an update being applied.
+        self._stream: tuple[str, dict[int, int]] | None = None
         self._updated_at: float | None = None
         # The version each shard is at (module docstring): per rank of the world size that pushed
         # since the load (None: none yet); a rank not in _shard_versions is at the export's step,
@@ -300,6 +313,16 @@ class ServingModel:
         if rank in self._shard_versions:
             return self._shard_versions[rank]
         return None if self._shards_unknown else self.signature.global_step
+
+    def progress(self) -> dict[str, Any]:
+        """What the served parameters reflect of training: ``model_version`` (the trainer's global
+        step at the newest applied update), ``dense_version`` (the version the dense weights are
+        from) and ``stream``, the trainer's stream offsets those updates had trained up to
+        (``{"topic": str, "offsets": {partition: next offset}}``, None before an update carried them)."""
+        version, dense_version, stream = self._version, self._dense_version, self._stream
+        if stream is not None:
+            stream = {"topic": stream[0], "offsets": {str(p): o for p, o in sorted(stream[1].items())}}
+        return {"model_version": version, "dense_version": dense_version, "stream": stream}
 
     @property
     def last_update_time(self) -> float | None:
@@ -465,6 +488,13 @@ class ServingModel:
                 self._version = self._newest_shard_version() if checked.full else max(self._version, checked.version)
                 self._updated_at = time.time()
                 version = self._version
+            if checked.dense is not None:
+                self._dense_version = checked.version
+            if checked.stream is not None:
+                topic, offsets = checked.stream
+                # Ranks read disjoint partitions; another stream's offsets do not compare with the old.
+                kept = self._stream[1] if self._stream is not None and self._stream[0] == topic else {}
+                self._stream = (topic, {**kept, **offsets})
         return version
 
     def _newest_shard_version(self) -> int:
@@ -561,6 +591,7 @@ class ServingModel:
                                            f"{foreign[0]}); rank {rank} of {world_size} may only send its own")
             checked.changes[name] = (ids, served, deleted)
         checked.dense = self._check_dense(update.get("dense"))
+        checked.stream = _check_stream(update.get("stream"))
         if full:
             missing = sorted(set(self._tables) - set(checked.changes))
             if missing:
@@ -600,6 +631,26 @@ class ServingModel:
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _check_stream(stream: Any) -> tuple[str, dict[int, int]] | None:
+    """An update's ``stream`` as (topic, next offset per partition); None where it has none."""
+    if stream is None:
+        return None
+    expected = "update 'stream' must be {'topic': str, 'offsets': {partition: offset}} with ints >= 0"
+    if not isinstance(stream, Mapping) or set(stream) != {"topic", "offsets"}:
+        raise RequestError(f"{expected}, got {reprlib.repr(stream)}")
+    topic, offsets = stream["topic"], stream["offsets"]
+    if not isinstance(topic, str) or not isinstance(offsets, Mapping):
+        raise RequestError(f"{expected}, got {reprlib.repr(stream)}")
+    checked = {}
+    for partition, offset in offsets.items():
+        partition = int(partition) if isinstance(partition, str) and partition.isdigit() else partition
+        if (isinstance(partition, bool) or not isinstance(partition, int) or partition < 0
+                or isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise RequestError(f"{expected}, got offsets[{partition!r}] = {offset!r}")
+        checked[partition] = offset
+    return topic, checked
+
+
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     """``array`` with zero rows appended up to ``capacity`` rows."""
     out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)

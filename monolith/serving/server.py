@@ -6,7 +6,9 @@ Endpoints::
                        or (Content-Type: application/x-protobuf[; message=Example]) a serialized
                        ExampleBatch (or Example); bodies are read by :mod:`monolith.serving.request`
                        -> {"outputs": {name: [value per example]}, "model_version": int}
-    GET  /v1/health    -> {"status": "ok", "model_version": int}
+    GET  /v1/health    -> {"status": "ok", "model_version": int, "dense_version": int,
+                           "stream": {"topic": str, "offsets": {partition: int}} or null}
+                       (what the served parameters reflect of training: ServingModel.progress)
     GET  /v1/metrics   -> predictions (requests, errors, latency percentiles in ms), model version, last
                        update time, updates applied and refused, table sizes
     POST /v1/update    application/octet-stream: an update serialised by
@@ -189,7 +191,7 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model_version": model.version}
+        return {"status": "ok", **model.progress()}
 
     @app.get("/v1/metrics")
     async def get_metrics() -> dict[str, Any]:
