@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
-from monolith.feature import EmbeddingFactory, FeatureFactory, FeatureSlotConfig
+from monolith.feature import FeatureFactory, FeatureSlotConfig
 from monolith.fid import make_fid
 from monolith.mode_keys import ModeKeys
 from monolith.model import MonolithModel
+from monolith.modules.feature_slot_collection import FeatureSlotCollection
 from monolith.optim.initializers import ZerosInitializer
 from monolith.optim.optimizers import SgdOptimizer
 from monolith.sparse import Batch, KeyedJaggedTensor
@@ -173,7 +174,7 @@ def test_early_stopping_arguments_are_checked():
 
 
 def test_task_slot_declarations_create_each_slot_and_slice_once():
-    embeddings = EmbeddingFactory()
+    embeddings = FeatureSlotCollection()
     embeddings.create_feature_slot(FeatureSlotConfig(name="taken", slot_id=1))
     factory = FeatureFactory(lambda: embeddings)
     for step in range(3):  # a task's model_fn declares the same slots at every step
