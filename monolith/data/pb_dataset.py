@@ -13,6 +13,12 @@ The header words are skipped (Monolith keeps only the pb type and data source ke
 header, which no parser reads). Monolith's writer fills them with zeros, as :func:`write_pb_file`
 and :func:`frame_record` do. Byte offsets count from the start of the (uncompressed) stream.
 
+A wrong framing option does not always fail to parse: a file written without sort ids and read with
+``has_sort_id=True`` (the default) takes every other record for a sort id, and header words read as
+lengths make empty records. So :class:`PBDataset` first reads each file's first records
+(:func:`check_framing`): if they are not whole messages under the options given (or a sort id is
+one), but are under other options, it stops with an error naming the file and the options to change.
+
 **Compression**: ``"snappy"`` is Hadoop's block snappy, which Monolith's ``ByteSnappyInputBuffer``
 reads: blocks of ``[uncompressed length]`` followed by chunks ``[compressed length][raw snappy]``
 until the block's length is reached, both lengths 4 bytes big-endian. ``"gzip"`` is a gzip stream.
@@ -75,14 +81,15 @@ import io
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import chain
+from dataclasses import astuple, dataclass, field
+from itertools import chain, product
 from typing import Any, BinaryIO, TypedDict, TypeVar, Unpack
 
 import cramjam
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Reader, Rows, jagged, logger
 from monolith.data.feature_list import FeatureList
@@ -99,6 +106,7 @@ __all__ = [
     "INVALID_LABEL",
     "Framing",
     "PBDataset",
+    "check_framing",
     "PBParser",
     "frame_record",
     "parse_example_batch_bytes",
@@ -118,6 +126,9 @@ _MESSAGES: dict[str, type[Message]] = {"example": Example, "example_batch": Exam
 _COMPRESSIONS = (None, "snappy", "gzip", "infer")
 # Hadoop's default snappy buffer: the most uncompressed bytes the writer puts in one chunk.
 _SNAPPY_CHUNK = 256 << 10
+# The framing of each file is checked on its first records: at most these many, in these many bytes.
+_FRAMING_CHECK_RECORDS = 16
+_FRAMING_CHECK_BYTES = 4 << 20
 # Long reads go this many bytes at a time (see _read_up_to).
 _READ_PIECE = 1 << 20
 _DENSE_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
@@ -197,8 +208,9 @@ def _read_up_to(stream: BinaryIO, n: int) -> bytes:
 _STREAM_ERRORS = (_CorruptStream, gzip.BadGzipFile, EOFError, zlib.error)
 
 
-def _frames(stream: BinaryIO, framing: Framing, max_record_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Yield (byte offset, serialized message) for each record of ``stream`` (which has ``peek``).
+def _frames(stream: BinaryIO, framing: Framing, max_record_bytes: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """Yield (byte offset, sort id, serialized message) for each record of ``stream`` (which has
+    ``peek``); the sort id is ``b""`` where the framing has none.
 
     Raises:
         _FrameError: the stream ends inside a record, a length exceeds ``max_record_bytes``, or the
@@ -229,6 +241,7 @@ def _frames(stream: BinaryIO, framing: Framing, max_record_bytes: int) -> Iterat
                 return
         except _STREAM_ERRORS as e:
             raise _FrameError(start, f"corrupt compressed data: {e}") from e
+        sort_id = b""
         if framing.lagrangex_header:
             word(start, "lagrangex header")
         else:
@@ -240,15 +253,83 @@ def _frames(stream: BinaryIO, framing: Framing, max_record_bytes: int) -> Iterat
                 else:
                     word(start, "kafka dump prefix")
             if framing.has_sort_id:
-                read(sort_id_length or word(start, "sort id length"), start, "sort id")
+                sort_id = read(sort_id_length or word(start, "sort id length"), start, "sort id")
             if framing.kafka_dump:
                 word(start, "kafka dump header")
-        yield start, read(word(start, "message length"), start, "message")
+        yield start, sort_id, read(word(start, "message length"), start, "message")
 
 
 def frame_record(payload: bytes, framing: Framing = Framing()) -> bytes:
     """One serialized message framed as Monolith's writer does (for files and Kafka payloads)."""
     return framing.header() + len(payload).to_bytes(8, "little") + payload
+
+
+def _is_message(cls: type[Message], data: bytes) -> bool:
+    """Whether ``data`` is a whole serialized ``cls``: it parses, sets a field, and has no field
+    ``cls`` does not know (short strings such as sort ids often parse, into unknown fields only)."""
+    try:
+        message = cls.FromString(data)
+    except DecodeError:
+        return False
+    return bool(message.ListFields()) and not len(UnknownFieldSet(message))
+
+
+def _framing_problem(head: bytes, whole: bool, framing: Framing, cls: type[Message]) -> str | None:
+    """Why the first records of a file, in its first bytes ``head`` (``whole``: all of the file), do
+    not read as ``framing`` says: a record that is no whole ``cls``, a sort id that is one (the file
+    has no sort ids: every other record would be lost), or a frame that does not parse; ``None`` if
+    they do (a frame cut by the end of a partial ``head`` is no problem)."""
+    count = 0
+    try:
+        for offset, sort_id, message in _frames(io.BufferedReader(io.BytesIO(head)), framing, DEFAULT_MAX_RECORD_BYTES):
+            if not _is_message(cls, message):
+                return f"the record at byte offset {offset} is no {cls.__name__} ({len(message)} bytes)"
+            if sort_id and _is_message(cls, sort_id):
+                return f"the sort id at byte offset {offset} is a whole {cls.__name__}"
+            count += 1
+            if count == _FRAMING_CHECK_RECORDS:
+                break
+    except _FrameError as e:
+        if whole or not count:
+            return f"{e.reason}, at byte offset {e.offset}"
+    return None
+
+
+_FRAMING_FLAGS = ("lagrangex_header", "kafka_dump_prefix", "has_sort_id", "kafka_dump")
+
+
+def check_framing(path: str, head: bytes, whole: bool, framing: Framing, variant_type: str) -> None:
+    """Stop on a file whose framing is not the one given: the first records (from its first bytes
+    ``head``; ``whole``: all of it) do not read as ``framing`` says, and do read as another framing.
+
+    A wrong framing does not always fail: a file without sort ids read with ``has_sort_id=True``
+    takes every other record for a sort id, and a file with header words read without them finds
+    empty records; each looks like data, so it is checked for up front. Where no framing reads the
+    records, the file is damaged and its bad records are counted as it is read.
+
+    Raises:
+        ValueError: naming the file and the options to change.
+    """
+    cls = _MESSAGES[_variant(variant_type)]
+    problem = _framing_problem(head, whole, framing, cls)
+    if problem is None:
+        return
+    changes = []
+    for flags in product((False, True), repeat=len(_FRAMING_FLAGS)):
+        other = Framing(*flags)
+        # A lagrangex header replaces the other words: one candidate, with the given flags.
+        if other == framing or (other.lagrangex_header and flags[1:] != astuple(framing)[1:]):
+            continue
+        if _framing_problem(head, whole, other, cls) is None:
+            changes.append([f"{f}={getattr(other, f)}" for f in _FRAMING_FLAGS if getattr(other, f) != getattr(framing, f)])
+    if not changes:
+        return
+    fewest = min(len(c) for c in changes)
+    options = " or ".join(", ".join(c) for c in changes if len(c) == fewest)
+    raise ValueError(
+        f"{path}: the records are not framed as the reader's options say ({problem}); the file reads as "
+        f"framed with {options}: change that option"
+    )
 
 
 def _snappy_length(chunk: bytes) -> tuple[int, int] | None:
@@ -925,7 +1006,7 @@ class PBParser:
                 frames.append(((i, 0), payload))
                 continue
             try:
-                for offset, message in _frames(io.BufferedReader(io.BytesIO(payload)), framing, max_record_bytes):
+                for offset, _, message in _frames(io.BufferedReader(io.BytesIO(payload)), framing, max_record_bytes):
                     frames.append(((i, offset), message))
             except _FrameError as e:
                 bad.append(((i, e.offset), e.reason))
@@ -1002,6 +1083,10 @@ class PBDataset(Reader):
         block_records: frames decoded at a time.
         max_record_bytes: lengths above this are corrupt frames.
 
+    Raises:
+        ValueError: (while reading) a file whose first records are framed otherwise than the
+            framing options say, naming the file and the options to change (:func:`check_framing`).
+
     Example::
 
         ds = PBDataset("part-0.snappy", 256, sparse_features=["uid", "item"], has_sort_id=False)
@@ -1061,12 +1146,20 @@ class PBDataset(Reader):
         yield from super()._blocks()
 
     def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        with _open(path, _compression(path, self.compression), "r") as stream:
+        compression = _compression(path, self.compression)
+        with _open(path, compression, "r") as stream:
+            try:
+                head = _read_up_to(stream, _FRAMING_CHECK_BYTES)
+            except _STREAM_ERRORS:
+                head = None  # broken compression: a bad record, found as the file is read
+        if head is not None:
+            check_framing(path, head, len(head) < _FRAMING_CHECK_BYTES, self.framing, self.parser.variant_type)
+        with _open(path, compression, "r") as stream:
             chunk: list[tuple[int, bytes]] = []
             broken: list[tuple[int, str]] = []
             try:
-                for frame in _frames(stream, self.framing, self.max_record_bytes):
-                    chunk.append(frame)
+                for offset, _, message in _frames(stream, self.framing, self.max_record_bytes):
+                    chunk.append((offset, message))
                     if len(chunk) == self.block_records:
                         yield self.parser.decode(chunk)
                         chunk = []
