@@ -505,10 +505,11 @@ class Estimator:
         if self.dist is not None:  # every rank stops at the same step when any was signalled
             stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
         try:
-            # A stream's exhausted ranks join with empty batches, so that a batch another rank
-            # already took from its stream is trained, not lost; max_steps stops before taking one.
+            # Ranks whose input ended join with empty batches until every rank's has: shares of a
+            # data set differ in size, and a batch another rank already took from its stream is
+            # trained, not lost. All ranks stop together; max_steps stops before taking a batch.
             done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
-            for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
+            for batch in self._in_step(batches, pad_exhausted=True, stop=done):
                 if self.dist is not None:
                     self.dist.heartbeat(self.global_step)
                 with self.step_lock:
@@ -571,7 +572,12 @@ class Estimator:
         """The batches of ``epochs`` passes over the input (None: one), the first continuing from where
         the restored checkpoint left it, or a new pass when every batch of it was trained."""
         batches = self._resume(first, rest)
-        if batches is None:
+        # Under torch.distributed a new pass starts only when every rank's was all trained; a rank
+        # whose share was joins the others with empty batches (see _in_step).
+        all_trained = batches is None if self.dist is None else self.dist.count(batches is not None) == 0
+        if batches is None and not all_trained:
+            batches = iter(())
+        elif all_trained:
             logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
                         self._batches_consumed)
             self._batches_consumed = 0
@@ -645,7 +651,8 @@ class Estimator:
             self._load_optimizer_state()
         if output.loss is None:
             raise ValueError("model_fn returned no loss in TRAIN mode")
-        finite = bool(torch.isfinite(output.loss))
+        # An empty batch (a rank whose input ended) has no gradient, though a mean loss over it is NaN.
+        finite = bool(torch.isfinite(output.loss)) or batch.batch_size == 0
         if not finite and self.dist is None:  # under torch.distributed every rank learns it below
             self.model.ctx.discard_gradients()
             raise FloatingPointError(f"loss is {output.loss.item()} at global step {self.global_step}; "

@@ -82,6 +82,15 @@ class MovieLensSplit:
     def __iter__(self) -> Iterator[Batch]:
         return rebatch([self._rows], self.batch_size, self.drop_last)
 
+    def shard(self, rank: int, world_size: int) -> MovieLensSplit:
+        """Share ``rank`` of ``world_size``: consecutive examples, the shares' sizes differing by at
+        most one (e.g. ``split.shard(get_rank(), get_world_size())`` under torchrun)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+        n = self._rows.num
+        rows = self._rows.slice(n * rank // world_size, n * (rank + 1) // world_size)
+        return MovieLensSplit(rows, self.batch_size, self.drop_last)
+
 
 class MovieLens100K(NamedTuple):
     """The two splits: ``train`` (earliest ratings) and ``test`` (the rest)."""

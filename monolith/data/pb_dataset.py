@@ -91,7 +91,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Reader, Rows, jagged, logger
+from monolith.data.base import MAX_BAD_RECORDS_KEPT, ChunkedReader, Jagged, PathOrPaths, Piece, Reader, Rows, jagged, logger
 from monolith.data.feature_list import FeatureList
 from monolith.data.proto.example_pb2 import SHARED, Example, ExampleBatch
 from monolith.data.proto.example_pb2 import Feature as ExampleFeature
@@ -1072,7 +1072,7 @@ class PBDataset(Reader):
     """Reads Monolith's framed protobuf files (Monolith's ``PBDataset`` for files) into batches.
 
     Args:
-        paths, batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`; bad records
+        paths, batch_size, drop_last, strict, rank, world_size: see :class:`~monolith.data.base.Reader`; bad records
             are located by byte offset instead of line, ``bad_records`` holds
             ``(file, byte offset, reason)``.
         variant_type, feature_list, sparse_features, dense_features, dense_dtypes, line_id_fields:
@@ -1112,10 +1112,12 @@ class PBDataset(Reader):
         compression: str | None = "infer",
         drop_last: bool = False,
         strict: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
         block_records: int = 1024,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict)
+        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict, rank=rank, world_size=world_size)
         if block_records < 1:
             raise ValueError(f"block_records must be >= 1, got {block_records}")
         self.parser = PBParser(
@@ -1145,7 +1147,8 @@ class PBDataset(Reader):
         self.parser.num_unknown_features = 0  # counted per pass, as the bad records
         yield from super()._blocks()
 
-    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+    def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        path = piece.path
         compression = _compression(path, self.compression)
         with _open(path, compression, "r") as stream:
             try:
