@@ -374,6 +374,20 @@ def test_movielens_shards_are_consecutive_ranges(ml_dir: Path) -> None:
         data.train.shard(3, 3)
 
 
+def test_demo_input_fn_reads_its_ranks_rows(ml_dir: Path, monkeypatch) -> None:
+    # Each rank reads its own consecutive rows (it used to read every batch and keep every N-th).
+    import monolith.demo as demo
+
+    p = demo.DeepFM.params()
+    p.data_path, p.epochs, p.train.per_replica_batch_size = str(ml_dir), 1, 2
+    monkeypatch.setattr(demo, "get_world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(demo, "get_rank", lambda: rank)
+        shares.append([t for b in demo.DeepFM(p).input_fn("train") for t in b.dense["req_time"].tolist()])
+    assert shares == [[100, 200, 300, 400], [500, 600, 700, 800]]
+
+
 def test_movielens_reads_parquet_copy_and_reports_missing_data(ml_dir: Path, tmp_path_factory, monkeypatch) -> None:
     from monolith.data import movielens
 
