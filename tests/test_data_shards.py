@@ -18,10 +18,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from monolith.data import CsvReader, ParquetReader
+from monolith.data import LIBSVM_FIELD, CsvReader, LibSvmReader, ParquetReader
 from monolith.data.base import Piece, share_of
 from monolith.data.pb_dataset import PBDataset, write_pb_file
 from monolith.data.proto.example_pb2 import Example
+from monolith.fid import extract_fid
 
 WORKER = os.path.join(os.path.dirname(__file__), "data_shard_worker.py")
 
@@ -29,6 +30,12 @@ WORKER = os.path.join(os.path.dirname(__file__), "data_shard_worker.py")
 def times(reader) -> list[int]:
     """The req_time of every example the reader yields (each example's id in these tests)."""
     return [t for batch in reader for t in batch.dense["req_time"].tolist()]
+
+
+def libsvm_ids(reader) -> list[int]:
+    """The feature index of every example of a LibSVM file whose example t has the one index t."""
+    index_of = {int(f): t for t, f in enumerate(extract_fid(np.arange(1000), LIBSVM_FIELD))}
+    return [index_of[f] for batch in reader for f in batch.sparse.values().tolist()]
 
 
 def write_parquet(path: Path, first: int, rows: int, row_group_size: int) -> None:
@@ -87,6 +94,7 @@ def test_every_reader_shares_every_example_once(tmp_path: Path, world: int) -> N
         "csv.gz": (lambda **s: csv([tmp_path / f"{n}.csv.gz" for n in "abc"], **s), 155),
         "pb": (lambda **s: PBDataset([tmp_path / f"{k}.pb" for k in range(3)], 7, **s), 155),
     }
+    (tmp_path / "a.svm").write_text("".join(f"{t % 2} {t}:1\n" for t in range(100, 900)))
     for name, (make, total) in readers.items():
         shares = [times(make(rank=rank, world_size=world)) for rank in range(world)]
         assert sorted(t for share in shares for t in share) == list(range(total)), name
@@ -94,6 +102,9 @@ def test_every_reader_shares_every_example_once(tmp_path: Path, world: int) -> N
             sizes = [len(share) for share in shares]
             assert max(sizes) - min(sizes) <= (10 if name == "parquet" else 8), (name, sizes)
         assert times(make()) == list(range(total))  # one process reads everything, in order
+    shares = [libsvm_ids(LibSvmReader(tmp_path / "a.svm", 7, rank=rank, world_size=world)) for rank in range(world)]
+    assert [t for share in shares for t in share] == list(range(100, 900))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 800 // (world * 16) + 1
 
 
 def test_each_rank_reads_only_its_share_and_numbers_bad_records_in_the_whole_file(tmp_path: Path) -> None:
@@ -109,6 +120,14 @@ def test_each_rank_reads_only_its_share_and_numbers_bad_records_in_the_whole_fil
     assert max(got[0]) < min(got[1]) < 49  # consecutive halves; the bad line is in the second
     assert ranks[0].num_bad_records == 0
     assert [(line, reason.split(":")[0]) for _, line, reason in ranks[1].bad_records] == [(51, "column 'label'")]
+
+    svm = [f"{t % 2} {t}:1" for t in range(100, 160)]
+    svm[45] = "1 no-colon"
+    (tmp_path / "one.svm").write_text("\n".join(svm) + "\n")
+    ranks = [LibSvmReader(tmp_path / "one.svm", 8, rank=rank, world_size=2) for rank in range(2)]
+    got = [libsvm_ids(reader) for reader in ranks]
+    assert got[0] + got[1] == [t for t in range(100, 160) if t != 145] and len(got[0]) in (30, 31)
+    assert ranks[0].num_bad_records == 0 and [line for _, line, _ in ranks[1].bad_records] == [46]
 
     table = pa.table({"uid": np.arange(40), "label": [None if t == 33 else 1.0 for t in range(40)],
                       "t": np.arange(40)})

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from monolith.data.base import PathOrPaths, Piece, Reader, RowErrors, Rows, jagged
 from monolith.data.columns import check_slots, invalid_utf8, parse_column
-from monolith.data.text import LineStream, stream_error
+from monolith.data.text import LineStream, stream_error, text_pieces
 from monolith.fid import extract_fid
 
 __all__ = ["LibSvmReader", "LIBSVM_FIELD"]
@@ -69,13 +69,17 @@ class LibSvmReader(Reader):
         self.dense_dim = dense_dim
         self.block_lines = block_lines
 
+    def _pieces(self, path: str, shares: int) -> list[Piece]:
+        return text_pieces(path, shares)
+
     def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        with LineStream(piece.path) as stream, io.BufferedReader(stream) as f:
+        with LineStream(piece.path, piece.span) as stream, io.BufferedReader(stream) as f:
             first = 1
             while lines := list(islice(f, self.block_lines)):
-                yield self._parse(lines, first)
+                rows, bad = self._parse(lines, first)
+                yield rows, stream.numbered(bad)
                 first += len(lines)
-            yield Rows.empty(), stream_error(stream)
+            yield Rows.empty(), stream.numbered(stream_error(stream))
 
     def _parse(self, lines: list[bytes], first: int) -> tuple[Rows, list[tuple[int, str]]]:
         raw = pa.array(lines, pa.binary())

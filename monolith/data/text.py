@@ -11,7 +11,6 @@ a range holds the lines that start in it, so the ranges of a file hold each line
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -131,19 +130,35 @@ class LineStream(ChunkedReader):
     Where the data cannot be read on (a corrupt or cut compressed file) it ends, after the last
     complete line, and keeps the error: a half line could otherwise pass for a good record.
 
+    With ``span``, only the lines of an uncompressed file that start in that byte range are read.
+
     Attributes:
+        begin: the byte of the file where the stream starts.
         error: what stopped the reading early, else ``None``.
         lines: the number of whole lines read so far.
     """
 
-    def __init__(self, path: str, byte_range: tuple[int, int] | None = None) -> None:
-        """``byte_range``: read only bytes ``[begin, end)`` of an uncompressed file."""
-        raw = pa.input_stream(path, compression="detect") if byte_range is None else _ByteRange(path, *byte_range)
+    def __init__(self, path: str, span: tuple[int, int] | None = None) -> None:
+        if span is None:
+            self.begin, raw = 0, pa.input_stream(path, compression="detect")
+        else:
+            self.begin, end = _line_bounds(path, *span)
+            raw = _ByteRange(path, self.begin, end)
         super().__init__(raw)
+        self._path = path
+        self._lines_before: int | None = None  # counted when a bad record needs it
         self._partial: list[bytes] = []  # the pieces of a line read in part
         self._done = False
         self.error: OSError | None = None
         self.lines = 0
+
+    def numbered(self, bad: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """(line number within the stream, reason) as (line number in the whole file, reason)."""
+        if not bad or not self.begin:
+            return bad
+        if self._lines_before is None:
+            self._lines_before = _newlines_before(self._path, self.begin)
+        return [(n + self._lines_before, reason) for n, reason in bad]
 
     def read_lines(self, size: int) -> bytes:
         """The next whole lines, about ``size`` bytes or one longer line (the last line even without
@@ -303,18 +318,11 @@ def read_delimited(
         ValueError: pyarrow cannot read the file, naming it: a column is missing, no header, ...
     """
     path = os.fspath(path)
-    begin, end = (0, None) if span is None else _line_bounds(path, *span)
-    # Lines are numbered within the range; the lines before it are counted only for a bad record.
-    lines_before = functools.cache(lambda: _newlines_before(path, begin))
-
-    def numbered(bad: list[tuple[int, str]]) -> list[tuple[int, str]]:
-        return [(n + lines_before(), reason) for n, reason in bad] if bad and begin else bad
-
-    with LineStream(path, None if span is None else (begin, end)) as stream:
+    with LineStream(path, span) as stream:
         data = stream.read_lines(block_size)
         names = list(column_names) if column_names is not None else None
         header_lines = 0
-        if names is None and begin:
+        if names is None and stream.begin:
             names = header_names(path, delimiter, quote_char)
         elif names is None:
             header, _, data = data.partition(b"\n")
@@ -339,10 +347,10 @@ def read_delimited(
             bad = [(first_line + n, reason) for n, reason in bad]
             batch, lines, bad_text = _as_strings(batch, lines)
             rows, bad_values = convert(batch, lines)
-            yield rows, numbered(bad + bad_text + bad_values)
+            yield rows, stream.numbered(bad + bad_text + bad_values)
             first_line += data.count(b"\n") + (not data.endswith(b"\n"))
             data = b""
-    yield Rows.empty(), numbered(stream_error(stream))
+    yield Rows.empty(), stream.numbered(stream_error(stream))
 
 
 def stream_error(stream: LineStream) -> list[tuple[int, str]]:
