@@ -90,11 +90,55 @@ class CheckpointManager:
         logger.warning("%s: no checkpoint index; rebuilt it from the checkpoints present: %s",
                        self.model_dir, ", ".join(names))
         try:
-            with atomic_write(os.path.join(self.model_dir, INDEX_FILE), "w") as f:
-                json.dump(index, f)
+            self._write_index(index["latest"], index["all"])
         except OSError as error:  # a read-only model_dir (evaluate, export) still reads the rebuilt one
             logger.warning("%s: rebuilt checkpoint index not written (%s)", self.model_dir, error)
         return index
+
+    def _write_index(self, latest: str | None, names: list[str]) -> None:
+        """The one writer of the index: ``latest`` and the kept checkpoint names, oldest first."""
+        with atomic_write(os.path.join(self.model_dir, INDEX_FILE), "w") as f:
+            json.dump({"latest": latest, "all": names}, f)
+
+    def make_latest(self, path: str | os.PathLike) -> None:
+        """Points the index at the checkpoint at ``path`` (one of this directory's), keeping the others
+        listed: training resumes from it (Monolith's ``restore_ckpt``)."""
+        name = os.path.basename(os.fspath(path))
+        self._write_index(name, [n for n in self._read_index()["all"] if n != name] + [name])
+
+    def copy_from(self, source: str | os.PathLike) -> str:
+        """Copies the checkpoint directory ``source`` (another model_dir's) into this one as its only
+        indexed checkpoint, through a staging copy so that a crash leaves no half checkpoint; returns
+        its new path (Monolith's ``restore_dir``)."""
+        name = os.path.basename(os.fspath(source))
+        final = os.path.join(self.model_dir, name)
+        staging = os.path.join(self.model_dir, f".{name}.restore")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        self._write_index(name, [name])
+        return final
+
+    def find(self, name: str | None) -> str:
+        """The checkpoint called ``basename(name)`` (TensorFlow's ``model.ckpt-N`` names ``ckpt-N``),
+        else the latest: a name this directory lacks is logged and skipped, as Monolith does.
+
+        Raises:
+            FileNotFoundError: the directory has no checkpoint.
+        """
+        latest = self.latest()
+        if latest is None:
+            raise FileNotFoundError(f"{self.model_dir}: no checkpoint to restore from")
+        if name is None:
+            return latest
+        wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(name))
+        for path in self.checkpoints():
+            if os.path.basename(path) == wanted:
+                return path
+        logger.warning("restore_ckpt %r is not a checkpoint of %s (it has %s); restoring its latest, %s", name,
+                       self.model_dir, [os.path.basename(p) for p in self.checkpoints()], os.path.basename(latest))
+        return latest
 
     def checkpoints(self) -> list[str]:
         """Paths of the kept checkpoints, oldest first."""
@@ -179,8 +223,7 @@ class CheckpointManager:
                 os.replace(final, aside)
             os.replace(staging, final)
             kept = [n for n in index["all"] if n != name] + [name]
-            with atomic_write(os.path.join(self.model_dir, INDEX_FILE), "w") as f:
-                json.dump({"latest": name, "all": kept[-self.keep_checkpoint_max:]}, f)
+            self._write_index(name, kept[-self.keep_checkpoint_max:])
             for old in kept[: -self.keep_checkpoint_max]:
                 shutil.rmtree(os.path.join(self.model_dir, old), ignore_errors=True)
         barrier()

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 
 from monolith.checkpoint import CheckpointManager
-from monolith.dump import ModelDump
 from monolith.estimator import Estimator, RunConfig, seed_everything
 from monolith.export import ExportSignature
 from monolith.mode_keys import ModeKeys
@@ -243,16 +242,12 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
     batch = next(iter(source), None)
     if batch is None:
         raise CliError("dump: input_fn(TRAIN) produced no batch for the build pass")
-    estimator.build(batch)
-    with torch.no_grad():
-        output = estimator._model_fn(batch, ModeKeys.TRAIN)
     receiver = model.create_serving_input_receiver_fn()()
     if receiver is not None and not isinstance(getattr(receiver, "features", receiver), Mapping):
         receiver = None  # only a features mapping describes serving inputs
     path = args.dump_path or os.path.join(estimator.config.model_dir, "model_dump.json")
     try:
-        dump = ModelDump.from_model(model, output, estimator._dense_optimizer, batch, receiver,
-                                    run_config=estimator.config, input_source=source)
+        dump = estimator.model_dump(batch, receiver, input_source=source)
     except ValueError as e:
         raise CliError(f"dump: {e}") from None
     if estimator.dist is None or estimator.dist.rank == 0:

@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from monolith.checkpoint import CheckpointManager
 from monolith.data import load_movielens100k
 from monolith.distributed import get_rank, get_world_size
-from monolith.dump import ModelDump
 from monolith.estimator import Estimator, RunConfig
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.metrics import AUC
@@ -286,11 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = _movielens(p.data_path, p.eval.per_replica_batch_size).test
     labels = np.concatenate([b.dense["label"].numpy() for b in test])
     first = next(iter(data.train))
-    model.p.mode = ModeKeys.TRAIN
-    with torch.no_grad():
-        output = estimator._model_fn(first, ModeKeys.TRAIN)
-    ModelDump.from_model(model, output, estimator._dense_optimizer, first, run_config=estimator.config,
-                         input_source=data.train).dump(dump_path)
+    estimator.model_dump(first, input_source=data.train).dump(dump_path)
     table_rows = {name: len(module.table) for name, module in model.ctx.tables.items()}
     ours = {"auc": evaluated["ctr/auc"], "log_loss": log_loss(labels, preds), "eps": trained["examples_per_sec"]}
 

@@ -12,7 +12,7 @@ Example::
 
     estimator = Estimator(model, RunConfig(model_dir=tmp))
     estimator.train(max_steps=1)
-    ModelDump.from_model(model, optimizer=estimator._dense_optimizer).dump(f"{tmp}/model_dump.json")
+    estimator.model_dump(first_batch).dump(f"{tmp}/model_dump.json")
     dump = ModelDump.load(f"{tmp}/model_dump.json")
     dump.get_slot_to_occurrence_threshold()        # {1: 0, 2: 5}
     params, layouts = dump.restore_params()

@@ -29,9 +29,10 @@ import torch
 from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
+from monolith.dump import ModelDump
 from monolith.distributed.context import DistributedContext, init_from_env
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
-from monolith.export.exporter import export_saved_model
+from monolith.export.exporter import export_saved_model, exporting_note, serving_receiver, trace_batch
 from monolith.graceful_stop import GracefulStop
 from monolith.metrics import AUC, MeanSquaredError
 from monolith.metrics.deep_insight import FileMetricHook
@@ -40,13 +41,14 @@ from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook, has_met
 from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
+from monolith.run_config import RunConfig
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
 logger = logging.getLogger(__name__)
 
-# RunnerConfig and ServiceDiscoveryType are importable from here, as from Monolith's estimator module.
+# RunConfig, RunnerConfig and ServiceDiscoveryType are importable from here, as from Monolith's estimator module.
 __all__ = ["Estimator", "EstimatorSpec", "RunConfig", "RunnerConfig", "ServiceDiscoveryType", "seed_everything"]
 
 
@@ -56,78 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """How a model is run (Monolith's ``RunnerConfig``, the fields that mean something here).
-
-    Args:
-        model_dir: checkpoints, summaries and exports go here.
-        save_checkpoints_steps: checkpoint every this many steps (None: the model's
-            ``train.save_checkpoints_steps`` param; neither: only at the end of ``train``).
-        save_checkpoints_secs: checkpoint when this many seconds passed since the last one (None:
-            the model's ``train.save_checkpoints_secs`` param); not together with steps.
-        keep_checkpoint_max: how many checkpoints to keep.
-        log_step_count_steps: log loss, metrics and examples/s every this many steps.
-        use_native_multi_hash_table: one table per slot (True) or merged tables for alike slots.
-        hashtable_init_capacity: when above 0, ids every table holds before it first grows, its
-            memory allocated when the tables are built (Monolith's field of the same name; under
-            torch.distributed each rank's shard of a table reserves that many, as each Monolith PS does).
-        seed: seeds Python's ``random``, numpy and torch before a model given as params is built
-            (:func:`seed_everything`; the ``monolith`` command does it before building its model),
-            and again the embedding initializers when the tables are built.
-        index: this worker's index (output file suffix); set from torch.distributed when it runs.
-        dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
-            in order), "sum" (one update per distinct id with the summed gradient, as Monolith's
-            sync training); None picks "sum" under torch.distributed and "local" otherwise.
-        dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
-            on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
-            as Monolith's sync training does).
-        enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
-            examples/s at every log step, the global gradient norm every ``save_summary_steps``.
-        progress_bar: show a tqdm bar on stderr for long loops.
-    """
-
-    model_dir: str = "model_dir"
-    save_checkpoints_steps: int | None = None
-    save_checkpoints_secs: float | None = None
-    keep_checkpoint_max: int = 5
-    log_step_count_steps: int = 100
-    use_native_multi_hash_table: bool = True
-    hashtable_init_capacity: int = 0
-    seed: int = 0
-    index: int = 0
-    dedup: str | None = None
-    dense_reduce: str = "sum"
-    enable_summaries: bool = True
-    save_summary_steps: int = 100
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        """Wrong types and values fail here, naming the field, not at some later step."""
-        if not isinstance(self.model_dir, (str, os.PathLike)):
-            raise ValueError(f"RunConfig.model_dir must be a path, got {self.model_dir!r}")
-        self.model_dir = os.fspath(self.model_dir)
-        minimum = {"keep_checkpoint_max": 1, "log_step_count_steps": 1, "hashtable_init_capacity": 0, "index": 0,
-                   "save_summary_steps": 1}
-        for name, low in {**minimum, "seed": None, "save_checkpoints_steps": 1}.items():
-            value = getattr(self, name)
-            if value is None and name == "save_checkpoints_steps":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-                bound = "" if low is None else f" >= {low}"
-                raise ValueError(f"RunConfig.{name} must be an int{bound}, got {value!r}")
-        secs = self.save_checkpoints_secs
-        if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
-            raise ValueError(f"RunConfig.save_checkpoints_secs must be a number > 0, got {secs!r}")
-        for name in ("use_native_multi_hash_table", "enable_summaries", "progress_bar"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"RunConfig.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.dedup not in (None, "local", "sum"):
-            raise ValueError(f"RunConfig.dedup must be 'local', 'sum' or None, got {self.dedup!r}")
-        if self.dense_reduce not in ("sum", "mean"):
-            raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {self.dense_reduce!r}")
 
 
 class _HeadMetrics:
@@ -371,13 +301,54 @@ class Estimator:
         elif rank < len(states) and states[rank] is not None:
             self._source.load_state_dict(states[rank])
 
+    def model_dump(self, batch: Batch, receiver: Any = None, input_source: Any = None) -> ModelDump:
+        """Monolith's model dump of this estimator's model (:class:`~monolith.dump.ModelDump`): its
+        params, features, slices, tables, dense optimizer and ``model_fn``'s TRAIN output on ``batch``
+        (a batch of its ``input_fn``; the model is built on it first if it is not built yet).
+        ``receiver`` and ``input_source`` (what ``input_fn`` returned) are recorded when given.
+        The tables are read, not changed: ``model_fn`` runs without gradients or new rows.
+
+        Raises:
+            ValueError: what :meth:`ModelDump.from_model` refuses (training hooks, code in a slice).
+        """
+        self.build(batch)
+        previous = self.model.p.mode
+        self.model.set_mode(ModeKeys.TRAIN)
+        self.model.ctx.train(False)  # no row is created for ids of ``batch`` that the tables lack
+        try:
+            with torch.no_grad():
+                output = self._model_fn(batch, ModeKeys.TRAIN)
+        finally:
+            self.model.set_mode(previous)
+        return ModelDump.from_model(self.model, output, self._dense_optimizer, batch, receiver,
+                                    run_config=self.config, input_source=input_source)
+
     def export_saved_model(self, export_dir: str | os.PathLike | None = None) -> str:
         """Exports the model for serving to ``export_dir/<global_step>/`` and returns that path
-        (see :func:`monolith.export.export_saved_model`); ``export_dir`` defaults to ``model_dir``
-        joined with the ``serving.export_dir_base`` param, as in Monolith."""
+        (see :func:`monolith.export.exporter.export_saved_model`); ``export_dir`` defaults to
+        ``model_dir`` joined with the ``serving.export_dir_base`` param, as in Monolith. An estimator
+        that has not built its model builds it on the serving receiver's features and restores the
+        latest checkpoint, whose shards from any number of ranks merge into this process.
+
+        Raises:
+            RuntimeError: under torch.distributed (export from one process).
+        """
+        if self.dist is not None:
+            raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
+                               "outside torch.distributed (it merges the shards of every rank) and export there")
         if export_dir is None:
             export_dir = os.path.join(self.config.model_dir, self.model.p.serving.export_dir_base)
-        return export_saved_model(self, export_dir)
+        receiver = serving_receiver(self.model)
+        previous = self.model.p.mode
+        self.model.set_mode(ModeKeys.PREDICT)
+        try:  # an estimator that has not built its model builds it here and restores the latest checkpoint
+            self.build(trace_batch(receiver))
+        except Exception as error:
+            error.add_note(exporting_note(receiver))
+            raise
+        finally:
+            self.model.set_mode(previous)
+        return export_saved_model(self.model, self.global_step, export_dir, run_config=self.config)
 
     def _summary(self, tag: str, value: float) -> None:
         """Writes a TensorBoard scalar; under torch.distributed rank 0 alone writes (one value a step)."""
@@ -434,9 +405,7 @@ class Estimator:
         for hook in extra_hooks:
             if not isinstance(hook, TrainingHook):
                 raise TypeError(f"train: hooks must be TrainingHooks, got {type(hook).__name__}")
-        self.model.p.mode = ModeKeys.TRAIN
-        self.model.train()
-        self.model.ctx.train(True)
+        self.model.set_mode(ModeKeys.TRAIN)
         max_steps = max_steps if max_steps is not None else self.model.p.train.max_steps
         make_input = input_fn or self.model.create_input_fn(ModeKeys.TRAIN)
         source = make_input(ModeKeys.TRAIN)
@@ -773,9 +742,7 @@ class Estimator:
 
     # ------------------------------------------------------------------ evaluation and prediction
     def _inference(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
-        self.model.p.mode = ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT
-        self.model.eval()
-        self.model.ctx.train(False)
+        self.model.set_mode(ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
         try:
             yield from self._inference_steps(mode, steps)
         except BaseException as error:

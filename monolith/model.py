@@ -227,6 +227,18 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ run state
+    def set_mode(self, mode: str) -> None:
+        """Puts the model in ``mode`` (a :class:`~monolith.mode_keys.ModeKeys`): the ``mode`` param that
+        ``model_fn`` reads, torch's training flag (dropout, batch norm) and the tables' training state
+        (whether lookups create rows) all follow it."""
+        if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL, ModeKeys.PREDICT):
+            raise ValueError(f"mode must be one of {ModeKeys.TRAIN!r}, {ModeKeys.EVAL!r}, {ModeKeys.PREDICT!r}, "
+                             f"got {mode!r}")
+        training = mode == ModeKeys.TRAIN
+        self.p.mode = mode
+        self.train(training)
+        self.ctx.train(training)
+
     def _get_real_mode(self, mode: str) -> str:
         """PREDICT stays PREDICT; TRAIN means the model's own ``p.mode`` (TRAIN or EVAL)."""
         if mode == ModeKeys.PREDICT:

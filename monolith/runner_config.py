@@ -4,7 +4,7 @@ Monolith configures a run with ``RunnerConfig`` (``runner_utils.py``, a subclass
 ``cpu_training.DistributedCpuTrainingConfig`` and ``CpuTrainingConfig``) or with the
 ``estimator.RunConfig`` subset of it. Here one dataclass carries all of those field names, so
 Monolith code that builds either runs after the package rename (and ``RunConfig`` -> ``RunnerConfig``);
-:class:`~monolith.estimator.Estimator` takes it wherever it takes a :class:`~monolith.estimator.RunConfig`.
+:class:`~monolith.estimator.Estimator` takes it wherever it takes a :class:`~monolith.run_config.RunConfig`.
 A misspelt field is a ``TypeError`` naming it, as for any dataclass.
 
 **Fields that act here** (:meth:`RunnerConfig.to_run_config` / :meth:`RunnerConfig.configure`):
@@ -84,16 +84,14 @@ import getpass
 import json
 import logging
 import os
-import re
-import shutil
 import time
 from typing import TYPE_CHECKING, Callable
 
 from monolith.atomic import atomic_write
-from monolith.checkpoint import INDEX_FILE, CheckpointManager
+from monolith.checkpoint import CheckpointManager
+from monolith.run_config import RunConfig
 
 if TYPE_CHECKING:
-    from monolith.estimator import RunConfig
     from monolith.model import MonolithBaseModel
 
 __all__ = ["RunnerConfig", "ServiceDiscoveryType"]
@@ -257,11 +255,9 @@ class RunnerConfig:
             raise ValueError(f"RunnerConfig.server_type {self.server_type!r}: only 'worker' (or 'chief') runs here; "
                              f"there are no parameter servers, the tables are sharded over the training ranks")
 
-    def to_run_config(self, model_name: str = "model") -> "RunConfig":
-        """The :class:`~monolith.estimator.RunConfig` of these fields (``model_name`` names the
+    def to_run_config(self, model_name: str = "model") -> RunConfig:
+        """The :class:`~monolith.run_config.RunConfig` of these fields (``model_name`` names the
         default ``model_dir``)."""
-        from monolith.estimator import RunConfig  # estimator imports this module
-
         return RunConfig(
             model_dir=self.model_dir or os.path.join("/tmp", getpass.getuser(), model_name),
             save_checkpoints_steps=self.save_checkpoints_steps,
@@ -277,7 +273,7 @@ class RunnerConfig:
             save_summary_steps=self.save_summary_steps or 100,
         )
 
-    def configure(self, model: "MonolithBaseModel") -> "RunConfig":
+    def configure(self, model: "MonolithBaseModel") -> RunConfig:
         """What Monolith's ``Estimator`` does with a runner config before it runs ``model``: sets the
         model's params from ``params_override``, ``feature_list`` and the deep-insight fields,
         prepares ``model_dir`` from ``restore_dir`` / ``restore_ckpt``, and returns the
@@ -328,41 +324,9 @@ class RunnerConfig:
             logger.warning("restore_dir %s has no checkpoint: training starts from %s as it is", self.restore_dir,
                            model_dir)
         elif self.restore_dir and own.latest() is None:
-            source = _checkpoint_named(CheckpointManager(self.restore_dir), self.restore_ckpt)
-            name = os.path.basename(source)
-            staging = os.path.join(model_dir, f".{name}.restore")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
-            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
-            os.replace(staging, os.path.join(model_dir, name))
-            _write_index(model_dir, name, [name])
+            own.copy_from(CheckpointManager(self.restore_dir).find(self.restore_ckpt))
         elif self._restores_once() and not os.path.exists(os.path.join(model_dir, RESTORE_MARKER)):
-            name = os.path.basename(_checkpoint_named(own, self.restore_ckpt))
-            kept = [os.path.basename(path) for path in own.checkpoints()]
-            _write_index(model_dir, name, kept)
+            chosen = own.find(self.restore_ckpt)
+            own.make_latest(chosen)
             with atomic_write(os.path.join(model_dir, RESTORE_MARKER), "w") as f:
-                f.write(name)
-
-
-def _checkpoint_named(manager: CheckpointManager, name: str | None) -> str:
-    """The checkpoint of ``manager`` called ``basename(name)`` (TensorFlow's ``model.ckpt-N`` names
-    ``ckpt-N``), else its latest: a name it lacks is logged and skipped, as Monolith does."""
-    latest = manager.latest()
-    if latest is None:
-        raise FileNotFoundError(f"{manager.model_dir}: no checkpoint to restore from")
-    if name is None:
-        return latest
-    wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(name))
-    for path in manager.checkpoints():
-        if os.path.basename(path) == wanted:
-            return path
-    logger.warning("restore_ckpt %r is not a checkpoint of %s (it has %s); restoring its latest, %s", name,
-                   manager.model_dir, [os.path.basename(p) for p in manager.checkpoints()], os.path.basename(latest))
-    return latest
-
-
-def _write_index(model_dir: str, latest: str, kept: list[str]) -> None:
-    """Points ``model_dir``'s checkpoint index (the layout of :mod:`monolith.checkpoint`) at ``latest``."""
-    with atomic_write(os.path.join(model_dir, INDEX_FILE), "w") as f:
-        json.dump({"latest": latest, "all": kept}, f)
-
+                f.write(os.path.basename(chosen))

@@ -199,11 +199,22 @@ def test_export_layout_signature_and_dump(fp32_export):
 def test_export_restores_training_state_and_replaces_same_step(fp32_export, tmp_path):
     est, _, _ = fp32_export
     assert est.model.p.mode == ModeKeys.TRAIN and est.model.training and est.model.ctx.lookup_override is None
-    first = export_saved_model(est, tmp_path)
+    first = est.export_saved_model(tmp_path)
     with open(os.path.join(first, "signature.json"), "a") as f:
         f.write(" ")  # marks this copy
-    again = export_saved_model(est, tmp_path)
+    again = est.export_saved_model(tmp_path)
     assert again == first and json.load(open(os.path.join(again, "signature.json")))["global_step"] == 8
+
+
+def test_exporter_takes_a_built_model_and_a_step(fp32_export, tmp_path):
+    """The exporter needs no Estimator: a built model, the step to name the export and a directory."""
+    est, path, _ = fp32_export
+    direct = export_saved_model(est.model, 123, tmp_path)
+    assert direct == os.path.join(tmp_path, "123") and ExportSignature.load(direct).global_step == 123
+    assert est.model.p.mode == ModeKeys.TRAIN and est.model.training
+    for batch in predict_batches():
+        assert ServingModel.load(direct).predict(*request_of(batch)) == ServingModel.load(path).predict(
+            *request_of(batch))
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -373,7 +384,7 @@ def _export_is_whole(path) -> bool:
 def test_crash_while_replacing_an_export_never_leaves_half_of_one(fp32_export, tmp_path, monkeypatch):
     est, _, _ = fp32_export
     export_dir = tmp_path / "export"
-    first = export_saved_model(est, export_dir)
+    first = est.export_saved_model(export_dir)
     real_rmtree, real_replace = exporter.shutil.rmtree, exporter.os.replace
 
     def killed_while_deleting(path, *args, **kwargs):
@@ -386,7 +397,7 @@ def test_crash_while_replacing_an_export_never_leaves_half_of_one(fp32_export, t
 
     monkeypatch.setattr(exporter.shutil, "rmtree", killed_while_deleting)
     with pytest.raises(KeyboardInterrupt):
-        export_saved_model(est, export_dir)
+        est.export_saved_model(export_dir)
     monkeypatch.setattr(exporter.shutil, "rmtree", real_rmtree)
     assert _export_is_whole(first)  # the new export is in place whole; only the old copy set aside is half
     assert ServingModel.load(export_dir).predict(*request_of(predict_batches()[0]))["ctr"]
@@ -403,7 +414,7 @@ def test_crash_while_replacing_an_export_never_leaves_half_of_one(fp32_export, t
 
     monkeypatch.setattr(exporter.os, "replace", killed_after_setting_aside)
     with pytest.raises(KeyboardInterrupt):
-        export_saved_model(est, export_dir)
+        est.export_saved_model(export_dir)
     monkeypatch.setattr(exporter.os, "replace", real_replace)
     assert replaced == [("8", ".8.replaced"), (".8.staging", "8")]
     assert sorted(os.listdir(export_dir)) == [".8.replaced"]  # ... the staging is gone, the old copy aside
@@ -413,10 +424,10 @@ def test_crash_while_replacing_an_export_never_leaves_half_of_one(fp32_export, t
     # ... which the next export restores (then replaces); a failed export leaves no staging behind.
     monkeypatch.setattr(exporter, "save_table", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        export_saved_model(est, export_dir)
+        est.export_saved_model(export_dir)
     assert sorted(os.listdir(export_dir)) == ["8"] and _export_is_whole(first)
     monkeypatch.undo()
-    assert export_saved_model(est, export_dir) == first and sorted(os.listdir(export_dir)) == ["8"]
+    assert est.export_saved_model(export_dir) == first and sorted(os.listdir(export_dir)) == ["8"]
     assert _export_is_whole(first)
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -32,8 +32,6 @@ from monolith.mode_keys import ModeKeys
 from monolith.model import ModelOutput, MonolithBaseModel
 from monolith.sparse import Batch, KeyedJaggedTensor
 
-if TYPE_CHECKING:
-    from monolith.estimator import Estimator
 
 logger = logging.getLogger(__name__)
 
@@ -239,56 +237,63 @@ def _check_program(program: _DenseProgram, saved: torch.nn.Module, kind: str) ->
 
 
 # --------------------------------------------------------------------------------------- export
-def export_saved_model(estimator: "Estimator", export_dir: str | os.PathLike) -> str:
-    """Exports ``estimator``'s model for serving to ``export_dir/<global_step>/``; returns that path.
+def serving_receiver(model: MonolithBaseModel) -> ServingInputReceiver:
+    """``model``'s serving receiver (its ``serving_input_receiver_fn``'s).
 
-    Tables and dense weights are the estimator's current ones (an estimator that has not built its
-    model yet builds it on the receiver's features and restores the latest checkpoint, whose shards
-    from any number of ranks merge into this process). An existing export of the same step is replaced
-    (renamed aside, the new one renamed in, the old one deleted: never half of one in place); a failed
-    export leaves no trace.
+    Raises:
+        TypeError: ``serving_input_receiver_fn`` returned no :class:`ServingInputReceiver`.
+    """
+    receiver = model.create_serving_input_receiver_fn()()
+    if not isinstance(receiver, ServingInputReceiver):
+        raise TypeError(f"{type(model).__name__}.serving_input_receiver_fn must return a ServingInputReceiver, "
+                        f"got {type(receiver).__name__}")
+    return receiver
+
+
+def trace_batch(receiver: ServingInputReceiver) -> Batch:
+    """The batch of the receiver's features that the exporter traces ``model_fn`` on: building a
+    model on it first gives it every layer the export needs."""
+    return receiver.example_batch(_TRACE_BATCH)
+
+
+def exporting_note(receiver: ServingInputReceiver) -> str:
+    """The note an export adds to a failure of ``model_fn`` on the receiver's features."""
+    return f"while exporting: model_fn in PREDICT mode on the serving receiver's features {receiver.to_dict()}"
+
+
+def export_saved_model(model: MonolithBaseModel, step: int, export_dir: str | os.PathLike,
+                       run_config: Any = None) -> str:
+    """Exports ``model`` (built: its layers and tables exist, e.g. on :func:`trace_batch`) for serving
+    to ``export_dir/<step>/``; returns that path. ``run_config`` is recorded in the export's model dump.
+
+    An existing export of the same step is replaced (renamed aside, the new one renamed in, the old
+    one deleted: never half of one in place); a failed export leaves no trace.
 
     Raises:
         TypeError: ``serving_input_receiver_fn`` returned no :class:`ServingInputReceiver`.
         ValueError: ``model_fn`` in PREDICT mode fails on the receiver's features, looks up a feature
             the receiver lacks, reads FIDs itself (``share_slot`` / ``switch_slot_batch`` inside
             ``model_fn``: do them in ``input_fn``), or has outputs without one row per example.
-        RuntimeError: under torch.distributed (export from one process), or the saved program fails
-            or disagrees with ``model_fn`` at batch size 1 or 3 (the message names the output and
-            the batch size).
+        RuntimeError: the saved program fails or disagrees with ``model_fn`` at batch size 1 or 3 (the
+            message names the output and the batch size).
     """
-    if estimator.dist is not None:
-        raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
-                           "outside torch.distributed (it merges the shards of every rank) and export there")
-    model = estimator.model
-    receiver = model.create_serving_input_receiver_fn()()
-    if not isinstance(receiver, ServingInputReceiver):
-        raise TypeError(f"{type(model).__name__}.serving_input_receiver_fn must return a ServingInputReceiver, "
-                        f"got {type(receiver).__name__}")
-    mode, training = model.p.mode, model.training
-    model.p.mode = ModeKeys.PREDICT
-    model.eval()
-    model.ctx.train(False)
+    receiver = serving_receiver(model)
+    previous = model.p.mode
+    model.set_mode(ModeKeys.PREDICT)
     try:
         try:
-            estimator.build(receiver.example_batch(_TRACE_BATCH))
             program = _DenseProgram(model, receiver)
             output = program.discover(_TRACE_BATCH)
         except Exception as error:
-            error.add_note(f"while exporting: model_fn in PREDICT mode on the serving receiver's features "
-                           f"{receiver.to_dict()}")
+            error.add_note(exporting_note(receiver))
             raise
-        return _write_export(estimator, program, output, export_dir)
+        return _write_export(model, step, run_config, program, output, export_dir)
     finally:
-        model.p.mode = mode
-        model.train(training)
-        model.ctx.train(training)
+        model.set_mode(previous)
 
 
-def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelOutput,
-                  export_dir: str | os.PathLike) -> str:
-    model = estimator.model
-    step = estimator.global_step
+def _write_export(model: MonolithBaseModel, step: int, run_config: Any, program: _DenseProgram,
+                  output: ModelOutput, export_dir: str | os.PathLike) -> str:
     export_dir = os.fspath(export_dir)
     final = os.path.join(export_dir, str(step))
     staging = os.path.join(export_dir, f".{step}.staging")
@@ -304,7 +309,7 @@ def _write_export(estimator: "Estimator", program: _DenseProgram, output: ModelO
             save_table(os.path.join(staging, tables[name]), module.table)
         # Training hooks never run in serving, so the dump (which refuses them) is made without them.
         ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
-                             run_config=estimator.config).dump(os.path.join(staging, MODEL_DUMP_FILE))
+                             run_config=run_config).dump(os.path.join(staging, MODEL_DUMP_FILE))
         ExportSignature(step, kind, program.receiver, program.embeddings, program.outputs, program.heads, tables,
                         reason).save(staging)
         # Old export aside, new one in, old one deleted: <step>/ is never half of either.
