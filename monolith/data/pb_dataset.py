@@ -93,13 +93,15 @@ class PBDataset(Reader):
     """Reads Monolith's framed protobuf files (Monolith's ``PBDataset`` for files) into batches.
 
     Args:
-        paths, batch_size, drop_last, strict, rank, world_size: see :class:`~monolith.data.base.Reader`; bad records
+        paths, batch_size, drop_last, strict, rank, world_size: see
+            :class:`~monolith.data.base.Reader` (a file is not split among shares); bad records
             are located by byte offset instead of line, ``bad_records`` holds
             ``(file, byte offset, reason)``.
         variant_type, feature_list, sparse_features, dense_features, dense_dtypes, line_id_fields:
             see :class:`PBParser` (kept as ``self.parser``).
-        lagrangex_header, has_sort_id, kafka_dump, kafka_dump_prefix: the framing (module doc);
-            ``has_sort_id`` defaults to True as in Monolith's file dataset.
+        lagrangex_header, has_sort_id, kafka_dump, kafka_dump_prefix: the framing
+            (:mod:`monolith.data.pb_framing`); ``has_sort_id`` defaults to True as in Monolith's
+            file dataset.
         compression: ``None``, ``"snappy"``, ``"gzip"`` or ``"infer"`` (from each file's name).
         block_records: frames decoded at a time.
         max_record_bytes: lengths above this are corrupt frames.

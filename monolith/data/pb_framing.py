@@ -12,7 +12,8 @@ as its reader's options say.
 
 The header words are skipped (Monolith keeps only the pb type and data source key of the lagrangex
 header, which no parser reads). Monolith's writer fills them with zeros, as
-:func:`~monolith.data.pb_dataset.write_pb_file` and :func:`frame_record` do. Byte offsets count from the start of the (uncompressed) stream.
+:func:`~monolith.data.pb_dataset.write_pb_file` and :func:`frame_record` do. Byte offsets count
+from the start of the (uncompressed) stream.
 
 A wrong framing option does not always fail to parse: a file written without sort ids and read with
 ``has_sort_id=True`` (the default) takes every other record for a sort id, and header words read as
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from itertools import product
 from typing import BinaryIO, TypedDict
 
@@ -159,7 +160,8 @@ def _framing_problem(head: bytes, whole: bool, framing: Framing, cls: type[Messa
     they do (a frame cut by the end of a partial ``head`` is no problem)."""
     count = 0
     try:
-        for offset, sort_id, message in read_frames(io.BufferedReader(io.BytesIO(head)), framing, DEFAULT_MAX_RECORD_BYTES):
+        records = read_frames(io.BufferedReader(io.BytesIO(head)), framing, DEFAULT_MAX_RECORD_BYTES)
+        for offset, sort_id, message in records:
             if not _is_message(cls, message):
                 return f"the record at byte offset {offset} is no {cls.__name__} ({len(message)} bytes)"
             if sort_id and _is_message(cls, sort_id):
@@ -173,7 +175,7 @@ def _framing_problem(head: bytes, whole: bool, framing: Framing, cls: type[Messa
     return None
 
 
-_FRAMING_FLAGS = ("lagrangex_header", "kafka_dump_prefix", "has_sort_id", "kafka_dump")
+_FRAMING_FLAGS = tuple(f.name for f in fields(Framing))
 
 
 def check_framing(path: str, stream: BinaryIO, framing: Framing, variant_type: str) -> None:
@@ -204,7 +206,8 @@ def check_framing(path: str, stream: BinaryIO, framing: Framing, variant_type: s
         if other == framing or (other.lagrangex_header and flags[1:] != astuple(framing)[1:]):
             continue
         if _framing_problem(head, whole, other, cls) is None:
-            changes.append([f"{f}={getattr(other, f)}" for f in _FRAMING_FLAGS if getattr(other, f) != getattr(framing, f)])
+            changes.append([f"{f}={getattr(other, f)}" for f in _FRAMING_FLAGS
+                            if getattr(other, f) != getattr(framing, f)])
     if not changes:
         return
     fewest = min(len(c) for c in changes)
