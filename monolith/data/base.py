@@ -43,7 +43,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from monolith.sparse import Batch, KeyedJaggedTensor
 
-__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths", "Piece", "share_of"]
+__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths", "Piece", "check_share", "share_of"]
 
 logger = logging.getLogger("monolith.data")
 
@@ -234,6 +234,12 @@ class Piece:
     size: int
 
 
+def check_share(rank: int, world_size: int) -> None:
+    """Raise ``ValueError`` unless ``rank`` is one of ``world_size`` shares (``0 <= rank < world_size``)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+
+
 def share_of(pieces: Sequence[Piece], share: int, shares: int) -> list[Piece]:
     """The pieces of share ``share`` of ``shares``: a run of consecutive pieces of about
     ``1 / shares`` of the total size (each piece goes to the share its middle falls in), adjacent
@@ -289,8 +295,7 @@ class Reader(IterableDataset, abc.ABC):
                  rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+        check_share(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self.paths = _existing_files(paths)
         self.batch_size = batch_size

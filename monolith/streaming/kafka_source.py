@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from monolith.data.base import check_share
 from monolith.fid import fid_to_int64
 from monolith.sparse import Batch, KeyedJaggedTensor
 
@@ -153,8 +154,7 @@ class KafkaSource:
                  sparse_features: Sequence[str] = (), rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+        check_share(rank, world_size)
         self.bootstrap_servers, self.topic = bootstrap_servers, topic
         self.batch_size, self.parse_fn = batch_size, parse_fn
         self.partitions = None if partitions is None else list(partitions)
