@@ -156,13 +156,10 @@ class Estimator:
             if batch is None:
                 raise ValueError("input_fn(TRAIN) produced no batch")
         torch.manual_seed(self.config.seed)
-        with torch.no_grad():
-            output = self._model_fn(batch, ModeKeys.PREDICT if self.model.p.mode == ModeKeys.PREDICT
-                                    else ModeKeys.TRAIN)
-        self.model.ctx.build()
+        output = self.model.build(batch)
         if self.dist is not None:
             self._check_ranks_agree()
-            self.dist.broadcast_tensors(list(self.model.state_dict().values()))
+            self.dist.broadcast_tensors(list(self.model.dense_state_dict().values()))
         if self.model.p.mode == ModeKeys.TRAIN:
             self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
         self._restore_latest()
@@ -180,7 +177,7 @@ class Estimator:
             "feature_slots": [(fs.name, fs.slot, fs.dim, fs.config.occurrence_threshold, fs.config.expire_time)
                               for fs in self.model.ctx.feature_slots],
             "tables": {name: [s.describe() for s in m.table.slices] for name, m in self.model.ctx.tables.items()},
-            "dense": {name: list(t.shape) for name, t in self.model.state_dict().items()},
+            "dense": {name: list(t.shape) for name, t in self.model.dense_state_dict().items()},
         }
         for rank, theirs in enumerate(self.dist.all_gather_object(layout)):
             if theirs != layout:
@@ -213,12 +210,12 @@ class Estimator:
         if latest is None or latest == self._restored:
             return
         dense, tables, manifest = CheckpointManager.read(latest)
-        self.model.load_state_dict(dense["model"])
+        self.model.load_dense_state_dict(dense["model"])
         self._pending_optimizer_state = dense.get("optimizer")
         self._load_optimizer_state()
         rank, world = (self.dist.rank, self.dist.world_size) if self.dist is not None else (0, 1)
-        self.model.ctx.load_state_dict({name: table_state_for_rank(shards, rank, world)
-                                        for name, shards in tables.items()}, source=latest)
+        self.model.ctx.load_table_states({name: table_state_for_rank(shards, rank, world)
+                                          for name, shards in tables.items()}, source=latest)
         self.global_step = int(manifest["global_step"])
         self._batches_consumed = int(dense.get("batches_consumed", self.global_step))
         torch.set_rng_state(dense["torch_rng"])
@@ -246,7 +243,7 @@ class Estimator:
         """:meth:`save_checkpoint`, recording ``input_ended`` (``{"max_steps": ...}`` of a run that read
         all of its input: a finished run) in the manifest."""
         dense = {
-            "model": self.model.state_dict(),
+            "model": self.model.dense_state_dict(),
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
             "global_step": self.global_step,
             "batches_consumed": self._batches_consumed,
@@ -254,11 +251,11 @@ class Estimator:
         }
         input_state = self._source.state_dict() if self._source is not None else None
         if self.dist is None:
-            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict(),
+            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.table_states(),
                                           extra={"input_states": [input_state], "input_ended": input_ended})
         else:
             path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
-                                          self.model.ctx.state_dict(),
+                                          self.model.ctx.table_states(),
                                           extra={"input_states": self.dist.all_gather_object(input_state),
                                                  "input_ended": input_ended},
                                           rank=self.dist.rank, world_size=self.dist.world_size,

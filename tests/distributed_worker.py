@@ -183,7 +183,7 @@ def comp(out_dir: str, multi_hash_table: str, clip_norm: str = "1e9") -> None:
     rank, world = get_rank(), get_world_size()
     model = run_comp(os.path.join(out_dir, "model"), multi_hash_table == "on", world, rank, float(clip_norm))
     tables = {name: module.table.items() for name, module in model.ctx.tables.items()}
-    torch.save({"gap": model.max_embedding_gap, "dense": model.state_dict(),
+    torch.save({"gap": model.max_embedding_gap, "dense": model.dense_state_dict(),
                 "tables": {name: (torch.from_numpy(k), torch.from_numpy(r)) for name, (k, r) in tables.items()}},
                os.path.join(out_dir, f"comp-{rank}.pt"))
 
@@ -270,7 +270,7 @@ def filtered(out_dir: str) -> None:
     init_from_env()
     rank = get_rank()
     model = run_filtered(os.path.join(out_dir, "model"), get_world_size(), rank)
-    torch.save({"dense": model.state_dict(),
+    torch.save({"dense": model.dense_state_dict(),
                 "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}},
                os.path.join(out_dir, f"filtered-{rank}.pt"))
 
@@ -300,7 +300,7 @@ def small(out_dir: str, steps: str, mode: str = "train") -> None:
     estimator.train(max_steps=int(steps))
     keys, rows = next(iter(model.ctx.tables.values())).table.items()
     metrics = estimator.evaluate(steps=3)
-    torch.save({"keys": torch.from_numpy(keys), "rows": torch.from_numpy(rows), "dense": model.state_dict(),
+    torch.save({"keys": torch.from_numpy(keys), "rows": torch.from_numpy(rows), "dense": model.dense_state_dict(),
                 "tables": {n: m.table.items() for n, m in model.ctx.tables.items()}, "metrics": metrics},
                os.path.join(out_dir, f"small-{rank}.pt"))
 
@@ -410,7 +410,7 @@ def partial(out_dir: str, kind: str) -> None:
     init_from_env()
     rank = get_rank()
     model = run_partial(os.path.join(out_dir, "model"), kind, get_world_size(), rank)
-    torch.save({"dense": model.state_dict(), "tables": partial_tables(model)},
+    torch.save({"dense": model.dense_state_dict(), "tables": partial_tables(model)},
                os.path.join(out_dir, f"partial-{rank}.pt"))
 
 

@@ -84,7 +84,7 @@ def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, m
     for rank in ranks:  # the framework's embeddings equalled the plain reference at every step
         assert rank["gap"] < 1e-5
     single = worker.run_comp(str(tmp_path / "single"), multi_hash_table == "on", world_size=1, rank=0)
-    for name, value in single.state_dict().items():
+    for name, value in single.dense_state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-5, rtol=0)
         torch.testing.assert_close(ranks[1]["dense"][name], value, atol=1e-5, rtol=0)
     assert_tables_match(ranks, single, atol=1e-5)
@@ -98,8 +98,8 @@ def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path
     unclipped = worker.run_comp(str(tmp_path / "unclipped"), True, world_size=1, rank=0)
     assert_tables_match(ranks, single, atol=1e-6)
     # Clipping moves the dense weights by ~0.1 here; a norm missing the other rank's share, by ~1e-7.
-    dense = single.state_dict()
-    assert max((value - unclipped.state_dict()[name]).abs().max() for name, value in dense.items()) > 1e-2
+    dense = single.dense_state_dict()
+    assert max((value - unclipped.dense_state_dict()[name]).abs().max() for name, value in dense.items()) > 1e-2
     for name, value in dense.items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-8, rtol=0)
 
@@ -110,7 +110,7 @@ def test_occurrence_thresholds_count_every_ranks_occurrences_as_one_process(tmp_
     single = worker.run_filtered(str(tmp_path / "single"), world_size=1, rank=0)
     assert 0 < len(single.ctx.tables["uid"].table) < 300  # the threshold held some ids back
     assert_tables_match(ranks, single, atol=1e-6)
-    for name, value in single.state_dict().items():
+    for name, value in single.dense_state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
 
 
@@ -132,7 +132,7 @@ def test_checkpoint_of_two_ranks_restores_into_one_process(tmp_path):
             name)
         np.testing.assert_array_equal(keys[order], want_keys)
         np.testing.assert_array_equal(rows[order], want_rows)
-    for name, value in restored.state_dict().items():
+    for name, value in restored.dense_state_dict().items():
         torch.testing.assert_close(value, ranks[0]["dense"][name])
     # Evaluation metrics are computed over both ranks' examples: the ranks agree on them.
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
@@ -187,7 +187,7 @@ def test_a_feature_only_some_ranks_batches_carry_trains_as_one_process_over_the_
     assert len(single.ctx.tables["extra"].table) > 0
     as_items = [{"tables": {name: t["items"] for name, t in rank["tables"].items()}} for rank in ranks]
     assert_tables_match(as_items, single, atol=1e-6)
-    for name, value in single.state_dict().items():
+    for name, value in single.dense_state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
         torch.testing.assert_close(ranks[1]["dense"][name], value, atol=1e-6, rtol=0)
     # Each table's expiry clock is its own lookups' newest request time over every rank (no batch of

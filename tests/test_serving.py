@@ -557,7 +557,7 @@ def assert_serving_equals_trainer(served: ServingModel, est: Estimator) -> None:
     for name, module in tables.items():
         keys, rows = module.table.items()
         np.testing.assert_array_equal(served.lookup(name, keys), served._tables[name].as_served(rows))
-    trained_dense = est.model.state_dict()
+    trained_dense = est.model.dense_state_dict()
     served_dense = dense_state(served)
     assert served_dense.keys() == trained_dense.keys()
     for name, value in trained_dense.items():
@@ -820,7 +820,7 @@ rank = est.dist.rank
 def dump(name):
     path = os.path.join(out, f"{{name}}-{{rank}}.pt")
     torch.save({{"tables": {{n: m.table.items() for n, m in est.model.ctx.tables.items()}},
-                 "dense": est.model.state_dict(), "step": est.global_step, "pushes": sync.pushes,
+                 "dense": est.model.dense_state_dict(), "step": est.global_step, "pushes": sync.pushes,
                  "full_pushes": sync.full_pushes}}, path + ".tmp")
     os.replace(path + ".tmp", path)
 

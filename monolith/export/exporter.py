@@ -64,21 +64,19 @@ class _DenseProgram(torch.nn.Module):
     def _call(self, lookup: Callable[[FeatureColumn, FeatureSlice], torch.Tensor],
               dense: dict[str, torch.Tensor], batch_size: Any) -> ModelOutput:
         # The features carry no FIDs: the model reaches sparse features only through its lookups
-        # (ctx.lookup_override), and reading FIDs is an error that says so.
+        # (served by ``lookup``), and reading FIDs is an error that says so.
         features = _ServingFeatures(_NoFids.of(self.receiver.sparse_features, batch_size), dense)
-        ctx = self.model.ctx
-        ctx.lookup_override = lookup
-        try:
-            return self._model_fn(features, ModeKeys.PREDICT)
-        finally:
-            ctx.lookup_override = None
-            ctx.begin_step(None)  # drop the (possibly symbolic) features
+        return self._model_fn(features, ModeKeys.PREDICT, lookup)
 
     def _entry(self, column: FeatureColumn, s: FeatureSlice) -> EmbeddingInput:
         if column.feature_name not in self.receiver.sparse_features:
             raise ValueError(f"model_fn looks up feature '{column.feature_name}', which the serving receiver does "
                              f"not provide (sparse_features={self.receiver.sparse_features})")
-        table = self.model.ctx.table_of_slot(column.feature_slot.slot).table
+        module = self.model.ctx.table_for(column.feature_slot)  # with the slices model_fn added just now
+        if module is None:
+            raise ValueError(f"feature '{column.feature_name}' (slot {column.feature_slot.slot}) has no embedding "
+                             f"table of its slot's width: its slot was first declared in PREDICT mode, after the build")
+        table = module.table
         names = {(named.start, named.end): name for name, named in column.feature_slot.named_slices.items()}
         return EmbeddingInput(column.feature_name, table.name, names.get((s.start, s.end)), s.start, s.end,
                               column.combiner.name, column.combiner.max_seq_length)
