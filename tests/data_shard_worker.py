@@ -63,7 +63,7 @@ def main(data_dir: str) -> None:
     trained = Trained()
     estimator.train(hooks=[trained])
     torch.save({"global_step": estimator.global_step, "trained": trained.req_times,
-                "dense": estimator.model.state_dict()}, os.path.join(data_dir, f"rank-{get_rank()}.pt"))
+                "dense": estimator.model.dense_state_dict()}, os.path.join(data_dir, f"rank-{get_rank()}.pt"))
 
 
 if __name__ == "__main__":
