@@ -466,7 +466,9 @@ class Estimator:
         saved_step, saved_at = None, time.monotonic()
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
-        started, examples = time.perf_counter(), 0
+        # Steps taken by this call: the same on every rank (examples are not: a rank may join with
+        # empty batches), so the collectives after the loop depend on them.
+        started, examples, steps = time.perf_counter(), 0, 0
         stopped = lambda: stop.requested is not None  # noqa: E731
         if self.dist is not None:  # every rank stops at the same step when any was signalled
             stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
@@ -483,6 +485,7 @@ class Estimator:
                 self._batches_consumed += 1
                 metrics.update(output)
                 examples += batch.batch_size
+                steps += 1
                 if model_hooks is None:
                     model_hooks = self._hooks(output.training_hooks)
                     for hook in model_hooks:
@@ -515,11 +518,11 @@ class Estimator:
                                max_steps)
             if signalled:
                 logger.warning("train: stopped by a signal at global step %d", self.global_step)
-            if examples:
+            if steps:
                 if self.global_step % self.config.log_step_count_steps:  # steps since the last log
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
             ended = {"max_steps": max_steps} if input_ended else None
-            if examples and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
+            if steps and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
                 self._save_checkpoint(input_ended=ended)
             elif ended is not None and self._restored is not None:
                 self._checkpoints.annotate(self._restored, {"input_ended": ended},

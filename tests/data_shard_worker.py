@@ -1,9 +1,10 @@
 """A 2-rank training run on Parquet shares of uneven size, run under torchrun by test_data_shards.
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/data_shard_worker.py DATA_DIR
+    python -m torch.distributed.run --nproc_per_node=2 tests/data_shard_worker.py DATA_DIR RUN [MAX_STEPS]
 
-Each rank reads its share of DATA_DIR/a.parquet and b.parquet with ``rank`` / ``world_size`` and
-writes its global step, the req_times it trained and its dense parameters to DATA_DIR/rank-R.pt.
+Each rank reads its share of DATA_DIR/a.parquet and b.parquet with ``rank`` / ``world_size``, trains
+(resuming from DATA_DIR/model) up to MAX_STEPS or to the end of every share, and writes its global
+step, the req_times it trained and its dense parameters to DATA_DIR/RUN-R.pt.
 """
 
 from __future__ import annotations
@@ -55,16 +56,16 @@ class Trained(TrainingHook):
             self.req_times += batch.dense["req_time"].tolist()
 
 
-def main(data_dir: str) -> None:
+def main(data_dir: str, run: str, max_steps: int | None) -> None:
     init_from_env()
     estimator = Estimator(ShareModel(data_dir), RunConfig(model_dir=os.path.join(data_dir, "model"),
                                                           log_step_count_steps=1000, enable_summaries=False,
                                                           progress_bar=False))
     trained = Trained()
-    estimator.train(hooks=[trained])
+    estimator.train(max_steps=max_steps, hooks=[trained])
     torch.save({"global_step": estimator.global_step, "trained": trained.req_times,
-                "dense": estimator.model.dense_state_dict()}, os.path.join(data_dir, f"rank-{get_rank()}.pt"))
+                "dense": estimator.model.dense_state_dict()}, os.path.join(data_dir, f"{run}-{get_rank()}.pt"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)

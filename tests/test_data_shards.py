@@ -158,20 +158,37 @@ def test_dataloader_workers_read_one_share_each(tmp_path: Path) -> None:
         assert sorted(times(DataLoader(reader, batch_size=None, num_workers=2))) == list(range(50, 100))
 
 
-def test_two_ranks_with_uneven_shares_train_every_example_and_stop_together(tmp_path: Path) -> None:
-    # Rank 0's share is 5 batches, rank 1's 3: rank 1 joins steps 4 and 5 with empty batches.
-    write_parquet(tmp_path / "a.parquet", 0, 40, row_group_size=40)
-    write_parquet(tmp_path / "b.parquet", 40, 24, row_group_size=24)
+def train_two_ranks(data_dir: Path, run: str, *max_steps: str) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={port}", WORKER, str(tmp_path)]
+               f"--master_port={port}", WORKER, str(data_dir), run, *max_steps]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank-{rank}.pt", weights_only=False) for rank in range(2)]
+    return [torch.load(data_dir / f"{run}-{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def test_two_ranks_with_uneven_shares_train_every_example_and_stop_together(tmp_path: Path) -> None:
+    # Rank 0's share is 5 batches, rank 1's 3: rank 1 joins steps 4 and 5 with empty batches.
+    write_parquet(tmp_path / "a.parquet", 0, 40, row_group_size=40)
+    write_parquet(tmp_path / "b.parquet", 40, 24, row_group_size=24)
+    ranks = train_two_ranks(tmp_path, "whole")
     assert [r["global_step"] for r in ranks] == [5, 5]
     assert sorted(ranks[0]["trained"]) == list(range(40)) and sorted(ranks[1]["trained"]) == list(range(40, 64))
     for name, value in ranks[0]["dense"].items():
         torch.testing.assert_close(ranks[1]["dense"][name], value, atol=0, rtol=0)
+
+
+def test_a_run_resumed_after_one_ranks_share_ended_reads_no_share_again(tmp_path: Path) -> None:
+    # Stopped at step 4, when rank 1's share (3 batches) had ended: resumed, rank 0 trains its last
+    # batch and rank 1 joins with an empty one, rather than reading its share again.
+    write_parquet(tmp_path / "a.parquet", 0, 40, row_group_size=40)
+    write_parquet(tmp_path / "b.parquet", 40, 24, row_group_size=24)
+    first = train_two_ranks(tmp_path, "first", "4")
+    assert [r["global_step"] for r in first] == [4, 4]
+    assert sorted(first[0]["trained"] + first[1]["trained"]) == list(range(32)) + list(range(40, 64))
+    resumed = train_two_ranks(tmp_path, "resumed")
+    assert [r["global_step"] for r in resumed] == [5, 5]
+    assert resumed[0]["trained"] == list(range(32, 40)) and resumed[1]["trained"] == []
