@@ -171,24 +171,16 @@ def train_two_ranks(data_dir: Path, run: str, *max_steps: str) -> list[dict]:
 
 
 def test_two_ranks_with_uneven_shares_train_every_example_and_stop_together(tmp_path: Path) -> None:
-    # Rank 0's share is 5 batches, rank 1's 3: rank 1 joins steps 4 and 5 with empty batches.
-    write_parquet(tmp_path / "a.parquet", 0, 40, row_group_size=40)
-    write_parquet(tmp_path / "b.parquet", 40, 24, row_group_size=24)
-    ranks = train_two_ranks(tmp_path, "whole")
-    assert [r["global_step"] for r in ranks] == [5, 5]
-    assert sorted(ranks[0]["trained"]) == list(range(40)) and sorted(ranks[1]["trained"]) == list(range(40, 64))
-    for name, value in ranks[0]["dense"].items():
-        torch.testing.assert_close(ranks[1]["dense"][name], value, atol=0, rtol=0)
-
-
-def test_a_run_resumed_after_one_ranks_share_ended_reads_no_share_again(tmp_path: Path) -> None:
-    # Stopped at step 4, when rank 1's share (3 batches) had ended: resumed, rank 0 trains its last
-    # batch and rank 1 joins with an empty one, rather than reading its share again.
+    # Rank 0's share is 5 batches, rank 1's 3: rank 1 joins step 4 with an empty batch, and the run
+    # stops there (max_steps). Resumed, rank 0 trains its last batch and rank 1 joins with an empty
+    # one, rather than reading its share again; both stop at step 5, every example trained once.
     write_parquet(tmp_path / "a.parquet", 0, 40, row_group_size=40)
     write_parquet(tmp_path / "b.parquet", 40, 24, row_group_size=24)
     first = train_two_ranks(tmp_path, "first", "4")
     assert [r["global_step"] for r in first] == [4, 4]
-    assert sorted(first[0]["trained"] + first[1]["trained"]) == list(range(32)) + list(range(40, 64))
+    assert first[0]["trained"] == list(range(32)) and first[1]["trained"] == list(range(40, 64))
     resumed = train_two_ranks(tmp_path, "resumed")
     assert [r["global_step"] for r in resumed] == [5, 5]
     assert resumed[0]["trained"] == list(range(32, 40)) and resumed[1]["trained"] == []
+    for name, value in resumed[0]["dense"].items():
+        torch.testing.assert_close(resumed[1]["dense"][name], value, atol=0, rtol=0)
