@@ -487,19 +487,23 @@ class Estimator:
         saved_step, saved_at = None, time.monotonic()
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
-        started, examples = time.perf_counter(), 0
+        # Steps taken by this call: the same on every rank (examples are not: a rank may join with
+        # empty batches), so the collectives after the loop depend on them.
+        started, examples, steps = time.perf_counter(), 0, 0
         # Every rank stops at the same step when any was signalled.
         stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
         try:
-            # A stream's exhausted ranks join with empty batches, so that a batch another rank
-            # already took from its stream is trained, not lost; max_steps stops before taking one.
+            # Ranks whose input ended join with empty batches until every rank's has: shares of a
+            # data set differ in size, and a batch another rank already took from its stream is
+            # trained, not lost. All ranks stop together; max_steps stops before taking a batch.
             done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
-            for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
+            for batch in self._in_step(batches, pad_exhausted=True, stop=done):
                 with self.step_lock:
                     output = self.train_step(batch)
                 self._batches_consumed += 1
                 metrics.update(output)
                 examples += batch.batch_size
+                steps += 1
                 if model_hooks is None:
                     model_hooks = self._hooks(output.training_hooks)
                     for hook in model_hooks:
@@ -531,11 +535,11 @@ class Estimator:
                                max_steps)
             if signalled:
                 logger.warning("train: stopped by a signal at global step %d", self.global_step)
-            if examples:
+            if steps:
                 if self.global_step % self.config.log_step_count_steps:  # steps since the last log
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
             ended = {"max_steps": max_steps} if input_ended else None
-            if examples and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
+            if steps and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
                 self._save_checkpoint(input_ended=ended)
             elif ended is not None and self._restored is not None:
                 self._checkpoints.annotate(self._restored, {"input_ended": ended},
@@ -554,7 +558,12 @@ class Estimator:
         """The batches of ``epochs`` passes over the input (None: one), the first continuing from where
         the restored checkpoint left it, or a new pass when every batch of it was trained."""
         batches = self._resume(first, rest)
-        if batches is None:
+        # Under torch.distributed a new pass starts only when every rank's was all trained; a rank
+        # whose share was joins the others with empty batches (see _in_step).
+        all_trained = self.dist.count(batches is not None) == 0
+        if batches is None and not all_trained:
+            batches = iter(())
+        elif all_trained:
             logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
                         self._batches_consumed)
             self._batches_consumed = 0
@@ -628,7 +637,8 @@ class Estimator:
             self._load_optimizer_state()
         if output.loss is None:
             raise ValueError("model_fn returned no loss in TRAIN mode")
-        finite = bool(torch.isfinite(output.loss))
+        # An empty batch (a rank whose input ended) has no gradient, though a mean loss over it is NaN.
+        finite = bool(torch.isfinite(output.loss)) or batch.batch_size == 0
         if self._dense_optimizer is not None:
             self._dense_optimizer.zero_grad(set_to_none=True)
         output.loss.backward()

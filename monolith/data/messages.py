@@ -17,17 +17,9 @@ from google.protobuf.message import DecodeError, Message
 
 from monolith.data.base import PathOrPaths, _existing_files, skip_bad_record
 from monolith.data.dataset import Dataset
-from monolith.data.pb_dataset import (
-    _MESSAGES,
-    DEFAULT_MAX_RECORD_BYTES,
-    Framing,
-    _check_compression,
-    _compression,
-    _FrameError,
-    _frames,
-    _open,
-    _variant,
-)
+from monolith.data.pb_compression import check_compression, open_compressed, resolve_compression
+from monolith.data.pb_framing import DEFAULT_MAX_RECORD_BYTES, FrameError, Framing, check_framing, read_frames
+from monolith.data.pb_messages import MESSAGES, variant_name
 
 __all__ = ["PBMessageDataset"]
 
@@ -62,15 +54,15 @@ class PBMessageDataset(Dataset):
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.paths = _existing_files(paths)
-        self.variant_type = _variant(variant_type)
-        self.message_class: type[Message] = _MESSAGES[self.variant_type]
+        self.variant_type = variant_name(variant_type)
+        self.message_class: type[Message] = MESSAGES[self.variant_type]
         self.framing = Framing(
             lagrangex_header=lagrangex_header,
             kafka_dump_prefix=kafka_dump_prefix,
             has_sort_id=has_sort_id,
             kafka_dump=kafka_dump,
         )
-        self.compression = _check_compression(compression)
+        self.compression = check_compression(compression)
         self.strict = strict
         self.max_record_bytes = max_record_bytes
         self.bad_records: list[tuple[str, int, str]] = []
@@ -79,12 +71,15 @@ class PBMessageDataset(Dataset):
     def __iter__(self) -> Iterator[Message]:
         self.bad_records, self.num_bad_records = [], 0
         for path in self.paths:
-            with _open(path, _compression(path, self.compression), "r") as stream:
+            compression = resolve_compression(path, self.compression)
+            with open_compressed(path, compression, "r") as stream:
+                check_framing(path, stream, self.framing, self.variant_type)
+            with open_compressed(path, compression, "r") as stream:
                 try:
-                    for offset, payload in _frames(stream, self.framing, self.max_record_bytes):
+                    for offset, _, payload in read_frames(stream, self.framing, self.max_record_bytes):
                         try:
                             yield self.message_class.FromString(payload)
                         except DecodeError as e:
                             skip_bad_record(self, path, offset, f"cannot parse the {self.message_class.__name__}: {e}")
-                except _FrameError as e:
+                except FrameError as e:
                     skip_bad_record(self, path, e.offset, e.reason)

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from monolith.data.base import Rows, jagged, rebatch
+from monolith.data.base import Rows, check_share, jagged, rebatch
 from monolith.fid import extract_fid, hash_string_fid
 from monolith.sparse import Batch
 
@@ -81,6 +81,14 @@ class MovieLensSplit:
 
     def __iter__(self) -> Iterator[Batch]:
         return rebatch([self._rows], self.batch_size, self.drop_last)
+
+    def shard(self, rank: int, world_size: int) -> MovieLensSplit:
+        """Share ``rank`` of ``world_size``: consecutive examples, the shares' sizes differing by at
+        most one (e.g. ``split.shard(get_rank(), get_world_size())`` under torchrun)."""
+        check_share(rank, world_size)
+        n = self._rows.num
+        rows = self._rows.slice(n * rank // world_size, n * (rank + 1) // world_size)
+        return MovieLensSplit(rows, self.batch_size, self.drop_last)
 
 
 class MovieLens100K(NamedTuple):
