@@ -25,6 +25,7 @@ from monolith.modules.embedding_lookup import HashEmbedding
 from monolith.modules.embedding_step import end_step, running_step
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable
+from monolith.table.embedding_table import DEFAULT_DEDUP
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterConfig
 
 __all__ = ["EmbeddingStep", "FeatureSlotCollection", "LookupStrategy"]
@@ -159,8 +160,9 @@ class FeatureSlotCollection(torch.nn.Module):
         if modules:
             type(modules[0]).exchange_gradients_together(modules)
 
-    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
-        """Applies every table's pending gradients (times ``scale``)."""
+    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = DEFAULT_DEDUP) -> None:
+        """Applies every table's pending gradients (times ``scale``); ``dedup`` as
+        :meth:`EmbeddingHashTable.apply_gradients` takes it (one update per distinct id by default)."""
         modules = list(self.tables.values())
         if modules:
             type(modules[0]).apply_gradients_together(modules, global_step, scale, dedup)
