@@ -127,7 +127,8 @@ def test_train_and_evaluate_every_steps_per_eval_and_a_chosen_checkpoint(tmp_pat
     history = train_and_evaluate(estimator, max_steps=8)
     assert [e["global_step"] for e in history.evaluations] == [3, 6, 8]
     for evaluation in history.evaluations:
-        assert evaluation["loss"] == pytest.approx(expected_eval_loss(evaluation["global_step"]), rel=2e-3)
+        # batch_loss: the mean over batches of model_fn's (mean) loss, which expected_eval_loss gives.
+        assert evaluation["batch_loss"] == pytest.approx(expected_eval_loss(evaluation["global_step"]), rel=2e-3)
     assert history.best is history.evaluations[-1] and not history.stopped_early
 
     # A chosen (older) checkpoint from the live estimator: its own figures, then back to the latest.
@@ -137,7 +138,7 @@ def test_train_and_evaluate_every_steps_per_eval_and_a_chosen_checkpoint(tmp_pat
     assert estimator.evaluate(checkpoint_path="model.ckpt-3")["loss"] == again["loss"]  # TensorFlow's name
     assert estimator.global_step == 8
     estimator.train(steps=1)  # training goes on from step 8, not from the evaluated checkpoint
-    assert estimator.evaluate()["loss"] == pytest.approx(expected_eval_loss(9), rel=2e-3)
+    assert estimator.evaluate()["batch_loss"] == pytest.approx(expected_eval_loss(9), rel=2e-3)
     with pytest.raises(ValueError, match=r"'ckpt-4' is not a checkpoint of .*ckpt-3"):
         estimator.evaluate(checkpoint_path="ckpt-4")
 
@@ -151,7 +152,7 @@ def test_train_and_evaluate_stops_early_and_keeps_the_best_checkpoint(tmp_path):
     assert history.stopped_early and estimator.global_step == 6
     assert [e["global_step"] for e in history.evaluations] == [2, 4, 6]
     assert history.best["global_step"] == 2 and history.best_checkpoint.endswith("ckpt-2")
-    assert estimator.evaluate(checkpoint_path=history.best_checkpoint)["loss"] == pytest.approx(
+    assert estimator.evaluate(checkpoint_path=history.best_checkpoint)["batch_loss"] == pytest.approx(
         expected_eval_loss(2), rel=2e-3)
 
 
