@@ -131,7 +131,8 @@ def _round(p, baseline_batches: Iterator[Batch], rows: dict[str, int], seed: int
     return examples / turns.monolith_s, examples / turns.baseline_s
 
 
-def run(dataset: str = "movielens", rounds: int = 5, epochs: int = 1, seed: int = 0) -> dict:
+def run(dataset: str = "movielens", rounds: int = 5, epochs: int = 1, seed: int = 0,
+        frappe_examples: int = FRAPPE_EXAMPLES) -> dict:
     """Trains both systems ``rounds`` times, step by step in turns; returns examples/s per round and ratios."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
@@ -143,7 +144,7 @@ def run(dataset: str = "movielens", rounds: int = 5, epochs: int = 1, seed: int 
         elif dataset == "frappe":
             p = FrappeDeepFM.params()
             p.data_path = str(Path(scratch) / "frappe.parquet")
-            write_frappe_like(Path(p.data_path), seed=seed)
+            write_frappe_like(Path(p.data_path), frappe_examples, seed)
             train = list(ParquetReader(p.data_path, list(FRAPPE_FIELDS), [], "label", BATCH))
             baseline_batches = lambda: (b for _ in range(epochs) for b in train)  # noqa: E731 - decoded once
         else:

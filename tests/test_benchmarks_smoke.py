@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from benchmarks import growth_benchmark, peers_benchmark, quality_benchmark
+from benchmarks import deepfm_benchmark, growth_benchmark, peers_benchmark, quality_benchmark
 
 _TOY = {"batch": 64, "vocab": 1000, "hidden": (8,)}
 
@@ -14,6 +14,7 @@ def test_peers_runs_ours_and_plain_pytorch_in_turns(monkeypatch):
     assert set(result["systems"]) == {peers_benchmark.MONOLITH, reserved, peers_benchmark.TORCH}
     assert result["distinct"] > 0 and "TorchRec skipped" in result["skipped"]
     assert all(s["examples_per_s"] > 0 and s["peak_rss"] > 0 for s in result["systems"].values())
+    assert all(0 < s["embedding_ms"] < s["step_ms"] for s in result["systems"].values())
     assert "| plain PyTorch (hashed EmbeddingBag) |" in peers_benchmark.report([result])
 
 
@@ -30,3 +31,10 @@ def test_quality_trains_both_systems_and_the_study():
     assert set(result["study"]) == {"threshold 0, no expiry", "occurrence threshold 1", "expire time 30 days"}
     assert all(0.0 <= s["auc"][0] <= 1.0 for s in result["systems"].values())
     assert "### MovieLens-100K" in quality_benchmark.report([result])
+
+
+def test_deepfm_trains_monolith_and_plain_pytorch_in_turns_on_parquet():
+    result = deepfm_benchmark.run("frappe", rounds=1, frappe_examples=2_000)
+    assert result["steps"] == 8 and len(result["ratios"]) == 1
+    assert result["monolith"][0] > 0 and result["baseline"][0] > 0
+    assert "| Frappe-sized Parquet (2,000 examples, 10 features," in deepfm_benchmark.report([result])

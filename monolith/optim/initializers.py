@@ -37,7 +37,10 @@ class RandomUniformInitializer(Initializer):
         self.maxval = check_real(owner, "maxval", 0.05 if maxval is None else maxval, low=self.minval)
 
     def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
-        rows[...] = rng.random(rows.shape, dtype=np.float32)
+        if rows.flags.c_contiguous:
+            rng.random(dtype=np.float32, out=rows)  # the same draws as rng.random(rows.shape), without a copy
+        else:
+            rows[...] = rng.random(rows.shape, dtype=np.float32)
         rows *= np.float32(self.maxval - self.minval)
         rows += np.float32(self.minval)
 

@@ -17,7 +17,7 @@ from monolith.table.hash_map import FidMap
 _SLOT_MASK = np.int64(MAX_SLOT_V2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _admit(counter_rows, counts, keys, occurrences, thresholds, shift, passed):
     for i in range(keys.size):
         slot = (keys[i] >> shift) & _SLOT_MASK
