@@ -209,7 +209,7 @@ class EmbeddingFactory:
         self.module_factory: Callable[[EmbeddingHashTable], HashEmbedding] = HashEmbedding
         self.built = False
         self._batch: Batch | None = None
-        self._rows_cache: dict[str, torch.Tensor] = {}
+        self._pooled_cache: dict[str, torch.Tensor] = {}
         #: Lookups of the current step already done together, by feature name (see begin_step).
         self._routed: dict[str, Any] = {}
         #: When set, :meth:`lookup` returns ``lookup_override(column, slice)`` instead of reading the
@@ -281,7 +281,7 @@ class EmbeddingFactory:
 
     # ------------------------------------------------------------------ per step
     def begin_step(self, batch: Batch | None) -> None:
-        """Sets the batch that lookups read; clears the per-step row cache.
+        """Sets the batch that lookups read; clears the per-step cache of pooled rows.
 
         Where the tables do lookups better together (sharded tables: one exchange for every
         feature), the rows of every feature with a table are looked up here at once. Every declared
@@ -290,7 +290,7 @@ class EmbeddingFactory:
         still raises, in :meth:`lookup`).
         """
         self._batch = batch
-        self._rows_cache = {}
+        self._pooled_cache = {}
         self._routed = {}
         module_type = type(next(iter(self.tables.values()), None))
         if batch is None or not getattr(module_type, "routes_lookups_together", False):
@@ -328,23 +328,24 @@ class EmbeddingFactory:
         except KeyError:
             raise KeyError(f"feature '{column.feature_name}' is not in the batch; sparse features: "
                            f"{self._batch.sparse.keys()}") from None
-        rows = self._rows(column, jagged)
-        return column.combiner(rows[:, s.start : s.end], jagged.lengths())
+        return self._pooled(column, jagged)[..., s.start : s.end]
 
-    def _rows(self, column: FeatureColumn, jagged: JaggedTensor) -> torch.Tensor:
-        """All columns of the rows of one feature's ids, looked up once per step."""
+    def _pooled(self, column: FeatureColumn, jagged: JaggedTensor) -> torch.Tensor:
+        """All columns of one feature's rows pooled by its combiner, looked up and pooled once per step:
+        its slices are views of it (pooling is column by column, so the values are those of each slice
+        pooled alone)."""
         module = self._table_of_slot.get(column.feature_slot.slot)
         if module is None or module.table.dim != column.feature_slot.dim:
             # Build pass (or a slot first seen now): zeros of the final shape, no table access.
-            return torch.zeros(jagged.values().numel(), column.feature_slot.dim)
-        cached = self._rows_cache.get(column.feature_name)
+            return column.combiner(torch.zeros(jagged.values().numel(), column.feature_slot.dim), jagged.lengths())
+        cached = self._pooled_cache.get(column.feature_name)
         if cached is None:
             routed = self._routed.pop(column.feature_name, None)
             if routed is not None:
-                cached = module(jagged.values(), routed=routed)
+                rows = module(jagged.values(), routed=routed)
             else:
-                cached = module(jagged.values(), req_time=self._req_time_per_id(jagged))
-            self._rows_cache[column.feature_name] = cached
+                rows = module(jagged.values(), req_time=self._req_time_per_id(jagged))
+            cached = self._pooled_cache[column.feature_name] = column.combiner(rows, jagged.lengths())
         return cached
 
     def _req_time_per_id(self, jagged: JaggedTensor) -> torch.Tensor | None:
