@@ -154,6 +154,9 @@ def cat_or_only(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:
     if all(p.req_time is None for p in pending):
         return None
+    only = pending[0]
+    if len(pending) == 1 and isinstance(only.req_time, torch.Tensor) and only.req_time.numel() == only.ids.numel():
+        return only.req_time.reshape(-1).cpu().numpy()  # one lookup's times per id, read in place
     now = int(time.time())
     parts = []
     for p in pending:
