@@ -76,6 +76,40 @@ class FrappeDeepFM(DeepFM):
             yield from reader
 
 
+class _Phases:
+    """Seconds spent in named phases of the steps, from wrapped calls and module or optimizer hooks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def wrap(self, name: str, call):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - start)
+        return timed
+
+    def start(self, name: str) -> None:
+        self._started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.add(name, time.perf_counter() - self._started[name])
+
+    def around_forward(self, name: str, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(lambda *_: self.start(name))
+        module.register_forward_hook(lambda *_: self.stop(name))
+
+    def around_step(self, name: str, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(lambda *_: self.start(name))
+        optimizer.register_step_post_hook(lambda *_: self.stop(name))
+
+
 class _Interleaved:
     """The input of the Estimator's run that also trains the baseline, step by step in turns.
 
@@ -85,11 +119,14 @@ class _Interleaved:
     pass, first allocations) is not counted.
     """
 
-    def __init__(self, baseline: BaselineTrainer, baseline_batches: Iterator[Batch]) -> None:
+    def __init__(self, baseline: BaselineTrainer, baseline_batches: Iterator[Batch], phases: _Phases | None = None,
+                 instrument=lambda: None) -> None:
         self.baseline = baseline
         self.baseline_batches = baseline_batches
         self.monolith_s = self.baseline_s = 0.0
         self.steps = 0
+        self.phases = phases
+        self.instrument = instrument  # called once monolith's model is built, to time its phases
 
     def wrap(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         batches = iter(batches)
@@ -112,23 +149,45 @@ class _Interleaved:
             if self.steps > 1:
                 self.baseline_s += baseline_s
                 self.monolith_s += read_s
+                if self.phases is not None:
+                    self.phases.add("monolith: reading the batch", read_s)
+            elif self.phases is not None:
+                self.phases.seconds.clear()  # the first steps are not counted
+            if self.steps == 2:
+                self.instrument()
             yielded = time.perf_counter()
             yield ours
 
 
-def _round(p, baseline_batches: Iterator[Batch], rows: dict[str, int], seed: int) -> tuple[float, float]:
-    """Examples/s of monolith and of the baseline, trained in turns on one pass each."""
+def _round(p, baseline_batches: Iterator[Batch], rows: dict[str, int], seed: int,
+           phases: _Phases | None = None) -> tuple[float, float, float, float]:
+    """Examples/s of monolith and of the baseline, trained in turns on one pass each, and their seconds in all
+    (with ``phases``, the time of each phase of their steps is added there)."""
     torch.manual_seed(seed)
     model = p.instantiate()
     torch.manual_seed(seed)
-    turns = _Interleaved(BaselineTrainer(HashedDeepFM(rows, p.vec_dim, p.hidden_units, features=p.features), p),
-                         baseline_batches)
+    baseline = BaselineTrainer(HashedDeepFM(rows, p.vec_dim, p.hidden_units, features=p.features), p)
     with tempfile.TemporaryDirectory() as model_dir:
         estimator = Estimator(model, RunConfig(model_dir=model_dir, seed=seed, log_step_count_steps=1 << 30,
                                                progress_bar=False, enable_summaries=False))
+        instrument = lambda: None  # noqa: E731
+        if phases is not None:
+            phases.around_forward("plain PyTorch: forward", baseline.model)
+            phases.around_step("plain PyTorch: dense update (Adam)", baseline.dense_opt)
+            phases.around_step("plain PyTorch: sparse update (Adagrad)", baseline.sparse_opt)
+
+            def instrument() -> None:
+                # Instance attributes in front of the methods the Estimator calls.
+                estimator.train_step = phases.wrap("monolith: train_step", estimator.train_step)
+                model.model_fn = phases.wrap("monolith: model_fn (forward, lookups included)", model.model_fn)
+                model.ctx.apply_gradients = phases.wrap("monolith: sparse update (tables)", model.ctx.apply_gradients)
+                for module in model.ctx.tables.values():
+                    phases.around_forward("monolith: table lookups", module)
+
+        turns = _Interleaved(baseline, baseline_batches, phases, instrument)
         estimator.train(input_fn=lambda mode: turns.wrap(model.input_fn(mode)))
     examples = (turns.steps - 1) * BATCH
-    return examples / turns.monolith_s, examples / turns.baseline_s
+    return examples / turns.monolith_s, examples / turns.baseline_s, turns.monolith_s, turns.baseline_s
 
 
 def run(dataset: str = "movielens", rounds: int = 5, epochs: int = 1, seed: int = 0,
@@ -154,13 +213,38 @@ def run(dataset: str = "movielens", rounds: int = 5, epochs: int = 1, seed: int 
         rows = distinct_train_ids(train, p.features)
         ours, theirs = [], []
         for _ in range(rounds):
-            a, b = _round(p, baseline_batches(), rows, seed)
+            a, b, _, _ = _round(p, baseline_batches(), rows, seed)
             ours.append(a)
             theirs.append(b)
+        # One more round with every phase timed (hooks and wrappers cost a little, so not in the ratios).
+        phases = _Phases()
+        _, _, monolith_s, baseline_s = _round(p, baseline_batches(), rows, seed, phases)
+    steps = epochs * len(train) - 1
+    ms = {name: seconds / steps * 1e3 for name, seconds in phases.seconds.items()}
+    ms["monolith: step"] = monolith_s / steps * 1e3
+    ms["plain PyTorch: step"] = baseline_s / steps * 1e3
     ratios = [a / b for a, b in zip(ours, theirs)]
     return {"dataset": dataset, "rounds": rounds, "epochs": epochs, "steps": epochs * len(train),
             "examples": sum(b.batch_size for b in train), "features": len(p.features), "distinct": sum(rows.values()),
-            "monolith": ours, "baseline": theirs, "ratios": ratios, "ratio": statistics.median(ratios)}
+            "monolith": ours, "baseline": theirs, "ratios": ratios, "ratio": statistics.median(ratios),
+            "phases_ms": _phase_table(ms)}
+
+
+def _phase_table(ms: dict[str, float]) -> dict[str, float]:
+    """Milliseconds per step of each phase, the remainders named: what the timed parts leave of a step."""
+    rest = dict(ms)
+    train_step = rest.pop("monolith: train_step")
+    rest["monolith: forward outside the table lookups"] = (rest.pop("monolith: model_fn (forward, lookups included)")
+                                                           - rest["monolith: table lookups"])
+    rest["monolith: backward, clipping, dense update (Adam)"] = (
+        train_step - rest["monolith: forward outside the table lookups"] - rest["monolith: table lookups"]
+        - rest["monolith: sparse update (tables)"])
+    rest["monolith: Estimator loop (metrics, hooks)"] = (rest["monolith: step"] - train_step
+                                                         - rest["monolith: reading the batch"])
+    rest["plain PyTorch: backward, clipping"] = (rest["plain PyTorch: step"] - rest["plain PyTorch: forward"]
+                                                 - rest["plain PyTorch: dense update (Adam)"]
+                                                 - rest["plain PyTorch: sparse update (Adagrad)"])
+    return dict(sorted(rest.items()))
 
 
 def report(results: list[dict]) -> str:
@@ -174,6 +258,11 @@ def report(results: list[dict]) -> str:
                      f"{r['steps']:,} | {statistics.median(r['monolith']):,.0f} | "
                      f"{statistics.median(r['baseline']):,.0f} | {r['ratio']:.2f}x | "
                      f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
+    for r in results:
+        name = "MovieLens-100K" if r["dataset"] == "movielens" else "Frappe-sized Parquet"
+        lines += ["", f"Where a step's time goes, {name} (ms per step, one more round with every phase timed):", "",
+                  "| phase | ms per step |", "| --- | --- |"]
+        lines += [f"| {phase} | {ms:.3f} |" for phase, ms in r["phases_ms"].items()]
     return "\n".join(lines)
 
 

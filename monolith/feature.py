@@ -324,30 +324,31 @@ class EmbeddingFactory:
             return self.lookup_override(column, s)
         if self._batch is None:
             raise RuntimeError("embedding lookup outside a step: no batch has been set on the factory")
-        try:
-            jagged: JaggedTensor = self._batch.sparse[column.feature_name]
-        except KeyError:
-            raise KeyError(f"feature '{column.feature_name}' is not in the batch; sparse features: "
-                           f"{self._batch.sparse.keys()}") from None
-        return self._pooled(column, jagged)[..., s.start : s.end]
+        pooled = self._pooled_cache.get(column.feature_name)
+        if pooled is None:
+            try:
+                jagged: JaggedTensor = self._batch.sparse[column.feature_name]
+            except KeyError:
+                raise KeyError(f"feature '{column.feature_name}' is not in the batch; sparse features: "
+                               f"{self._batch.sparse.keys()}") from None
+            pooled = self._pooled(column, jagged)
+        return pooled[..., s.start : s.end]
 
     def _pooled(self, column: FeatureColumn, jagged: JaggedTensor) -> torch.Tensor:
-        """All columns of one feature's rows pooled by its combiner, looked up and pooled once per step:
-        its slices are views of it (pooling is column by column, so the values are those of each slice
-        pooled alone)."""
+        """All columns of one feature's rows pooled by its combiner, kept for the step's other lookups of
+        the feature: its slices are views of it (pooling is column by column, so the values are those of
+        each slice pooled alone)."""
         module = self._table_of_slot.get(column.feature_slot.slot)
         if module is None or module.table.dim != column.feature_slot.dim:
             # Build pass (or a slot first seen now): zeros of the final shape, no table access.
             return column.combiner(torch.zeros(jagged.values().numel(), column.feature_slot.dim), jagged.lengths())
-        cached = self._pooled_cache.get(column.feature_name)
-        if cached is None:
-            routed = self._routed.pop(column.feature_name, None)
-            if routed is not None:
-                rows = module(jagged.values(), routed=routed)
-            else:
-                rows = module(jagged.values(), req_time=self._req_time_per_id(jagged))
-            cached = self._pooled_cache[column.feature_name] = column.combiner(rows, jagged.lengths())
-        return cached
+        routed = self._routed.pop(column.feature_name, None)
+        if routed is not None:
+            rows = module(jagged.values(), routed=routed)
+        else:
+            rows = module(jagged.values(), req_time=self._req_time_per_id(jagged))
+        pooled = self._pooled_cache[column.feature_name] = column.combiner(rows, jagged.lengths())
+        return pooled
 
     def _req_time_per_id(self, jagged: JaggedTensor) -> torch.Tensor | None:
         req_time = self._batch.dense.get("req_time") if self._batch is not None else None
