@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import operator
 import os
 import random
 import sys
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
 from monolith.dump import ModelDump
-from monolith.distributed.context import DistributedContext, init_from_env
+from monolith.distributed.context import LIVENESS_WINDOW_S, DistributedContext, init_from_env
+from monolith.distributed.shared_dir import check_shared_dir
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
 from monolith.export.exporter import export_saved_model, exporting_note, serving_receiver, trace_batch
 from monolith.graceful_stop import GracefulStop
@@ -41,6 +43,7 @@ from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook, has_met
 from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
+from monolith.progress import Progress
 from monolith.run_config import RunConfig
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
@@ -103,7 +106,7 @@ class Estimator:
 
         estimator = Estimator(MyModel(), RunConfig(model_dir="/tmp/run"))
         estimator.train(max_steps=1000)
-        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": ..., "global_step": 1000}
+        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": 0.45, "batch_loss": ..., "global_step": 1000}
         for prediction in estimator.predict(): ...
     """
 
@@ -123,6 +126,7 @@ class Estimator:
         self.global_step = 0
         self.model.ctx.use_native_multi_hash_table = config.use_native_multi_hash_table
         self.model.ctx.hashtable_init_capacity = config.hashtable_init_capacity
+        self.model.ctx.occurrence_filter = config.occurrence_filter
         self.model.ctx.seed = config.seed
         self._model_fn = model.create_model_fn()
         self._dense_optimizer: torch.optim.Optimizer | None = None
@@ -134,8 +138,8 @@ class Estimator:
         self._source = None
         #: Held during each training step; other threads (ParameterSync) read parameters between steps.
         self.step_lock = threading.Lock()
-        self.dist = init_from_env()
-        self.dedup = config.dedup or ("sum" if self.dist is not None else "local")
+        self.dist = init_from_env(config.collective_timeout_s)
+        self.dedup = config.dedup or "sum"
         if self.dist is not None and self.dedup == "local":
             raise ValueError("RunConfig.dedup 'local' is for a single process; sharded tables sum per id ('sum')")
         if self.dist is not None:
@@ -156,13 +160,12 @@ class Estimator:
             if batch is None:
                 raise ValueError("input_fn(TRAIN) produced no batch")
         torch.manual_seed(self.config.seed)
-        with torch.no_grad():
-            output = self._model_fn(batch, ModeKeys.PREDICT if self.model.p.mode == ModeKeys.PREDICT
-                                    else ModeKeys.TRAIN)
-        self.model.ctx.build()
+        output = self.model.build(batch)
         if self.dist is not None:
             self._check_ranks_agree()
-            self.dist.broadcast_tensors(list(self.model.state_dict().values()))
+            if self.model.p.mode == ModeKeys.TRAIN:
+                check_shared_dir(self.config.model_dir, self.dist)
+            self.dist.broadcast_tensors(list(self.model.dense_state_dict().values()))
         if self.model.p.mode == ModeKeys.TRAIN:
             self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
         self._restore_latest()
@@ -180,7 +183,7 @@ class Estimator:
             "feature_slots": [(fs.name, fs.slot, fs.dim, fs.config.occurrence_threshold, fs.config.expire_time)
                               for fs in self.model.ctx.feature_slots],
             "tables": {name: [s.describe() for s in m.table.slices] for name, m in self.model.ctx.tables.items()},
-            "dense": {name: list(t.shape) for name, t in self.model.state_dict().items()},
+            "dense": {name: list(t.shape) for name, t in self.model.dense_state_dict().items()},
         }
         for rank, theirs in enumerate(self.dist.all_gather_object(layout)):
             if theirs != layout:
@@ -213,15 +216,18 @@ class Estimator:
         if latest is None or latest == self._restored:
             return
         dense, tables, manifest = CheckpointManager.read(latest)
-        self.model.load_state_dict(dense["model"])
+        self.model.load_dense_state_dict(dense["model"])
         self._pending_optimizer_state = dense.get("optimizer")
         self._load_optimizer_state()
         rank, world = (self.dist.rank, self.dist.world_size) if self.dist is not None else (0, 1)
-        self.model.ctx.load_state_dict({name: table_state_for_rank(shards, rank, world)
-                                        for name, shards in tables.items()}, source=latest)
+        self.model.ctx.load_table_states({name: table_state_for_rank(shards, rank, world)
+                                          for name, shards in tables.items()}, source=latest)
         self.global_step = int(manifest["global_step"])
         self._batches_consumed = int(dense.get("batches_consumed", self.global_step))
-        torch.set_rng_state(dense["torch_rng"])
+        # Each rank resumes its own random stream (dropout draws differ by rank); a checkpoint of
+        # another number of ranks (or of before they were kept per rank) gives every rank rank 0's.
+        streams = dense.get("torch_rng_by_rank") or [dense["torch_rng"]]
+        torch.set_rng_state(streams[rank] if len(streams) == world else streams[0])
         self._restored = latest
         logger.info("restored %s (global step %d)", latest, self.global_step)
 
@@ -246,19 +252,20 @@ class Estimator:
         """:meth:`save_checkpoint`, recording ``input_ended`` (``{"max_steps": ...}`` of a run that read
         all of its input: a finished run) in the manifest."""
         dense = {
-            "model": self.model.state_dict(),
+            "model": self.model.dense_state_dict(),
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
             "global_step": self.global_step,
             "batches_consumed": self._batches_consumed,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng_by_rank": ([torch.get_rng_state()] if self.dist is None
+                                  else self.dist.all_gather_object(torch.get_rng_state())),
         }
         input_state = self._source.state_dict() if self._source is not None else None
         if self.dist is None:
-            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.state_dict(),
+            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.table_states(),
                                           extra={"input_states": [input_state], "input_ended": input_ended})
         else:
             path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
-                                          self.model.ctx.state_dict(),
+                                          self.model.ctx.table_states(),
                                           extra={"input_states": self.dist.all_gather_object(input_state),
                                                  "input_ended": input_ended},
                                           rank=self.dist.rank, world_size=self.dist.world_size,
@@ -367,8 +374,9 @@ class Estimator:
         metrics = self.model.p.metrics
         if (metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0
                 and not has_metric_sink(hooks, FileMetricHook.metric_sink)):
+            # A relative file_base_name (default "deep_insight") is a folder of the run's model_dir.
             hooks.append(FileMetricHook(
-                metrics.file_base_name, metrics.deep_insight_name,
+                os.path.join(self.config.model_dir, metrics.file_base_name), metrics.deep_insight_name,
                 metrics.deep_insight_sample_ratio, metrics.dump_filename, metrics.file_ext,
                 metrics.extra_fields_keys, self.config.index, self.config.seed))
         return hooks
@@ -478,8 +486,6 @@ class Estimator:
             # already took from its stream is trained, not lost; max_steps stops before taking one.
             done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
             for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
-                if self.dist is not None:
-                    self.dist.heartbeat(self.global_step)
                 with self.step_lock:
                     output = self.train_step(batch)
                 self._batches_consumed += 1
@@ -588,20 +594,22 @@ class Estimator:
             raise error
         if isinstance(error, RuntimeError):  # gloo's transport errors are plain RuntimeErrors
             failed = {r: why for r, why in self.dist.failed_ranks().items() if r != self.dist.rank}
-            lagging = [r for r in self.dist.lagging_ranks(self.global_step) if r != self.dist.rank]
-            if failed or lagging or isinstance(error, torch.distributed.DistError):
+            lost = self.dist.lost_ranks() if not failed else []
+            if failed or lost or isinstance(error, torch.distributed.DistError):
                 self.dist.abandon()
-                raise self._rank_failure(error, doing, failed, lagging) from error
+                raise self._rank_failure(error, doing, failed, lost) from error
         self.dist.mark_failed(error)
         raise error
 
     def _rank_failure(self, error: BaseException, doing: str, failed: dict[int, str],
-                      lagging: list[int]) -> RuntimeError:
-        """A failed collective as an error that names the rank(s) that failed or stopped."""
+                      lost: list[int]) -> RuntimeError:
+        """A failed collective as an error that names the rank(s) that failed or were lost."""
         if failed:
             who = "; ".join(f"rank {r} failed: {why}" for r, why in sorted(failed.items()))
+        elif lost:
+            who = f"rank(s) {lost} stopped (no sign of life for {LIVENESS_WINDOW_S:g} s: killed, exited or hung)"
         else:
-            who = f"rank(s) {lagging} stopped" if lagging else "another rank stopped or hung"
+            who = "another rank stopped or hung"
         return RuntimeError(f"rank {self.dist.rank}: {doing} stopped at global step {self.global_step}: {who}; "
                             f"the latest complete checkpoint is {self._checkpoints.latest()} ({error})")
 
@@ -709,6 +717,10 @@ class Estimator:
         print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
         return {**values, "global_step": self.global_step}
 
+    def _shows_progress(self) -> bool:
+        """Whether this process shows progress: with RunConfig.progress_bar, on rank 0 only."""
+        return self.config.progress_bar and (self.dist is None or self.dist.rank == 0)
+
     def _progress(self, max_steps: int | None):
         if not self.config.progress_bar or max_steps is None or max_steps - self.global_step < 50:
             return None
@@ -743,8 +755,12 @@ class Estimator:
 
     def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)
+        # Batches to come, when input_fn's iterable knows (a list does): the progress's ETA.
+        known = operator.length_hint(batches) or None
+        total_batches = steps if known is None else min(known, steps) if steps is not None else known
+        progress = Progress("evaluate" if mode == ModeKeys.EVAL else "predict", enabled=self._shows_progress())
         count = 0
-        with torch.no_grad():
+        with torch.no_grad(), progress:
             for batch in self._in_step(batches, pad_exhausted=True):
                 if steps is not None and count >= steps:
                     break
@@ -756,6 +772,9 @@ class Estimator:
                                          f"(no checkpoint; train first)")
                 output = self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
                 count += 1
+                if count == 1 and total_batches is not None:
+                    progress.total = total_batches * batch.batch_size  # examples, if batches are alike
+                progress.update(batch.batch_size)
                 if batch.batch_size:
                     yield batch, output
 
@@ -793,18 +812,22 @@ class Estimator:
         return PredictionWriter(p.output_path, p.output_fields, p.delimiter, self.config.index)
 
     def evaluate(self, steps: int | None = None) -> dict[str, float]:
-        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, mean loss and the global step.
+        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, the losses and the global step.
 
-        With ``output_path`` set, predictions are written as in :meth:`predict`.
+        ``loss`` is per example: the batches' losses summed, over the examples evaluated (with
+        Monolith's summed losses, e.g. ``get_sigmoid_loss_and_pred``, the mean log loss of an
+        example). ``batch_loss`` is Monolith's (TF Estimator's) ``loss``: the mean over batches of
+        each batch's loss, which grows with the batch size. With ``output_path`` set, predictions
+        are written as in :meth:`predict`.
         """
         metrics = _HeadMetrics()
-        losses: list[float] = []
+        losses: list[tuple[float, int]] = []  # (a batch's loss, its examples)
         writer = self._writer()
         try:
             for batch, output in self._inference(ModeKeys.EVAL, steps if steps is not None else self.model.p.eval.steps):
                 metrics.update(output)
                 if output.loss is not None:
-                    losses.append(float(output.loss))
+                    losses.append((float(output.loss), batch.batch_size))
                 if writer is not None:
                     writer.write(batch, output.predictions)
         finally:
@@ -812,8 +835,9 @@ class Estimator:
                 writer.close()
         if self.dist is not None:
             losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
-        result = {**metrics.compute(self.dist), "loss": float(np.mean(losses)) if losses else float("nan"),
-                  "global_step": self.global_step}
+        summed, examples = sum(loss for loss, _ in losses), sum(n for _, n in losses)
+        result = {**metrics.compute(self.dist), "loss": summed / examples if examples else float("nan"),
+                  "batch_loss": summed / len(losses) if losses else float("nan"), "global_step": self.global_step}
         for tag, value in result.items():
             self._summary(f"eval/{tag}", float(value))
         if self._summary_writer is not None:  # the events must be on disk when evaluate returns

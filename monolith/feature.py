@@ -6,36 +6,27 @@
   optimizer, compressor and learning-rate function.
 * :class:`FeatureColumn` -- a named input feature read through a slot, with a combiner that pools
   the ids of each example (``reduce_sum``, ``reduce_mean``, ``first_n``).
-* :class:`EmbeddingFactory` -- builds the tables behind the slots and looks features up for the
-  batch of the current step (Monolith's feature factory on the task context).
 
-Tables are only built once every slot and slice is known: the first call of ``model_fn`` is a
-*build pass* (as Monolith builds its graph before running it) in which lookups return zeros of the
-right shape; :meth:`EmbeddingFactory.build` then creates the tables.
+These are declarations only: :class:`~monolith.modules.feature_slot_collection.FeatureSlotCollection`
+builds the tables behind the slots and serves the lookups of each step (``with collection.step(batch):``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import zlib
 from typing import Any, Callable, NamedTuple
 
-import numpy as np
 import torch
 
 from monolith.modules.combiners import Combiner, FirstN, ReduceMean, ReduceSum
-from monolith.modules.embedding_lookup import HashEmbedding
+from monolith.modules.embedding_step import current_step
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
 from monolith.optim.compressors import Fp16Compressor, Fp32Compressor
 from monolith.optim.initializers import RandomUniformInitializer, ZerosInitializer
 from monolith.optim.optimizers import AdagradOptimizer, FtrlOptimizer
-from monolith.sparse import Batch, JaggedTensor
-from monolith.table import EmbeddingHashTable, SliceConfig, SlotConfig
+from monolith.table import SliceConfig, SlotConfig
 from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, CuckooHashTableConfig, HashTableConfig
-
-#: The ids of a feature a batch lacks, where every declared feature is routed (see EmbeddingFactory.begin_step).
-_NO_IDS = torch.zeros(0, dtype=torch.int64)
 
 
 @dataclasses.dataclass
@@ -73,10 +64,12 @@ class FeatureSlice(NamedTuple):
 
 
 class FeatureSlot:
-    """One slot's table settings and the slices of its rows (the user's view of a hash table)."""
+    """One slot's table settings and the slices of its rows (the user's view of a hash table).
 
-    def __init__(self, factory: "EmbeddingFactory", config: FeatureSlotConfig) -> None:
-        self._factory = factory
+    A slice added once the table exists widens the table at the slot's next lookup.
+    """
+
+    def __init__(self, config: FeatureSlotConfig) -> None:
         self.config = config
         self.slices: list[SliceConfig] = []
         self.named_slices: dict[str, FeatureSlice] = {}
@@ -126,7 +119,6 @@ class FeatureSlot:
             raise ValueError(f"feature slot '{self.name}' (slot {self.slot}), slice {len(self.slices)} "
                              f"of dim {dim_size}: {error}") from None
         self.slices.append(config)
-        self._factory._slice_added(self, config)
         return FeatureSlice(self, start, start + dim_size)
 
     def named_slice(self, name: str, dim_size: int, *args: Any) -> FeatureSlice:
@@ -174,226 +166,16 @@ class FeatureColumn:
         feature_slot.feature_columns[feature_name] = self
 
     def embedding_lookup(self, s: FeatureSlice) -> torch.Tensor:
-        """This feature's pooled embedding of slice ``s`` for the current batch.
+        """This feature's pooled embedding of slice ``s`` in the running step (``with collection.step(batch):``,
+        which running ``model_fn`` opens).
 
         ``[batch, dim]`` for sum/mean combiners, ``[batch, N, dim]`` for ``first_n(N)``.
         """
         if s.feature_slot is not self.feature_slot:
             raise ValueError(f"slice of slot '{s.feature_slot.name}' used with feature "
                              f"'{self.feature_name}' of slot '{self.feature_slot.name}'")
-        return self.feature_slot._factory.lookup(self, s)
-
-
-class EmbeddingFactory:
-    """Creates feature slots, builds their tables and serves lookups for the current step.
-
-    Args:
-        use_native_multi_hash_table: one table per slot (Monolith's default); when False, slots
-            with identical slices share one merged table (Monolith's ``MergedMultiTypeHashTable``),
-            keyed by the FIDs' own slot bits.
-        seed: seeds the tables' initializers.
-        hashtable_init_capacity: when above 0, every table's ``initial_capacity`` (Monolith's
-            ``CpuTrainingConfig.hashtable_init_capacity``), in place of the slots' own
-            ``hashtable_config.initial_capacity``.
-    """
-
-    def __init__(
-        self, use_native_multi_hash_table: bool = True, seed: int = 0, hashtable_init_capacity: int = 0
-    ) -> None:
-        self.use_native_multi_hash_table = use_native_multi_hash_table
-        self.seed = seed
-        self.hashtable_init_capacity = hashtable_init_capacity
-        self.feature_slots: list[FeatureSlot] = []
-        self.tables: dict[str, HashEmbedding] = {}
-        self._table_of_slot: dict[int, HashEmbedding] = {}
-        #: Wraps each table in its module: HashEmbedding, or a sharded module under torch.distributed.
-        self.module_factory: Callable[[EmbeddingHashTable], HashEmbedding] = HashEmbedding
-        self.built = False
-        self._batch: Batch | None = None
-        self._pooled_cache: dict[str, torch.Tensor] = {}
-        #: Lookups of the current step already done together, by feature name (see begin_step).
-        self._routed: dict[str, Any] = {}
-        #: When set, :meth:`lookup` returns ``lookup_override(column, slice)`` instead of reading the
-        #: tables: the exporter feeds the inputs of the dense serving program through it.
-        self.lookup_override: Callable[[FeatureColumn, FeatureSlice], torch.Tensor] | None = None
-
-    # ------------------------------------------------------------------ building
-    def create_feature_slot(self, config: FeatureSlotConfig) -> FeatureSlot:
-        """A new slot (its table is created by :meth:`build`, or at once after it)."""
-        if config.slot_id is None:
-            raise ValueError(f"feature slot '{config.name}' has no slot_id")
-        for existing in self.feature_slots:
-            if existing.slot == config.slot_id:
-                raise ValueError(f"slot {config.slot_id} is already used by feature slot '{existing.name}'")
-        slot = FeatureSlot(self, config)
-        self.feature_slots.append(slot)
-        return slot
-
-    def _slice_added(self, slot: FeatureSlot, config: SliceConfig) -> None:
-        # A slice added after the build pass widens the table the slot already has.
-        table = self._table_of_slot.get(slot.slot)
-        if table is not None:
-            table.table.add_slice(config)
-
-    def build(self) -> None:
-        """Creates the tables of all slots declared so far (idempotent)."""
-        pending = [s for s in self.feature_slots if s.slot not in self._table_of_slot and s.slices]
-        if self.use_native_multi_hash_table:
-            groups = [[s] for s in pending]
-        else:
-            by_signature: dict[str, list[FeatureSlot]] = {}
-            for s in pending:
-                by_signature.setdefault(s.signature(), []).append(s)
-            groups = list(by_signature.values())
-        for group in groups:
-            self._build_table(group)
-        self.built = True
-
-    def _build_table(self, slots: list[FeatureSlot]) -> None:
-        name = slots[0].name if len(slots) == 1 else "merged_" + "_".join(str(s.slot) for s in slots)
-        first = slots[0].slot_config
-        table = EmbeddingHashTable(
-            list(slots[0].slices),
-            [s.slot_config for s in slots],
-            # With one table per slot the slot's settings hold for any FID fed to it.
-            default_occurrence_threshold=first.occurrence_threshold if len(slots) == 1 else 0,
-            default_expire_time=first.expire_time if len(slots) == 1 else DEFAULT_EXPIRE_TIME_DAYS,
-            seed=self.seed + zlib.crc32(name.encode()),
-            name=name,
-            initial_capacity=self.hashtable_init_capacity
-            or sum(s.config.hashtable_config.initial_capacity for s in slots),
-        )
-        module = self.module_factory(table)
-        self.tables[name] = module
-        for s in slots:
-            self._table_of_slot[s.slot] = module
-
-    def slot_tables(self) -> dict[int, HashEmbedding]:
-        """Slot -> the table module serving it, for every slot with a table."""
-        return dict(self._table_of_slot)
-
-    def table_of_slot(self, slot: int) -> HashEmbedding:
-        """The table module serving ``slot`` (after :meth:`build`)."""
-        try:
-            return self._table_of_slot[slot]
-        except KeyError:
-            raise KeyError(f"slot {slot} has no table yet (tables: {sorted(self.tables)}); "
-                           f"build the model first") from None
-
-    # ------------------------------------------------------------------ per step
-    def begin_step(self, batch: Batch | None) -> None:
-        """Sets the batch that lookups read; clears the per-step cache of pooled rows.
-
-        Where the tables do lookups better together (sharded tables: one exchange for every
-        feature), the rows of every feature with a table are looked up here at once. Every declared
-        feature is routed, with no ids where this batch lacks it: every rank then takes part in the
-        same exchanges whatever features its own batch carries (reading a feature the batch lacks
-        still raises, in :meth:`lookup`).
-        """
-        self._batch = batch
-        self._pooled_cache = {}
-        self._routed = {}
-        module_type = type(next(iter(self.tables.values()), None))
-        if batch is None or not getattr(module_type, "routes_lookups_together", False):
-            return
-        requests, names = [], []
-        present = set(batch.sparse.keys())
-        # Slot and column order is the model's declaration order: the same on every rank.
-        for feature_slot in self.feature_slots:
-            module = self._table_of_slot.get(feature_slot.slot)
-            if module is None or module.table.dim != feature_slot.dim:
-                continue
-            for name in feature_slot.feature_columns:
-                if name in present:
-                    jagged = batch.sparse[name]
-                    requests.append((module, jagged.values(), self._req_time_per_id(jagged)))
-                else:
-                    requests.append((module, _NO_IDS, None))
-                names.append(name)
-        self._routed = {name: routed for name, routed in zip(names, module_type.lookup_together(requests))
-                        if name in present}
-
-    @property
-    def batch(self) -> Batch | None:
-        """The batch the current step's lookups read."""
-        return self._batch
-
-    def lookup(self, column: FeatureColumn, s: FeatureSlice) -> torch.Tensor:
-        """Pooled ``[batch, ...]`` embedding of ``column``'s slice ``s`` for the current batch."""
-        if self.lookup_override is not None:
-            return self.lookup_override(column, s)
-        if self._batch is None:
-            raise RuntimeError("embedding lookup outside a step: no batch has been set on the factory")
-        pooled = self._pooled_cache.get(column.feature_name)
-        if pooled is None:
-            try:
-                jagged: JaggedTensor = self._batch.sparse[column.feature_name]
-            except KeyError:
-                raise KeyError(f"feature '{column.feature_name}' is not in the batch; sparse features: "
-                               f"{self._batch.sparse.keys()}") from None
-            pooled = self._pooled(column, jagged)
-        return pooled[..., s.start : s.end]
-
-    def _pooled(self, column: FeatureColumn, jagged: JaggedTensor) -> torch.Tensor:
-        """All columns of one feature's rows pooled by its combiner, kept for the step's other lookups of
-        the feature: its slices are views of it (pooling is column by column, so the values are those of
-        each slice pooled alone)."""
-        module = self._table_of_slot.get(column.feature_slot.slot)
-        if module is None or module.table.dim != column.feature_slot.dim:
-            # Build pass (or a slot first seen now): zeros of the final shape, no table access.
-            return column.combiner(torch.zeros(jagged.values().numel(), column.feature_slot.dim), jagged.lengths())
-        routed = self._routed.pop(column.feature_name, None)
-        if routed is not None:
-            rows = module(jagged.values(), routed=routed)
-        else:
-            rows = module(jagged.values(), req_time=self._req_time_per_id(jagged))
-        pooled = self._pooled_cache[column.feature_name] = column.combiner(rows, jagged.lengths())
-        return pooled
-
-    def _req_time_per_id(self, jagged: JaggedTensor) -> torch.Tensor | None:
-        req_time = self._batch.dense.get("req_time") if self._batch is not None else None
-        if req_time is None:
-            return None
-        times, lengths = req_time.reshape(-1).to(torch.int64), jagged.lengths()
-        if times.device.type == "cpu":  # numpy repeats a batch's few hundred times at a fraction of torch's cost
-            return torch.from_numpy(np.repeat(times.numpy(), lengths.numpy()))
-        return torch.repeat_interleave(times, lengths)
-
-    # ------------------------------------------------------------------ training
-    def grad_squared_norm(self) -> float:
-        """Sum of squares of all pending sparse gradients."""
-        return sum(module.grad_squared_norm() for module in self.tables.values())
-
-    def exchange_gradients(self) -> None:
-        """Sends the pending sparse gradients to the ranks that own their ids (sharded tables; a no-op
-        for local ones), ahead of :meth:`apply_gradients`, so the exchange can overlap other work."""
-        modules = list(self.tables.values())
-        if modules:
-            type(modules[0]).exchange_gradients_together(modules)
-
-    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
-        """Applies every table's pending gradients (times ``scale``)."""
-        modules = list(self.tables.values())
-        if modules:
-            type(modules[0]).apply_gradients_together(modules, global_step, scale, dedup)
-
-    def discard_gradients(self) -> None:
-        """Drops pending gradients (a step that was not applied)."""
-        for module in self.tables.values():
-            module.discard_gradients()
-
-    def train(self, mode: bool = True) -> None:
-        for module in self.tables.values():
-            module.train(mode)
-
-    def state_dict(self) -> dict[str, dict[str, Any]]:
-        """Every table's state, by table name."""
-        return {name: module.table.state_dict() for name, module in self.tables.items()}
-
-    def load_state_dict(self, state: dict[str, dict[str, Any]], source: str = "checkpoint") -> None:
-        """Restores tables by name; a table of this model missing from ``state`` is an error."""
-        missing = sorted(set(self.tables) - set(state))
-        if missing:
-            raise ValueError(f"{source}: no state for embedding tables {missing} (has {sorted(state)})")
-        for name, module in self.tables.items():
-            module.table.load_state_dict(state[name], source=f"{source}:{name}")
+        step = current_step()
+        if step is None:
+            raise RuntimeError(f"embedding lookup of feature '{self.feature_name}' outside a step: look features up "
+                               f"inside model_fn, or inside `with collection.step(batch):`")
+        return step.lookup(self, s)

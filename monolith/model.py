@@ -42,10 +42,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from monolith.device import DeviceCtxType, MonolithDeviceCtx
-from monolith.feature import EmbeddingFactory, FeatureColumn, FeatureSlice, FeatureSlotConfig
+from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlotConfig
 from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, slot_from_name
 from monolith.layout import OutConfig
 from monolith.mode_keys import ModeKeys
+from monolith.modules.embedding_step import current_step
+from monolith.modules.feature_slot_collection import FeatureSlotCollection, LookupStrategy
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
 from monolith.params import InstantiableParams, Params
 from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
@@ -164,7 +166,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         p.metrics.define("enable_kafka_metrics", False, "Ignored: no Kafka metric sink (use enable_file_metrics).")
         p.metrics.define("enable_tf2_profiler_hook", True, "Ignored: no TensorFlow profiler (use torch.profiler).")
         p.metrics.define("enable_file_metrics", False, "Write sampled examples to files.")
-        p.metrics.define("file_base_name", "deep_insight", "Directory of the file metrics.")
+        p.metrics.define("file_base_name", "deep_insight",
+                         "Directory of the file metrics; a relative one is inside the run's model_dir.")
         p.metrics.define("file_ext", "txt", "Extension of the file metrics.")
         p.metrics.define("parse_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")
         p.metrics.define("key_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")
@@ -197,7 +200,7 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self._hooks: list[TrainingHook] = []
         self._extra_outputs: dict[str, Any] = {}
         self._default_dense_optimizer: Any = None
-        self.ctx = EmbeddingFactory()
+        self.embedding_collection = FeatureSlotCollection()
 
     # ------------------------------------------------------------------ params as attributes
     def __getattr__(self, name: str) -> Any:
@@ -226,18 +229,70 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
                 return
         super().__setattr__(name, value)
 
+    @property
+    def ctx(self) -> FeatureSlotCollection:
+        """The model's :class:`~monolith.modules.feature_slot_collection.FeatureSlotCollection`
+        (``create_feature_slot``, ``tables``), under the name Monolith's ``NativeContext`` has on a model."""
+        return self.embedding_collection
+
     # ------------------------------------------------------------------ run state
     def set_mode(self, mode: str) -> None:
-        """Puts the model in ``mode`` (a :class:`~monolith.mode_keys.ModeKeys`): the ``mode`` param that
-        ``model_fn`` reads, torch's training flag (dropout, batch norm) and the tables' training state
-        (whether lookups create rows) all follow it."""
+        """Puts the model in ``mode`` (a :class:`~monolith.mode_keys.ModeKeys`), which ``p.mode`` holds:
+        the ``mode`` param that ``model_fn`` reads; torch's training flag (dropout, batch norm) and
+        the tables' training state (whether lookups record gradients) follow it, on in TRAIN only."""
         if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL, ModeKeys.PREDICT):
             raise ValueError(f"mode must be one of {ModeKeys.TRAIN!r}, {ModeKeys.EVAL!r}, {ModeKeys.PREDICT!r}, "
                              f"got {mode!r}")
-        training = mode == ModeKeys.TRAIN
         self.p.mode = mode
-        self.train(training)
-        self.ctx.train(training)
+        super().train(mode == ModeKeys.TRAIN)  # reaches the embedding collection's tables
+
+    def train(self, mode: bool = True) -> "MonolithBaseModel":
+        """torch's ``train()``/``eval()``, which also set the run mode: TRAIN, or from TRAIN to EVAL
+        (PREDICT and EVAL stay as they are)."""
+        if mode:
+            self.set_mode(ModeKeys.TRAIN)
+        else:
+            self.set_mode(ModeKeys.EVAL if self.p.mode == ModeKeys.TRAIN else self.p.mode)
+        return self
+
+    def forward(self, features: Batch) -> ModelOutput:
+        """Runs ``model_fn`` on ``features`` in the run mode and returns its output, normalised.
+
+        A model whose tables are not built yet is first built on ``features`` (:meth:`build`). In
+        TRAIN mode with autograd on, the lookups record their gradients in the tables; they are
+        applied by ``embedding_collection.apply_gradients`` (the Estimator does it each step).
+        """
+        if not self.embedding_collection.built:
+            self.build(features)
+        return self.run_model_fn(features, ModeKeys.PREDICT if self.p.mode == ModeKeys.PREDICT else ModeKeys.TRAIN)
+
+    def build(self, features: Batch) -> ModelOutput:
+        """The build pass: runs ``model_fn`` once on ``features`` without gradients, its lookups giving
+        zeros, so that every feature slot and slice is declared; then creates the tables. Returns
+        that pass's output (its optimizer and hooks are the model's)."""
+        with torch.no_grad():
+            output = self.run_model_fn(features, ModeKeys.PREDICT if self.p.mode == ModeKeys.PREDICT
+                                       else ModeKeys.TRAIN)
+        self.embedding_collection.build()
+        return output
+
+    def dense_state_dict(self) -> dict[str, torch.Tensor]:
+        """``state_dict()`` without the embedding tables (a checkpoint writes them apart, one file per
+        table and rank)."""
+        state: dict[str, torch.Tensor] = {}
+        self._save_to_state_dict(state, "", keep_vars=False)
+        for name, child in self.named_children():
+            if child is not self.embedding_collection:
+                child.state_dict(destination=state, prefix=f"{name}.")
+        return state
+
+    def load_dense_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Loads a :meth:`dense_state_dict`; the tables stay as they are."""
+        missing, unexpected = super().load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith("embedding_collection.")]
+        if missing or unexpected:
+            raise RuntimeError(f"{type(self).__name__}: dense state does not match the model: missing {missing}, "
+                               f"unexpected {unexpected}")
 
     def _get_real_mode(self, mode: str) -> str:
         """PREDICT stays PREDICT; TRAIN means the model's own ``p.mode`` (TRAIN or EVAL)."""
@@ -342,19 +397,19 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
 
         return receiver_fn
 
-    def create_model_fn(self) -> Callable[[Batch, str], ModelOutput]:
-        """``model_fn`` wrapped: runs it for one batch and normalises what it returns."""
+    def create_model_fn(self) -> Callable[..., ModelOutput]:
+        """``model_fn`` wrapped (:meth:`run_model_fn`), the feature-slot caches cleared first."""
         self.clean()
+        return self.run_model_fn
 
-        def model_fn(features: Batch, mode: str) -> ModelOutput:
-            real_mode = self._get_real_mode(mode)
-            self._losses, self._hooks, self._extra_outputs = [], [], {}
-            self.ctx.begin_step(features)
-            with MonolithDeviceCtx(DeviceCtxType.MODEL_FN):
-                spec = self.model_fn(features, real_mode)
-            return self._normalize_spec(spec, real_mode)
-
-        return model_fn
+    def run_model_fn(self, features: Batch, mode: str, lookup: LookupStrategy | None = None) -> ModelOutput:
+        """Runs ``model_fn`` for one batch as one embedding step (its lookups read ``features``, or
+        ``lookup`` where given) and normalises what it returns."""
+        real_mode = self._get_real_mode(mode)
+        self._losses, self._hooks, self._extra_outputs = [], [], {}
+        with self.embedding_collection.step(features, lookup), MonolithDeviceCtx(DeviceCtxType.MODEL_FN):
+            spec = self.model_fn(features, real_mode)
+        return self._normalize_spec(spec, real_mode)
 
     def _normalize_spec(self, spec: Any, mode: str) -> ModelOutput:
         if isinstance(spec, EstimatorSpec):
@@ -668,8 +723,9 @@ class MonolithModel(MonolithBaseModel):
 
         def switch(batch: Batch) -> Batch:
             switched = switch_slot_batch(batch, share_meta, suffix=suffix)
-            if self.ctx.batch is batch:  # called inside model_fn: the step's later lookups read the switch
-                self.ctx.begin_step(switched)
+            step = current_step()
+            if step is not None and step.batch is batch:  # inside model_fn: the step's later lookups read the switch
+                step.switch_batch(switched)
             return switched
 
         return switch if features is None else switch(features)

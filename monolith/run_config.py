@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from monolith.table.config import SlidingHashFilterConfig
+
 __all__ = ["RunConfig"]
 
 
@@ -29,15 +31,23 @@ class RunConfig:
             (:func:`seed_everything`; the ``monolith`` command does it before building its model),
             and again the embedding initializers when the tables are built.
         index: this worker's index (output file suffix); set from torch.distributed when it runs.
-        dedup: how repeated ids of a step update the tables: "local" (one update per occurrence,
-            in order), "sum" (one update per distinct id with the summed gradient, as Monolith's
-            sync training); None picks "sum" under torch.distributed and "local" otherwise.
+        dedup: how repeated ids of a step update the tables: "sum" (one update per distinct id with
+            the summed gradient, as Monolith's sync training; None means it, so one process trains
+            like N) or "local" (one update per occurrence, in order; single process only).
+        occurrence_filter: how the tables count occurrences of ids not yet admitted (slots with an
+            ``occurrence_threshold``): None exactly, or in bounded memory by Monolith's sliding hash
+            filter, a :class:`~monolith.table.config.SlidingHashFilterConfig` (or a dict of its fields).
         dense_reduce: how dense gradients combine over ranks: "sum" (N ranks train like one process
             on the N batches together, with Monolith's summed losses) or "mean" (Horovod's average,
             as Monolith's sync training does).
+        collective_timeout_s: under torch.distributed, seconds a collective waits for a rank that
+            hangs (neither answers nor exits) before every other rank stops naming it; a rank that
+            exits or is killed is named within seconds whatever this is.
         enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
             examples/s at every log step, the global gradient norm every ``save_summary_steps``.
-        progress_bar: show a tqdm bar on stderr for long loops.
+        progress_bar: show progress on stderr (rank 0): a tqdm bar while training (on a terminal,
+            with ``max_steps``), evaluating, predicting and exporting; where stderr is no
+            terminal, the last three write a periodic line instead (:mod:`monolith.progress`).
     """
 
     model_dir: str = "model_dir"
@@ -50,7 +60,9 @@ class RunConfig:
     seed: int = 0
     index: int = 0
     dedup: str | None = None
+    occurrence_filter: SlidingHashFilterConfig | dict | None = None
     dense_reduce: str = "sum"
+    collective_timeout_s: float = 300.0
     enable_summaries: bool = True
     save_summary_steps: int = 100
     progress_bar: bool = True
@@ -69,6 +81,9 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
                 bound = "" if low is None else f" >= {low}"
                 raise ValueError(f"RunConfig.{name} must be an int{bound}, got {value!r}")
+        timeout = self.collective_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+            raise ValueError(f"RunConfig.collective_timeout_s must be a number of seconds > 0, got {timeout!r}")
         secs = self.save_checkpoints_secs
         if secs is not None and (isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0):
             raise ValueError(f"RunConfig.save_checkpoints_secs must be a number > 0, got {secs!r}")
@@ -77,5 +92,15 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.dedup not in (None, "local", "sum"):
             raise ValueError(f"RunConfig.dedup must be 'local', 'sum' or None, got {self.dedup!r}")
+        if isinstance(self.occurrence_filter, dict):
+            fields = {f.name for f in dataclasses.fields(SlidingHashFilterConfig)}
+            unknown = sorted(set(self.occurrence_filter) - fields)
+            if unknown:
+                raise ValueError(f"RunConfig.occurrence_filter: unknown field(s) {unknown}; SlidingHashFilterConfig "
+                                 f"has {sorted(fields)}")
+            self.occurrence_filter = SlidingHashFilterConfig(**self.occurrence_filter)
+        if not isinstance(self.occurrence_filter, (SlidingHashFilterConfig, type(None))):
+            raise ValueError(f"RunConfig.occurrence_filter must be a SlidingHashFilterConfig, a dict of its fields "
+                             f"or None, got {self.occurrence_filter!r}")
         if self.dense_reduce not in ("sum", "mean"):
             raise ValueError(f"RunConfig.dense_reduce must be 'sum' or 'mean', got {self.dense_reduce!r}")

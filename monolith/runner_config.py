@@ -55,7 +55,8 @@ TensorFlow session and gRPC tuning (``intra_op_parallelism_threads``, ``inter_op
 ``enable_variable_postpush``, ``enable_async_optimize``, ``enable_pipelined_*``,
 ``reorder_fids_in_data_pipeline``, ``enable_variable_partition``, ``enable_fused_layout``);
 the probabilistic occurrence filter (``filter_*``: the filter here
-counts exactly); GPU and partial-sync placement (``enable_gpu_training``,
+counts exactly unless ``RunConfig.occurrence_filter`` asks for Monolith's sliding hash filter, per
+table, whose 300M-id default per parameter server would not fit each table); GPU and partial-sync placement (``enable_gpu_training``,
 ``enable_partial_sync_training``, ``processes_per_gpu``, ``merge_sync_training_ckpt``,
 ``num_extra_dsworker_on_gpu_worker``: placement follows :class:`~monolith.device.MonolithDeviceCtx`);
 online-PS parameter sync (``enable_realtime_training``, ``enable_parameter_sync``, ``bzid``,

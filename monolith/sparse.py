@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["JaggedTensor", "KeyedJaggedTensor", "Batch"]
+__all__ = ["JaggedTensor", "KeyedJaggedTensor", "KeyedTensor", "Batch"]
 
 
 def _check_values(values: torch.Tensor, what: str) -> torch.Tensor:
@@ -392,3 +392,58 @@ class Batch:
             self.sparse.to(device, non_blocking=non_blocking),
             {k: v.to(device, non_blocking=non_blocking) for k, v in self.dense.items()},
         )
+
+
+class KeyedTensor:
+    """Dense per-key blocks side by side in one tensor (TorchRec's ``KeyedTensor``): what an
+    :class:`~monolith.modules.EmbeddingBagCollection` returns, one pooled ``[batch, dim]`` block per feature.
+
+    Args:
+        keys: the block names, in column order.
+        length_per_key: each block's width along ``key_dim``.
+        values: the blocks concatenated along ``key_dim``.
+        key_dim: the dimension the blocks lie along (1: ``[batch, sum(length_per_key)]``).
+    """
+
+    def __init__(self, keys: Sequence[str], length_per_key: Sequence[int], values: torch.Tensor,
+                 key_dim: int = 1) -> None:
+        keys, length_per_key = list(keys), [int(n) for n in length_per_key]
+        if len(keys) != len(length_per_key):
+            raise ValueError(f"KeyedTensor needs one length per key, got {len(keys)} keys and "
+                             f"{len(length_per_key)} lengths")
+        if values.dim() <= key_dim or values.shape[key_dim] != sum(length_per_key):
+            raise ValueError(f"KeyedTensor values must be {sum(length_per_key)} wide along dim {key_dim}, "
+                             f"got shape {tuple(values.shape)}")
+        self._keys, self._length_per_key, self._values, self._key_dim = keys, length_per_key, values, key_dim
+        self._offset_per_key = [0, *itertools.accumulate(length_per_key)]
+        self._index = {k: i for i, k in enumerate(keys)}
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def values(self) -> torch.Tensor:
+        return self._values
+
+    def key_dim(self) -> int:
+        return self._key_dim
+
+    def length_per_key(self) -> list[int]:
+        return list(self._length_per_key)
+
+    def offset_per_key(self) -> list[int]:
+        """Start of each key's block along ``key_dim``, ``[K + 1]`` with a leading 0."""
+        return list(self._offset_per_key)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            i = self._index[key]
+        except KeyError:
+            raise KeyError(f"KeyedTensor has no key {key!r}; keys are {self._keys}") from None
+        return self._values.narrow(self._key_dim, self._offset_per_key[i], self._length_per_key[i])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """``{key: block}`` in key order (views, no copies)."""
+        return {k: self[k] for k in self._keys}
+
+    def __repr__(self) -> str:
+        return f"KeyedTensor(keys={self._keys}, length_per_key={self._length_per_key}, values={self._values})"

@@ -88,7 +88,7 @@ def main(scenario: str, out_dir: str) -> None:
         model.batches = 3 if rank == 0 else 0
     metrics = estimator.evaluate()
     predictions = list(estimator.predict())
-    torch.save({"dense": model.state_dict(), "metrics": metrics, "predictions": predictions},
+    torch.save({"dense": model.dense_state_dict(), "metrics": metrics, "predictions": predictions},
                os.path.join(out_dir, f"{scenario}-{rank}.pt"))
 
 

@@ -22,7 +22,7 @@ from monolith.distributed import ShardedHashEmbedding, get_rank, get_world_size,
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig  # noqa: E402
 from monolith.fid import make_fid  # noqa: E402
 from monolith.model import MonolithModel, TrainingHook  # noqa: E402
-from monolith.optim import SgdOptimizer, ZerosInitializer  # noqa: E402
+from monolith.optim import RandomUniformInitializer, SgdOptimizer, ZerosInitializer  # noqa: E402
 from monolith.sparse import Batch, KeyedJaggedTensor  # noqa: E402
 from monolith.table import EmbeddingHashTable, SliceConfig  # noqa: E402
 
@@ -82,9 +82,10 @@ class EmbeddingUpdateModel(MonolithModel):
     SGD to it with the gradients of every rank summed, which is what sync training promises.
     """
 
-    def __init__(self, params=None, world_size: int = 1, rank: int = 0):
+    def __init__(self, params=None, world_size: int = 1, rank: int = 0, initializer=None):
         super().__init__(params)
         self.p.train.max_steps = 50
+        self.initializer = initializer or ZerosInitializer()
         self.batch_size = BATCH * 2 // world_size
         self.world_size, self.rank = world_size, rank
         torch.manual_seed(42)
@@ -106,7 +107,7 @@ class EmbeddingUpdateModel(MonolithModel):
         names = [f"feature{i}" for i in range(NUM_FEATURES)]
         for name in names:
             self.create_embedding_feature_column(name)
-        ours = self.lookup_embedding_slice(names, "vec", DIM, initializer=ZerosInitializer(),
+        ours = self.lookup_embedding_slice(names, "vec", DIM, initializer=self.initializer,
                                            optimizer=SgdOptimizer(learning_rate=LR), out_type="concat")
         theirs = []
         self.reference_lookups = []
@@ -178,12 +179,31 @@ def run_comp(model_dir: str, multi_hash_table: bool, world_size: int, rank: int,
     return model
 
 
+def run_comp_initialised(model_dir: str, world_size: int, rank: int) -> EmbeddingUpdateModel:
+    """Trains the comp model 3 steps from the tables' own initial rows (Monolith's default uniform
+    initializer), without :class:`SeedTables`: a row starts from its FID, on any rank."""
+    model = EmbeddingUpdateModel(world_size=world_size, rank=rank, initializer=RandomUniformInitializer())
+    model.p.train.max_steps = 3
+    Estimator(model, RunConfig(model_dir=model_dir, dedup="sum", log_step_count_steps=1000,
+                               enable_summaries=False)).train()
+    return model
+
+
+def comp_initialised(out_dir: str) -> None:
+    init_from_env()
+    rank = get_rank()
+    model = run_comp_initialised(os.path.join(out_dir, "model"), get_world_size(), rank)
+    torch.save({"dense": model.dense_state_dict(),
+                "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}},
+               os.path.join(out_dir, f"comp_initialised-{rank}.pt"))
+
+
 def comp(out_dir: str, multi_hash_table: str, clip_norm: str = "1e9") -> None:
     init_from_env()
     rank, world = get_rank(), get_world_size()
     model = run_comp(os.path.join(out_dir, "model"), multi_hash_table == "on", world, rank, float(clip_norm))
     tables = {name: module.table.items() for name, module in model.ctx.tables.items()}
-    torch.save({"gap": model.max_embedding_gap, "dense": model.state_dict(),
+    torch.save({"gap": model.max_embedding_gap, "dense": model.dense_state_dict(),
                 "tables": {name: (torch.from_numpy(k), torch.from_numpy(r)) for name, (k, r) in tables.items()}},
                os.path.join(out_dir, f"comp-{rank}.pt"))
 
@@ -270,7 +290,7 @@ def filtered(out_dir: str) -> None:
     init_from_env()
     rank = get_rank()
     model = run_filtered(os.path.join(out_dir, "model"), get_world_size(), rank)
-    torch.save({"dense": model.state_dict(),
+    torch.save({"dense": model.dense_state_dict(),
                 "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}},
                os.path.join(out_dir, f"filtered-{rank}.pt"))
 
@@ -300,9 +320,43 @@ def small(out_dir: str, steps: str, mode: str = "train") -> None:
     estimator.train(max_steps=int(steps))
     keys, rows = next(iter(model.ctx.tables.values())).table.items()
     metrics = estimator.evaluate(steps=3)
-    torch.save({"keys": torch.from_numpy(keys), "rows": torch.from_numpy(rows), "dense": model.state_dict(),
+    torch.save({"keys": torch.from_numpy(keys), "rows": torch.from_numpy(rows), "dense": model.dense_state_dict(),
                 "tables": {n: m.table.items() for n, m in model.ctx.tables.items()}, "metrics": metrics},
                os.path.join(out_dir, f"small-{rank}.pt"))
+
+
+class DropoutModel(SmallModel):
+    """SmallModel with dropout on the embeddings and a batch size that differs by rank, so every
+    rank's random stream is its own."""
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.batch_size = 48 + 16 * get_rank()
+        self.dropout = torch.nn.Dropout(0.3)
+
+    def model_fn(self, features, mode):
+        for name in ("uid", "mov"):
+            self.create_embedding_feature_column(name)
+        emb = self.dropout(self.lookup_embedding_slice(["uid", "mov"], "vec", 4, out_type="concat"))
+        logits = self.head(emb).reshape(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, features["label"], reduction="sum")
+        return EstimatorSpec(label=features["label"], pred=torch.sigmoid(logits), head_name="ctr", loss=loss,
+                             optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
+
+
+def resume(out_dir: str) -> None:
+    """DropoutModel trained 6 steps at once, and 3 steps then resumed to 6 by a new estimator (as a
+    restarted job): writes both states of this rank."""
+    init_from_env()
+    states = {}
+    for run, stops in (("uninterrupted", [6]), ("resumed", [3, 6])):
+        for steps in stops:
+            model = DropoutModel()
+            config = RunConfig(model_dir=os.path.join(out_dir, run), log_step_count_steps=1000, enable_summaries=False)
+            Estimator(model, config).train(max_steps=steps)
+        states[run] = {"dense": model.dense_state_dict(),
+                       "tables": {n: tuple(map(torch.from_numpy, m.table.items())) for n, m in model.ctx.tables.items()}}
+    torch.save(states, os.path.join(out_dir, f"resume-{get_rank()}.pt"))
 
 
 PARTIAL_SLOTS = {"uid": 1, "mov": 2, "extra": 3}
@@ -410,7 +464,7 @@ def partial(out_dir: str, kind: str) -> None:
     init_from_env()
     rank = get_rank()
     model = run_partial(os.path.join(out_dir, "model"), kind, get_world_size(), rank)
-    torch.save({"dense": model.state_dict(), "tables": partial_tables(model)},
+    torch.save({"dense": model.dense_state_dict(), "tables": partial_tables(model)},
                os.path.join(out_dir, f"partial-{rank}.pt"))
 
 
@@ -439,5 +493,5 @@ def unread(out_dir: str) -> None:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    {"vector": reference_vector, "comp": comp, "small": small, "filtered": filtered, "partial": partial,
-     "unread": unread}[scenario](out, *sys.argv[3:])
+    {"vector": reference_vector, "comp": comp, "comp_initialised": comp_initialised, "small": small, "resume": resume,
+     "filtered": filtered, "partial": partial, "unread": unread}[scenario](out, *sys.argv[3:])

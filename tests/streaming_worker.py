@@ -82,7 +82,8 @@ def final_state(estimator: Estimator) -> dict:
         k, r = module.table.items()
         order = np.argsort(k)
         keys[name], rows[name] = torch.from_numpy(k[order]), torch.from_numpy(r[order])
-    return {"dense": estimator.model.state_dict(), "keys": keys, "rows": rows, "global_step": estimator.global_step}
+    return {"dense": estimator.model.dense_state_dict(), "keys": keys, "rows": rows,
+            "global_step": estimator.global_step}
 
 
 class StepDelay(TrainingHook):

@@ -84,10 +84,21 @@ def test_model_comp_two_processes_equal_reference_and_single_process(tmp_path, m
     for rank in ranks:  # the framework's embeddings equalled the plain reference at every step
         assert rank["gap"] < 1e-5
     single = worker.run_comp(str(tmp_path / "single"), multi_hash_table == "on", world_size=1, rank=0)
-    for name, value in single.state_dict().items():
+    for name, value in single.dense_state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-5, rtol=0)
         torch.testing.assert_close(ranks[1]["dense"][name], value, atol=1e-5, rtol=0)
     assert_tables_match(ranks, single, atol=1e-5)
+
+
+def test_rows_start_from_their_fid_so_two_ranks_train_as_one_process(tmp_path):
+    """The comp model from the tables' own initial rows (no SeedTables): 1 process and 2 ranks
+    (dedup "sum") agree to float rounding, and no two ranks' new rows start equal."""
+    ok(torchrun("comp_initialised", str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"comp_initialised-{rank}.pt", weights_only=False) for rank in (0, 1)]
+    single = worker.run_comp_initialised(str(tmp_path / "single"), world_size=1, rank=0)
+    assert_tables_match(ranks, single, atol=1e-6)
+    for name, value in single.dense_state_dict().items():
+        torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
 
 
 def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path):
@@ -98,8 +109,8 @@ def test_clipping_by_the_global_norm_over_ranks_equals_a_single_process(tmp_path
     unclipped = worker.run_comp(str(tmp_path / "unclipped"), True, world_size=1, rank=0)
     assert_tables_match(ranks, single, atol=1e-6)
     # Clipping moves the dense weights by ~0.1 here; a norm missing the other rank's share, by ~1e-7.
-    dense = single.state_dict()
-    assert max((value - unclipped.state_dict()[name]).abs().max() for name, value in dense.items()) > 1e-2
+    dense = single.dense_state_dict()
+    assert max((value - unclipped.dense_state_dict()[name]).abs().max() for name, value in dense.items()) > 1e-2
     for name, value in dense.items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-8, rtol=0)
 
@@ -110,7 +121,7 @@ def test_occurrence_thresholds_count_every_ranks_occurrences_as_one_process(tmp_
     single = worker.run_filtered(str(tmp_path / "single"), world_size=1, rank=0)
     assert 0 < len(single.ctx.tables["uid"].table) < 300  # the threshold held some ids back
     assert_tables_match(ranks, single, atol=1e-6)
-    for name, value in single.state_dict().items():
+    for name, value in single.dense_state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
 
 
@@ -132,7 +143,7 @@ def test_checkpoint_of_two_ranks_restores_into_one_process(tmp_path):
             name)
         np.testing.assert_array_equal(keys[order], want_keys)
         np.testing.assert_array_equal(rows[order], want_rows)
-    for name, value in restored.state_dict().items():
+    for name, value in restored.dense_state_dict().items():
         torch.testing.assert_close(value, ranks[0]["dense"][name])
     # Evaluation metrics are computed over both ranks' examples: the ranks agree on them.
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
@@ -167,6 +178,20 @@ def test_a_dead_rank_stops_the_others_with_its_name_and_keeps_the_last_checkpoin
     assert len(next(iter(restored.ctx.tables.values())).table) > 0
 
 
+def test_a_resumed_two_rank_run_is_bitwise_an_uninterrupted_one(tmp_path):
+    """Every rank resumes its own random stream (dropout here) and its shard's rows."""
+    ok(torchrun("resume", str(tmp_path)))
+    for rank in (0, 1):
+        runs = torch.load(tmp_path / f"resume-{rank}.pt", weights_only=False)
+        for name, value in runs["uninterrupted"]["dense"].items():
+            torch.testing.assert_close(runs["resumed"]["dense"][name], value, atol=0, rtol=0)
+        for name, (keys, rows) in runs["uninterrupted"]["tables"].items():
+            got_keys, got_rows = runs["resumed"]["tables"][name]
+            order, want = np.argsort(got_keys.numpy()), np.argsort(keys.numpy())
+            np.testing.assert_array_equal(got_keys.numpy()[order], keys.numpy()[want])
+            np.testing.assert_array_equal(got_rows.numpy()[order], rows.numpy()[want])
+
+
 def test_ranks_with_different_models_are_refused(tmp_path):
     result = torchrun("small", str(tmp_path), "4", "disagree")
     assert result.returncode != 0
@@ -187,7 +212,7 @@ def test_a_feature_only_some_ranks_batches_carry_trains_as_one_process_over_the_
     assert len(single.ctx.tables["extra"].table) > 0
     as_items = [{"tables": {name: t["items"] for name, t in rank["tables"].items()}} for rank in ranks]
     assert_tables_match(as_items, single, atol=1e-6)
-    for name, value in single.state_dict().items():
+    for name, value in single.dense_state_dict().items():
         torch.testing.assert_close(ranks[0]["dense"][name], value, atol=1e-6, rtol=0)
         torch.testing.assert_close(ranks[1]["dense"][name], value, atol=1e-6, rtol=0)
     # Each table's expiry clock is its own lookups' newest request time over every rank (no batch of

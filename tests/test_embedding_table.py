@@ -16,7 +16,7 @@ def sgd_table(lr=0.1, dim=1, **kwargs):
     )
 
 
-def train_step(module, ids, loss_fn, step=0, dedup="local", req_time=None):
+def train_step(module, ids, loss_fn, step=0, dedup="sum", req_time=None):
     emb = module(torch.tensor(ids), req_time=req_time)
     loss_fn(emb).backward()
     module.apply_gradients(global_step=step, dedup=dedup)
@@ -48,8 +48,32 @@ def test_lookup_of_absent_ids_is_zero_and_inserts_nothing():
 def test_local_dedup_applies_one_update_per_occurrence():
     # REFERENCE: SGD lr 0.1, ids [0, 0, 1], loss = -embedding -> [[0.2], [0.1]].
     module = HashEmbedding(sgd_table())
-    train_step(module, [0, 0, 1], lambda e: -e.sum())
+    train_step(module, [0, 0, 1], lambda e: -e.sum(), dedup="local")
     torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor([[0.2], [0.1]]))
+
+
+def test_default_update_is_torch_adagrad_on_gradients_summed_per_distinct_id():
+    # Plain torch: the rows as one dense parameter, autograd sums the gradients of repeated ids, one
+    # Adagrad step per batch (eps 0 and accumulator 1.0 are Monolith's Adagrad; rows not in the batch
+    # get a zero gradient, which leaves them as they are).
+    start = torch.tensor([[0.1, -0.2], [0.3, 0.05], [-0.15, 0.2]])
+    table = EmbeddingHashTable([SliceConfig("vec", 2, initializer=ZerosInitializer(),
+                                            optimizer=AdagradOptimizer(learning_rate=0.1, initial_accumulator_value=1.0))])
+    table.assign(np.arange(3), start)
+    module = HashEmbedding(table)
+    weight = torch.nn.Parameter(start.clone())
+    reference = torch.optim.Adagrad([weight], lr=0.1, initial_accumulator_value=1.0, eps=0.0)
+    target = torch.tensor([1.0, -1.0])
+    for step, ids in enumerate([[0, 0, 0, 1], [1, 2, 1, 0, 1], [2, 2, 2, 2]]):
+        loss_fn = lambda e: ((e - target) ** 2).sum()  # noqa: E731
+        emb = module(torch.tensor(ids))
+        loss_fn(emb).backward()
+        module.apply_gradients(global_step=step)  # the default
+        reference.zero_grad()
+        loss_fn(torch.nn.functional.embedding(torch.tensor(ids), weight)).backward()
+        reference.step()
+        torch.testing.assert_close(table.lookup(np.arange(3)), weight.detach(), atol=1e-6, rtol=1e-5,
+                                   msg=f"rows after step {step}")
 
 
 def test_sum_dedup_matches_reference_distributed_vector():
@@ -76,11 +100,12 @@ def test_a_hint_taken_before_an_insert_finds_the_inserted_row():
 
 
 def test_occurrence_threshold_admits_on_t_plus_first_occurrence():
-    # REFERENCE: threshold 3, ids [0, 0, 1] each step, SGD lr 0.1, loss = -embedding.
+    # REFERENCE (Monolith's Python vector, one update per occurrence): threshold 3, ids [0, 0, 1]
+    # each step, SGD lr 0.1, loss = -embedding.
     module = HashEmbedding(sgd_table(default_occurrence_threshold=3))
     expected = [[[0.0], [0.0]], [[0.1], [0.0]], [[0.3], [0.0]], [[0.5], [0.1]]]
     for step, want in enumerate(expected, start=1):
-        train_step(module, [0, 0, 1], lambda e: -e.sum(), step=step)
+        train_step(module, [0, 0, 1], lambda e: -e.sum(), step=step, dedup="local")
         torch.testing.assert_close(module.table.lookup(np.array([0, 1])), torch.tensor(want))
 
 
@@ -128,7 +153,8 @@ def test_expiry_now_is_the_newest_update_time_filtered_ids_included(tmp_path):
     day = 86400
     table = sgd_table(slots=[SlotConfig(1, occurrence_threshold=1, expire_time=1)])
     old, new = make_fid(1, 1), make_fid(1, 2)
-    table.apply_gradients(np.array([old, old]), np.ones((2, 1), np.float32), req_time=0)
+    for _ in range(2):  # admitted on its second occurrence
+        table.apply_gradients(np.array([old]), np.ones((1, 1), np.float32), req_time=0)
     table.apply_gradients(np.array([new]), np.ones((1, 1), np.float32), req_time=2 * day)  # filtered out
     assert not table.contains(np.array([new])).item()
     table.save(tmp_path / "t.npz")  # expired rows are skipped on save: "now" is day 2
@@ -164,6 +190,35 @@ def test_expire_time_evicts_per_slot_and_is_skipped_on_save(tmp_path):
     np.testing.assert_array_equal(table.contains(np.array([short, long_, fresh])), [False, True, True])
     torch.testing.assert_close(table.lookup(np.array([long_, fresh])), torch.tensor([[-0.1], [-0.1]]))
     assert table.evict(now=10 * day) == 2
+
+
+def test_an_expiry_that_drops_most_of_a_table_warns_once_with_the_figures(tmp_path, caplog):
+    # Rows last updated in 1998, then one event stamped 2026 into slots expiring after 30 days: the
+    # clock jumps 28 years and every old row goes (serving's 1,253 rows became 1).
+    y1998, y2026 = 883_612_800, 1_796_083_200  # 1998-01-01 and 2026-12-01 UTC
+    table = sgd_table(default_expire_time=30, name="user")
+    table.assign(np.arange(1_253), np.zeros((1_253, 1), np.float32), req_time=y1998)
+    table.apply_gradients(np.array([5_000]), np.ones((1, 1), np.float32), req_time=y2026)
+    with caplog.at_level("WARNING", logger="monolith.table.embedding_table"):
+        assert table.evict() == 1_253
+        table.assign(np.arange(10), np.zeros((10, 1), np.float32), req_time=y1998)  # 10 of 11 rows expire again
+        assert table.evict() == 10
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    for figure in ("table 'user'", "drops 1253 of its 1254 rows (99.9%", "now is 2026-12-01 00:00:00 UTC",
+                   "1998-01-01 00:00:00 UTC to 1998-01-01 00:00:00 UTC", "expire_time 30..30 days"):
+        assert figure in warnings[0], warnings[0]
+    # A save skipping most rows warns as well; dropping half or less does not.
+    saved = sgd_table(default_expire_time=30)
+    saved.assign(np.arange(3), np.zeros((3, 1), np.float32), req_time=[y1998, y1998, y2026])
+    half = sgd_table(default_expire_time=30)
+    half.assign(np.arange(4), np.zeros((4, 1), np.float32), req_time=[y1998, y1998, y2026, y2026])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monolith.table.embedding_table"):
+        half.save(tmp_path / "half.npz")
+        assert half.evict() == 2 and not caplog.records
+        saved.save(tmp_path / "saved.npz")
+    assert [r.getMessage()[:40] for r in caplog.records] == ["table 'table': expiry drops 2 of its 3 r"]
 
 
 def test_save_load_round_trips_rows_state_counters_and_timestamps(tmp_path):
@@ -316,7 +371,7 @@ def test_changed_since_reports_written_rows_and_evict_expired_the_dropped_fids()
 
 
 def test_large_tables_grow_without_copying_and_count_only_rows_in_use():
-    table = EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))])
+    table = EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1, initial_accumulator_value=1.0))])
     ids = np.arange(1, 300_001, dtype=np.int64)
     table.apply_gradients(ids[:100_000], np.ones((100_000, 4), np.float32))
     store = table._weights[0]
@@ -360,3 +415,66 @@ def test_initial_capacity_reserves_room_up_front_and_trains_like_a_growing_table
     torch.testing.assert_close(loaded.lookup(fids), reserved.lookup(fids), rtol=0, atol=0)
     with pytest.raises(ValueError, match="initial_capacity must be an int >= 0, got -1"):
         adagrad_table(initial_capacity=-1)
+
+
+def repeated_ids_model():
+    """A one-slot logistic model (logit: the sum of a 4-dim Adam slice) whose batch repeats 4 ids 32
+    times each, the batch and its labels."""
+    from monolith.estimator import EstimatorSpec
+    from monolith.losses import get_sigmoid_loss_and_pred
+    from monolith.model import MonolithModel
+    from monolith.optim import AdamOptimizer, RandomUniformInitializer
+    from monolith.sparse import Batch, KeyedJaggedTensor
+
+    rng = np.random.default_rng(3)
+    ids = np.repeat(np.arange(4), 32)
+    labels = (rng.random(ids.size) < np.array([0.1, 0.3, 0.6, 0.9])[ids]).astype(np.float32)
+    batch = Batch(KeyedJaggedTensor.from_lists({"f": [[make_fid(1, int(i))] for i in ids]}),
+                  {"label": torch.from_numpy(labels)})
+
+    class Model(MonolithModel):
+        def __init__(self):
+            super().__init__(None)
+            self.register_slots({"f": 1})
+            self.p.train.per_replica_batch_size = ids.size
+
+        def input_fn(self, mode):
+            return [batch] * 3
+
+        def model_fn(self, features, mode):
+            self.create_embedding_feature_column("f")
+            emb = self.lookup_embedding_slice(["f"], "vec", 4, out_type="concat",
+                                              initializer=RandomUniformInitializer(-0.05, 0.05),
+                                              optimizer=AdamOptimizer(learning_rate=0.1))
+            loss, pred = get_sigmoid_loss_and_pred("ctr", emb.sum(1), features.dense["label"], ids.size, mode=mode)
+            return EstimatorSpec(label=features.dense["label"], pred=pred, loss=loss,
+                                 optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+
+        def serving_input_receiver_fn(self):
+            return None
+
+    return Model(), batch, labels
+
+
+def test_adam_on_repeated_ids_converges_in_single_process_training(tmp_path):
+    # One process, default RunConfig: ids repeated 32 times in a batch take one Adam step each (on
+    # their summed gradient), so the log loss falls; one step per occurrence (dedup="local") moves
+    # each row 32 Adam steps per batch and overshoots.
+    from monolith.estimator import Estimator, RunConfig
+
+    torch.manual_seed(0)
+    model, batch, labels = repeated_ids_model()
+    est = Estimator(model, RunConfig(model_dir=str(tmp_path / "run"), log_step_count_steps=1000,
+                                     enable_summaries=False, progress_bar=False))
+    fids = batch.sparse["f"].values()
+
+    def log_loss() -> float:
+        p = torch.sigmoid(model.ctx.tables["f"].table.lookup(fids).sum(1)).numpy().astype(np.float64)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+    losses = []
+    for step in range(1, 4):
+        est.train(max_steps=step)
+        losses.append(log_loss())
+    # ln 2 is the loss of all-zero rows; one Adam step per occurrence went 1.15, 1.12, 1.17.
+    assert np.log(2) > losses[0] > losses[1] > losses[2], losses

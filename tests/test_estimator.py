@@ -156,7 +156,7 @@ def test_train_step_matches_plain_pytorch_with_clipping_decay_and_warmup(tmp_pat
     # At step 0 the sparse clip norm is 0: rows were created (initialised) but not moved.
     for step in range(1, 5):
         batch = batches[step]
-        params = {k: v.detach().clone() for k, v in est.model.state_dict().items()}
+        params = {k: v.detach().clone() for k, v in est.model.dense_state_dict().items()}
         fids = {name: batch.sparse[name].values() for name in SLOTS}
         before = {name: rows_of(est, name, fids[name]) for name in SLOTS}
         assert all(est.model.ctx.tables[n].table.contains(fids[n]).all() for n in SLOTS)
@@ -182,7 +182,7 @@ def test_train_step_matches_plain_pytorch_with_clipping_decay_and_warmup(tmp_pat
 
         result = est.train(max_steps=step + 1)
         assert est.global_step == step + 1 and result["global_step"] == step + 1
-        for k, v in est.model.state_dict().items():
+        for k, v in est.model.dense_state_dict().items():
             torch.testing.assert_close(v, want_dense[k], atol=1e-6, rtol=1e-5, msg=f"{k} at step {step}")
         for name in SLOTS:
             uniq, want = want_rows[name]
@@ -277,11 +277,11 @@ def test_no_clipping_with_a_large_clip_norm(tmp_path):
     batches = make_batches(3, 16, 0)
     est.train(max_steps=1)
     batch = batches[1]
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in est.model.state_dict().items()}
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in est.model.dense_state_dict().items()}
     rows = {n: rows_of(est, n, batch.sparse[n].values()) for n in SLOTS}
     reference_loss(*reference_forward(params, rows, batch), batch).backward()
     est.train(max_steps=2)
-    for k, v in est.model.state_dict().items():
+    for k, v in est.model.dense_state_dict().items():
         torch.testing.assert_close(v, params[k].detach() - DENSE_LR * params[k].grad, atol=1e-6, rtol=1e-5)
 
 
@@ -297,7 +297,7 @@ def test_evaluate_predict_and_prediction_files(tmp_path):
     eval_batches = make_batches(2, 24, 1)  # eval.per_replica_batch_size
     ctr, bid, losses = [], [], []
     for batch in eval_batches:
-        params = est.model.state_dict()
+        params = est.model.dense_state_dict()
         rows = {n: rows_of(est, n, batch.sparse[n].values()) for n in SLOTS}
         logit, b = reference_forward(params, rows, batch)
         ctr.append(torch.sigmoid(logit))
@@ -308,12 +308,14 @@ def test_evaluate_predict_and_prediction_files(tmp_path):
     targets = torch.cat([b.dense["target"] for b in eval_batches])
 
     result = est.evaluate()
-    assert set(result) == {"ctr/auc", "bid/mse", "loss", "global_step"}
+    assert set(result) == {"ctr/auc", "bid/mse", "loss", "batch_loss", "global_step"}
     assert result["global_step"] == 4
     assert result["ctr/auc"] == pytest.approx(exact_auc(labels, ctr.numpy()), abs=1e-12)
     assert 0 < result["ctr/auc"] < 1
     assert result["bid/mse"] == pytest.approx(float(((bid - targets) ** 2).mean()), rel=1e-5)
-    assert result["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    # loss per example (the batches' summed losses over their 48 examples); batch_loss is Monolith's per batch.
+    assert result["loss"] == pytest.approx(sum(losses) / len(labels), rel=1e-5)
+    assert result["batch_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     assert est.model.p.mode == ModeKeys.EVAL
 
     def check_file(batches, want_ctr, want_bid):
@@ -338,7 +340,7 @@ def test_evaluate_predict_and_prediction_files(tmp_path):
     want_ctr, want_bid = [], []
     for batch in pred_batches:
         rows = {n: rows_of(est, n, batch.sparse[n].values()) for n in SLOTS}
-        logit, b = reference_forward(est.model.state_dict(), rows, batch)
+        logit, b = reference_forward(est.model.dense_state_dict(), rows, batch)
         want_ctr.append(torch.sigmoid(logit))
         want_bid.append(b)
     want_ctr, want_bid = torch.cat(want_ctr), torch.cat(want_bid)
@@ -371,14 +373,14 @@ def test_predict_single_head_yields_floats_and_no_file_without_output_path(tmp_p
     want = []
     for batch in make_batches(2, 5, 1):
         rows = {n: rows_of(est, n, batch.sparse[n].values()) for n in SLOTS}
-        want += torch.sigmoid(reference_forward(est.model.state_dict(), rows, batch)[0]).tolist()
+        want += torch.sigmoid(reference_forward(est.model.dense_state_dict(), rows, batch)[0]).tolist()
     assert preds == pytest.approx(want, abs=1e-6)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith("part-")]
 
 
 # ----------------------------------------------------------------------------- checkpoints
 def _state(est: Estimator):
-    dense = {k: v.detach().clone() for k, v in est.model.state_dict().items()}
+    dense = {k: v.detach().clone() for k, v in est.model.dense_state_dict().items()}
     tables = {}
     for name, module in est.model.ctx.tables.items():
         keys, rows = module.table.items()
@@ -424,7 +426,7 @@ def test_checkpoints_keep_last_n_and_index(tmp_path):
     dense, tables, manifest = CheckpointManager.read(manager.latest())
     assert manifest["global_step"] == 7 and dense["global_step"] == 7
     assert set(tables) == set(est.model.ctx.tables)
-    for k, v in est.model.state_dict().items():
+    for k, v in est.model.dense_state_dict().items():
         assert torch.equal(dense["model"][k], v)
     # A damaged table shard is named, not passed on as a zip error.
     shard = next((run / "ckpt-7" / "tables").iterdir())
@@ -642,7 +644,7 @@ SCRIPT = textwrap.dedent("""
                 keys, rows = module.table.items()
                 order = np.argsort(keys)
                 tables[name] = (keys[order], rows[order])
-            torch.save({{"dense": model.state_dict(), "tables": tables, "global_step": est.global_step}}, out)
+            torch.save({{"dense": model.dense_state_dict(), "tables": tables, "global_step": est.global_step}}, out)
             print("DONE", est.global_step, flush=True)
         finally:
             torch.set_num_threads(threads)

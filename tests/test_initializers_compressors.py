@@ -14,8 +14,11 @@ from monolith.optim import (
     HashNetQuantizer,
     OneBitCompressor,
     RandomUniformInitializer,
+    SgdOptimizer,
     ZerosInitializer,
 )
+from monolith.optim.fid_random import FidRandom
+from monolith.table import EmbeddingHashTable, SliceConfig
 
 
 def round_trip(compressor, values):
@@ -167,3 +170,44 @@ def test_hash_net_quantizer_scale_is_capped():
     model = HashNetQuantizer(step_size=10, amplitude=0.1, max_scale=3.0)
     model.backward(np.float32([0.5]), np.float32([1.0]), 10_000)  # sqrt(1 + 50) > 3
     assert model.scale == np.float32(3.0)
+
+
+def splitmix_finaliser(x):
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return x ^ (x >> 31)
+
+
+def test_fid_random_is_the_documented_counter_based_draw():
+    golden, mask = 0x9E3779B97F4A7C15, 2**64 - 1
+    seed, stream, fids = 12345, 2, np.array([7, 2**60 + 3, -5])
+    draws = FidRandom(seed, stream, fids)
+    got = np.concatenate([draws.random((3, 2)), draws.random((3, 1))], axis=1)  # a second draw continues
+    key = splitmix_finaliser(splitmix_finaliser(seed) ^ stream)
+    for i, fid in enumerate(fids.tolist()):
+        row = splitmix_finaliser(key ^ splitmix_finaliser((fid + golden) & mask))
+        want = [(splitmix_finaliser((row + (j + 1) * golden) & mask) >> 40) / 2**24 for j in range(3)]
+        np.testing.assert_array_equal(got[i], np.float32(want))
+
+
+def test_table_rows_start_from_their_fid_alone_with_monoliths_uniform_distribution():
+    slices = [SliceConfig("vec", 8, initializer=RandomUniformInitializer(-1, 1), optimizer=SgdOptimizer(0.1)),
+              SliceConfig("bias", 1, initializer=RandomUniformInitializer(-1, 1), optimizer=SgdOptimizer(0.1))]
+    ids = np.arange(100_000, dtype=np.int64) * 7_919
+
+    def insert(table, fids):  # rows are created by their first (here zero) gradient
+        table.apply_gradients(fids, np.zeros((fids.size, 9), np.float32))
+        return table
+
+    one = insert(EmbeddingHashTable(slices, seed=3), ids)
+    other = insert(EmbeddingHashTable(slices, seed=3), ids[::-1][:500] + 1)  # other ids first,
+    for part in np.array_split(ids[::-1], 7):  # then ours in reverse, in pieces
+        insert(other, part)
+    np.testing.assert_array_equal(one.lookup(ids), other.lookup(ids))
+    rows = one.lookup(ids).numpy()
+    assert not np.array_equal(rows[:, 0], rows[:, 8])  # the slices of an id draw apart
+    assert not np.array_equal(insert(EmbeddingHashTable(slices, seed=4), ids[:3]).lookup(ids[:3]).numpy(), rows[:3])
+    # Monolith's distribution: uniform on [-1, 1), float32; each tenth of the range holds a tenth.
+    assert rows.min() >= -1 and rows.max() < 1
+    shares = np.histogram(rows, bins=10, range=(-1, 1))[0] / rows.size
+    np.testing.assert_allclose(shares, 0.1, atol=0.002)

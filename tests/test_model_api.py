@@ -71,15 +71,15 @@ def row_values(fid: int, dim: int) -> np.ndarray:
 
 def build(model: ApiModel, batch: Batch, declare):
     """Build pass (lookups give zeros), tables built, every FID of the batch assigned, then a real pass."""
-    model.ctx.begin_step(batch)
-    declare(model)
+    with model.ctx.step(batch):
+        declare(model)
     model.ctx.build()
     for fs in model.ctx.feature_slots:
         table = model.ctx.tables[fs.name].table
         fids = sorted({int(v) for name, col in fs.feature_columns.items() for v in batch.sparse[name].values()})
         table.assign(np.array(fids, dtype=np.int64), np.stack([row_values(f, table.dim) for f in fids]))
-    model.ctx.begin_step(batch)
-    return declare(model)
+    with model.ctx.step(batch):
+        return declare(model)
 
 
 def pooled(batch: Batch, name: str, start: int, end: int, dim: int, combiner: str = "sum") -> torch.Tensor:
@@ -309,22 +309,21 @@ def test_lookup_reduce_mean_and_first_n():
 ])
 def test_lookup_bad_features(features, slice_dim):
     model = ApiModel()
-    model.ctx.begin_step(make_batch())
     _columns(model)
-    with pytest.raises(ValueError, match="ValueError for features"):
+    with model.ctx.step(make_batch()), pytest.raises(ValueError, match="ValueError for features"):
         model.lookup_embedding_slice(features, "vec", slice_dim)
 
 
 def test_lookup_bad_out_type_and_group_out_type():
     model = ApiModel()
-    model.ctx.begin_step(make_batch())
     _columns(model)
-    with pytest.raises(ValueError, match="out_type"):
-        model.lookup_embedding_slice(["a", "b"], "vec", 2, out_type="sum")
-    with pytest.raises(ValueError, match="group_out_type"):
-        model.lookup_embedding_slice([["a", "b"]], "vec", 2, group_out_type="stack")
-    with pytest.raises(KeyError, match="create_embedding_feature_column"):
-        model.lookup_embedding_slice(["zzz"], "vec", 2)
+    with model.ctx.step(make_batch()):
+        with pytest.raises(ValueError, match="out_type"):
+            model.lookup_embedding_slice(["a", "b"], "vec", 2, out_type="sum")
+        with pytest.raises(ValueError, match="group_out_type"):
+            model.lookup_embedding_slice([["a", "b"]], "vec", 2, group_out_type="stack")
+        with pytest.raises(KeyError, match="create_embedding_feature_column"):
+            model.lookup_embedding_slice(["zzz"], "vec", 2)
 
 
 def test_layout_out_config_contents():
@@ -643,9 +642,10 @@ def test_mismatched_heads_and_labels_are_value_errors(spec):
 @pytest.mark.parametrize("one_table_per_slot", [True, False])
 def test_slot_hashtable_config_sets_the_initial_capacity_of_its_table(one_table_per_slot):
     from monolith.entry import CuckooHashTableConfig
-    from monolith.feature import EmbeddingFactory, FeatureSlotConfig
+    from monolith.feature import FeatureSlotConfig
+    from monolith.modules.feature_slot_collection import FeatureSlotCollection
 
-    factory = EmbeddingFactory(use_native_multi_hash_table=one_table_per_slot)
+    factory = FeatureSlotCollection(use_native_multi_hash_table=one_table_per_slot)
     for slot, capacity in ((1, 3000), (2, 5000)):
         config = FeatureSlotConfig(slot_id=slot, hashtable_config=CuckooHashTableConfig(initial_capacity=capacity))
         factory.create_feature_slot(config).add_feature_slice(4)

@@ -337,7 +337,7 @@ def test_make_optimizer_unknown_name_lists_known():
         (lambda: AdagradOptimizer(learning_rate="fast"), "learning_rate"),
         (lambda: AdagradOptimizer(learning_rate=True), "learning_rate"),
         (lambda: AdagradOptimizer(learning_rate=float("nan")), "learning_rate"),
-        (lambda: AdagradOptimizer(initial_accumulator_value=0.0), "initial_accumulator_value"),
+        (lambda: AdagradOptimizer(initial_accumulator_value=-0.1), "initial_accumulator_value"),
         (lambda: AdagradOptimizer(hessian_compression_times=0), "hessian_compression_times"),
         (lambda: AdagradOptimizer(warmup_steps=-1), "warmup_steps"),
         (lambda: AdagradOptimizer(weight_decay_factor=-1.0), "weight_decay_factor"),
@@ -405,6 +405,28 @@ def test_adagrad_decays_every_element():
     step(opt, weights, state, [ROW], [grads], lr)
     g = grads + decay * w0
     np.testing.assert_allclose(weights[ROW], w0 - lr / np.sqrt(acc0 + g * g) * g, rtol=0, atol=TOL)
+
+
+def test_adagrad_with_zero_accumulator_matches_torch():
+    # torch.optim.Adagrad starts its accumulator at 0; a zero gradient then moves nothing (no 0 / 0).
+    import torch
+
+    dim, lr = 3, 0.1
+    opt = AdagradOptimizer(learning_rate=lr, initial_accumulator_value=0.0)
+    weights, state = make_store(opt, dim)
+    weights[:] = w0 = np.random.default_rng(0).normal(size=(CAPACITY, dim)).astype(np.float32)
+    reference = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    torch_opt = torch.optim.Adagrad([reference], lr=lr, initial_accumulator_value=0.0)
+    grads = np.random.default_rng(1).normal(size=(4, CAPACITY, dim)).astype(np.float32)
+    grads[0, 0] = 0.0  # row 0's first gradient is zero: its accumulator stays 0
+    grads[:, 2, 1] = 0.0  # one column never gets a gradient
+    for g in grads:
+        step(opt, weights, state, np.arange(CAPACITY), g, lr)
+        reference.grad = torch.from_numpy(g.copy())
+        torch_opt.step()
+    assert np.isfinite(weights).all()
+    np.testing.assert_allclose(weights, reference.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert weights[2, 1] == w0[2, 1]
 
 
 @pytest.mark.parametrize("grad", [10.0, -10.0])
@@ -897,7 +919,7 @@ def test_new_optimizers_in_a_table():
     table.apply_gradients(ids, torch.ones(3, 6), global_step=10)
     table.apply_gradients(ids[:1], torch.ones(1, 6), global_step=14)
     rows = table.lookup(np.array([5, 9])).numpy()
-    b5 = 0.9 * (0.9 * (0.9 * 4.0 + 0.1 * 10) + 0.1 * 0) + 0.1 * 4  # steps 10, 10 (repeat), 14
+    b5 = 0.9 * (0.9 * 4.0 + 0.1 * 10) + 0.1 * 4  # steps 10 (its two occurrences, one update), 14
     b9 = 0.9 * 4.0 + 0.1 * 10
     np.testing.assert_allclose(rows[:, 0], [b5, b9], rtol=1e-6)
     np.testing.assert_array_equal(rows[:, 1:4], rows[:, 1:4].astype(np.float16).astype(F))

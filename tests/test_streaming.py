@@ -205,7 +205,7 @@ def test_online_training_pushes_changed_rows_and_dense_weights(broker, tmp_path)
         keys, rows = module.table.items()
         assert sorted(replayed) == sorted(keys.tolist())
         np.testing.assert_array_equal(np.stack([replayed[k] for k in keys.tolist()]), rows)
-    for name, value in estimator.model.state_dict().items():
+    for name, value in estimator.model.dense_state_dict().items():
         torch.testing.assert_close(pushes[-1]["dense"][name], value)
     # A step only sends the rows it touched.
     first_step_ids = set(pushes[0]["tables"]["uid"]["ids"].tolist())

@@ -293,13 +293,11 @@ def wait_for_step(proc: subprocess.Popen, step: int, timeout: float = 60) -> str
     return seen
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_the_finished_step_and_exits_0(workdir, capsys, signum):
-    # No checkpoint interval: before this, everything since the start was lost to the next run.
-    proc = start(workdir, "--model", "lifecycle_model:Tiny", "--model-dir", "run", "--param", "batches=40",
-                 "--param", "delay=0.3")
+def signal_after_step(proc: subprocess.Popen, step: int, signum: int) -> tuple[dict, str]:
+    """Sends ``signum`` once the trainer logged ``step``; the trainer must then exit 0: its result
+    and the rest of its stderr."""
     try:
-        wait_for_step(proc, 2)
+        wait_for_step(proc, step)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -307,7 +305,15 @@ def test_a_signal_checkpoints_the_finished_step_and_exits_0(workdir, capsys, sig
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    result = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_finished_step_and_exits_0(workdir, capsys, signum):
+    # No checkpoint interval: before this, everything since the start was lost to the next run.
+    proc = start(workdir, "--model", "lifecycle_model:Tiny", "--model-dir", "run", "--param", "batches=40",
+                 "--param", "delay=0.3")
+    result, err = signal_after_step(proc, 2, signum)
     stopped_at = result["global_step"]
     assert 2 <= stopped_at < 40 and result["checkpoint"] == str(workdir / "run" / f"ckpt-{stopped_at}")
     assert f"{signal.Signals(signum).name} received" in err and f"stopped by a signal at global step {stopped_at}" in err
@@ -384,16 +390,8 @@ def test_sigterm_on_an_endless_stream_checkpoints_commits_and_pushes(workdir):
             proc = start(workdir, "--model", "lifecycle_model:Tiny", "--model-dir", "run",
                          "--stream", f"kafka://{broker.bootstrap_servers}/clicks", "--stream-group", "g",
                          "--serving-url", f"http://127.0.0.1:{serving.server_address[1]}", "--sync-interval", "1000")
-            try:
-                wait_for_step(proc, 3)  # all of the stream trained; the trainer waits for more
-                proc.send_signal(signal.SIGTERM)
-                out, err = proc.communicate(timeout=60)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            assert proc.returncode == 0, err
-            assert json.loads(out.strip().splitlines()[-1])["global_step"] == 3
+            # Step 3 is all of the stream; the trainer then waits for more.
+            assert signal_after_step(proc, 3, signal.SIGTERM)[0]["global_step"] == 3
             manifest = CheckpointManager.read_manifest(workdir / "run" / "ckpt-3")
             assert manifest["input_states"][0]["offsets"] == {"0": 48}
             consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "g"})

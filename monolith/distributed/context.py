@@ -11,6 +11,8 @@ import atexit
 import dataclasses
 import datetime
 import os
+import threading
+import time
 from typing import Any, Callable
 
 import torch
@@ -24,12 +26,6 @@ class DistributedContext:
     rank: int
     world_size: int
     group: Any = None
-
-    def heartbeat(self, step: int) -> None:
-        """Records in the rendezvous store that this rank reached ``step`` (names a dead rank later)."""
-        store = _store()
-        if store is not None:
-            store.set(f"monolith/heartbeat/{self.rank}", str(step))
 
     def mark_failed(self, error: BaseException) -> None:
         """Records in the rendezvous store that this rank failed and why, and skips the exit barrier:
@@ -61,20 +57,21 @@ class DistributedContext:
                 break
         return failed
 
-    def lagging_ranks(self, step: int) -> list[int]:
-        """Ranks whose last heartbeat is before ``step``: after a failed collective, the dead ones."""
+    def lost_ranks(self) -> list[int]:
+        """The other ranks that show no sign of life for :data:`LIVENESS_WINDOW_S` (killed, exited or
+        hung): each rank's liveness thread counts up in the rendezvous store while its process runs.
+        Called after a collective failed, so the wait costs only the failing path."""
         store = _store()
         if store is None:
             return []
-        lagging = []
-        for rank in range(self.world_size):
-            try:
-                seen = int(store.get(f"monolith/heartbeat/{rank}"))
-            except Exception:  # no heartbeat at all, or the store went with the dead rank
-                seen = -1
-            if seen < step:
-                lagging.append(rank)
-        return lagging
+        keys = [f"{_ALIVE}{rank}" for rank in range(self.world_size)]
+        try:
+            before = [store.add(key, 0) for key in keys]
+            time.sleep(LIVENESS_WINDOW_S)
+            after = [store.add(key, 0) for key in keys]
+        except Exception:  # the store went with the agent that hosted it: nobody left to ask
+            return []
+        return [rank for rank in range(self.world_size) if rank != self.rank and after[rank] == before[rank]]
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)
@@ -118,6 +115,41 @@ class DistributedContext:
 
 #: Set when this rank leaves after a failure: its exit barrier would wait for ranks stuck elsewhere.
 _abandoned = False
+#: How often a rank's liveness thread counts up, and how long a rank must stay still to be lost.
+LIVENESS_INTERVAL_S = 0.25
+LIVENESS_WINDOW_S = 2.0
+_ALIVE = "monolith/alive/"
+_liveness_started = False
+
+
+def _start_liveness() -> None:
+    """Counts this rank's liveness key up every :data:`LIVENESS_INTERVAL_S` in a thread with a
+    connection of its own to the store, until the process exits (or the store's host does); once a
+    process. The thread is stopped and joined at exit, before the group is left: a thread still in
+    a store call when the interpreter ends aborts the process."""
+    global _liveness_started
+    store = _store()
+    if store is None or _liveness_started:
+        return
+    _liveness_started = True
+    store, key, stop = store.clone(), f"{_ALIVE}{dist.get_rank()}", threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            try:
+                store.add(key, 1)
+            except Exception:  # the store's host exited: the job is over
+                return
+            stop.wait(LIVENESS_INTERVAL_S)
+
+    thread = threading.Thread(target=tick, name="monolith-liveness", daemon=True)
+    thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join(timeout=10)  # a store call stuck on a vanished host must not hang the exit
+
+    atexit.register(end)  # registered after _leave_group, so it runs before it
 
 
 def _store():
@@ -146,7 +178,12 @@ def _leave_group() -> None:
 
 
 def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:
-    """Joins the torchrun process group; None for a single-process run."""
+    """Joins the torchrun process group; None for a single-process run.
+
+    ``timeout_s``: how long a collective waits for a rank that neither answers nor exits (a hung
+    one) before it fails (the first call in a process sets it). A rank that exits or is killed
+    fails the others' collectives at once, and :meth:`DistributedContext.lost_ranks` names it.
+    """
     if not dist.is_available():
         return None
     if not dist.is_initialized():
@@ -157,6 +194,7 @@ def init_from_env(timeout_s: float = 300.0) -> DistributedContext | None:
         atexit.register(_leave_group)
     if dist.get_world_size() <= 1:
         return None
+    _start_liveness()
     return DistributedContext(dist.get_rank(), dist.get_world_size())
 
 

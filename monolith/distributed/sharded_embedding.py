@@ -18,7 +18,6 @@ detail.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from typing import Sequence
 
@@ -31,9 +30,8 @@ from monolith.modules.embedding_lookup import HashEmbedding, cat_or_only, widen_
 from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable, RowHint, sum_rows_by_group
 from monolith.table.hash_map import KeyGrouper
-from monolith.table.shards import merge_states, select_keys
+from monolith.table.shards import merge_states, select_keys, with_own_filter
 
-_sequence = itertools.count()
 #: A request time that stands for none (a lookup without ids): older than any.
 _NO_TIME = np.iinfo(np.int64).min
 
@@ -53,7 +51,6 @@ class _Lookup:
     of them for rank ``r``, in that order; rows come back and gradients go out in the same layout.
     """
 
-    order: int
     module: "ShardedHashEmbedding"
     positions: torch.Tensor  # occurrence -> its distinct id's place in the layout
     send_counts: list[int]  # distinct ids sent to each rank
@@ -121,7 +118,7 @@ def route_and_lookup(requests: Sequence[tuple["ShardedHashEmbedding", torch.Tens
         mine = torch.cat([pieces[r * len(routed) + i] for r in range(world)])
         rows, hint = module.table.lookup_with_hint(mine[:, 0])
         answers.append(_split_rows(rows, [recv[r][i] for r in range(world)]))
-        record = _Lookup(next(_sequence), module, positions, [send[r][i] for r in range(world)],
+        record = _Lookup(module, positions, [send[r][i] for r in range(world)],
                          [recv[r][i] for r in range(world)], mine[:, 0], mine[:, 1],
                          mine[:, 2] if with_occurrences else None, hint, unique.shape[0], module.table.dim,
                          peer_newest[i])
@@ -294,12 +291,16 @@ class ShardedHashEmbedding(HashEmbedding):
 
     @staticmethod
     def exchange_gradients_together(modules: Sequence["ShardedHashEmbedding"]) -> None:
-        """Every module's pending gradients to their owners in one exchange (see :func:`exchange_gradients`)."""
+        """Every module's pending gradients to their owners in one exchange (see :func:`exchange_gradients`).
+
+        Lookups go module by module, each module's in lookup order: the same order on every rank,
+        whose modules and lookups are the same model's.
+        """
         records = []
         for module in modules:
             records.extend(module._lookups)
             module._lookups = []
-        exchange_gradients(sorted(records, key=lambda r: r.order))
+        exchange_gradients(records)
 
     @staticmethod
     def apply_gradients_together(modules: Sequence["ShardedHashEmbedding"], global_step: int, scale: float = 1.0,
@@ -334,8 +335,9 @@ def _request_times(req_time, n: int) -> np.ndarray:
 
 
 def table_state_for_rank(states: list[dict[str, np.ndarray]], rank: int, world_size: int) -> dict[str, np.ndarray]:
-    """Merges table shards written by any number of ranks and keeps the FIDs ``rank`` owns."""
+    """Merges table shards written by any number of ranks and keeps the FIDs ``rank`` owns (and the
+    sliding hash filter it wrote, when the number of ranks is the same)."""
     merged = merge_states(states)
-    if world_size == 1:
-        return merged
-    return select_keys(merged, lambda keys: shard_of(torch.from_numpy(keys), world_size).numpy() == rank)
+    if world_size > 1:
+        merged = select_keys(merged, lambda keys: shard_of(torch.from_numpy(keys), world_size).numpy() == rank)
+    return with_own_filter(merged, states, rank, world_size)

@@ -30,6 +30,7 @@ from monolith.export.receiver import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice
 from monolith.mode_keys import ModeKeys
 from monolith.model import ModelOutput, MonolithBaseModel
+from monolith.progress import Progress
 from monolith.sparse import Batch, KeyedJaggedTensor
 
 
@@ -64,21 +65,19 @@ class _DenseProgram(torch.nn.Module):
     def _call(self, lookup: Callable[[FeatureColumn, FeatureSlice], torch.Tensor],
               dense: dict[str, torch.Tensor], batch_size: Any) -> ModelOutput:
         # The features carry no FIDs: the model reaches sparse features only through its lookups
-        # (ctx.lookup_override), and reading FIDs is an error that says so.
+        # (served by ``lookup``), and reading FIDs is an error that says so.
         features = _ServingFeatures(_NoFids.of(self.receiver.sparse_features, batch_size), dense)
-        ctx = self.model.ctx
-        ctx.lookup_override = lookup
-        try:
-            return self._model_fn(features, ModeKeys.PREDICT)
-        finally:
-            ctx.lookup_override = None
-            ctx.begin_step(None)  # drop the (possibly symbolic) features
+        return self._model_fn(features, ModeKeys.PREDICT, lookup)
 
     def _entry(self, column: FeatureColumn, s: FeatureSlice) -> EmbeddingInput:
         if column.feature_name not in self.receiver.sparse_features:
             raise ValueError(f"model_fn looks up feature '{column.feature_name}', which the serving receiver does "
                              f"not provide (sparse_features={self.receiver.sparse_features})")
-        table = self.model.ctx.table_of_slot(column.feature_slot.slot).table
+        module = self.model.ctx.table_for(column.feature_slot)  # with the slices model_fn added just now
+        if module is None:
+            raise ValueError(f"feature '{column.feature_name}' (slot {column.feature_slot.slot}) has no embedding "
+                             f"table of its slot's width: its slot was first declared in PREDICT mode, after the build")
+        table = module.table
         names = {(named.start, named.end): name for name, named in column.feature_slot.named_slices.items()}
         return EmbeddingInput(column.feature_name, table.name, names.get((s.start, s.end)), s.start, s.end,
                               column.combiner.name, column.combiner.max_seq_length)
@@ -304,9 +303,13 @@ def _write_export(model: MonolithBaseModel, step: int, run_config: Any, program:
         os.makedirs(os.path.join(staging, TABLES_DIR))
         kind, reason = _save_program(program, staging)
         tables = {}
-        for name, module in model.ctx.tables.items():
-            tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
-            save_table(os.path.join(staging, tables[name]), module.table)
+        rows = sum(len(module.table) for module in model.ctx.tables.values())
+        shown = run_config is None or run_config.progress_bar
+        with Progress("export", unit="rows", total=rows, enabled=shown) as progress:
+            for name, module in model.ctx.tables.items():
+                tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
+                save_table(os.path.join(staging, tables[name]), module.table)
+                progress.update(len(module.table))
         # Training hooks never run in serving, so the dump (which refuses them) is made without them.
         ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
                              run_config=run_config).dump(os.path.join(staging, MODEL_DUMP_FILE))

@@ -3,12 +3,15 @@
 ``loss.backward()`` never builds a dense gradient over a table: the backward pass of a lookup
 hands the per-id gradient ``[n, dim]`` to its :class:`HashEmbedding`, which keeps it until the
 training loop applies it (after clipping) with :meth:`HashEmbedding.apply_gradients`.
+
+A :class:`HashEmbedding`'s ``state_dict()`` holds its whole table (ids, rows, optimizer slots,
+occurrence counters, update times) as tensors, one entry per array of
+:meth:`EmbeddingHashTable.state_dict`, so ``torch.save(model.state_dict())`` saves the tables too.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +21,7 @@ import numpy as np
 import torch
 
 from monolith.optim.clipping import squared_norm
-from monolith.table.embedding_table import EmbeddingHashTable, RowHint
-
-_lookup_sequence = itertools.count()
+from monolith.table.embedding_table import DEFAULT_DEDUP, EmbeddingHashTable, RowHint
 
 
 @dataclass
@@ -37,9 +38,8 @@ class PendingGradient:
 
 class _TableLookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchor, module, ids, req_time):  # noqa: D401 - autograd signature
-        ctx.module, ctx.ids, ctx.req_time = module, ids, req_time
-        ctx.order = next(_lookup_sequence)
+    def forward(ctx, anchor, module, ids, req_time, order):  # noqa: D401 - autograd signature
+        ctx.module, ctx.ids, ctx.req_time, ctx.order = module, ids, req_time, order
         out, ctx.hint = module.table.lookup_with_hint(ids)
         return out
 
@@ -49,7 +49,7 @@ class _TableLookup(torch.autograd.Function):
         # concatenation's): the norm and the table's kernels then read it in place.
         ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grad.detach().contiguous(), ctx.req_time,
                                                   ctx.hint))
-        return None, None, None, None
+        return None, None, None, None, None
 
 
 class HashEmbedding(torch.nn.Module):
@@ -74,13 +74,36 @@ class HashEmbedding(torch.nn.Module):
         super().__init__()
         self.table = table
         self.pending: list[PendingGradient] = []
+        # Numbers this module's lookups: backward may reach them in any order, updates go in lookup order.
+        self._lookups_recorded = 0
         # A leaf that requires grad so autograd records the lookup and calls its backward.
         self._anchor = torch.zeros(0, requires_grad=True)
 
     def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None) -> torch.Tensor:
         if torch.is_grad_enabled() and self.training:
-            return _TableLookup.apply(self._anchor, self, ids, req_time)
+            self._lookups_recorded += 1
+            return _TableLookup.apply(self._anchor, self, ids, req_time, self._lookups_recorded)
         return self.table.lookup(ids)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key, array in self.table.state_dict().items():
+            # The table's arrays are fresh copies, but small ones (meta, rng) are read-only buffers.
+            destination[prefix + key] = torch.from_numpy(array if array.flags.writeable else array.copy())
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        # The table's arrays are this module's own entries: names without a further "." under prefix.
+        state = {key[len(prefix):]: value for key, value in state_dict.items()
+                 if key.startswith(prefix) and "." not in key[len(prefix):]}
+        if not state:
+            missing_keys.append(prefix + "keys")
+            return
+        try:
+            self.table.load_state_dict({k: v.detach().cpu().numpy() for k, v in state.items()},
+                                       source=f"state_dict entries {prefix}*")
+        except (ValueError, KeyError) as error:
+            error_msgs.append(f"table '{self.table.name}': {error}")
 
     @staticmethod
     def exchange_gradients_together(modules: Sequence["HashEmbedding"]) -> None:
@@ -88,7 +111,7 @@ class HashEmbedding(torch.nn.Module):
 
     @staticmethod
     def apply_gradients_together(modules: Sequence["HashEmbedding"], global_step: int, scale: float = 1.0,
-                                 dedup: str = "local") -> None:
+                                 dedup: str = DEFAULT_DEDUP) -> None:
         """:meth:`apply_gradients` of every module (sharded tables exchange their gradients at once).
 
         With several torch threads and enough ids, the tables update on that many threads at once:
@@ -113,8 +136,9 @@ class HashEmbedding(torch.nn.Module):
         """Drops the pending gradients (a step that is not applied)."""
         self.pending = []
 
-    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = "local") -> None:
-        """Applies the pending gradients (times ``scale``) in lookup order and clears them."""
+    def apply_gradients(self, global_step: int, scale: float = 1.0, dedup: str = DEFAULT_DEDUP) -> None:
+        """Applies the pending gradients (times ``scale``) in lookup order and clears them (``dedup``: see
+        :meth:`EmbeddingHashTable.apply_gradients`)."""
         if not self.pending:
             return
         pending = sorted(self.pending, key=lambda p: p.order)

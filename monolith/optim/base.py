@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from monolith.optim.fid_random import FidRandom
+
 
 def check_real(
     owner: str,
@@ -98,8 +100,10 @@ class Initializer(abc.ABC):
     """Fills newly created embedding rows."""
 
     @abc.abstractmethod
-    def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
-        """Fill ``rows`` (``[n, dim]`` float32, written in place)."""
+    def initialize(self, rows: np.ndarray, rng: FidRandom | np.random.Generator) -> None:
+        """Fill ``rows`` (``[n, dim]`` float32, written in place), drawing from ``rng.random(shape,
+        dtype=np.float32)``: a table passes a :class:`~monolith.optim.fid_random.FidRandom` over the
+        rows' FIDs, so a row's value depends on its FID, not on the order rows are created."""
 
     def config(self) -> dict[str, Any]:
         return {"type": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

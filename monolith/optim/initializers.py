@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from monolith.optim.base import Initializer, check_real
+from monolith.optim.fid_random import FidRandom
 
 
 class ZerosInitializer(Initializer):
     """Sets new rows to 0."""
 
-    def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
+    def initialize(self, rows: np.ndarray, rng: FidRandom | np.random.Generator) -> None:
         rows.fill(0)
 
 
@@ -20,15 +21,17 @@ class ConstantsInitializer(Initializer):
     def __init__(self, constant: float) -> None:
         self.constant = check_real(type(self).__name__, "constant", constant)
 
-    def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
+    def initialize(self, rows: np.ndarray, rng: FidRandom | np.random.Generator) -> None:
         rows.fill(self.constant)
 
 
 class RandomUniformInitializer(Initializer):
     """Draws new rows uniformly from ``[minval, maxval)``; ``None`` takes the proto defaults -0.05 / 0.05.
 
-    Monolith draws from a per-thread ``std::mt19937``; here the table's ``rng`` supplies the stream, so
-    values differ from Monolith's but the distribution (``minval + (maxval - minval) * U``, float32) is the same.
+    Monolith draws from a per-thread ``std::mt19937``; here a table draws each row from its FID
+    (:class:`~monolith.optim.fid_random.FidRandom`), so an id starts from the same vector in one
+    process and in N; values differ from Monolith's but the distribution (``minval + (maxval -
+    minval) * U``, float32) is the same.
     """
 
     def __init__(self, minval: float | None = None, maxval: float | None = None) -> None:
@@ -36,11 +39,8 @@ class RandomUniformInitializer(Initializer):
         self.minval = check_real(owner, "minval", -0.05 if minval is None else minval)
         self.maxval = check_real(owner, "maxval", 0.05 if maxval is None else maxval, low=self.minval)
 
-    def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
-        if rows.flags.c_contiguous:
-            rng.random(dtype=np.float32, out=rows)  # the same draws as rng.random(rows.shape), without a copy
-        else:
-            rows[...] = rng.random(rows.shape, dtype=np.float32)
+    def initialize(self, rows: np.ndarray, rng: FidRandom | np.random.Generator) -> None:
+        rows[...] = rng.random(rows.shape, dtype=np.float32)
         rows *= np.float32(self.maxval - self.minval)
         rows += np.float32(self.minval)
 
@@ -61,5 +61,5 @@ class BatchSoftmaxInitializer(Initializer):
         """Monolith's name of the value every new row is set to."""
         return self.init_step_interval
 
-    def initialize(self, rows: np.ndarray, rng: np.random.Generator) -> None:
+    def initialize(self, rows: np.ndarray, rng: FidRandom | np.random.Generator) -> None:
         rows.fill(self.init_step_interval)

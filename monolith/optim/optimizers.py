@@ -155,7 +155,10 @@ def _adagrad_kernel(weights, state, rows, grads, lr, weight_decay, p):
         for d in range(weights.shape[1]):
             g = _decayed(grads[i, d], weights[r, d], weight_decay)
             state[r, d] += g * g
-            weights[r, d] -= lr / np.sqrt(state[r, d]) * g
+            # An accumulator still at 0 (initial value 0) had only zero gradients: no step, as in
+            # torch.optim.Adagrad, rather than 0 / 0.
+            if state[r, d] > 0:
+                weights[r, d] -= lr / np.sqrt(state[r, d]) * g
         if p.shape[0]:
             _round_row_fp16(weights, r, p, i)
 
@@ -542,9 +545,9 @@ class AdagradOptimizer(_KernelOptimizer):
         weight_decay_factor: float | None = 0.0,
     ) -> None:
         self._learning_rate = self._rate(learning_rate, 0.001)
-        # A zero accumulator would divide 0 by 0 for a zero gradient.
+        # 0 is torch.optim.Adagrad's default: a row's first non-zero gradient then moves it by lr.
         self.initial_accumulator_value = self._real(
-            "initial_accumulator_value", initial_accumulator_value, 0.1, low=0.0, low_open=True
+            "initial_accumulator_value", initial_accumulator_value, 0.1, low=0.0
         )
         self.hessian_compression_times = self._int("hessian_compression_times", hessian_compression_times, 1, low=1)
         self.weight_decay_factor = self._real("weight_decay_factor", weight_decay_factor, 0.0, low=0.0)

@@ -17,7 +17,7 @@ tensors)::
      "full": bool,                   # optional (default False): a full snapshot of the sender's shard
      "rank": int, "world_size": int, # optional (default 0 and 1): the trainer process that sent it
      "tables": {name: {"ids": int64[n], "rows": float32[n, dim], "deleted": int64[m]}},
-     "dense": model.state_dict() or None}
+     "dense": model.dense_state_dict() or None}
 
 Rows arrive uncompressed and are stored as an export stores them (through the slices'
 compressors), so serving precision does not depend on how a row got there.

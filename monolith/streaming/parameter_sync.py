@@ -174,7 +174,7 @@ class ParameterSync(TrainingHook):
             step = estimator.global_step
             dense = None
             if (estimator.dist is None or estimator.dist.rank == 0) and (full or step != self._dense_marker):
-                dense = {k: v.detach().cpu().clone() for k, v in estimator.model.state_dict().items()}
+                dense = {k: v.detach().cpu().clone() for k, v in estimator.model.dense_state_dict().items()}
         update = {"version": step, "base_version": self._base, "tables": tables, "dense": dense}
         if full:
             update["full"] = True

@@ -113,6 +113,53 @@ class SlotConfig:
             raise ValueError(f"slot {self.slot}: expire_time must be > 0 days, got {self.expire_time}")
 
 
+@dataclasses.dataclass(frozen=True)
+class SlidingHashFilterConfig:
+    """Monolith's bounded occurrence filter (its ``SlidingHashFilter``) for a table, in place of the
+    exact one; see :class:`~monolith.table.sliding_hash_filter.SlidingHashFilter`.
+
+    Args:
+        capacity: ids the filter counts before it forgets the oldest (Monolith's ``filter_capacity``,
+            300,000,000 there for a whole parameter server; here per table, and per rank's shard of
+            a sharded table). At least 300, as Monolith raises it to.
+        split_num: splits the capacity is divided into (Monolith's ``filter_split_num``, 7): one
+            fills at a time, each holding ``capacity / (split_num - 1)`` ids, and ids not seen in
+            the last ``split_num - 2`` splits count again from zero. At least 5, as in Monolith.
+
+    Memory is fixed: ``split_num * (int(1.2 * capacity / (split_num - 1)) + 64)`` 16-bit cells, each
+    a 12-bit id signature and a 4-bit count (Monolith's ``count_bit = 4``), so counts saturate at
+    :data:`COUNTER_MAX` (15) and thresholds above 15 are refused. Ids sharing a signature near one
+    place share a count, and an id finding no free cell passes: both admit ids early, never late.
+    """
+
+    capacity: int
+    split_num: int = 7
+
+    def __post_init__(self) -> None:
+        for name, least in (("capacity", 300), ("split_num", 5)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"SlidingHashFilterConfig.{name} must be an int >= {least}, got {value!r}")
+
+    @property
+    def split_capacity(self) -> int:
+        """Ids one split holds before the next one starts (Monolith's ``get_split_capacity``)."""
+        return self.capacity // (self.split_num - 1)
+
+    @property
+    def split_cells(self) -> int:
+        """Cells of one split: its capacity at Monolith's fill rate 1.2, plus the probe overhang."""
+        return int(self.split_capacity * 1.2) + 64
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data, as checkpoints record it."""
+        return {"capacity": self.capacity, "split_num": self.split_num}
+
+
+#: Largest count a 4-bit counter of :class:`SlidingHashFilterConfig` holds (Monolith's ``max_count()``).
+COUNTER_MAX = 15
+
+
 class HashTableConfig:
     """Base of Monolith's table-kind configs; every kind maps onto :class:`~monolith.table.EmbeddingHashTable`."""
 

@@ -9,7 +9,9 @@ Each row remembers the time of its last update so rows of a slot can expire.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import logging
 import os
 import time
 import zipfile
@@ -21,15 +23,26 @@ import torch
 
 from monolith.atomic import atomic_write
 from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, fid_to_int64
-from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SliceConfig, SlotConfig
+from monolith.optim.fid_random import FidRandom
+from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterConfig, SliceConfig, SlotConfig
+from monolith.table.sliding_hash_filter import SlidingHashFilter
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
 from monolith.prefetch import prefetch_row_ahead
+
+logger = logging.getLogger(__name__)
 
 _FORMAT = "monolith-embedding-table"
 _FORMAT_VERSION = 1
 _SECONDS_PER_DAY = 86400
 DEDUP_MODES = ("local", "sum")
+#: One update per distinct id of a step, its gradients summed: how sharded tables (and Monolith's sync
+#: training) update, so one process trains like N by default.
+DEFAULT_DEDUP = "sum"
+#: An expiry pass (eviction or a save's skipping) that drops more than this share of a table's rows
+#: logs a warning, once per table: so large a share usually means the request times are on another
+#: clock than the rows' (events stamped now into rows last updated years ago).
+MASS_EXPIRY_SHARE = 0.5
 
 
 @numba.njit(cache=True, nogil=True)
@@ -85,6 +98,10 @@ def _record(timestamps, changed_at, rows, req_time, change):
         changed_at[r] = change
 
 
+def _utc(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _slots_of(keys: np.ndarray) -> np.ndarray:
     return (keys >> SIGNATURE_BITS_V2) & MAX_SLOT_V2
 
@@ -122,10 +139,15 @@ class EmbeddingHashTable:
         slots: per-slot admission/expiry settings; slots not listed use the defaults.
         default_occurrence_threshold: T for unlisted slots (admitted on the (T+1)-th occurrence).
         default_expire_time: expiry in days for unlisted slots.
-        seed: seeds the initializers, so two tables built alike hold identical rows.
+        seed: keys the initializers: a row's initial value depends on (seed, slice, FID) alone
+            (:class:`~monolith.optim.fid_random.FidRandom`), so an id starts alike in every table
+            built alike, in one process and in N.
         initial_capacity: ids the table holds before it first grows (Monolith's ``initial_capacity``
             of ``CuckooHashTableConfig``). Its map slots and row stores are allocated and paged in
             when the table is built, so training pays no growth until it holds that many ids.
+        occurrence_filter: None counts occurrences exactly, one counter per id not yet admitted
+            (dropped once unseen for the slot's expire time); a :class:`SlidingHashFilterConfig` counts
+            them in fixed memory as Monolith does, admitting a few ids early.
 
     Example::
 
@@ -145,12 +167,13 @@ class EmbeddingHashTable:
         seed: int = 0,
         name: str = "table",
         initial_capacity: int = 0,
+        occurrence_filter: SlidingHashFilterConfig | None = None,
     ) -> None:
         if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 0:
             raise ValueError(f"table '{name}': initial_capacity must be an int >= 0, got {initial_capacity!r}")
         self.name = name
         self.slices: list[SliceConfig] = []
-        self._rng = np.random.default_rng(seed)
+        self.seed = seed
         self.initial_capacity = initial_capacity
         self._map = FidMap(max(initial_capacity, 768))
         self._grouper = KeyGrouper()
@@ -162,6 +185,7 @@ class EmbeddingHashTable:
         #: Newest request time of any update, filtered ids' included ("now" for expiry, as Monolith's
         #: max_update_ts_sec_); kept across eviction and checkpoints.
         self._max_update_time = 0
+        self._warned_mass_expiry = False
         # Change counter of each row's last write, so the rows changed since a marker can be
         # pushed to serving (Monolith's real-time parameter sync).
         self._changes = 0
@@ -171,7 +195,9 @@ class EmbeddingHashTable:
         SlotConfig(0, default_occurrence_threshold, default_expire_time)  # validates the defaults
         self._thresholds = np.full(MAX_SLOT_V2 + 1, default_occurrence_threshold, dtype=np.int32)
         self._expire_days = np.full(MAX_SLOT_V2 + 1, default_expire_time, dtype=np.int64)
-        self._filter = OccurrenceFilter(self._thresholds)
+        self._filter = (OccurrenceFilter(self._thresholds) if occurrence_filter is None
+                        else SlidingHashFilter(self._thresholds, occurrence_filter))
+        self._filter.check_threshold(0, default_occurrence_threshold)
         for slot in slots:
             self.configure_slot(slot)
         for config in slices:
@@ -201,6 +227,7 @@ class EmbeddingHashTable:
 
     def configure_slot(self, config: SlotConfig) -> None:
         """Sets the occurrence threshold and expire time of one slot."""
+        self._filter.check_threshold(config.slot, config.occurrence_threshold)
         self._thresholds[config.slot] = config.occurrence_threshold
         self._expire_days[config.slot] = config.expire_time
 
@@ -274,7 +301,7 @@ class EmbeddingHashTable:
         grads: torch.Tensor | np.ndarray,
         global_step: int = 0,
         req_time: int | np.ndarray | None = None,
-        dedup: str = "local",
+        dedup: str = DEFAULT_DEDUP,
         *,
         hint: RowHint | None = None,
         occurrences: np.ndarray | torch.Tensor | None = None,
@@ -282,11 +309,12 @@ class EmbeddingHashTable:
         """Updates the rows of ``ids`` with ``grads`` (``[n, dim]``) through each slice's optimizer.
 
         Absent ids that pass their slot's occurrence filter are inserted (initialised) first.
-        ``dedup="local"`` applies one update per occurrence, in order, each occurrence counted and
-        filtered on its own (Monolith's single-process training); ``dedup="sum"`` first sums the
-        gradients of each distinct id, then filters it once with all its occurrences counted, and
-        applies one update (Monolith's sync training). There ``occurrences`` tells how many
-        occurrences each entry stands for (an id already summed elsewhere; default 1 each).
+        ``dedup="sum"`` (the default) first sums the gradients of each distinct id, then filters it
+        once with all its occurrences counted, and applies one update (Monolith's sync training;
+        ``occurrences`` tells how many occurrences each entry stands for, for an id already summed
+        elsewhere; default 1 each). ``dedup="local"`` applies one update per occurrence, in order,
+        each occurrence counted and filtered on its own (Monolith's single-process Python path); a
+        stateful optimizer (Adam, Adagrad) then takes as many steps as an id repeats.
         ``req_time`` (seconds, scalar or per id; default now) becomes the rows' last-update time.
         ``hint``, from :meth:`lookup_with_hint` of these same ids, saves searching for them again.
         """
@@ -305,9 +333,9 @@ class EmbeddingHashTable:
             # Grouping by hash and summing in a kernel beat np.unique and np.add.at several-fold.
             groups, count = self._grouper.group(keys)
             keys, rows, grads, times, counts = _sum_by_group(groups, count, keys, rows, grads, times, counts)
-        rows, complete = self._admit_missing(keys, rows, counts)
-        if not complete:
-            updated = rows >= 0
+        rows = self._admit_missing(keys, rows, times, counts)
+        updated = rows >= 0
+        if not updated.all():
             rows, grads, times = rows[updated], grads[updated], times[updated]
         if rows.size == 0:
             return
@@ -348,21 +376,21 @@ class EmbeddingHashTable:
             return rows
         return self._map.find(keys)
 
-    def _admit_missing(self, keys: np.ndarray, rows: np.ndarray,
-                       counts: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-        """``rows`` with the absent ids that pass the filter inserted, -1 for those filtered out; and
-        whether every id now has a row.
+    def _admit_missing(self, keys: np.ndarray, rows: np.ndarray, times: np.ndarray,
+                       counts: np.ndarray | None = None) -> np.ndarray:
+        """``rows`` with the absent ids that pass the filter inserted; -1 for those filtered out.
 
-        ``counts``: occurrences each key stands for (distinct keys); None: each key is one
-        occurrence, counted in order.
+        ``times``: request time of each key; ``counts``: occurrences each key stands for (distinct
+        keys); None: each key is one occurrence, counted in order.
         """
         missing = np.flatnonzero(rows < 0)
         if missing.size == 0:
-            return rows, True
-        admitted = missing[self._filter.admit(keys[missing], None if counts is None else counts[missing])]
+            return rows
+        admitted = missing[self._filter.admit(keys[missing], None if counts is None else counts[missing],
+                                              times[missing])]
         if admitted.size:
             rows[admitted] = self._insert(keys[admitted])
-        return rows, admitted.size == missing.size
+        return rows
 
     def _insert(self, keys: np.ndarray) -> np.ndarray:
         """Rows of ``keys``, creating (initialising) rows for the absent ones."""
@@ -382,7 +410,10 @@ class EmbeddingHashTable:
         if stop <= start:
             return
         config = self.slices[index]
-        config.initializer.initialize(self._weights[index][start:stop], self._rng)
+        # Drawn from the rows' FIDs: an id starts from the same vector in any table built alike, in
+        # one process or on any rank, whatever order rows are created in.
+        draws = FidRandom(self.seed, index, self._keys[start:stop])
+        config.initializer.initialize(self._weights[index][start:stop], draws)
         config.optimizer.init_state(self._states[index][start:stop])
 
     def _grow_stores(self, size: int) -> None:
@@ -430,14 +461,35 @@ class EmbeddingHashTable:
         """
         self._max_update_time = max(self._max_update_time, int(req_time))
 
-    def _unexpired(self, now: int | None) -> np.ndarray:
+    def _expiry_now(self, now: int | None) -> int:
+        """``now`` for expiry: as given, else the expiry clock (or a newer assigned row's time)."""
+        if now is not None:
+            return int(now)
+        size = len(self)
+        return max(self._max_update_time, int(self._timestamps[:size].max())) if size else self._max_update_time
+
+    def _unexpired(self, now: int) -> np.ndarray:
+        """Mask of the rows within their slot's expire time at ``now``.
+
+        Warns once per table when more than :data:`MASS_EXPIRY_SHARE` of the rows are expired.
+        """
         size = len(self)
         timestamps = self._timestamps[:size]
         if size == 0:
             return np.ones(0, dtype=np.bool_)
-        now = max(self._max_update_time, int(timestamps.max())) if now is None else int(now)
-        expire_seconds = self._expire_days[_slots_of(self._keys[:size])] * _SECONDS_PER_DAY
-        return now - timestamps < expire_seconds
+        expire_days = self._expire_days[_slots_of(self._keys[:size])]
+        keep = now - timestamps < expire_days * _SECONDS_PER_DAY
+        expired = size - int(np.count_nonzero(keep))
+        if expired > MASS_EXPIRY_SHARE * size and not self._warned_mass_expiry:
+            self._warned_mass_expiry = True
+            logger.warning(
+                "table '%s': expiry drops %d of its %d rows (%.1f%%, more than %d%%): now is %s (the newest "
+                "request time), the dropped rows were last updated %s to %s, expire_time %d..%d days. Request "
+                "times on another clock than the rows' (events stamped now into rows from another time) do "
+                "this. Warned once per table.", self.name, expired, size, 100.0 * expired / size,
+                round(100 * MASS_EXPIRY_SHARE), _utc(now), _utc(int(timestamps[~keep].min())),
+                _utc(int(timestamps[~keep].max())), int(expire_days[~keep].min()), int(expire_days[~keep].max()))
+        return keep
 
     def evict(self, now: int | None = None) -> int:
         """Drops rows not updated for their slot's expire time; returns how many were dropped.
@@ -447,7 +499,12 @@ class EmbeddingHashTable:
         return int(self.evict_expired(now).size)
 
     def evict_expired(self, now: int | None = None) -> np.ndarray:
-        """Like :meth:`evict`, returning the FIDs dropped (serving must drop them too)."""
+        """Like :meth:`evict`, returning the FIDs dropped (serving must drop them too).
+
+        The exact occurrence filter drops its counters of ids not seen for their slot's expire time
+        as well, and those of admitted ids.
+        """
+        now = self._expiry_now(now)
         keep = self._unexpired(now)
         dropped = self._keys[: len(self)][~keep].copy()
         if dropped.size:
@@ -455,6 +512,7 @@ class EmbeddingHashTable:
         if self._filter.enabled and len(self._filter):
             # Admitted ids need no counter; an evicted id starts counting again from zero.
             self._filter.forget(np.concatenate([self._keys[: len(self)], dropped]))
+            self._filter.forget_unseen(now, self._expire_days)
         return dropped
 
     def _compact(self, rows: np.ndarray) -> None:
@@ -472,11 +530,13 @@ class EmbeddingHashTable:
     def state_dict(self, skip_expired: bool = True) -> dict[str, np.ndarray]:
         """Keys, rows, optimizer state, timestamps and filter counters as plain arrays.
 
-        With ``skip_expired`` rows past their expire time are left out, as Monolith skips them on save.
+        With ``skip_expired`` rows past their expire time are left out, as Monolith skips them on
+        save, and so are the exact filter's counters of ids not seen for that long.
         """
         rows = np.arange(len(self))
+        now = self._expiry_now(None)
         if skip_expired:
-            rows = rows[self._unexpired(None)]
+            rows = rows[self._unexpired(now)]
         meta = {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
@@ -490,8 +550,7 @@ class EmbeddingHashTable:
             "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             "keys": self._keys[rows],
             "timestamps": self._timestamps[rows],
-            "rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), dtype=np.uint8),
-            **self._filter.state(),
+            **(self._filter.state(now, self._expire_days) if skip_expired else self._filter.state()),
         }
         for index, (weights, opt_state) in enumerate(zip(self._weights, self._states)):
             state[f"weights_{index}"] = weights[rows]
@@ -508,6 +567,10 @@ class EmbeddingHashTable:
         keys = np.ascontiguousarray(state["keys"], dtype=np.int64)
         size = keys.size
         _check_state_shapes(state, meta, size, [s.shape[1] for s in self._states], source)
+        try:
+            self._filter.check_state(state)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
         if self._grouper.group(keys)[1] != size:
             raise ValueError(f"{source}: the table's keys repeat a FID")
         self._map.rebuild(keys, room_for=self.initial_capacity)
@@ -525,9 +588,8 @@ class EmbeddingHashTable:
             self._states[index] = self._new_store(np.float32, self._states[index].shape[1])
             self._weights[index][:size] = state[f"weights_{index}"]
             self._states[index][:size] = state[f"state_{index}"]
-        self._filter.load_state({"filter_keys": state["filter_keys"], "filter_counts": state["filter_counts"]})
         self._max_update_time = int(meta.get("max_update_time", 0))
-        self._rng.bit_generator.state = json.loads(bytes(state["rng"]).decode())
+        self._filter.load_state({k: v for k, v in state.items() if k.startswith("filter_")}, seen=self._max_update_time)
 
     def save(self, path: str | os.PathLike, skip_expired: bool = True) -> None:
         """Writes the table to ``path`` atomically (temporary file, fsync, rename)."""
@@ -572,10 +634,6 @@ def _check_state_shapes(state: dict[str, np.ndarray], meta: dict, size: int, sta
     for name, shape in expected.items():
         if state[name].shape != shape:
             raise ValueError(f"{source}: '{name}' has shape {list(state[name].shape)}, expected {list(shape)}")
-    try:
-        OccurrenceFilter.check_state(state)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
 
 
 def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
@@ -589,7 +647,7 @@ def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
         raise ValueError(f"{source}: format version {meta.get('version')}, expected {_FORMAT_VERSION}")
     if not isinstance(meta.get("slices"), list) or not all(isinstance(x, dict) and "dim" in x for x in meta["slices"]):
         raise ValueError(f"{source}: the table's meta has no readable 'slices'")
-    required = {"keys", "timestamps", "rng", "filter_keys", "filter_counts"}
+    required = {"keys", "timestamps", "filter_keys", "filter_counts"}
     required |= {f"{kind}_{i}" for i in range(len(meta["slices"])) for kind in ("weights", "state")}
     missing = sorted(required - set(state))
     if missing:
