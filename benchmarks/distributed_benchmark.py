@@ -79,7 +79,7 @@ def worker(out_file: str, steps: int, batch_size: int, hidden: str) -> None:
     estimator.train(max_steps=_WARMUP + steps, hooks=hooks)
     elapsed = clock.times[-1] - clock.times[_WARMUP - 1]
     sparse_bytes = clock.bytes_sent[-1] - clock.bytes_sent[_WARMUP - 1]
-    world = estimator.dist.world_size if estimator.dist is not None else 1
+    world = estimator.dist.world_size
     dense_bytes = sum(p.numel() * 4 for p in model.parameters()) if world > 1 else 0
     with open(out_file, "w") as f:
         json.dump({"examples_per_sec": steps * batch_size / elapsed,

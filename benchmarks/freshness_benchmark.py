@@ -1,10 +1,11 @@
 """End-to-end freshness: time from an event being produced until serving's prediction reflects it.
 
 Three real processes on 127.0.0.1, as in production: a Kafka broker (tansu), the trainer
-(``monolith train --stream ... --serving-url ... --sync-interval S``) and the server
-(``monolith serve``). Each measurement produces an event with a never-seen user id, then polls the
-server until that user's prediction moves (an absent FID looks up as zeros, so it moves once the
-trainer has trained the event and pushed the new row).
+(``monolith train --stream ... --serving-url ... --sync-interval S --dense-sync-interval D``) and the
+server (``monolith serve``). Each measurement produces an event with a never-seen user id, then polls
+the server until that user's prediction moves (an absent FID looks up as zeros, so it moves once the
+trainer has trained the event and pushed the new row): the freshness of the embedding rows, which go
+every S seconds; the dense weights go every D seconds.
 
     python -m benchmarks.freshness_benchmark
 """
@@ -32,6 +33,7 @@ from monolith.fid import make_fid
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.model import MonolithModel
 from monolith.streaming import KafkaSource, LocalKafkaBroker, encode_example
+from monolith.streaming.parameter_sync import DENSE_INTERVAL_FACTOR
 
 TOPIC = "clicks"
 
@@ -98,8 +100,12 @@ def _metrics(server: str) -> dict:
         return json.loads(response.read())
 
 
-def run(sync_interval_s: float = 1.0, measurements: int = 5, timeout_s: float = 60.0) -> dict[str, float]:
-    """Measures freshness ``measurements`` times; returns the median and the worst, in seconds."""
+def run(sync_interval_s: float = 1.0, measurements: int = 5, timeout_s: float = 60.0,
+        dense_sync_interval_s: float | None = None) -> dict[str, float]:
+    """Measures freshness ``measurements`` times; returns the median and the worst, in seconds, and the
+    two sync intervals (``dense_sync_interval_s`` None: the trainer's default)."""
+    if dense_sync_interval_s is None:
+        dense_sync_interval_s = DENSE_INTERVAL_FACTOR * sync_interval_s
     from confluent_kafka import Producer
 
     with LocalKafkaBroker() as broker, tempfile.TemporaryDirectory() as work:
@@ -128,7 +134,8 @@ def run(sync_interval_s: float = 1.0, measurements: int = 5, timeout_s: float = 
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "monolith", "train", "--model", model_spec, "--model-dir", model_dir,
                  "--stream", f"kafka://{broker.bootstrap_servers}/{TOPIC}", "--serving-url", server,
-                 "--sync-interval", str(sync_interval_s), "--threads", "1"],
+                 "--sync-interval", str(sync_interval_s), "--dense-sync-interval", str(dense_sync_interval_s),
+                 "--threads", "1"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             # Warm-up: the trainer is consuming and pushing once serving's version moves.
             version = _metrics(server)["model_version"]
@@ -151,7 +158,8 @@ def run(sync_interval_s: float = 1.0, measurements: int = 5, timeout_s: float = 
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    return {"sync_interval_s": sync_interval_s, "measurements": measurements,
+    return {"sync_interval_s": sync_interval_s, "dense_sync_interval_s": dense_sync_interval_s,
+            "measurements": measurements,
             "freshness_p50_s": statistics.median(delays), "freshness_max_s": max(delays)}
 
 
@@ -165,9 +173,11 @@ def _healthy(server: str) -> bool:
 
 def report(results: list[dict[str, float]]) -> str:
     """Markdown table of :func:`run` results."""
-    lines = ["| sync interval | events | freshness p50 | freshness max |", "| --- | --- | --- | --- |"]
+    lines = ["| sync interval (rows) | dense sync interval | events | freshness p50 | freshness max |",
+             "| --- | --- | --- | --- | --- |"]
     for r in results:
-        lines.append(f"| {r['sync_interval_s']:g} s | {r['measurements']} | {r['freshness_p50_s']:.2f} s | "
+        lines.append(f"| {r['sync_interval_s']:g} s | {r['dense_sync_interval_s']:g} s | {r['measurements']} | "
+                     f"{r['freshness_p50_s']:.2f} s | "
                      f"{r['freshness_max_s']:.2f} s |")
     return "\n".join(lines)
 

@@ -72,17 +72,31 @@ class CheckpointManager:
             raise ValueError(f"{path}: unreadable checkpoint index ({error})") from error
         if not isinstance(index, dict) or "all" not in index:
             raise ValueError(f"{path}: not a checkpoint index (expected keys 'latest' and 'all')")
+        # A checkpoint is complete once renamed into place; a crash before the index named it leaves
+        # it newer than every indexed one: it is the latest (else the next save would refuse its step).
+        indexed = [int(name[len(_PREFIX):]) for name in index["all"] if name[len(_PREFIX):].isdigit()]
+        newer = {step: name for step, name in self._complete_checkpoints().items() if step > max(indexed, default=-1)}
+        if newer:
+            names = [newer[step] for step in sorted(newer)]
+            logger.warning("%s: checkpoint(s) %s complete but not in the index (a crash before it was written); "
+                           "the latest is %s", self.model_dir, ", ".join(names), names[-1])
+            index = {"latest": names[-1], "all": index["all"] + names}
         return index
 
-    def _rebuild_index(self) -> dict[str, Any]:
-        """The index of the ``ckpt-N`` directories with a manifest, by step: a lost index must not
-        make training start over at step 0 on top of trained checkpoints. Written back when it can be."""
+    def _complete_checkpoints(self) -> dict[int, str]:
+        """The ``ckpt-N`` directories with a manifest, by step."""
         steps = {}
         if os.path.isdir(self.model_dir):
             for name in os.listdir(self.model_dir):
                 match = re.fullmatch(rf"{_PREFIX}(\d+)", name)
                 if match and os.path.isfile(os.path.join(self.model_dir, name, "manifest.json")):
                     steps[int(match.group(1))] = name
+        return steps
+
+    def _rebuild_index(self) -> dict[str, Any]:
+        """The index of the complete ``ckpt-N`` directories, by step: a lost index must not make
+        training start over at step 0 on top of trained checkpoints. Written back when it can be."""
+        steps = self._complete_checkpoints()
         if not steps:
             return {"latest": None, "all": []}
         names = [steps[step] for step in sorted(steps)]
@@ -132,10 +146,9 @@ class CheckpointManager:
             raise FileNotFoundError(f"{self.model_dir}: no checkpoint to restore from")
         if name is None:
             return latest
-        wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(name))
-        for path in self.checkpoints():
-            if os.path.basename(path) == wanted:
-                return path
+        path = self.named(name)
+        if path is not None:
+            return path
         logger.warning("restore_ckpt %r is not a checkpoint of %s (it has %s); restoring its latest, %s", name,
                        self.model_dir, [os.path.basename(p) for p in self.checkpoints()], os.path.basename(latest))
         return latest
@@ -143,6 +156,12 @@ class CheckpointManager:
     def checkpoints(self) -> list[str]:
         """Paths of the kept checkpoints, oldest first."""
         return [os.path.join(self.model_dir, name) for name in self._read_index()["all"]]
+
+    def named(self, name: str | os.PathLike) -> str | None:
+        """The kept checkpoint ``name`` names (its path or ``ckpt-N``; TensorFlow's ``model.ckpt-N``
+        names ``ckpt-N``), or None."""
+        wanted = re.sub(r"^model\.ckpt-(\d+)$", r"ckpt-\1", os.path.basename(os.path.normpath(os.fspath(name))))
+        return next((path for path in self.checkpoints() if os.path.basename(path) == wanted), None)
 
     def latest(self) -> str | None:
         """Path of the newest complete checkpoint, or None.

@@ -246,11 +246,10 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         from monolith.streaming import KafkaSource, decode_examples
 
         model = estimator.model
-        rank = estimator.dist.rank if estimator.dist is not None else 0
         try:
             source = KafkaSource.from_url(args.stream, model.batch_size or 256,
                                           parse_fn=getattr(model, "parse_stream", decode_examples),
-                                          rank=rank, world_size=estimator.dist.world_size if estimator.dist else 1,
+                                          rank=estimator.dist.rank, world_size=estimator.dist.world_size,
                                           group_id=args.stream_group or model.p.name,
                                           idle_timeout_s=args.stream_idle_timeout)
         except ValueError as e:
@@ -265,8 +264,12 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
             token = read_token(args.serving_token_file)
         except ValueError as e:
             raise CliError(str(e)) from None
-        hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
-                                   evict_interval_s=args.evict_interval, token=token))
+        try:
+            hooks.append(ParameterSync(args.serving_url, interval_s=args.sync_interval,
+                                       dense_interval_s=args.dense_sync_interval, every_steps=args.sync_every_steps,
+                                       evict_interval_s=args.evict_interval, token=token))
+        except ValueError as e:
+            raise CliError(f"--serving-url: {e}") from None
     metrics = estimator.train(max_steps=args.max_steps, steps=args.steps, input_fn=input_fn, hooks=hooks,
                               epochs=args.epochs)
     latest = CheckpointManager(estimator.config.model_dir).latest()
@@ -310,7 +313,7 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
         dump = estimator.model_dump(batch, receiver, input_source=source)
     except ValueError as e:
         raise CliError(f"dump: {e}") from None
-    if estimator.dist is None or estimator.dist.rank == 0:
+    if estimator.dist.rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         dump.dump(path)
     return {"dump": os.path.abspath(path), "features": [f.name for f in dump.features],
@@ -384,7 +387,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="--serving-url: file holding the token serving requires for updates, sent as "
                             "'Authorization: Bearer <token>' (default: $MONOLITH_SERVING_TOKEN)")
     train.add_argument("--sync-interval", type=float, default=10.0,
-                       help="--serving-url: seconds between parameter pushes (default 10)")
+                       help="--serving-url: seconds between pushes of the changed embedding rows (default 10)")
+    train.add_argument("--dense-sync-interval", type=float, default=None,
+                       help="--serving-url: seconds between pushes of the dense weights (default: 6 times "
+                            "--sync-interval; the last push of a run always carries them)")
+    train.add_argument("--sync-every-steps", type=int, default=None, metavar="K",
+                       help="--serving-url: also push after every K global steps (default: by the clock only)")
     train.add_argument("--evict-interval", type=float, default=None,
                        help="--serving-url: seconds between expiry sweeps whose evictions reach serving")
     for name, what in (("evaluate", "evaluate the latest checkpoint (per-head AUC / MSE, loss per example)"),
@@ -452,15 +460,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         parser.exit(2, f"monolith: error: {e}\n")
     dist = estimator.dist
-    if dist is None or dist.rank == 0 or args.command == "predict":
+    if dist.rank == 0 or args.command == "predict":
         line = {"command": args.command, "model": args.model, "model_dir": os.path.abspath(run_config.model_dir),
                 "global_step": estimator.global_step, **result}
-        if dist is not None:
+        if dist.world_size > 1:
             line["rank"] = dist.rank
         # One write per line: under torchrun the ranks' lines share stdout and must not interleave.
         sys.stdout.write(json.dumps(line, default=str) + "\n")
         sys.stdout.flush()
-    if dist is not None and torch.distributed.is_initialized():
+    if torch.distributed.is_initialized():
         dist.barrier()
         torch.distributed.destroy_process_group()
     return 0

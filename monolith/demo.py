@@ -110,12 +110,12 @@ class DeepFM(MonolithModel):
     def input_fn(self, mode: str) -> Iterator[Batch]:
         batch_size = self.p.train.per_replica_batch_size if mode == ModeKeys.TRAIN else self.p.eval.per_replica_batch_size
         data = _movielens(self.p.data_path, batch_size)
+        # Under torchrun every rank reads its own share of the examples (the Estimator trains until
+        # every rank's share is read: the shares differ by at most one example).
+        split = (data.train if mode == ModeKeys.TRAIN else data.test).shard(get_rank(), get_world_size())
         if mode == ModeKeys.TRAIN:
-            batches = itertools.chain.from_iterable(data.train for _ in range(self.p.epochs))
-        else:
-            batches = iter(data.test)
-        # Under torchrun every rank reads its own share of the batches.
-        return itertools.islice(batches, get_rank(), None, get_world_size())
+            return itertools.chain.from_iterable(split for _ in range(self.p.epochs))
+        return iter(split)
 
     def model_fn(self, features: Batch, mode: str) -> EstimatorSpec:
         names = self.p.features

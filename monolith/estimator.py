@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from monolith.checkpoint import CheckpointManager
 from monolith.dump import ModelDump
-from monolith.distributed.context import LIVENESS_WINDOW_S, DistributedContext, init_from_env
+from monolith.distributed.context import LIVENESS_WINDOW_S, DistributedContext, SingleProcessContext, init_from_env
 from monolith.distributed.shared_dir import check_shared_dir
 from monolith.distributed.sharded_embedding import ShardedHashEmbedding, table_state_for_rank
 from monolith.export.exporter import export_saved_model, exporting_note, serving_receiver, trace_batch
@@ -82,15 +82,12 @@ class _HeadMetrics:
                 label = (label != 0).to(torch.float32)
             metric.update(label, pred.detach().reshape(-1))
 
-    def compute(self, dist_ctx: DistributedContext | None = None) -> dict[str, float]:
-        """Per-head values; under torch.distributed over every rank's examples, not a mean of ranks."""
-        metrics = self._metrics
-        if dist_ctx is not None:
-            merged: dict[str, AUC | MeanSquaredError] = {}
-            for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in metrics.items()}):
-                for head, (kind, state) in states.items():
-                    merged.setdefault(head, kind()).merge(state)
-            metrics = merged
+    def compute(self, dist_ctx: DistributedContext) -> dict[str, float]:
+        """Per-head values over every rank's examples (merged, not a mean of ranks)."""
+        metrics: dict[str, AUC | MeanSquaredError] = {}
+        for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in self._metrics.items()}):
+            for head, (kind, state) in states.items():
+                metrics.setdefault(head, kind()).merge(state)
         return {f"{head}/{'auc' if isinstance(m, AUC) else 'mse'}": m.compute() for head, m in metrics.items()}
 
 
@@ -121,6 +118,12 @@ class Estimator:
             config = RunConfig(model_dir=config or "model_dir")
         elif isinstance(config, RunnerConfig):
             config = config.configure(model)
+        if model.ctx.built:
+            # A model another Estimator trained: its tables belong to that run (model_dir, table
+            # layout); this one starts from fresh tables, as Monolith builds a new graph per Estimator.
+            logger.warning("Estimator: %s was built by another Estimator; its embedding tables start afresh "
+                           "(dense layers keep their weights)", type(model).__name__)
+            model.fresh_tables()
         self.model = model
         self.config = config
         self.global_step = 0
@@ -138,11 +141,11 @@ class Estimator:
         self._source = None
         #: Held during each training step; other threads (ParameterSync) read parameters between steps.
         self.step_lock = threading.Lock()
-        self.dist = init_from_env(config.collective_timeout_s)
+        self.dist = init_from_env(config.collective_timeout_s) or SingleProcessContext()
         self.dedup = config.dedup or "sum"
-        if self.dist is not None and self.dedup == "local":
+        if self.dist.world_size > 1 and self.dedup == "local":
             raise ValueError("RunConfig.dedup 'local' is for a single process; sharded tables sum per id ('sum')")
-        if self.dist is not None:
+        if self.dist.world_size > 1:
             # Sync training: sharded tables (whose owners always sum per id), one output file per rank.
             config.index = self.dist.rank
             self.model.ctx.module_factory = ShardedHashEmbedding
@@ -161,11 +164,10 @@ class Estimator:
                 raise ValueError("input_fn(TRAIN) produced no batch")
         torch.manual_seed(self.config.seed)
         output = self.model.build(batch)
-        if self.dist is not None:
-            self._check_ranks_agree()
-            if self.model.p.mode == ModeKeys.TRAIN:
-                check_shared_dir(self.config.model_dir, self.dist)
-            self.dist.broadcast_tensors(list(self.model.dense_state_dict().values()))
+        self._check_ranks_agree()
+        if self.model.p.mode == ModeKeys.TRAIN:
+            check_shared_dir(self.config.model_dir, self.dist)
+        self.dist.broadcast_tensors(list(self.model.dense_state_dict().values()))
         if self.model.p.mode == ModeKeys.TRAIN:
             self._dense_optimizer = self._make_dense_optimizer(output.optimizer)
         self._restore_latest()
@@ -211,15 +213,29 @@ class Estimator:
         """The checkpoint this estimator last wrote or restored (None before either)."""
         return self._restored
 
+    @property
+    def stream_position(self) -> dict[str, Any] | None:
+        """How far training has read its stream: ``{"topic": str, "offsets": {partition: next
+        offset}}`` after the last batch taken (None when the input is no stream). An endless stream
+        writes no checkpoint by default, so this is what tells how far a running trainer has got."""
+        state = self._source.state_dict() if self._source is not None else None
+        if not isinstance(state, dict) or "offsets" not in state:
+            return None
+        return {"topic": str(state.get("topic")), "offsets": {str(p): int(o) for p, o in state["offsets"].items()}}
+
     def _restore_latest(self) -> None:
         latest = self._checkpoints.latest()
         if latest is None or latest == self._restored:
             return
+        self._restore(latest)
+
+    def _restore(self, latest: str) -> None:
+        """Loads checkpoint ``latest`` into the model, its tables and the dense optimizer."""
         dense, tables, manifest = CheckpointManager.read(latest)
         self.model.load_dense_state_dict(dense["model"])
         self._pending_optimizer_state = dense.get("optimizer")
         self._load_optimizer_state()
-        rank, world = (self.dist.rank, self.dist.world_size) if self.dist is not None else (0, 1)
+        rank, world = self.dist.rank, self.dist.world_size
         self.model.ctx.load_table_states({name: table_state_for_rank(shards, rank, world)
                                           for name, shards in tables.items()}, source=latest)
         self.global_step = int(manifest["global_step"])
@@ -256,20 +272,14 @@ class Estimator:
             "optimizer": self._dense_optimizer.state_dict() if self._dense_optimizer is not None else None,
             "global_step": self.global_step,
             "batches_consumed": self._batches_consumed,
-            "torch_rng_by_rank": ([torch.get_rng_state()] if self.dist is None
-                                  else self.dist.all_gather_object(torch.get_rng_state())),
+            "torch_rng_by_rank": self.dist.all_gather_object(torch.get_rng_state()),
         }
         input_state = self._source.state_dict() if self._source is not None else None
-        if self.dist is None:
-            path = self._checkpoints.save(self.global_step, dense, self.model.ctx.table_states(),
-                                          extra={"input_states": [input_state], "input_ended": input_ended})
-        else:
-            path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
-                                          self.model.ctx.table_states(),
-                                          extra={"input_states": self.dist.all_gather_object(input_state),
-                                                 "input_ended": input_ended},
-                                          rank=self.dist.rank, world_size=self.dist.world_size,
-                                          barrier=self.dist.barrier)
+        path = self._checkpoints.save(self.global_step, dense if self.dist.rank == 0 else None,
+                                      self.model.ctx.table_states(),
+                                      extra={"input_states": self.dist.all_gather_object(input_state),
+                                             "input_ended": input_ended},
+                                      rank=self.dist.rank, world_size=self.dist.world_size, barrier=self.dist.barrier)
         self._restored = path
         if self._source is not None and hasattr(self._source, "commit"):
             self._source.commit()  # the stream's consumed offsets go with the checkpoint
@@ -279,7 +289,7 @@ class Estimator:
 
     def _export_when_saving(self, checkpoint: str) -> None:
         """Exports the checkpointed model and deletes the exports of checkpoints no longer kept."""
-        if self.dist is not None:
+        if self.dist.world_size > 1:
             if self.dist.rank == 0:
                 logger.warning("serving.export_when_saving: not exported under torch.distributed (an export runs "
                                "in one process: `monolith export` the checkpoint %s)", checkpoint)
@@ -300,7 +310,7 @@ class Estimator:
         if latest is None:
             return
         states = CheckpointManager.read_manifest(latest).get("input_states") or []
-        rank = self.dist.rank if self.dist is not None else 0
+        rank = self.dist.rank
         merge = getattr(self._source, "merge_state_dicts", None)
         if merge is not None and any(state is not None for state in states):
             # One state of every rank's: the checkpoint may come from another number of ranks.
@@ -340,7 +350,7 @@ class Estimator:
         Raises:
             RuntimeError: under torch.distributed (export from one process).
         """
-        if self.dist is not None:
+        if self.dist.world_size > 1:
             raise RuntimeError("export_saved_model runs in one process: restore the checkpoint with an Estimator "
                                "outside torch.distributed (it merges the shards of every rank) and export there")
         if export_dir is None:
@@ -361,7 +371,7 @@ class Estimator:
         """Writes a TensorBoard scalar; under torch.distributed rank 0 alone writes (one value a step)."""
         if not self.config.enable_summaries or not math.isfinite(value):
             return
-        if self.dist is not None and self.dist.rank != 0:
+        if self.dist.rank != 0:
             return
         if self._summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
@@ -435,7 +445,7 @@ class Estimator:
         step = int(manifest["global_step"])
         if max_steps is not None and max_steps > max(step, ended.get("max_steps") or 0):
             return False
-        if self.dist is None or self.dist.rank == 0:
+        if self.dist.rank == 0:
             logger.warning("train: %s finished at global step %d (its input was read to the end): nothing to train; "
                            "a higher max_steps, steps or epochs trains more", latest, step)
         return True
@@ -477,20 +487,23 @@ class Estimator:
         saved_step, saved_at = None, time.monotonic()
         progress = self._progress(max_steps)
         last: dict[str, float] = {}
-        started, examples = time.perf_counter(), 0
-        stopped = lambda: stop.requested is not None  # noqa: E731
-        if self.dist is not None:  # every rank stops at the same step when any was signalled
-            stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
+        # Steps taken by this call: the same on every rank (examples are not: a rank may join with
+        # empty batches), so the collectives after the loop depend on them.
+        started, examples, steps = time.perf_counter(), 0, 0
+        # Every rank stops at the same step when any was signalled.
+        stopped = lambda: self.dist.count(stop.requested is not None) > 0  # noqa: E731
         try:
-            # A stream's exhausted ranks join with empty batches, so that a batch another rank
-            # already took from its stream is trained, not lost; max_steps stops before taking one.
+            # Ranks whose input ended join with empty batches until every rank's has: shares of a
+            # data set differ in size, and a batch another rank already took from its stream is
+            # trained, not lost. All ranks stop together; max_steps stops before taking a batch.
             done = lambda: stopped() or (max_steps is not None and self.global_step >= max_steps)  # noqa: E731
-            for batch in self._in_step(batches, pad_exhausted=self._source is not None, stop=done):
+            for batch in self._in_step(batches, pad_exhausted=True, stop=done):
                 with self.step_lock:
                     output = self.train_step(batch)
                 self._batches_consumed += 1
                 metrics.update(output)
                 examples += batch.batch_size
+                steps += 1
                 if model_hooks is None:
                     model_hooks = self._hooks(output.training_hooks)
                     for hook in model_hooks:
@@ -507,8 +520,7 @@ class Estimator:
                 due = bool(every_steps) and self.global_step % every_steps == 0
                 if every_secs:
                     due = time.monotonic() - saved_at >= every_secs
-                    if self.dist is not None:  # saving is collective: every rank saves when one is due
-                        due = self.dist.count(due) > 0
+                    due = self.dist.count(due) > 0  # saving is collective: every rank saves when one is due
                 if due:
                     self.save_checkpoint()
                     saved_step, saved_at = self.global_step, time.monotonic()
@@ -523,15 +535,15 @@ class Estimator:
                                max_steps)
             if signalled:
                 logger.warning("train: stopped by a signal at global step %d", self.global_step)
-            if examples:
+            if steps:
                 if self.global_step % self.config.log_step_count_steps:  # steps since the last log
                     last = self._log(output, metrics, examples / (time.perf_counter() - started))
             ended = {"max_steps": max_steps} if input_ended else None
-            if examples and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
+            if steps and saved_step != self.global_step:  # re-saving a step would replace the latest checkpoint
                 self._save_checkpoint(input_ended=ended)
             elif ended is not None and self._restored is not None:
                 self._checkpoints.annotate(self._restored, {"input_ended": ended},
-                                           rank=self.dist.rank if self.dist is not None else 0)
+                                           rank=self.dist.rank)
         finally:
             for hook in (model_hooks or []) + extra_hooks:
                 hook.end()
@@ -546,7 +558,12 @@ class Estimator:
         """The batches of ``epochs`` passes over the input (None: one), the first continuing from where
         the restored checkpoint left it, or a new pass when every batch of it was trained."""
         batches = self._resume(first, rest)
-        if batches is None:
+        # Under torch.distributed a new pass starts only when every rank's was all trained; a rank
+        # whose share was joins the others with empty batches (see _in_step).
+        all_trained = self.dist.count(batches is not None) == 0
+        if batches is None and not all_trained:
+            batches = iter(())
+        elif all_trained:
             logger.info("train: input_fn's %d batches were all trained; reading it again from the start",
                         self._batches_consumed)
             self._batches_consumed = 0
@@ -560,8 +577,6 @@ class Estimator:
         """This rank's first training batch, once every rank knows that every rank has one (the build
         pass and the steps are collectives) and that all train to the same ``plan``. A stream's rank
         without a batch joins with an empty one; other inputs need data on every rank."""
-        if self.dist is None:
-            return first
         gathered = self.dist.all_gather_object((None if first is None else first.empty_like(), plan))
         for rank, (_, theirs) in enumerate(gathered):
             if theirs != plan:
@@ -590,7 +605,7 @@ class Estimator:
         another rank broke, as an error naming that rank; this rank's own failure as it is, recorded
         for the others (whose collectives break as soon as this process exits: nobody waits for a
         timeout)."""
-        if self.dist is None or isinstance(error, GeneratorExit):
+        if isinstance(error, GeneratorExit):
             raise error
         if isinstance(error, RuntimeError):  # gloo's transport errors are plain RuntimeErrors
             failed = {r: why for r, why in self.dist.failed_ranks().items() if r != self.dist.rank}
@@ -622,11 +637,8 @@ class Estimator:
             self._load_optimizer_state()
         if output.loss is None:
             raise ValueError("model_fn returned no loss in TRAIN mode")
-        finite = bool(torch.isfinite(output.loss))
-        if not finite and self.dist is None:  # under torch.distributed every rank learns it below
-            self.model.ctx.discard_gradients()
-            raise FloatingPointError(f"loss is {output.loss.item()} at global step {self.global_step}; "
-                                     f"the last checkpoint is kept")
+        # An empty batch (a rank whose input ended) has no gradient, though a mean loss over it is NaN.
+        finite = bool(torch.isfinite(output.loss)) or batch.batch_size == 0
         if self._dense_optimizer is not None:
             self._dense_optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -634,15 +646,15 @@ class Estimator:
         # Without clipping or a summary nobody reads the global norm: its pass over every gradient is skipped.
         needs_norm = self.model.p.clip_norm is not None or summary_due
         sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
-        if self.dist is not None:
-            # The sparse gradients travel to their owners while the dense ones are being summed.
-            summed = self._start_dense_all_reduce(sparse_squared, finite)
-            self.model.ctx.exchange_gradients()
-            sparse_squared, failing = summed()
-            if failing:  # every rank stops here together: no update is applied anywhere
-                self.model.ctx.discard_gradients()
-                raise FloatingPointError(f"rank {self.dist.rank}: the loss is not finite on rank(s) {failing} at "
-                                         f"global step {self.global_step}; the last checkpoint is kept")
+        # The sparse gradients travel to their owners while the dense ones are being summed.
+        summed = self.dist.start_gradient_reduce([p for p in self.model.parameters() if p.requires_grad],
+                                                 sparse_squared, finite, mean=self.config.dense_reduce == "mean")
+        self.model.ctx.exchange_gradients()
+        sparse_squared, failing = summed()
+        if failing:  # every rank stops here together: no update is applied anywhere
+            self.model.ctx.discard_gradients()
+            raise FloatingPointError(f"rank {self.dist.rank}: the loss is not finite on rank(s) {failing} at "
+                                     f"global step {self.global_step}; the last checkpoint is kept")
         dense_scale, sparse_scale, norm = self._clip_scales(sparse_squared)
         if self._dense_optimizer is not None:
             decay = self.model.p.dense_weight_decay
@@ -660,35 +672,6 @@ class Estimator:
         if summary_due:
             self._summary("global_gradient_norm", norm)
         return output
-
-    def _start_dense_all_reduce(self, sparse_squared: float | None,
-                                loss_finite: bool) -> Callable[[], tuple[float | None, list[int]]]:
-        """Starts summing the dense gradients over ranks and, in the same collective, which ranks
-        computed each (a parameter a batch did not use has none on that rank), the ranks' shares of
-        the squared sparse norm (each rank holds the gradients of its own lookups) and which ranks'
-        losses were not finite; the returned function waits for the sums, sets every parameter's
-        gradient that some rank computed, and returns the squared sparse norm and those ranks."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        n, world = len(params), self.dist.world_size
-        flags = torch.zeros(n + 1 + world, dtype=grads[0].dtype if grads else torch.float32)
-        flags[:n] = torch.tensor([p.grad is not None for p in params], dtype=flags.dtype)
-        flags[n] = sparse_squared or 0.0
-        flags[n + 1 + self.dist.rank] = 0.0 if loss_finite else 1.0
-        finish = self.dist.start_all_reduce(grads + [flags])
-
-        def summed() -> tuple[float | None, list[int]]:
-            finish()
-            for param, grad, computed in zip(params, grads, flags[:n].tolist()):
-                if not computed:
-                    continue
-                if self.config.dense_reduce == "mean":
-                    grad.div_(world)
-                param.grad = grad
-            failing = [rank for rank in range(world) if flags[n + 1 + rank] > 0]
-            return (float(flags[n]) if sparse_squared is not None else None), failing
-
-        return summed
 
     def _clip_scales(self, sparse_squared: float | None) -> tuple[float, float, float]:
         """Scales of the dense and sparse gradients under clipping by the global norm, and the norm.
@@ -714,12 +697,16 @@ class Estimator:
                   "examples_per_sec": examples_per_sec}
         for tag, value in values.items():
             self._summary(tag, value)
-        print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
+        line = f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items())
+        position = self.stream_position
+        if position is not None:
+            line += f"; stream {position['topic']} at offsets {position['offsets']}"
+        print(line, file=sys.stderr)
         return {**values, "global_step": self.global_step}
 
     def _shows_progress(self) -> bool:
         """Whether this process shows progress: with RunConfig.progress_bar, on rank 0 only."""
-        return self.config.progress_bar and (self.dist is None or self.dist.rank == 0)
+        return self.config.progress_bar and self.dist.rank == 0
 
     def _progress(self, max_steps: int | None):
         if not self.config.progress_bar or max_steps is None or max_steps - self.global_step < 50:
@@ -746,14 +733,16 @@ class Estimator:
         return None if following is None else itertools.chain([following], batches)
 
     # ------------------------------------------------------------------ evaluation and prediction
-    def _inference(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
+    def _inference(self, mode: str, steps: int | None,
+                   checkpoint: str | None = None) -> Iterator[tuple[Batch, ModelOutput]]:
         self.model.set_mode(ModeKeys.EVAL if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
         try:
-            yield from self._inference_steps(mode, steps)
+            yield from self._inference_steps(mode, steps, checkpoint)
         except BaseException as error:
             self._raise_failure(error, "evaluation" if mode == ModeKeys.EVAL else "prediction")
 
-    def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
+    def _inference_steps(self, mode: str, steps: int | None,
+                         checkpoint: str | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)
         # Batches to come, when input_fn's iterable knows (a list does): the progress's ETA.
         known = operator.length_hint(batches) or None
@@ -766,7 +755,10 @@ class Estimator:
                     break
                 if count == 0:
                     self.build(batch)
-                    self._restore_latest()  # a checkpoint written since the model was built
+                    if checkpoint is not None:
+                        self._restore(checkpoint)
+                    else:
+                        self._restore_latest()  # a checkpoint written since the model was built
                     if self._restored is None:  # as TensorFlow's Estimator: no guessing with random weights
                         raise ValueError(f"Could not find trained model in model_dir: {self.config.model_dir} "
                                          f"(no checkpoint; train first)")
@@ -789,11 +781,6 @@ class Estimator:
         last: Batch | None = None
         while stop is None or not stop():
             batch = next(batches, None)
-            if self.dist is None:
-                if batch is None:
-                    return
-                yield batch
-                continue
             have = self.dist.count(batch is not None)
             if have < self.dist.world_size and not (pad_exhausted and have > 0):
                 return
@@ -811,7 +798,7 @@ class Estimator:
             return None
         return PredictionWriter(p.output_path, p.output_fields, p.delimiter, self.config.index)
 
-    def evaluate(self, steps: int | None = None) -> dict[str, float]:
+    def evaluate(self, steps: int | None = None, checkpoint_path: str | os.PathLike | None = None) -> dict[str, float]:
         """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, the losses and the global step.
 
         ``loss`` is per example: the batches' losses summed, over the examples evaluated (with
@@ -819,12 +806,41 @@ class Estimator:
         example). ``batch_loss`` is Monolith's (TF Estimator's) ``loss``: the mean over batches of
         each batch's loss, which grows with the batch size. With ``output_path`` set, predictions
         are written as in :meth:`predict`.
+
+        ``checkpoint_path`` (a checkpoint of ``model_dir``: its path, ``ckpt-N`` or TensorFlow's
+        ``model.ckpt-N``) evaluates that checkpoint instead of the latest, as TensorFlow's
+        ``evaluate(checkpoint_path=)``: training not yet checkpointed is saved first, and the
+        estimator returns to its latest checkpoint afterwards, so training goes on where it was.
         """
+        chosen = None if checkpoint_path is None else self._checkpoint_named(checkpoint_path)
+        if chosen is not None and self.model.ctx.built and self.global_step != self._latest_step():
+            self.save_checkpoint()  # the live state is newer than every checkpoint: keep it
+        try:
+            return self._evaluate(steps if steps is not None else self.model.p.eval.steps, chosen)
+        finally:
+            latest = self._checkpoints.latest()
+            if chosen is not None and latest is not None and self._restored != latest:
+                self._restore(latest)
+
+    def _latest_step(self) -> int | None:
+        latest = self._checkpoints.latest()
+        return None if latest is None else int(CheckpointManager.read_manifest(latest)["global_step"])
+
+    def _checkpoint_named(self, name: str | os.PathLike) -> str:
+        """The checkpoint of ``model_dir`` that ``name`` (a path, ``ckpt-N``, ``model.ckpt-N``) names."""
+        path = self._checkpoints.named(name)
+        if path is None:
+            kept = [os.path.basename(p) for p in self._checkpoints.checkpoints()]
+            raise ValueError(f"checkpoint_path {os.fspath(name)!r} is not a checkpoint of {self.config.model_dir} "
+                             f"(it has {kept})")
+        return path
+
+    def _evaluate(self, steps: int | None, checkpoint: str | None) -> dict[str, float]:
         metrics = _HeadMetrics()
         losses: list[tuple[float, int]] = []  # (a batch's loss, its examples)
         writer = self._writer()
         try:
-            for batch, output in self._inference(ModeKeys.EVAL, steps if steps is not None else self.model.p.eval.steps):
+            for batch, output in self._inference(ModeKeys.EVAL, steps, checkpoint):
                 metrics.update(output)
                 if output.loss is not None:
                     losses.append((float(output.loss), batch.batch_size))
@@ -833,8 +849,7 @@ class Estimator:
         finally:
             if writer is not None:
                 writer.close()
-        if self.dist is not None:
-            losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
+        losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
         summed, examples = sum(loss for loss, _ in losses), sum(n for _, n in losses)
         result = {**metrics.compute(self.dist), "loss": summed / examples if examples else float("nan"),
                   "batch_loss": summed / len(losses) if losses else float("nan"), "global_step": self.global_step}

@@ -6,6 +6,9 @@
   optimizer, compressor and learning-rate function.
 * :class:`FeatureColumn` -- a named input feature read through a slot, with a combiner that pools
   the ids of each example (``reduce_sum``, ``reduce_mean``, ``first_n``).
+* :class:`FeatureFactory` -- the factory a task's ``model_fn`` declares slots with on every step
+  (Monolith's ``ctx.feature_factory``): each declaration after the first returns the same slot and
+  slices, so the slots are created once.
 
 These are declarations only: :class:`~monolith.modules.feature_slot_collection.FeatureSlotCollection`
 builds the tables behind the slots and serves the lookups of each step (``with collection.step(batch):``).
@@ -14,6 +17,7 @@ builds the tables behind the slots and serves the lookups of each step (``with c
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from typing import Any, Callable, NamedTuple
 
@@ -179,3 +183,59 @@ class FeatureColumn:
             raise RuntimeError(f"embedding lookup of feature '{self.feature_name}' outside a step: look features up "
                                f"inside model_fn, or inside `with collection.step(batch):`")
         return step.lookup(self, s)
+
+
+class DeclaredSlot:
+    """A slot as one ``create_feature_slot`` call of a task's ``model_fn`` sees it: its n-th
+    ``add_feature_slice`` is the slot's n-th slice, added on the first step and the same one on
+    every later step (``model_fn`` runs every step; Monolith's runs once to build a graph)."""
+
+    def __init__(self, feature_slot: FeatureSlot) -> None:
+        self.feature_slot = feature_slot
+        self._declared = 0
+
+    @property
+    def name(self) -> str:
+        return self.feature_slot.name
+
+    def add_feature_slice(self, dim_size: int, initializer: Initializer | None = None,
+                          optimizer: SliceOptimizer | None = None, compressor: Compressor | None = None,
+                          learning_rate_fn: Callable[[int], float] | None = None) -> FeatureSlice:
+        """The slot's next slice: created with these settings on the first step, the same afterwards
+        (a different ``dim_size`` than the first step's raises ``ValueError``)."""
+        self._declared += 1
+        return self.feature_slot.named_slice(f"declared_{self._declared}", dim_size, initializer, optimizer,
+                                             compressor, learning_rate_fn)
+
+    def get_bias_slice(self) -> FeatureSlice:
+        return self.feature_slot.get_bias_slice()
+
+
+class FeatureFactory:
+    """Monolith's ``ctx.feature_factory`` for tasks: :meth:`create_feature_slot` by config name,
+    once, on the tables of ``embeddings()`` (the model's :class:`~monolith.modules.feature_slot_collection.FeatureSlotCollection`)."""
+
+    def __init__(self, embeddings: Callable[[], Any]) -> None:
+        self._embeddings = embeddings
+
+    def create_feature_slot(self, config: FeatureSlotConfig) -> DeclaredSlot:
+        """The slot named ``config.name``: created on the first call (a config without ``slot_id``
+        gets the lowest free slot), the same slot on every later call."""
+        embeddings = self._embeddings()
+        for existing in embeddings.feature_slots:
+            if existing.name == config.name:
+                return DeclaredSlot(existing)
+        if config.slot_id is None:
+            used = {fs.slot for fs in embeddings.feature_slots}
+            config = dataclasses.replace(config, slot_id=next(s for s in itertools.count(1) if s not in used))
+        return DeclaredSlot(embeddings.create_feature_slot(config))
+
+
+class FeatureColumnV1(FeatureColumn):
+    """Monolith's ``FeatureColumnV1(slot, fc_name, combiner)``: a :class:`FeatureColumn` of a slot
+    that a task's ``model_fn`` declared (a :class:`DeclaredSlot`) or of a :class:`FeatureSlot`."""
+
+    def __init__(self, feature_slot: DeclaredSlot | FeatureSlot, fc_name: str, combiner: Combiner | None = None) -> None:
+        if isinstance(feature_slot, DeclaredSlot):
+            feature_slot = feature_slot.feature_slot
+        super().__init__(feature_slot, fc_name, combiner)

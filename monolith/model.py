@@ -43,14 +43,15 @@ import torch
 
 from monolith.device import DeviceCtxType, MonolithDeviceCtx
 from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlotConfig
-from monolith.fid import MAX_SLOT_V2, SIGNATURE_BITS_V2, slot_from_name
+from monolith.fid import MAX_SLOT_V2, slot_from_name
+from monolith.fid_transforms import switch_slot_batch
 from monolith.layout import OutConfig
 from monolith.mode_keys import ModeKeys
 from monolith.modules.embedding_step import current_step
 from monolith.modules.feature_slot_collection import FeatureSlotCollection, LookupStrategy
 from monolith.optim.base import Compressor, Initializer, SliceOptimizer
 from monolith.params import InstantiableParams, Params
-from monolith.sparse import Batch, JaggedTensor, KeyedJaggedTensor
+from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _COMBINERS = {"reduce_sum", "reduce_mean", "first_n"}
-_SIGNATURE_MASK = (1 << SIGNATURE_BITS_V2) - 1
 
 
 class TrainingHook:
@@ -94,6 +94,29 @@ class ModelOutput:
     optimizer: Any
     training_hooks: list[TrainingHook]
     extra_outputs: dict[str, Any]
+
+
+class _ParamsGroupOrMethod:
+    """A model's ``train`` / ``eval``: a Monolith params group (Monolith models read and set
+    ``self.train.max_steps``) that, called, is torch's ``Module.train`` / ``Module.eval``."""
+
+    __slots__ = ("_group", "_method")
+
+    def __init__(self, group: Params, method: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_group", group)
+        object.__setattr__(self, "_method", method)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._group, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._group, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self._group)
 
 
 class MonolithBaseModel(torch.nn.Module, abc.ABC):
@@ -140,7 +163,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         p.train.define("fountain_precompute_value_rowids", False, "Ignored: no fountain data service.")
         p.define("eval", Params(), "Evaluation params.")
         p.eval.define("per_replica_batch_size", None, "Batch size of one replica.")
-        p.eval.define("steps_per_eval", 10000, "Ignored: Estimator.train does not evaluate in between.")
+        p.eval.define("steps_per_eval", 10000, "Training steps between two evaluations of "
+                                                "monolith.train_and_evaluate.train_and_evaluate.")
         p.eval.define("steps", None, "Number of steps to evaluate (Estimator.evaluate's default).")
         p.define("serving", Params(), "Serving params.")
         p.serving.define("export_with_gpu_allowed", False, "Ignored: exports are device-independent programs.")
@@ -203,6 +227,17 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self.embedding_collection = FeatureSlotCollection()
 
     # ------------------------------------------------------------------ params as attributes
+    @property
+    def train(self) -> _ParamsGroupOrMethod:
+        """``self.train.max_steps`` is the ``train.max_steps`` param, as in Monolith;
+        ``self.train(mode)`` is torch's ``Module.train``."""
+        return _ParamsGroupOrMethod(self.p.train, self._train_mode)
+
+    @property
+    def eval(self) -> _ParamsGroupOrMethod:
+        """``self.eval.steps`` is the ``eval.steps`` param; ``self.eval()`` is torch's ``Module.eval``."""
+        return _ParamsGroupOrMethod(self.p.eval, functools.partial(torch.nn.Module.eval, self))
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
@@ -246,8 +281,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self.p.mode = mode
         super().train(mode == ModeKeys.TRAIN)  # reaches the embedding collection's tables
 
-    def train(self, mode: bool = True) -> "MonolithBaseModel":
-        """torch's ``train()``/``eval()``, which also set the run mode: TRAIN, or from TRAIN to EVAL
+    def _train_mode(self, mode: bool = True) -> "MonolithBaseModel":
+        """torch's ``train()``/``eval()`` (``self.train(mode)``), which also set the run mode: TRAIN, or from TRAIN to EVAL
         (PREDICT and EVAL stay as they are)."""
         if mode:
             self.set_mode(ModeKeys.TRAIN)
@@ -358,6 +393,13 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
     @layout_dict.setter
     def layout_dict(self, value: dict[str, OutConfig]) -> None:
         self._layout_dict = value
+
+    def fresh_tables(self) -> None:
+        """Forgets the feature slots and embedding tables (a new, unbuilt ``embedding_collection``)
+        and the caches that point at them: the next build pass declares and creates new tables, as a
+        new Monolith graph would. Dense modules keep their weights."""
+        self.embedding_collection = FeatureSlotCollection()
+        self.clean()
 
     def clean(self) -> None:
         """Forgets the feature-slot caches (``fs_dict``, ``fc_dict``, ``slice_dict``, thresholds)."""
@@ -477,6 +519,13 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
             classification = list(classification)
         else:
             classification = [bool(classification)] * len(head_name)
+        if loss is not None:
+            if not isinstance(loss, torch.Tensor):
+                raise ValueError(f"model_fn: loss must be a scalar tensor, got {type(loss).__name__}")
+            if loss.numel() != 1:  # backward needs one number; a [batch] loss usually lacks its reduce_mean
+                raise ValueError(f"model_fn: loss must be a scalar, got shape {list(loss.shape)}")
+            if loss.dim():
+                loss = loss.reshape(())
         if loss is not None and self._losses:
             loss = loss + torch.stack(self._losses).sum()
         return ModelOutput(mode, list(head_name), labels, preds, classification, loss, predictions,
@@ -737,29 +786,3 @@ def _parse_feature_list(path: str) -> "FeatureList":
     from monolith.data.feature_list import FeatureList  # late: monolith.data pulls in pyarrow
 
     return FeatureList.parse(path)
-
-
-def switch_slot_batch(batch: Batch, features: Mapping[str, tuple[bool, int]], variant_type: str = "example_batch",
-                      suffix: str = "share") -> Batch:
-    """Monolith's ``switch_slot_batch``: ``features`` maps name -> ``(inplace, slot)``; in place the
-    feature's FIDs get ``slot``, otherwise a copy named ``{name}_{suffix}`` does.
-
-    ``variant_type`` (the TF variant's message type) is accepted for Monolith's signature; a
-    :class:`Batch` is already parsed.
-    """
-    if not isinstance(batch, Batch):
-        raise TypeError(f"switch_slot_batch: features must be a Batch, got {type(batch).__name__}")
-    jagged = batch.sparse.to_dict()
-    for name, (inplace, slot) in features.items():
-        if name not in jagged:
-            raise KeyError(f"switch_slot_batch: feature '{name}' is not in the batch; sparse features: {list(jagged)}")
-        jagged[name if inplace else f"{name}_{suffix}"] = switch_slot(jagged[name], slot)
-    return Batch(KeyedJaggedTensor.from_jagged_dict(jagged, stride=batch.sparse.stride()), dict(batch.dense))
-
-
-def switch_slot(jagged: JaggedTensor, slot: int) -> JaggedTensor:
-    """The same FIDs with their slot bits replaced by ``slot`` (v2 layout)."""
-    if not 0 <= slot <= MAX_SLOT_V2:
-        raise ValueError(f"slot {slot} out of range 0..{MAX_SLOT_V2}")
-    values = (jagged.values() & _SIGNATURE_MASK) | (slot << SIGNATURE_BITS_V2)
-    return JaggedTensor(values, jagged.lengths())

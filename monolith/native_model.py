@@ -11,7 +11,8 @@ from monolith.export import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlot, FeatureSlotConfig
 from monolith.layers.logit_correction import LogitCorrection
 from monolith.losses import get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
-from monolith.model import MonolithBaseModel, MonolithModel, switch_slot, switch_slot_batch
+from monolith.fid_transforms import switch_slot, switch_slot_batch
+from monolith.model import MonolithBaseModel, MonolithModel
 from monolith.modules.combiners import Combiner, FirstN
 from monolith.spec import EstimatorSpec
 

@@ -25,7 +25,8 @@ A misspelt field is a ``TypeError`` naming it, as for any dataclass.
   gradient, which is what deduplicating FIDs before the push does in Monolith.
 * ``enable_sync_training`` -> ``RunConfig.dense_reduce="mean"`` (Horovod's average, as Monolith's
   sync training); otherwise ``"sum"``, the nearest to Monolith's asynchronous PS training, where
-  every worker's gradient is applied in full.
+  every worker's gradient is applied in full. It also sets ``dedup="sum"`` in one process, as
+  Monolith's sync training updates each distinct FID once with its summed gradient.
 * ``server_type``: ``"worker"`` or ``"chief"``; ``"ps"`` is an error, there are no parameter
   servers (the tables are sharded over the training ranks).
 * ``restore_dir`` / ``restore_ckpt`` (training jobs only, ``mode="train"``, as in Monolith): a
@@ -88,6 +89,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
+from monolith import gflags_utils
 from monolith.atomic import atomic_write
 from monolith.checkpoint import CheckpointManager
 from monolith.run_config import RunConfig
@@ -250,6 +252,7 @@ class RunnerConfig:
     enable_local_profiling: bool = False
 
     def __post_init__(self) -> None:
+        gflags_utils.update(self)  # --model_dir, ... as Monolith: a field the code set wins over its flag
         if isinstance(self.kafka_topics, str):
             self.kafka_topics = self.kafka_topics.split(",")
         if self.server_type not in ("worker", "chief"):
@@ -268,7 +271,7 @@ class RunnerConfig:
             use_native_multi_hash_table=self.use_native_multi_hash_table is not False,
             hashtable_init_capacity=self.hashtable_init_capacity,
             index=self.index,
-            dedup="sum" if self.enable_fid_dedup else None,
+            dedup="sum" if self.enable_fid_dedup or self.enable_sync_training else None,
             dense_reduce="mean" if self.enable_sync_training else "sum",
             enable_summaries=bool(self.save_summary_steps),
             save_summary_steps=self.save_summary_steps or 100,
@@ -331,3 +334,7 @@ class RunnerConfig:
             own.make_latest(chosen)
             with atomic_write(os.path.join(model_dir, RESTORE_MARKER), "w") as f:
                 f.write(os.path.basename(chosen))
+
+
+# Every field is a command-line flag once this module is imported, as Monolith's runner_utils does.
+gflags_utils.extract_flags(RunnerConfig, skip_flags={"device_fn"})

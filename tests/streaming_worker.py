@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from monolith.estimator import Estimator, EstimatorSpec, RunConfig
+from monolith.estimator import Estimator, EstimatorSpec, ModeKeys, RunConfig
 from monolith.fid import make_fid
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.model import MonolithModel, TrainingHook
@@ -56,8 +56,9 @@ class StreamModel(MonolithModel):
         emb = self.lookup_embedding_slice(["uid", "mov"], "vec", 8, out_type="concat",
                                           optimizer=AdagradOptimizer(learning_rate=0.05, initial_accumulator_value=0.1))
         logits = self.mlp(emb).reshape(-1)
-        loss, pred = get_sigmoid_loss_and_pred("ctr", logits, features["label"], self.batch_size, mode=mode)
-        return EstimatorSpec(label=features["label"], pred=pred, head_name="ctr", loss=loss,
+        label = features["label"] if mode != ModeKeys.PREDICT else None  # serving sends no label
+        loss, pred = get_sigmoid_loss_and_pred("ctr", logits, label, self.batch_size, mode=mode)
+        return EstimatorSpec(label=label, pred=pred, head_name="ctr", loss=loss,
                              optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
 
     def serving_input_receiver_fn(self):

@@ -86,3 +86,45 @@ def test_deepfm_trains_monolith_and_plain_pytorch_in_turns_on_parquet():
     assert result["steps"] == 8 and len(result["ratios"]) == 1
     assert result["monolith"][0] > 0 and result["baseline"][0] > 0
     assert "| Frappe-sized Parquet (2,000 examples, 10 features," in deepfm_benchmark.report([result])
+
+
+def test_input_pipeline_times_reading_training_and_prefetch():
+    from benchmarks import input_pipeline_benchmark
+
+    result = input_pipeline_benchmark.run(examples=600, batch_size=200, width=8, repeats=1, device_step_ms=1)
+    assert result["batches"] == 3 and result["step"] == "device wait 1 ms"
+    assert all(result[k] > 0 for k in ("read_s", "train_s", "serial_s", "prefetch_s"))
+    assert result["ideal"] == (result["read_s"] + result["train_s"]) / max(result["read_s"], result["train_s"])
+    assert "| device wait 1 ms | 600 x 200 |" in input_pipeline_benchmark.report([result])
+
+
+def test_online_experiment_timeline_cuts_movielens_by_time():
+    from benchmarks import online_benchmark
+    from monolith.data import load_movielens100k
+    from monolith.demo import FEATURES
+
+    timeline = online_benchmark.Timeline(batch_size=256)
+    whole = next(iter(load_movielens100k(train_fraction=1.0, batch_size=10**6).train))
+    times = whole.dense["req_time"].numpy()
+    # The batch period is every rating in the first 5/7 of the time span, the rest is online.
+    boundary = times[0] + 5 / 7 * (times[-1] - times[0])
+    assert timeline.cut == int((times <= boundary).sum()) and times[timeline.cut] > boundary
+    assert sum(b.batch_size for b in timeline.batches) == timeline.cut == 100_000 - len(timeline.examples)
+    last = list(timeline.batches)[-1]
+    assert last.dense["req_time"][-1].item() == times[timeline.cut - 1]
+    # Each online example carries its rating's FIDs and label.
+    for i in (0, 1234, len(timeline.examples) - 1):
+        row = timeline.cut + i
+        for name in FEATURES:
+            offsets = whole.sparse[name].offsets()
+            assert timeline.examples[i][name] == whole.sparse[name].values()[offsets[row]:offsets[row + 1]].tolist()
+        assert timeline.labels[i] == whole.dense["label"][row].item()
+    # N shards of equal time: in order, covering every online example once, each within its interval.
+    for count in (10, 100):
+        shards = timeline.shards(count)
+        assert len(shards) == count and shards[0][0] == 0 and shards[-1][1] == len(timeline.examples)
+        assert all(a[1] == b[0] for a, b in zip(shards, shards[1:]))
+        width = (timeline.times[-1] - timeline.times[0]) / count
+        for k, (lo, hi) in enumerate(shards):
+            start = timeline.times[0] + k * width
+            assert all(start - 1e-6 <= t <= start + width + 1e-6 for t in timeline.times[lo:hi])

@@ -364,6 +364,30 @@ def test_movielens_time_split_and_features(ml_dir: Path) -> None:
     assert test_sparse["uid"] == [[extract_fid(3, 1)], [extract_fid(3, 1)]]
 
 
+def test_movielens_shards_are_consecutive_ranges(ml_dir: Path) -> None:
+    data = load_movielens100k(ml_dir, batch_size=64)
+    whole = [t for b in data.train for t in b.dense["req_time"].tolist()]
+    shares = [[t for b in data.train.shard(rank, 3) for t in b.dense["req_time"].tolist()] for rank in range(3)]
+    assert shares[0] + shares[1] + shares[2] == whole
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    with pytest.raises(ValueError, match="rank must be in 0..world_size-1, got rank 3 of world_size 3"):
+        data.train.shard(3, 3)
+
+
+def test_demo_input_fn_reads_its_ranks_rows(ml_dir: Path, monkeypatch) -> None:
+    # Each rank reads its own consecutive rows (it used to read every batch and keep every N-th).
+    import monolith.demo as demo
+
+    p = demo.DeepFM.params()
+    p.data_path, p.epochs, p.train.per_replica_batch_size = str(ml_dir), 1, 2
+    monkeypatch.setattr(demo, "get_world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(demo, "get_rank", lambda: rank)
+        shares.append([t for b in demo.DeepFM(p).input_fn("train") for t in b.dense["req_time"].tolist()])
+    assert shares == [[100, 200, 300, 400], [500, 600, 700, 800]]
+
+
 def test_movielens_reads_parquet_copy_and_reports_missing_data(ml_dir: Path, tmp_path_factory, monkeypatch) -> None:
     from monolith.data import movielens
 

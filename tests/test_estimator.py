@@ -709,3 +709,18 @@ def test_sigkill_then_restart_ends_like_an_uninterrupted_run(tmp_path):
     for name in a["tables"]:
         np.testing.assert_array_equal(a["tables"][name][0], b["tables"][name][0])
         np.testing.assert_array_equal(a["tables"][name][1], b["tables"][name][1])
+
+
+def test_one_process_is_a_group_of_one_and_a_non_finite_loss_changes_nothing(tmp_path):
+    """The single-process run goes through the same rank protocol as N ranks (a group of one): a
+    step whose loss is not finite raises and applies no dense or sparse update."""
+    est = _estimator(tmp_path)
+    assert (est.dist.rank, est.dist.world_size) == (0, 1)
+    est.train(max_steps=2)
+    before = _state(est)
+    batch = make_batches(1, 16, 7)[0]
+    batch.dense["target"] = torch.full_like(batch.dense["target"], float("nan"))
+    with pytest.raises(FloatingPointError, match="the loss is not finite on rank.s. .0. at global step 2"):
+        est.train_step(batch)
+    _assert_same_state(before, _state(est))
+    assert est.global_step == 2 and all(m.pending == [] for m in est.model.ctx.tables.values())

@@ -23,7 +23,8 @@ from monolith.layout import OutConfig, SliceLayout
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.metrics.deep_insight import FileMetricHook
 from monolith.mode_keys import ModeKeys
-from monolith.model import MonolithModel, TrainingHook, switch_slot, switch_slot_batch
+from monolith.fid_transforms import switch_slot, switch_slot_batch
+from monolith.model import MonolithModel, TrainingHook
 from monolith.modules.combiners import FirstN, ReduceMean, ReduceSum
 from monolith.optim.initializers import ConstantsInitializer
 from monolith.optim.optimizers import SgdOptimizer

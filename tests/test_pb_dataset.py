@@ -758,3 +758,45 @@ def test_kafka_instances_example_batches_and_a_stream_parser(feature_list_path: 
     assert again.keys() == ["u", "label", "req_time"] and again["u"].to_lists() == [[]]
     empty = parser.parse([], has_header=False)
     assert empty.batch_size == 0 and empty.keys() == ["u", "label", "req_time"]
+
+
+# ---------------------------------------------------------------- a framing that does not fit
+
+
+WRONG_FRAMINGS = [
+    # (written with, read with, the option the error names)
+    ({"has_sort_id": False}, {"has_sort_id": True}, "has_sort_id=False"),
+    ({"has_sort_id": True}, {"has_sort_id": False}, "has_sort_id=True"),
+    ({"has_sort_id": False, "kafka_dump": True}, {"has_sort_id": False}, "kafka_dump=True"),
+    ({"has_sort_id": False}, {"has_sort_id": False, "kafka_dump": True}, "kafka_dump=False"),
+    ({"has_sort_id": False}, {"has_sort_id": False, "lagrangex_header": True}, "lagrangex_header=False"),
+    ({"has_sort_id": True}, {"has_sort_id": True, "kafka_dump_prefix": True}, "kafka_dump_prefix=False"),
+    ({"has_sort_id": False, "kafka_dump_prefix": True}, {"has_sort_id": False}, "kafka_dump_prefix=True"),
+]
+
+
+@pytest.mark.parametrize("variant", ["example", "example_batch", "instance"])
+@pytest.mark.parametrize("written, read, option", WRONG_FRAMINGS)
+def test_a_file_read_with_the_wrong_framing_stops_naming_the_file_and_the_option(
+    tmp_path: Path, written: dict, read: dict, option: str, variant: str
+) -> None:
+    # Without the check, a file without sort ids read with has_sort_id=True lost every other
+    # record with 0 bad records, and header words read as lengths made empty examples.
+    messages = {"example": make_examples(6)[0], "example_batch": make_example_batches()[0], "instance": make_instances()}
+    path = tmp_path / "part-0.snappy"
+    write_pb_file(path, messages[variant], variant, **written)
+    with pytest.raises(ValueError) as error:
+        list(PBDataset(path, 4, variant_type=variant, **read))
+    assert str(error.value).startswith(f"{path}: the records are not framed as the reader's options say")
+    assert option in str(error.value) and "change that option" in str(error.value)
+    assert len(list(PBDataset(path, 4, variant_type=variant, **written))) > 0
+
+
+def test_sort_ids_that_are_strings_are_not_taken_for_records(tmp_path: Path) -> None:
+    # Monolith's own tests write the user id as the sort id; such files read as they are.
+    messages, truth = make_examples(20)
+    frames = [u64(len(sid)) + sid + u64(len(s)) + s
+              for sid, s in ((str(10**12 + 7 * i).encode(), m.SerializeToString()) for i, m in enumerate(messages))]
+    path = tmp_path / "with-sort-ids"
+    path.write_bytes(b"".join(frames))
+    check_examples(PBDataset(path, 20), truth, [20])

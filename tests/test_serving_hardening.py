@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,7 +28,8 @@ from monolith.serving import RequestError, ServingModel, StaleUpdateError, Updat
 from monolith.serving.auth import TOKEN_ENV, is_loopback, read_token
 from monolith.serving.server import create_app
 from monolith.streaming.parameter_sync import ParameterSync
-from test_export import DIM
+from monolith.fid import make_fid
+from test_export import CTX, DIM
 from test_serving import PROBE, U, dense_state, export_path, model, read_answer, serve  # noqa: F401 - fixtures
 
 TOKEN = "s3cret-token-0123456789"
@@ -225,6 +229,63 @@ def test_a_client_that_disconnects_mid_body_is_one_quiet_line(model, serve, capl
     assert sum("went away before sending all of its /v1/predict request" in r.getMessage() for r in messages) == 1
 
 
+# ----------------------------------------------------------------------------- 3. memory
+def _vm(pid: int, field: str) -> int:
+    """A ``VmRSS`` / ``VmHWM`` figure of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+
+
+def test_a_prediction_costs_at_most_4x_its_body_in_memory(export_path, tmp_path):  # noqa: F811
+    """The server's peak RSS while it answers one large request, over its RSS before, against the
+    body's size: a JSON FID list used to cost 40 bytes and more per FID (6x to 11x its body)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/<pid>/clear_refs to reset the peak RSS")
+    rng = np.random.default_rng(0)
+    fids = [int(f) for f in make_fid(1, rng.integers(0, 2**40, 300_000))]
+    n = 25_000
+    bodies = {
+        "one example with 300,000 FIDs": {"sparse": {"uid": [fids], "mov": [[]], "hist": [[]]},
+                                          "dense": {"ctx": [[0.5, 0.25, 0.0]]}},
+        f"{n:,} examples": {"sparse": {"uid": [[f] for f in fids[:n]], "mov": [fids[i : i + 2] for i in range(n)],
+                                       "hist": [fids[i : i + 5] for i in range(n)]},
+                            "dense": {"ctx": rng.normal(size=(n, CTX)).round(5).tolist()}},
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # A fixed mmap threshold: blocks of 64 KiB and more are mapped when allocated and unmapped when
+    # freed, so that the peak RSS counts them (glibc would otherwise keep some in its heap).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    server = subprocess.Popen([sys.executable, "-m", "monolith.serving", "--export-dir", str(export_path), "--port",
+                               str(port), "--log-level", "warning"], env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            assert server.poll() is None, "the server exited"
+            try:
+                if httpx.get(f"{base}/v1/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for name, request in bodies.items():
+                body = json.dumps(request).encode()
+                small = {kind: {k: v[:1] for k, v in features.items()} for kind, features in request.items()}
+                assert client.post("/v1/predict", json=small).status_code == 200  # warm-up
+                before = _vm(server.pid, "VmRSS")
+                with open(f"/proc/{server.pid}/clear_refs", "w") as clear:
+                    clear.write("5")  # the peak RSS starts again from the RSS now
+                answer = client.post("/v1/predict", content=body)
+                assert answer.status_code == 200, answer.text
+                assert len(answer.json()["outputs"]["ctr"]) == len(request["dense"]["ctx"])
+                cost = _vm(server.pid, "VmHWM") - before
+                assert cost <= 4 * len(body), f"{name}: +{cost >> 20} MiB for a body of {len(body) >> 20} MiB"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 # ----------------------------------------------------------------------------- 4. no 5xx
 def test_requests_that_got_500_get_4xx_and_the_connection_serves_on(model, serve):
     base = serve(create_app(model, max_batch_size=2))
@@ -242,7 +303,7 @@ def test_requests_that_got_500_get_4xx_and_the_connection_serves_on(model, serve
             assert answer.status_code == status, (path, answer.text)
             assert answer.json()["detail"]
             # The next request goes over the same connection.
-            assert client.get("/v1/health").json() == {"status": "ok", "model_version": 8}
+            assert client.get("/v1/health").json()["model_version"] == 8
     assert "sparse['\\ud800'] has 3 examples" in httpx.post(f"{base}/v1/predict", content=cases[0][1]).text
 
 

@@ -249,6 +249,21 @@ def test_a_lost_index_is_rebuilt_and_no_checkpoint_is_overwritten(workdir, capsy
     assert (run / "ckpt-4" / "dense.pt").read_bytes() == before["ckpt-4"]
 
 
+
+def test_a_checkpoint_renamed_in_before_its_index_entry_is_the_latest(workdir, capsys, caplog):
+    """A kill between a checkpoint's rename into place and the index write: the restart resumes
+    from that checkpoint (it is complete) instead of refusing to save its step again."""
+    config = ["--config", '{"run_config": {"save_checkpoints_steps": 2, "enable_summaries": false}}']
+    train(capsys, "run", *config, "--max-steps", "6")
+    run = workdir / "run"
+    (run / INDEX_FILE).write_text(json.dumps({"latest": "ckpt-4", "all": ["ckpt-2", "ckpt-4"]}))
+    assert CheckpointManager(run).latest() == str(run / "ckpt-6")
+    assert "ckpt-6 complete but not in the index" in caplog.text
+    resumed = train(capsys, "run", *config, "--max-steps", "8")
+    assert resumed["global_step"] == 8
+    assert json.loads((run / INDEX_FILE).read_text()) == {"latest": "ckpt-8", "all": ["ckpt-2", "ckpt-4", "ckpt-6",
+                                                                                      "ckpt-8"]}
+
 # ----------------------------------------------------------------------------- 12: TensorBoard
 def test_evaluate_writes_its_scalars_before_it_returns(workdir):
     from lifecycle_model import Tiny

@@ -18,6 +18,13 @@ it counts as one malformed record, at the first line (row) not read.
 
 Readers parse a file block by block into :class:`Rows` (numpy arrays for many examples) and only then
 cut batches, so the per-example work happens in numpy/pyarrow, not in Python loops.
+
+**Shares.** A reader built with ``rank`` and ``world_size`` reads only its share of the files: the
+files are cut into pieces (whole files; Parquet row groups and byte ranges of uncompressed text
+where the reader can split them) and each share is a run of consecutive pieces of about equal
+size (:func:`share_of`). A reader is a ``torch.utils.data.IterableDataset``: read by
+``DataLoader(reader, batch_size=None, num_workers=k)``, each worker reads its own part of the
+rank's share, and the bad-record counters are those of each worker's process.
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
+from monolith.data.dataset import Dataset
 from monolith.sparse import Batch, KeyedJaggedTensor
 
-__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "MAX_BAD_RECORDS_KEPT", "PathOrPaths"]
+__all__ = ["Reader", "Rows", "RowErrors", "rebatch", "skip_bad_record", "MAX_BAD_RECORDS_KEPT", "PathOrPaths", "Piece",
+           "check_share", "share_of"]
 
 logger = logging.getLogger("monolith.data")
 
@@ -210,14 +220,84 @@ def _existing_files(paths: PathOrPaths) -> list[str]:
     return files
 
 
-class Reader(abc.ABC):
-    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order.
+def skip_bad_record(source: Any, path: str, offset: int, reason: str) -> None:
+    """A record at byte ``offset`` of ``path`` is bad: raise ``ValueError`` if ``source.strict``, else
+    count it in ``source.num_bad_records`` and keep (and log) it in ``source.bad_records`` while
+    fewer than :data:`MAX_BAD_RECORDS_KEPT` are kept: the bookkeeping of the sources whose records
+    have byte offsets rather than lines."""
+    where = f"{path}, byte offset {offset}"
+    if source.strict:
+        raise ValueError(f"{where}: malformed record: {reason}")
+    source.num_bad_records += 1
+    if len(source.bad_records) < MAX_BAD_RECORDS_KEPT:
+        source.bad_records.append((path, offset, reason))
+        logger.warning("skipping malformed record at %s: %s", where, reason)
+
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A part of a file that is read as a whole by one share of a reader.
+
+    Attributes:
+        path: the file.
+        span: ``(start, stop)`` in the reader's own units (Parquet row groups, bytes of a text
+            file), or ``None`` for the whole file.
+        size: what the shares are balanced by (rows, bytes).
+    """
+
+    path: str
+    span: tuple[int, int] | None
+    size: int
+
+
+def check_share(rank: int, world_size: int) -> None:
+    """Raise ``ValueError`` unless ``rank`` is one of ``world_size`` shares (``0 <= rank < world_size``)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+
+
+def share_of(pieces: Sequence[Piece], share: int, shares: int) -> list[Piece]:
+    """The pieces of share ``share`` of ``shares``: a run of consecutive pieces of about
+    ``1 / shares`` of the total size (each piece goes to the share its middle falls in), adjacent
+    spans of one file joined into one piece.
+
+    Example::
+
+        spans (0, 1), (1, 2), (2, 3), (3, 4) of one file, sizes 4 each, in 2 shares
+        -> share 0: span (0, 2); share 1: span (2, 4)
+    """
+    total = sum(piece.size for piece in pieces)
+    mine: list[Piece] = []
+    before = 0
+    for i, piece in enumerate(pieces):
+        middle = max(0, 2 * before + piece.size - 1)  # twice the piece's middle, a tie going to the earlier share
+        owner = min(shares - 1, middle * shares // (2 * total)) if total else i % shares
+        before += piece.size
+        if owner != share:
+            continue
+        last = mine[-1] if mine else None
+        if last and last.path == piece.path and last.span and piece.span and last.span[1] == piece.span[0]:
+            mine[-1] = Piece(piece.path, (last.span[0], piece.span[1]), last.size + piece.size)
+        else:
+            mine.append(piece)
+    return mine
+
+
+class Reader(Dataset, IterableDataset):
+    """Base of the file readers: an iterable of :class:`Batch` over ``paths`` in order, a
+    :class:`~monolith.data.dataset.Dataset` (``map``, ``shuffle``, ``take``, ``prefetch`` ... chain) and
+    a torch ``IterableDataset`` (DataLoader workers each read their part).
 
     Args:
         paths: one file or a sequence of files, read in the given order.
         batch_size: examples per batch.
         drop_last: drop the last, short batch of a pass.
         strict: raise ``ValueError`` on the first malformed record instead of skipping it.
+        rank, world_size: read only share ``rank`` of ``world_size`` (see the module doc), e.g.
+            ``rank=monolith.distributed.get_rank(), world_size=get_world_size()`` in an
+            ``input_fn`` run under torchrun. Shares may differ by a piece; the Estimator trains
+            until every rank's share is read (ranks whose share ended join with empty batches).
 
     Attributes:
         paths: the files, as strings.
@@ -227,12 +307,15 @@ class Reader(abc.ABC):
 
     Raises:
         FileNotFoundError: a path is not a file (raised at construction, naming the path).
-        ValueError: ``batch_size < 1`` or no paths.
+        ValueError: ``batch_size < 1``, no paths, or a rank outside ``0..world_size-1``.
     """
 
-    def __init__(self, paths: PathOrPaths, batch_size: int, *, drop_last: bool = False, strict: bool = False) -> None:
+    def __init__(self, paths: PathOrPaths, batch_size: int, *, drop_last: bool = False, strict: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_share(rank, world_size)
+        self.rank, self.world_size = rank, world_size
         self.paths = _existing_files(paths)
         self.batch_size = batch_size
         self.drop_last = drop_last
@@ -252,16 +335,36 @@ class Reader(abc.ABC):
             )
 
     def _blocks(self) -> Iterator[Rows]:
-        for path in self.paths:
-            for rows, bad in self._read_file(path):
+        for piece in self._share():
+            for rows, bad in self._read_piece(piece):
                 for line_no, reason in sorted(bad):
-                    self._bad_record(path, line_no, reason)
+                    self._bad_record(piece.path, line_no, reason)
                 yield rows
 
+    def _share(self) -> list[Piece]:
+        """The pieces this iterator reads: the rank's share, shared again among DataLoader workers."""
+        worker = get_worker_info()
+        share, shares = self.rank, self.world_size
+        if worker is not None:
+            share, shares = share * worker.num_workers + worker.id, shares * worker.num_workers
+        if shares == 1:
+            return [Piece(path, None, 0) for path in self.paths]
+        pieces = [piece for path in self.paths for piece in self._pieces(path, shares)]
+        mine = share_of(pieces, share, shares)
+        if not mine:
+            logger.warning("%s: share %d of %d is empty: its %d file(s) make %d piece(s); give at least %d files",
+                           type(self).__name__, share, shares, len(self.paths), len(pieces), shares)
+        return mine
+
+    def _pieces(self, path: str, shares: int) -> list[Piece]:
+        """The pieces of a file to be shared among ``shares`` readers: the whole file, unless the
+        reader can split it."""
+        return [Piece(path, None, os.path.getsize(path))]
+
     @abc.abstractmethod
-    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        """Yield blocks of the file's good examples, each with the (line number, reason) of the
-        malformed records found while parsing it."""
+    def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        """Yield blocks of the piece's good examples, each with the (line number, reason) of the
+        malformed records found while parsing it (numbered in the whole file)."""
 
     def _bad_record(self, path: str, line_no: int, reason: str) -> None:
         if self.strict:

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monolith.data.base import PathOrPaths, Reader, RowErrors, Rows, jagged
+from monolith.data.base import PathOrPaths, Piece, Reader, RowErrors, Rows, jagged
 from monolith.data.columns import parse_column, parse_hex
-from monolith.data.text import DEFAULT_BLOCK_SIZE, read_delimited
+from monolith.data.text import DEFAULT_BLOCK_SIZE, read_delimited, text_pieces
 from monolith.fid import extract_fid
 
 __all__ = ["CriteoReader", "CRITEO_DENSE", "CRITEO_SPARSE"]
@@ -42,7 +42,7 @@ class CriteoReader(Reader):
     reading, as one malformed record.
 
     Args:
-        paths, batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
+        paths, batch_size, drop_last, strict, rank, world_size: see :class:`~monolith.data.base.Reader`.
         block_size: bytes parsed at a time.
     """
 
@@ -53,9 +53,11 @@ class CriteoReader(Reader):
         *,
         drop_last: bool = False,
         strict: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
         block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
-        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict)
+        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict, rank=rank, world_size=world_size)
         self.block_size = block_size
 
     def _convert(self, batch: pa.RecordBatch, lines: np.ndarray) -> tuple[Rows, list[tuple[int, str]]]:
@@ -82,13 +84,17 @@ class CriteoReader(Reader):
             sparse[name] = jagged(extract_fid(values, slot), present_np.astype(np.int64))
         return errors.finish(Rows(num, sparse, {"label": label, "dense": dense}), lines)
 
-    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+    def _pieces(self, path: str, shares: int) -> list[Piece]:
+        return text_pieces(path, shares)
+
+    def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
         return read_delimited(
-            path,
+            piece.path,
             _COLUMNS,
             self._convert,
             delimiter="\t",
             quote_char=False,
             column_names=_COLUMNS,
             block_size=self.block_size,
+            span=piece.span,
         )

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monolith.data.base import PathOrPaths, Reader, RowErrors, Rows, jagged
+from monolith.data.base import PathOrPaths, Piece, Reader, RowErrors, Rows, jagged
 from monolith.data.columns import check_slots, invalid_utf8, parse_column
-from monolith.data.text import LineStream, stream_error
+from monolith.data.text import LineStream, stream_error, text_pieces
 from monolith.fid import extract_fid
 
 __all__ = ["LibSvmReader", "LIBSVM_FIELD"]
@@ -43,7 +43,7 @@ class LibSvmReader(Reader):
     skipped silently. A corrupt or cut ``.gz`` ends the file's reading, as one malformed record.
 
     Args:
-        paths, batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
+        paths, batch_size, drop_last, strict, rank, world_size: see :class:`~monolith.data.base.Reader`.
         fields: the fields of libFFM input, or ``None`` for libSVM input.
         dense_dim: width of the dense output; ``None`` for sparse output.
         block_lines: lines parsed at a time.
@@ -58,22 +58,28 @@ class LibSvmReader(Reader):
         dense_dim: int | None = None,
         drop_last: bool = False,
         strict: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
         block_lines: int = 65536,
     ) -> None:
-        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict)
+        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict, rank=rank, world_size=world_size)
         if dense_dim is not None and dense_dim < 1:
             raise ValueError(f"dense_dim must be >= 1, got {dense_dim}")
         self.fields = None if fields is None else list(check_slots({f"f{f}": f for f in fields}).values())
         self.dense_dim = dense_dim
         self.block_lines = block_lines
 
-    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        with LineStream(path) as stream, io.BufferedReader(stream) as f:
+    def _pieces(self, path: str, shares: int) -> list[Piece]:
+        return text_pieces(path, shares)
+
+    def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        with LineStream(piece.path, piece.span) as stream, io.BufferedReader(stream) as f:
             first = 1
             while lines := list(islice(f, self.block_lines)):
-                yield self._parse(lines, first)
+                rows, bad = self._parse(lines, first)
+                yield rows, stream.numbered(bad)
                 first += len(lines)
-            yield Rows.empty(), stream_error(stream)
+            yield Rows.empty(), stream.numbered(stream_error(stream))
 
     def _parse(self, lines: list[bytes], first: int) -> tuple[Rows, list[tuple[int, str]]]:
         raw = pa.array(lines, pa.binary())

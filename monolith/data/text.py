@@ -4,6 +4,9 @@ The file is read in blocks of whole lines, each parsed by pyarrow; every column 
 so that the readers do the number parsing themselves and can pin a bad value (or invalid UTF-8)
 on its line. Each line is one record (a quoted field ends on its line), so a record's line number
 is its position among the lines of its block, and a malformed line drops only itself.
+
+An uncompressed file can be read in byte ranges (a reader's share, see :mod:`monolith.data.base`):
+a range holds the lines that start in it, so the ranges of a file hold each line once.
 """
 
 from __future__ import annotations
@@ -11,20 +14,92 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from monolith.data.base import ChunkedReader, Rows
+from monolith.data.base import ChunkedReader, Piece, Rows
 from monolith.data.columns import invalid_utf8
 
-__all__ = ["LineStream", "header_names", "read_delimited", "stream_error"]
+__all__ = ["LineStream", "header_names", "is_compressed", "read_delimited", "stream_error", "text_pieces"]
 
 #: Bytes parsed at a time; each block becomes one ``Rows`` (about 10-50k lines).
 DEFAULT_BLOCK_SIZE = 4 << 20
 
 Convert = Callable[[pa.RecordBatch, np.ndarray], tuple[Rows, list[tuple[int, str]]]]
+
+# Byte ranges a text file is cut into per share (see text_pieces).
+_PIECES_PER_SHARE = 16
+# What pyarrow's compression="detect" decompresses, by file name ending.
+_COMPRESSED = (".gz", ".bz2", ".lz4", ".zst", ".br")
+
+
+def is_compressed(path: str) -> bool:
+    """Whether the text file ``path`` is read decompressed (its name says so), hence not by ranges."""
+    return path.endswith(_COMPRESSED)
+
+
+def text_pieces(path: str, shares: int) -> list[Piece]:
+    """``path`` cut into byte ranges, ``_PIECES_PER_SHARE`` per share so that shares of files of
+    different sizes come out about equal, or whole if it is compressed."""
+    size = os.path.getsize(path)
+    if is_compressed(path):
+        return [Piece(path, None, size)]
+    cuts = [size * k // (shares * _PIECES_PER_SHARE) for k in range(shares * _PIECES_PER_SHARE + 1)]
+    return [Piece(path, (start, stop), stop - start) for start, stop in zip(cuts, cuts[1:]) if stop > start]
+
+
+def _line_bounds(path: str, start: int, stop: int) -> tuple[int, int]:
+    """The bytes ``[begin, end)`` of the lines of the uncompressed file ``path`` that start in
+    ``[start, stop)``."""
+    with open(path, "rb") as f:
+
+        def next_line_start(at: int) -> int:
+            if at <= 0:
+                return 0
+            f.seek(at - 1)
+            f.readline()  # the line holding byte ``at - 1`` starts before ``at``
+            return f.tell()
+
+        return next_line_start(start), next_line_start(stop)
+
+
+class _ByteRange(io.RawIOBase):
+    """Bytes ``[begin, end)`` of a file."""
+
+    def __init__(self, path: str, begin: int, end: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # closed with this stream
+        self._file.seek(begin)
+        self._left = end - begin
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(memoryview(buffer)[: min(len(buffer), self._left)])
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def _newlines_before(path: str, offset: int) -> int:
+    """How many lines of ``path`` end before byte ``offset``."""
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            data = f.read(min(offset, 1 << 24))
+            if not data:
+                break
+            count += data.count(b"\n")
+            offset -= len(data)
+    return count
 
 
 def header_names(path: str, delimiter: str, quote_char: str | bool) -> list[str]:
@@ -55,17 +130,35 @@ class LineStream(ChunkedReader):
     Where the data cannot be read on (a corrupt or cut compressed file) it ends, after the last
     complete line, and keeps the error: a half line could otherwise pass for a good record.
 
+    With ``span``, only the lines of an uncompressed file that start in that byte range are read.
+
     Attributes:
+        begin: the byte of the file where the stream starts.
         error: what stopped the reading early, else ``None``.
         lines: the number of whole lines read so far.
     """
 
-    def __init__(self, path: str) -> None:
-        super().__init__(pa.input_stream(path, compression="detect"))
+    def __init__(self, path: str, span: tuple[int, int] | None = None) -> None:
+        if span is None:
+            self.begin, raw = 0, pa.input_stream(path, compression="detect")
+        else:
+            self.begin, end = _line_bounds(path, *span)
+            raw = _ByteRange(path, self.begin, end)
+        super().__init__(raw)
+        self._path = path
+        self._lines_before: int | None = None  # counted when a bad record needs it
         self._partial: list[bytes] = []  # the pieces of a line read in part
         self._done = False
         self.error: OSError | None = None
         self.lines = 0
+
+    def numbered(self, bad: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """(line number within the stream, reason) as (line number in the whole file, reason)."""
+        if not bad or not self.begin:
+            return bad
+        if self._lines_before is None:
+            self._lines_before = _newlines_before(self._path, self.begin)
+        return [(n + self._lines_before, reason) for n, reason in bad]
 
     def read_lines(self, size: int) -> bytes:
         """The next whole lines, about ``size`` bytes or one longer line (the last line even without
@@ -202,8 +295,10 @@ def read_delimited(
     quote_char: str | bool,
     column_names: Sequence[str] | None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    span: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-    """Yield ``convert(batch, line_numbers)`` for each parsed block of ``path``.
+    """Yield ``convert(batch, line_numbers)`` for each parsed block of ``path`` (of its lines that
+    start in the byte range ``span`` of an uncompressed file, if given).
 
     Args:
         columns: the columns to read (all as strings).
@@ -223,11 +318,13 @@ def read_delimited(
         ValueError: pyarrow cannot read the file, naming it: a column is missing, no header, ...
     """
     path = os.fspath(path)
-    with LineStream(path) as stream:
+    with LineStream(path, span) as stream:
         data = stream.read_lines(block_size)
         names = list(column_names) if column_names is not None else None
         header_lines = 0
-        if names is None:
+        if names is None and stream.begin:
+            names = header_names(path, delimiter, quote_char)
+        elif names is None:
             header, _, data = data.partition(b"\n")
             if not header and stream.error is not None:
                 # The header is cut off by corrupt data: the file is reported below instead.
@@ -250,10 +347,10 @@ def read_delimited(
             bad = [(first_line + n, reason) for n, reason in bad]
             batch, lines, bad_text = _as_strings(batch, lines)
             rows, bad_values = convert(batch, lines)
-            yield rows, bad + bad_text + bad_values
+            yield rows, stream.numbered(bad + bad_text + bad_values)
             first_line += data.count(b"\n") + (not data.endswith(b"\n"))
             data = b""
-    yield Rows.empty(), stream_error(stream)
+    yield Rows.empty(), stream.numbered(stream_error(stream))
 
 
 def stream_error(stream: LineStream) -> list[tuple[int, str]]:

@@ -108,9 +108,79 @@ class DistributedContext:
 
         return finish
 
+    def start_gradient_reduce(self, params: list[torch.Tensor], sparse_squared: float | None, loss_finite: bool,
+                              mean: bool = False) -> Callable[[], tuple[float | None, list[int]]]:
+        """Starts summing the dense gradients of ``params`` over ranks (averaging them with ``mean``,
+        as Horovod does) and, in the same collective, which ranks computed each (a parameter a batch
+        did not use has none on that rank), the ranks' shares of the squared sparse norm (each rank
+        holds the gradients of its own lookups) and which ranks' losses were not finite. The returned
+        function waits for the sums, sets every parameter's gradient that some rank computed, and
+        returns the squared sparse norm (None when ``sparse_squared`` is) and the failing ranks."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        n, world = len(params), self.world_size
+        flags = torch.zeros(n + 1 + world, dtype=grads[0].dtype if grads else torch.float32)
+        flags[:n] = torch.tensor([p.grad is not None for p in params], dtype=flags.dtype)
+        flags[n] = sparse_squared or 0.0
+        flags[n + 1 + self.rank] = 0.0 if loss_finite else 1.0
+        finish = self.start_all_reduce(grads + [flags])
+
+        def summed() -> tuple[float | None, list[int]]:
+            finish()
+            for param, grad, computed in zip(params, grads, flags[:n].tolist()):
+                if not computed:
+                    continue
+                if mean:
+                    grad.div_(world)
+                param.grad = grad
+            failing = [rank for rank in range(world) if flags[n + 1 + rank] > 0]
+            return (float(flags[n]) if sparse_squared is not None else None), failing
+
+        return summed
+
     def broadcast_tensors(self, tensors: list[torch.Tensor], src: int = 0) -> None:
         for t in tensors:
             dist.broadcast(t, src=src, group=self.group)
+
+
+@dataclasses.dataclass
+class SingleProcessContext(DistributedContext):
+    """A run of one process as a group of one: every collective returns at once with this process's
+    own value, so that the training loop runs the same code in one process and in N."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def mark_failed(self, error: BaseException) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+    def failed_ranks(self) -> dict[int, str]:
+        return {}
+
+    def lost_ranks(self) -> list[int]:
+        return []
+
+    def barrier(self) -> None:
+        pass
+
+    def count(self, flag: bool) -> int:
+        return int(bool(flag))
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def start_all_reduce(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
+        return lambda: None
+
+    def start_gradient_reduce(self, params: list[torch.Tensor], sparse_squared: float | None, loss_finite: bool,
+                              mean: bool = False) -> Callable[[], tuple[float | None, list[int]]]:
+        failing = [] if loss_finite else [self.rank]
+        return lambda: (sparse_squared, failing)
+
+    def broadcast_tensors(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        pass
 
 
 #: Set when this rank leaves after a failure: its exit barrier would wait for ranks stuck elsewhere.

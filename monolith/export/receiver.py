@@ -22,7 +22,8 @@ class ServingInputReceiver:
     """The features of a serving request; a model's ``serving_input_receiver_fn`` returns one.
 
     Args:
-        sparse_features: names of the FID features (each example carries a list of FIDs).
+        sparse_features: names of the FID features (each example carries a list of FIDs); a dict
+            (TensorFlow's ``ServingInputReceiver(features, ...)``) names them by its keys.
         dense_features: name -> width of the float features (each example carries one row).
 
     Raises:
@@ -38,7 +39,10 @@ class ServingInputReceiver:
     sparse_features: list[str]
     dense_features: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    def __init__(self, sparse_features: Sequence[str], dense_features: Mapping[str, int] | None = None) -> None:
+    def __init__(self, sparse_features: Sequence[str] | Mapping[str, Any],
+                 dense_features: Mapping[str, int] | None = None) -> None:
+        if isinstance(sparse_features, Mapping):  # TensorFlow's features dict: its names (Monolith's dummy is {})
+            sparse_features = list(sparse_features)
         if isinstance(sparse_features, str) or not isinstance(sparse_features, Sequence):
             raise ValueError(f"ServingInputReceiver: sparse_features must be a list of names, got {sparse_features!r}")
         dense_features = dict(dense_features or {})

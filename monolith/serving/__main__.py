@@ -1,5 +1,6 @@
-"""``monolith serve --export-dir DIR [--host H] [--port P] [--token-file F] [limits]`` (also
-``python -m monolith.serving``): serves an export over HTTP.
+"""``monolith serve --export-dir DIR [--host H] [--port P] [--token-file F] [limits]
+[--batching-max-examples N [--batching-max-wait-ms MS]]`` (also ``python -m monolith.serving``):
+serves an export over HTTP.
 
 The web stack, torch and the model are imported after the arguments are read, so that ``--help``
 and argument errors answer at once.
@@ -13,8 +14,8 @@ import sys
 from typing import Any, Sequence
 
 from monolith.serving.auth import TOKEN_ENV, is_loopback, read_token
-from monolith.serving.limits import (BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
-                                     MAX_URL_BYTES)
+from monolith.serving.limits import (BATCHING_MAX_WAIT_S, BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES,
+                                     MAX_HEADER_BYTES, MAX_UPDATE_BYTES, MAX_URL_BYTES)
 
 PROG = "monolith serve"
 DESCRIPTION = (f"Serve an export over HTTP: POST /v1/predict, GET /v1/health and /v1/metrics, POST /v1/update "
@@ -26,6 +27,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -76,6 +91,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"most bytes of header lines in a request; more get 431 (default {MAX_HEADER_BYTES})")
     p.add_argument("--body-timeout", type=_positive_float, default=BODY_TIMEOUT_S,
                    help=f"seconds a client may pause mid-body before it gets 408 (default {BODY_TIMEOUT_S:g})")
+    p.add_argument("--batching-max-examples", type=_non_negative_int, default=0, metavar="N",
+                   help="merge concurrent predictions into model calls of up to N examples (dynamic batching; "
+                        "default 0: every request is its own call)")
+    p.add_argument("--batching-max-wait-ms", type=_non_negative_float, default=BATCHING_MAX_WAIT_S * 1e3, metavar="MS",
+                   help=f"with batching, the longest a request waits for others to share its call "
+                        f"(default {BATCHING_MAX_WAIT_S * 1e3:g})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -107,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                args.host, args.port)
     app = create_app(model, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
                      max_update_bytes=args.max_update_bytes, token=token, max_header_bytes=args.max_header_bytes,
-                     body_timeout_s=args.body_timeout)
+                     body_timeout_s=args.body_timeout, batching_max_examples=args.batching_max_examples,
+                     batching_max_wait_s=args.batching_max_wait_ms / 1e3)
     # h11 buffers at most this much of an unfinished request head (the app refuses more once parsed).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 h11_max_incomplete_event_size=args.max_header_bytes + MAX_URL_BYTES)

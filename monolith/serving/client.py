@@ -1,4 +1,5 @@
-"""Pushing parameter updates to a serving endpoint (the streaming trainer's side of ``/v1/update``).
+"""The client side of a serving endpoint: prediction request bodies built from raw feature values
+(:func:`predict_request`), and parameter updates pushed by the streaming trainer (``/v1/update``).
 
 Updates and the versioning protocol (deltas naming the version they build on, full updates of a
 rank's shard) are described in :mod:`monolith.serving.model`. A refused update raises
@@ -11,12 +12,66 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
+from monolith.fid import extract_fid, hash_string_fid
 from monolith.serving.auth import authorization, read_token
 from monolith.serving.model import encode_update
 
-__all__ = ["BaseVersionRejected", "UpdateRejected", "push_update"]
+__all__ = ["BaseVersionRejected", "UpdateRejected", "predict_request", "push_update"]
+
+RawValue = int | str | bytes
+
+
+def predict_request(examples: Iterable[Mapping[str, Any]], slots: Mapping[str, int],
+                    dense_features: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``/v1/predict`` JSON body of ``examples`` given as raw feature values, so that no FID is
+    built by hand: each sparse feature's values become FIDs of its slot as the data readers make
+    them (:mod:`monolith.data.movielens`, :mod:`monolith.data.criteo`), an integer by
+    :func:`~monolith.fid.extract_fid` (Monolith's ``ExtractFid``) and a string by
+    :func:`~monolith.fid.hash_string_fid`.
+
+    Args:
+        examples: one mapping per example: sparse feature -> a raw value, a list of them
+            (multi-valued) or None (no value); dense feature -> its row of floats.
+        slots: sparse feature -> its slot; every one becomes a feature of the request, empty
+            where an example lacks it.
+        dense_features: the dense features, copied as they are.
+
+    Raises:
+        ValueError: an example names a feature in neither ``slots`` nor ``dense_features``, a value
+            that is neither an int nor a string, or lacks a dense feature.
+
+    Example::
+
+        predict_request([{"uid": 196, "mov": 242, "genre": [3, 7], "gender": "M"}],
+                        {"uid": 1, "mov": 2, "genre": 3, "gender": 5})
+        # -> {"sparse": {"uid": [[fid]], "mov": [[fid]], "genre": [[fid, fid]], "gender": [[fid]]}, "dense": {}}
+    """
+    sparse: dict[str, list[list[int]]] = {name: [] for name in slots}
+    dense: dict[str, list] = {name: [] for name in dense_features}
+    for i, example in enumerate(examples):
+        unknown = sorted(set(example) - set(slots) - set(dense_features))
+        if unknown:
+            raise ValueError(f"example {i}: unknown feature(s) {unknown}; sparse features {sorted(slots)}, "
+                             f"dense features {sorted(dense_features)}")
+        for name, slot in slots.items():
+            values = example.get(name)
+            values = [] if values is None else values if isinstance(values, (list, tuple)) else [values]
+            sparse[name].append([_fid(value, slot, f"example {i}: '{name}'") for value in values])
+        for name in dense_features:
+            if name not in example:
+                raise ValueError(f"example {i}: dense feature '{name}' is missing")
+            dense[name].append([float(x) for x in example[name]])
+    return {"sparse": sparse, "dense": dense}
+
+
+def _fid(value: RawValue, slot: int, field: str) -> int:
+    if isinstance(value, (str, bytes)):
+        return int(hash_string_fid(value, slot))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(extract_fid(value, slot))
+    raise ValueError(f"{field}: a raw value is an int or a string, got {value!r}")
 
 
 class UpdateRejected(RuntimeError):

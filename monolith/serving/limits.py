@@ -4,7 +4,8 @@ Kept apart from the server so that ``monolith serve --help`` shows them without 
 stack or torch.
 """
 
-__all__ = ["BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES", "MAX_UPDATE_BYTES",
+__all__ = ["BATCHING_MAX_WAIT_S", "BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
+           "MAX_UPDATE_BYTES",
            "MAX_URL_BYTES"]
 
 #: Bytes of a prediction request, examples in one, and bytes of an update (larger: a trainer's
@@ -17,3 +18,5 @@ MAX_UPDATE_BYTES = 1 << 30
 MAX_URL_BYTES = 8 << 10
 MAX_HEADER_BYTES = 16 << 10
 BODY_TIMEOUT_S = 10.0
+#: Longest wait of a request for others to share its model call, when batching.
+BATCHING_MAX_WAIT_S = 0.002

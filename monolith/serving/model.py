@@ -17,7 +17,15 @@ tensors)::
      "full": bool,                   # optional (default False): a full snapshot of the sender's shard
      "rank": int, "world_size": int, # optional (default 0 and 1): the trainer process that sent it
      "tables": {name: {"ids": int64[n], "rows": float32[n, dim], "deleted": int64[m]}},
-     "dense": model.dense_state_dict() or None}
+     "dense": model.dense_state_dict() or None,
+     "stream": {"topic": str, "offsets": {partition: int}}}  # optional: what the trainer had trained
+
+``stream`` makes what serving reflects observable: the next offset of each partition of the
+trainer's stream after the last batch trained before the update was taken. Serving keeps, per
+partition, the offset the last applied update reported (ranks read disjoint partitions; a trainer
+restarted from an older checkpoint reports older offsets, and its full snapshot serves what they
+trained), and the version of the last update that carried dense weights (:meth:`ServingModel.progress`; a
+trainer pushes changed rows more often than the dense weights).
 
 Rows arrive uncompressed and are stored as an export stores them (through the slices'
 compressors), so serving precision does not depend on how a row got there.
@@ -68,19 +76,25 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from monolith.data.base import Rows, jagged
 from monolith.distributed.routing import shard_of
-from monolith.export.format import (DENSE_STATE_PREFIX, ExportSignature, LoadedTable, SIGNATURE_FILE,
+from monolith.export.format import (DENSE_STATE_PREFIX, EmbeddingInput, ExportSignature, LoadedTable, SIGNATURE_FILE,
                                     compress_rows, decompress_rows, load_table, program_factory)
 from monolith.export.receiver import ServingInputReceiver
 from monolith.fid import fid_to_int64
-from monolith.modules.combiners import make_combiner
+from monolith.modules.combiners import Combiner, FirstN, ReduceMean, make_combiner
 from monolith.table.hash_map import FidMap
 
-__all__ = ["BaseVersionError", "RequestError", "ServingModel", "StaleUpdateError", "decode_update", "encode_update"]
+__all__ = ["BaseVersionError", "LOOKUP_IDS", "PROGRAM_EXAMPLES", "RequestError", "ServingModel", "StaleUpdateError",
+           "decode_update", "encode_update", "parse_features", "per_example"]
 
+#: A prediction looks rows up for at most this many FIDs of a feature at a time, and runs the
+#: dense program on at most this many examples at a time.
+LOOKUP_IDS = 1 << 14
+PROGRAM_EXAMPLES = 4096
 #: The most trainer processes an update may name.
 MAX_WORLD_SIZE = 1 << 16
-_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense")
+_UPDATE_FIELDS = ("version", "base_version", "full", "rank", "world_size", "tables", "dense", "stream")
 _TABLE_UPDATE_FIELDS = ("ids", "rows", "deleted")
 
 
@@ -127,6 +141,7 @@ class _Update:
     world_size: int
     changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # name -> ids, rows, deleted
     dense: dict[str, torch.Tensor] | None
+    stream: tuple[str, dict[int, int]] | None = None  # topic, next offset per partition
 
 
 class _Table:
@@ -236,11 +251,18 @@ class ServingModel:
             if e.table not in tables or e.end > tables[e.table].dim:
                 raise ValueError(f"{path}: input {e.name} reads columns [{e.start}, {e.end}) of table '{e.table}', "
                                  f"which the export does not hold")
-        self._combiners = [make_combiner(e.combiner, e.max_seq_length) for e in signature.embeddings]
+        # Per feature, its inputs to the program and their combiners.
+        self._feature_embeddings: dict[str, list[tuple[EmbeddingInput, Combiner]]] = {}
+        for e in signature.embeddings:
+            self._feature_embeddings.setdefault(e.feature, []).append((e, make_combiner(e.combiner, e.max_seq_length)))
         self._feature_tables = {e.feature: e.table for e in signature.embeddings}
         self._lock = threading.Lock()  # held by requests while they read, and by updates while they write
         self._update_lock = threading.Lock()  # one update at a time, from its checks to its last write
         self._version = signature.global_step
+        self._dense_version = signature.global_step
+        # (topic, next offset per partition) of the updates' streams, replaced whole so that
+        # progress() reads it without waiting for an update being applied.
+        self._stream: tuple[str, dict[int, int]] | None = None
         self._updated_at: float | None = None
         # The version each shard is at (module docstring): per rank of the world size that pushed
         # since the load (None: none yet); a rank not in _shard_versions is at the export's step,
@@ -292,6 +314,16 @@ class ServingModel:
             return self._shard_versions[rank]
         return None if self._shards_unknown else self.signature.global_step
 
+    def progress(self) -> dict[str, Any]:
+        """What the served parameters reflect of training: ``model_version`` (the trainer's global
+        step at the newest applied update), ``dense_version`` (the version the dense weights are
+        from) and ``stream``, the trainer's stream offsets those updates had trained up to
+        (``{"topic": str, "offsets": {partition: next offset}}``, None before an update carried them)."""
+        version, dense_version, stream = self._version, self._dense_version, self._stream
+        if stream is not None:
+            stream = {"topic": stream[0], "offsets": {str(p): o for p, o in sorted(stream[1].items())}}
+        return {"model_version": version, "dense_version": dense_version, "stream": stream}
+
     @property
     def last_update_time(self) -> float | None:
         """Unix time of the last applied update (None before the first)."""
@@ -328,34 +360,91 @@ class ServingModel:
     def predict_versioned(self, sparse: Mapping[str, list[list[int]]],
                           dense: Mapping[str, list[list[float]]] | None = None) -> tuple[dict[str, list], int]:
         """:meth:`predict`, and the version of the parameters that made the prediction."""
-        ids, lengths, dense_inputs, batch_size = self._parse(sparse, dense)
-        with self._lock:
-            rows = {feature: self._tables[table].lookup(ids[feature])
-                    for feature, table in self._feature_tables.items()}
-            program, version = self._program, self._version
-        if batch_size == 0:
-            return {name: [] for name in self.signature.outputs}, version
-        inputs = [combiner(torch.from_numpy(rows[e.feature])[:, e.start : e.end], lengths[e.feature])
-                  for e, combiner in zip(self.signature.embeddings, self._combiners)]
-        with torch.inference_mode():
-            outputs = program(*inputs, *dense_inputs)
-        return {name: _per_example(t) for name, t in zip(self.signature.outputs, outputs)}, version
+        outputs, version = self.predict_rows(parse_features(self.receiver, sparse, dense))
+        return {name: per_example(t) for name, t in outputs.items()}, version
 
-    def _parse(self, sparse: Any, dense: Any) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor],
-                                                     list[torch.Tensor], int]:
-        receiver = self.receiver
-        sparse = _features(sparse, "sparse", receiver.sparse_features)
-        dense = _features({} if dense is None else dense, "dense", list(receiver.dense_features))
-        sizes = {f"{kind}['{name}']": len(rows) for kind, given in (("sparse", sparse), ("dense", dense))
-                 for name, rows in given.items()}
-        if len(set(sizes.values())) > 1:
-            raise RequestError(f"features have different numbers of examples: {sizes}")
-        ids, lengths = {}, {}
-        for name, rows in sparse.items():
-            ids[name], lengths[name] = _fids(rows, f"sparse['{name}']")
-        dense_inputs = [_dense_rows(dense[name], f"dense['{name}']", width)
-                        for name, width in receiver.dense_features.items()]
-        return ids, lengths, dense_inputs, next(iter(sizes.values()), 0)
+    def predict_rows(self, rows: Rows) -> tuple[dict[str, torch.Tensor], int]:
+        """Every output (a tensor with one row per example) for the examples of ``rows``, which
+        hold the receiver's features (:mod:`monolith.serving.request` reads request bodies into
+        them), and the version of the parameters that made the prediction.
+
+        Examples go through the dense program :data:`PROGRAM_EXAMPLES` at a time, so that their
+        pooled embeddings and activations stay bounded however many a request has.
+        """
+        if rows.num == 0:
+            return {name: torch.zeros(0) for name in self.signature.outputs}, self._version
+        if rows.num <= PROGRAM_EXAMPLES:
+            with self._lock:
+                pooled = self._pooled_rows(rows)
+                program, version = self._program, self._version
+            return self._run(program, pooled, rows), version
+        # Updates wait until the last part is done: every part sees the same parameters.
+        with self._lock:
+            program, version = self._program, self._version
+            parts = [self._run(program, self._pooled_rows(part), part)
+                     for part in (rows.slice(start, min(start + PROGRAM_EXAMPLES, rows.num))
+                                  for start in range(0, rows.num, PROGRAM_EXAMPLES))]
+        return {name: torch.cat([part[name] for part in parts]) for name in self.signature.outputs}, version
+
+    def _pooled_rows(self, rows: Rows) -> dict[str, dict[EmbeddingInput, torch.Tensor]]:
+        """Every feature's pooled inputs for ``rows`` (the lock held)."""
+        return {feature: self._pooled(feature, embeddings, *rows.sparse[feature])
+                for feature, embeddings in self._feature_embeddings.items()}
+
+    def _run(self, program: torch.nn.Module, pooled: dict[str, dict[EmbeddingInput, torch.Tensor]],
+             rows: Rows) -> dict[str, torch.Tensor]:
+        """The dense program's outputs for ``rows``, whose pooled inputs are ``pooled``."""
+        inputs = [pooled[e.feature][e] for e in self.signature.embeddings]
+        dense_inputs = [torch.from_numpy(rows.dense[name]) for name in self.receiver.dense_features]
+        with torch.inference_mode():
+            return dict(zip(self.signature.outputs, program(*inputs, *dense_inputs)))
+
+    def _pooled(self, feature: str, embeddings: list[tuple[EmbeddingInput, Combiner]], ids: np.ndarray,
+                offsets: np.ndarray) -> dict[EmbeddingInput, torch.Tensor]:
+        """Each input of ``feature`` (an embedding of the signature and its combiner) pooled over
+        the feature's examples (the lock held). Rows are looked up for examples holding at most
+        :data:`LOOKUP_IDS` FIDs at a time, so that a request's memory does not grow with its FIDs
+        times the table's width; an example with more is summed over parts of that many."""
+        table = self._tables[self._feature_tables[feature]]
+        lengths = np.diff(offsets)
+        longest = max((c.max_seq_length for _, c in embeddings if isinstance(c, FirstN)), default=0)
+        if longest and longest == min(c.max_seq_length for _, c in embeddings):  # every input a sequence
+            keep = np.arange(ids.size) - np.repeat(offsets[:-1], lengths) < longest  # the ids read
+            ids, lengths = ids[keep], np.minimum(lengths, longest)
+            offsets = np.concatenate(([0], np.cumsum(lengths)))
+        parts: list[list[torch.Tensor]] = []
+        start = 0
+        while start < lengths.size:
+            stop = max(start + 1, int(np.searchsorted(offsets, offsets[start] + LOOKUP_IDS, side="right")) - 1)
+            chunk = ids[offsets[start] : offsets[stop]]
+            if chunk.size > LOOKUP_IDS:  # one example with more FIDs
+                parts.append(self._pooled_long(table, embeddings, chunk))
+            else:
+                rows = torch.from_numpy(table.lookup(chunk))
+                part_lengths = torch.from_numpy(lengths[start:stop])
+                parts.append([combiner(rows[:, e.start : e.end], part_lengths) for e, combiner in embeddings])
+            start = stop
+        return {e: torch.cat(pooled) if len(parts) > 1 else pooled[0]
+                for (e, _), pooled in zip(embeddings, zip(*parts))}
+
+    @staticmethod
+    def _pooled_long(table: _Table, embeddings: list[tuple[EmbeddingInput, Combiner]],
+                     ids: np.ndarray) -> list[torch.Tensor]:
+        """One example's inputs ``[1, ...]`` from its ``ids``, more than :data:`LOOKUP_IDS`: sums
+        and means over parts of that many, a sequence from its first ids alone."""
+        sums = {e: torch.zeros(1, e.end - e.start) for e, c in embeddings if not isinstance(c, FirstN)}
+        for start in range(0, ids.size if sums else 0, LOOKUP_IDS):
+            rows = torch.from_numpy(table.lookup(ids[start : start + LOOKUP_IDS]))
+            for e, total in sums.items():
+                total += rows[:, e.start : e.end].sum(0, keepdim=True)
+        pooled = []
+        for e, combiner in embeddings:
+            if isinstance(combiner, FirstN):
+                first = torch.from_numpy(table.lookup(ids[: combiner.max_seq_length]))
+                pooled.append(combiner(first[:, e.start : e.end], torch.tensor([first.shape[0]])))
+            else:
+                pooled.append(sums[e] / ids.size if isinstance(combiner, ReduceMean) else sums[e])
+        return pooled
 
     # ------------------------------------------------------------------ updates
     def apply_update(self, update: Mapping[str, Any]) -> int:
@@ -399,6 +488,13 @@ class ServingModel:
                 self._version = self._newest_shard_version() if checked.full else max(self._version, checked.version)
                 self._updated_at = time.time()
                 version = self._version
+            if checked.dense is not None:
+                self._dense_version = checked.version
+            if checked.stream is not None:
+                topic, offsets = checked.stream
+                # Ranks read disjoint partitions; another stream's offsets do not compare with the old.
+                kept = self._stream[1] if self._stream is not None and self._stream[0] == topic else {}
+                self._stream = (topic, {**kept, **offsets})
         return version
 
     def _newest_shard_version(self) -> int:
@@ -495,6 +591,7 @@ class ServingModel:
                                            f"{foreign[0]}); rank {rank} of {world_size} may only send its own")
             checked.changes[name] = (ids, served, deleted)
         checked.dense = self._check_dense(update.get("dense"))
+        checked.stream = _check_stream(update.get("stream"))
         if full:
             missing = sorted(set(self._tables) - set(checked.changes))
             if missing:
@@ -534,6 +631,26 @@ class ServingModel:
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _check_stream(stream: Any) -> tuple[str, dict[int, int]] | None:
+    """An update's ``stream`` as (topic, next offset per partition); None where it has none."""
+    if stream is None:
+        return None
+    expected = "update 'stream' must be {'topic': str, 'offsets': {partition: offset}} with ints >= 0"
+    if not isinstance(stream, Mapping) or set(stream) != {"topic", "offsets"}:
+        raise RequestError(f"{expected}, got {reprlib.repr(stream)}")
+    topic, offsets = stream["topic"], stream["offsets"]
+    if not isinstance(topic, str) or not isinstance(offsets, Mapping):
+        raise RequestError(f"{expected}, got {reprlib.repr(stream)}")
+    checked = {}
+    for partition, offset in offsets.items():
+        partition = int(partition) if isinstance(partition, str) and partition.isdigit() else partition
+        if (isinstance(partition, bool) or not isinstance(partition, int) or partition < 0
+                or isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise RequestError(f"{expected}, got offsets[{partition!r}] = {offset!r}")
+        checked[partition] = offset
+    return topic, checked
+
+
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     """``array`` with zero rows appended up to ``capacity`` rows."""
     out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
@@ -576,6 +693,26 @@ def _no_unknown(given: Mapping, known: Sequence[str], field: str) -> None:
         raise RequestError(f"{field}: unknown field(s) {unknown}; the fields are {list(known)}")
 
 
+def parse_features(receiver: ServingInputReceiver, sparse: Any, dense: Any) -> Rows:
+    """The examples of ``sparse`` (per receiver sparse feature, one list of FIDs per example) and
+    ``dense`` (per dense feature, one row of its width per example; None: none), checked as
+    :meth:`ServingModel.predict` says.
+
+    Raises:
+        RequestError: as :meth:`ServingModel.predict`.
+    """
+    sparse = _features(sparse, "sparse", receiver.sparse_features)
+    dense = _features({} if dense is None else dense, "dense", list(receiver.dense_features))
+    sizes = {f"{kind}['{name}']": len(rows) for kind, given in (("sparse", sparse), ("dense", dense))
+             for name, rows in given.items()}
+    if len(set(sizes.values())) > 1:
+        raise RequestError(f"features have different numbers of examples: {sizes}")
+    return Rows(next(iter(sizes.values()), 0),
+                {name: jagged(*_fids(rows, f"sparse['{name}']")) for name, rows in sparse.items()},
+                {name: _dense_rows(dense[name], f"dense['{name}']", width)
+                 for name, width in receiver.dense_features.items()})
+
+
 def _features(given: Any, kind: str, names: list[str]) -> dict[str, Any]:
     """``given`` checked to map exactly the receiver's ``names`` to lists."""
     if not isinstance(given, Mapping):
@@ -592,12 +729,12 @@ def _features(given: Any, kind: str, names: list[str]) -> dict[str, Any]:
     return dict(given)
 
 
-def _fids(rows: list, field: str) -> tuple[np.ndarray, torch.Tensor]:
+def _fids(rows: list, field: str) -> tuple[np.ndarray, np.ndarray]:
     """Flat int64 FIDs and per-example lengths of ``[[fid, ...] per example]``."""
     for i, row in enumerate(rows):
         if not isinstance(row, list):
             raise RequestError(f"{field}[{i}] must be a list of FIDs, got {type(row).__name__}")
-    lengths = torch.tensor([len(row) for row in rows], dtype=torch.int64)
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
     flat = list(itertools.chain.from_iterable(rows))
     ids = None
     # Exact types, so that true/false (bools are ints to Python and numpy) are never read as FIDs 1/0.
@@ -625,7 +762,7 @@ def _fids(rows: list, field: str) -> tuple[np.ndarray, torch.Tensor]:
     return ids, lengths
 
 
-def _dense_rows(rows: list, field: str, width: int) -> torch.Tensor:
+def _dense_rows(rows: list, field: str, width: int) -> np.ndarray:
     """Float32 ``[batch, width]`` from ``[[value] * width per example]``; each value a finite float32."""
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != width:
@@ -644,7 +781,7 @@ def _dense_rows(rows: list, field: str, width: int) -> torch.Tensor:
         i, j, problem = next((i, j, problem) for i, row in enumerate(rows) for j, value in enumerate(row)
                              if (problem := _dense_value_problem(value)))
         raise RequestError(f"{field}[{i}][{j}] {problem}, got {reprlib.repr(rows[i][j])}")
-    return torch.from_numpy(values)
+    return values
 
 
 def _dense_value_problem(value: Any) -> str | None:
@@ -713,8 +850,9 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
-def _per_example(output: torch.Tensor) -> list:
-    """One entry per example; a ``[batch, 1]`` output gives plain values, as ``Estimator.predict`` does."""
+def per_example(output: torch.Tensor) -> list:
+    """An output's values as lists, one entry per example; a ``[batch, 1]`` output gives plain values,
+    as ``Estimator.predict`` does."""
     if output.dim() == 2 and output.shape[1] == 1:
         output = output[:, 0]
     return output.tolist()

@@ -3,8 +3,12 @@
 Endpoints::
 
     POST /v1/predict   {"sparse": {feature: [[fid, ...] per example]}, "dense": {name: [[x, ...] per example]}}
+                       or (Content-Type: application/x-protobuf[; message=Example]) a serialized
+                       ExampleBatch (or Example); bodies are read by :mod:`monolith.serving.request`
                        -> {"outputs": {name: [value per example]}, "model_version": int}
-    GET  /v1/health    -> {"status": "ok", "model_version": int}
+    GET  /v1/health    -> {"status": "ok", "model_version": int, "dense_version": int,
+                           "stream": {"topic": str, "offsets": {partition: int}} or null}
+                       (what the served parameters reflect of training: ServingModel.progress)
     GET  /v1/metrics   -> predictions (requests, errors, latency percentiles in ms), model version, last
                        update time, updates applied and refused, table sizes
     POST /v1/update    application/octet-stream: an update serialised by
@@ -21,6 +25,9 @@ than the limit is read; a prediction with an output JSON cannot carry (NaN, infi
 Headers over ``max_header_bytes`` get 431, a URL over ``MAX_URL_BYTES`` 414, and a body the client
 stops sending for ``body_timeout_s`` 408; those connections are then closed.
 
+**Batching.** An app with ``batching_max_examples`` > 0 merges concurrent predictions into model
+calls of up to that many examples (:mod:`monolith.serving.batching`).
+
 **Credentials.** An app given a ``token`` (:mod:`monolith.serving.auth`) answers ``/v1/update``
 without ``Authorization: Bearer <token>`` with 401 before reading its body; one without a token
 accepts updates from anyone who reaches it, so ``monolith serve`` refuses to listen beyond
@@ -31,30 +38,40 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from monolith.data.base import Rows
 from monolith.serving.auth import is_authorized
-from monolith.serving.limits import (BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
-                                     MAX_URL_BYTES)
-from monolith.serving.model import BaseVersionError, RequestError, ServingModel, StaleUpdateError, decode_update
+from monolith.serving.batching import Batcher
+from monolith.serving.limits import (BATCHING_MAX_WAIT_S, BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES,
+                                     MAX_HEADER_BYTES, MAX_UPDATE_BYTES, MAX_URL_BYTES)
+from monolith.serving.model import (BaseVersionError, RequestError, ServingModel, StaleUpdateError, decode_update,
+                                    per_example)
+from monolith.serving.request import TooManyExamples, parse_json, parse_protobuf, protobuf_message
 
-__all__ = ["BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES", "MAX_UPDATE_BYTES", "MAX_URL_BYTES",
-           "create_app"]
+__all__ = ["BATCHING_MAX_WAIT_S", "BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES",
+           "MAX_UPDATE_BYTES", "MAX_URL_BYTES", "create_app"]
 
 logger = logging.getLogger("monolith.serving")
 
 #: Latency percentiles are taken over this many of the latest predictions.
 LATENCY_WINDOW = 10_000
+#: Bodies up to this size are read, and answers of up to this many examples written, on the event
+#: loop: a hop to a thread costs more than they do.
+_INLINE_BYTES = 16 << 10
+_INLINE_EXAMPLES = 64
 #: A body declared longer than its limit by more than this is answered 413 on a connection then
 #: closed, rather than read to its end and discarded.
 _DISCARD_BYTES = 1 << 20
@@ -92,7 +109,8 @@ class _AsciiJSONResponse(JSONResponse):
 
 def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_batch_size: int = MAX_BATCH_SIZE,
                max_update_bytes: int = MAX_UPDATE_BYTES, token: str | None = None,
-               max_header_bytes: int = MAX_HEADER_BYTES, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+               max_header_bytes: int = MAX_HEADER_BYTES, body_timeout_s: float = BODY_TIMEOUT_S,
+               batching_max_examples: int = 0, batching_max_wait_s: float = BATCHING_MAX_WAIT_S) -> FastAPI:
     """The FastAPI app serving ``model`` (run it with uvicorn).
 
     Args:
@@ -103,17 +121,28 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
         token: the token ``/v1/update`` requires (:mod:`monolith.serving.auth`); None: anyone may update.
         max_header_bytes: the most bytes of header lines in one request; more get 431.
         body_timeout_s: seconds a client may pause half-way through a body before it gets 408.
+        batching_max_examples: with batching, the most examples merged into one model call; 0: no batching.
+        batching_max_wait_s: with batching, the longest a request waits for others to share its call.
 
     Raises:
-        ValueError: a limit is not positive.
+        ValueError: a limit is not positive, or a batching option is negative.
     """
     limits = {"max_body_bytes": max_body_bytes, "max_batch_size": max_batch_size, "max_update_bytes": max_update_bytes,
               "max_header_bytes": max_header_bytes, "body_timeout_s": body_timeout_s}
     for name, limit in limits.items():
         if not limit > 0:
             raise ValueError(f"{name} must be > 0, got {limit}")
+    batcher = (Batcher(model.predict_rows, batching_max_examples, batching_max_wait_s)
+               if batching_max_examples else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batcher is not None:
+            batcher.close()
+
     app = FastAPI(title="Monolith serving", description="Predictions and hot parameter updates of a Monolith export",
-                  default_response_class=_AsciiJSONResponse)
+                  default_response_class=_AsciiJSONResponse, lifespan=lifespan)
     app.add_middleware(_Guard, max_header_bytes=max_header_bytes)
 
     @app.exception_handler(HTTPException)
@@ -122,24 +151,38 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
 
     metrics = _Metrics()
 
-    def answer(body: bytes) -> bytes:
-        """The JSON answer to a prediction request's body."""
-        request = _json_object(body)
-        unknown = sorted(set(request) - {"sparse", "dense"})
-        if unknown:
-            raise RequestError(f"unknown request field(s) {unknown}; a request has 'sparse' and 'dense'")
-        _check_batch_size(request, max_batch_size)
-        outputs, version = model.predict_versioned(request.get("sparse", {}), request.get("dense"))
-        return _render(outputs, version)
+    def read(body: bytearray, content_type: str) -> Rows:
+        """The examples of a prediction request's body."""
+        message = protobuf_message(content_type)
+        if message is None:
+            return parse_json(body, model.receiver, max_batch_size)
+        return parse_protobuf(body, model.receiver, message, max_batch_size)
+
+    async def answer(body: bytearray, content_type: str) -> bytes:
+        """The answer to a prediction request's body, without batching. Reading large bodies, the
+        model and writing large answers run off the event loop, so that requests overlap."""
+        if len(body) <= _INLINE_BYTES:
+            rows = read(body, content_type)
+        else:
+            rows = await run_in_threadpool(read, body, content_type)
+        outputs, version = await run_in_threadpool(model.predict_rows, rows)
+        if rows.num <= _INLINE_EXAMPLES:
+            return _render(outputs, version)
+        return await run_in_threadpool(_render, outputs, version)
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Response:
         started, failed = time.perf_counter(), True
         try:
             body = await _read_body(request, max_body_bytes, "--max-body-bytes", body_timeout_s)
-            # Parsing, lookups, the dense program and rendering run off the event loop, so requests overlap.
-            content = await run_in_threadpool(answer, body)
+            content_type = request.headers.get("content-type", "")
+            if batcher is not None:  # reading, the model and writing in the batcher's thread
+                content = await batcher.submit(lambda: read(body, content_type), lambda p: _render(*p))
+            else:
+                content = await answer(body, content_type)
             failed = False
+        except TooManyExamples as error:
+            raise HTTPException(status_code=413, detail=str(error)) from None
         except RequestError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
         finally:
@@ -148,14 +191,16 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model_version": model.version}
+        return {"status": "ok", **model.progress()}
 
     @app.get("/v1/metrics")
     async def get_metrics() -> dict[str, Any]:
         return {"requests": metrics.requests, "errors": metrics.errors, "latency_ms": metrics.latency(),
                 "model_version": model.version, "last_update_time": model.last_update_time,
                 "updates": metrics.updates, "update_errors": metrics.update_errors,
-                "table_sizes": model.table_sizes()}
+                "table_sizes": model.table_sizes(),
+                "batching": None if batcher is None else {"model_calls": batcher.calls,
+                                                          "requests": batcher.requests}}
 
     @app.post("/v1/update")
     async def update(request: Request) -> dict[str, Any]:
@@ -192,7 +237,7 @@ def create_app(model: ServingModel, max_body_bytes: int = MAX_BODY_BYTES, max_ba
     return app
 
 
-async def _read_body(request: Request, limit: int, option: str, timeout_s: float) -> bytes:
+async def _read_body(request: Request, limit: int, option: str, timeout_s: float) -> bytearray:
     """The body of ``request``; 413 (naming the ``monolith serve`` option) as soon as it is known to
     exceed ``limit`` bytes, from its Content-Length or while it streams, so that no more than
     ``limit`` bytes are read before the answer, and none kept beyond them; 408 (and the connection
@@ -209,7 +254,8 @@ async def _read_body(request: Request, limit: int, option: str, timeout_s: float
         close = {"Connection": "close"} if int(declared) - limit > _DISCARD_BYTES else None
         raise HTTPException(status_code=413, detail=f"request body of {declared} bytes is over the limit of "
                                                     f"{limit} bytes ({option})", headers=close)
-    chunks, size, more = [], 0, True
+    # One buffer grown in place: a list of chunks joined at the end would hold the body twice.
+    body, more = bytearray(), True
     while more:
         try:
             message = await asyncio.wait_for(request.receive(), timeout_s)
@@ -219,11 +265,11 @@ async def _read_body(request: Request, limit: int, option: str, timeout_s: float
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk, more = message.get("body", b""), message.get("more_body", False)
-        size += len(chunk)
-        if size > limit:  # a chunked body: of unknown length, so its rest is discarded, not cut off
+        # A chunked body: of unknown length, so its rest is discarded, not cut off.
+        if len(body) + len(chunk) > limit:
             raise HTTPException(status_code=413, detail=f"request body is over the limit of {limit} bytes ({option})")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 class _Guard:
@@ -269,19 +315,9 @@ class _Guard:
                 await _AsciiJSONResponse({"detail": detail}, 400, headers={"Connection": "close"})(scope, receive, send)
 
 
-def _check_batch_size(request: dict[str, Any], limit: int) -> None:
-    """413 naming the first feature of ``request`` with more than ``limit`` examples."""
-    for kind in ("sparse", "dense"):
-        features = request.get(kind)
-        if isinstance(features, dict):
-            for name, rows in features.items():
-                if isinstance(rows, list) and len(rows) > limit:
-                    raise HTTPException(status_code=413, detail=f"{kind}['{name}'] has {len(rows)} examples; a "
-                                                                f"request may have at most {limit} (--max-batch-size)")
-
-
-def _render(outputs: dict[str, list], version: int) -> bytes:
+def _render(outputs: dict[str, torch.Tensor], version: int) -> bytes:
     """The JSON of a prediction, as FastAPI renders JSON; 422 naming the first output JSON cannot carry."""
+    outputs = {name: per_example(t) for name, t in outputs.items()}
     try:
         return json.dumps({"outputs": outputs, "model_version": version}, ensure_ascii=False, allow_nan=False,
                           separators=(",", ":")).encode("utf-8")
@@ -295,15 +331,3 @@ def _render(outputs: dict[str, list], version: int) -> bytes:
                                                             f"cannot carry: the request's values overflow the model, "
                                                             f"or the served parameters are not finite") from None
         raise
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError as error:  # JSON and UTF-8 decoding errors
-        raise RequestError(f"request body is not JSON: {error}") from None
-    except RecursionError:
-        raise RequestError("request body nests too deeply to parse as JSON") from None
-    if not isinstance(data, dict):
-        raise RequestError(f"request body must be a JSON object with 'sparse' and 'dense', got {type(data).__name__}")
-    return data

@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from monolith.data.base import check_share
+from monolith.data.dataset import Dataset
 from monolith.fid import fid_to_int64
 from monolith.sparse import Batch, KeyedJaggedTensor
 
@@ -86,7 +88,7 @@ def _read_example(message: bytes) -> dict[str, Any]:
     """One message as ``{"sparse": {name: [int64]}, "label": float, "dense": {name: [float]}, "req_time"}``.
 
     Everything is converted here, so that a malformed message raises ``TypeError`` or ``ValueError``
-    (which skip its batch) rather than another error later (which would stop training).
+    (which skip the message) rather than another error later (which would stop training).
     """
     record = json.loads(message)
     if not isinstance(record, dict) or not isinstance(record.get("sparse"), dict) or "label" not in record:
@@ -117,8 +119,9 @@ def parse_stream_url(url: str) -> tuple[str, str]:
     return parsed.netloc, topic
 
 
-class KafkaSource:
-    """Batches of examples consumed from Kafka partitions, with offsets that checkpoints keep.
+class KafkaSource(Dataset):
+    """Batches of examples consumed from Kafka partitions, with offsets that checkpoints keep; a
+    :class:`~monolith.data.dataset.Dataset`, so ``map``, ``filter``, ``prefetch`` ... chain.
 
     Args:
         bootstrap_servers: ``HOST:PORT`` of the brokers.
@@ -139,6 +142,12 @@ class KafkaSource:
     A batch lacks a sparse feature that none of its messages has, and the model would fail on it;
     so each batch gets every sparse feature of ``sparse_features`` or of an earlier batch, empty
     where absent. The names seen are kept in :meth:`state_dict`, so a restarted trainer has them too.
+
+    A message that ``parse_fn`` refuses with ``ValueError`` is skipped alone (the rest of its batch
+    is trained), logged once with its partition and offset and counted in ``num_bad_messages``; its
+    offset is passed like any other, so it is not read again after a restart. Messages that parse
+    one by one but not together (a dense feature only some have) skip their batch, counted in
+    ``num_bad_batches``.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, batch_size: int, parse_fn: ParseFn = decode_examples,
@@ -147,8 +156,7 @@ class KafkaSource:
                  sparse_features: Sequence[str] = (), rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
+        check_share(rank, world_size)
         self.bootstrap_servers, self.topic = bootstrap_servers, topic
         self.batch_size, self.parse_fn = batch_size, parse_fn
         self.partitions = None if partitions is None else list(partitions)
@@ -159,6 +167,7 @@ class KafkaSource:
         self._offsets: dict[int, int] | None = None
         self._consumer = None
         self._sparse_features = dict.fromkeys(sparse_features)  # an ordered set
+        self.num_bad_messages = 0
         self.num_bad_batches = 0
         self._stopping = False
 
@@ -291,18 +300,37 @@ class KafkaSource:
             self.close()
 
     def _parse(self, messages: list) -> Batch | None:
+        """The batch of ``messages``; a message that ``parse_fn`` refuses (``ValueError``) is skipped
+        alone, counted in ``num_bad_messages`` and logged once with its partition and offset."""
         try:
-            batch = self.parse_fn([m.value() for m in messages])
+            return self._with_known_features(self.parse_fn([m.value() for m in messages]))
+        except ValueError:
+            pass
+        # Rare, so simple: find the bad messages by parsing each alone, then parse the rest together.
+        good = []
+        for message in messages:
+            try:
+                self.parse_fn([message.value()])
+            except ValueError as error:
+                self.num_bad_messages += 1
+                logger.error("kafka %s partition %d offset %d: message skipped: %s", self.topic, message.partition(),
+                             message.offset(), error)
+            else:
+                good.append(message)
+        if not good:
+            return None
+        try:
+            return self._with_known_features(self.parse_fn([m.value() for m in good]))
         except ValueError as error:
-            # One bad message must not stop a long-running trainer: skip its batch, say where it was.
+            # Each message parses alone but not with the others (a dense feature only some have):
+            # no one message is to blame, so the batch is skipped.
             spans: dict[int, list[int]] = {}
-            for message in messages:
+            for message in good:
                 spans.setdefault(message.partition(), []).append(message.offset())
             self.num_bad_batches += 1
             logger.error("kafka %s %s: batch skipped: %s", self.topic, ", ".join(
                 f"partition {p} offsets {min(o)}..{max(o)}" for p, o in sorted(spans.items())), error)
             return None
-        return self._with_known_features(batch)
 
     def _with_known_features(self, batch: Batch) -> Batch:
         """``batch`` with every sparse feature known so far, empty for each example where it was absent."""
