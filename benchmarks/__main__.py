@@ -25,6 +25,7 @@ import torch
 
 from benchmarks import (
     cli_benchmark,
+    deepfm_benchmark,
     distributed_benchmark,
     fid_map_benchmark,
     freshness_benchmark,
@@ -154,7 +155,24 @@ def _peers_goals(results: list[dict]) -> list[Goal]:
                 theirs = r["systems"][name]["examples_per_s"]
                 goals.append(Goal(f"Training examples/s, {ours_name} vs {name}", f">= {target:.1f}x",
                                   f"{ours / theirs:.2f}x ({ours:,.0f} vs {theirs:,.0f})", ours / theirs >= target))
+        if peers_benchmark.TORCHREC in r["systems"]:
+            ours, theirs = r["systems"][peers_benchmark.MONOLITH], r["systems"][peers_benchmark.TORCHREC]
+            threads = f"{r['torch_threads']} torch thread(s)"
+            speed = ours["examples_per_s"] / theirs["examples_per_s"]
+            goals.append(Goal(f"Training examples/s, {peers_benchmark.MONOLITH} vs {peers_benchmark.TORCHREC}, "
+                              f"{threads}", ">= 1.1x", f"{speed:.2f}x", speed >= 1.1))
+            embedding = ours["embedding_ms"] / theirs["embedding_ms"]
+            goals.append(Goal(f"Embedding time per step, {peers_benchmark.MONOLITH} vs {peers_benchmark.TORCHREC}, "
+                              f"{threads}", "<= 0.8x",
+                              f"{embedding:.2f}x ({ours['embedding_ms']:.1f} vs {theirs['embedding_ms']:.1f} ms)",
+                              embedding <= 0.8))
     return goals
+
+
+def _deepfm_goals(results: list[dict]) -> list[Goal]:
+    return [Goal(f"Training examples/s, DeepFM on {'MovieLens-100K' if r['dataset'] == 'movielens' else 'Frappe-sized'}"
+                 " data, monolith's Estimator vs plain PyTorch (median of rounds)", ">= 1.0x",
+                 f"{r['ratio']:.2f}x", r["ratio"] >= 1.0) for r in results]
 
 
 def _cli_goals(results: list[dict]) -> list[Goal]:
@@ -235,10 +253,17 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "Training side by side: monolith, plain PyTorch and TorchRec on a Criteo-like workload",
         peers_benchmark,
-        runs=[{}],
+        runs=[{}, {"torch_threads": 2, "eviction_intervals": ()}],
         quick_runs=[{"steps": 10, "warmup": 3, "batch": 512, "rows": 1 << 14, "vocab": 100_000, "hidden": (64, 32)}],
         goals=_peers_goals,
         figures=peers_benchmark.figures,
+    ),
+    Benchmark(
+        "Training speed on small real-data DeepFMs: monolith's Estimator against plain PyTorch",
+        deepfm_benchmark,
+        runs=[{"dataset": "movielens"}, {"dataset": "frappe"}],
+        quick_runs=[{"dataset": "movielens", "rounds": 1}],
+        goals=_deepfm_goals,
     ),
     Benchmark(
         "Growth: examples/s and memory from 1M to 50M distinct ids",

@@ -26,8 +26,15 @@ the same steps:
 No system clips gradients (TorchRec's fused optimizer cannot). Each system runs in its own worker process
 (the TorchRec ones in the ``benchmarks/.venv-peers`` venv, which has the same torch) so that each has its
 own peak resident memory; the coordinator has them take turns step by step, so load from other work on a
-shared machine slows them alike, and each process generates its batches outside the timed step, with one
-torch thread. Memory per distinct id is (peak RSS - RSS before the model was built) / distinct ids seen.
+shared machine slows them alike, and each process generates its batches outside the timed step, with
+``torch_threads`` torch threads (monolith's tables then update on as many threads). Memory per distinct id
+is (peak RSS - RSS before the model was built) / distinct ids seen.
+
+Embedding time per step is measured inside the training step: monolith's table lookups (module hooks on
+its tables; the per-feature pooling, a copy for one id per example, counts as dense) and its sparse
+update; TorchRec's KJT and EBC forward plus its backward from the moment the gradient reaches the pooled
+embeddings (the fused Adagrad runs there); plain PyTorch's bags forward, their backward likewise and the
+sparse Adagrad step.
 """
 
 from __future__ import annotations
@@ -97,11 +104,48 @@ def monolith_estimator(config: dict, first: Batch, model_dir: str) -> Estimator:
     return estimator
 
 
+class _EmbeddingClock:
+    """Seconds of a step spent in embedding work: the forward of ``modules`` (timed by module hooks)
+    plus what the system adds with :meth:`add`."""
+
+    def __init__(self, modules) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        for module in modules:
+            module.register_forward_pre_hook(self._start)
+            module.register_forward_hook(self._stop)
+
+    def _start(self, *_) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self, *_) -> None:
+        self.seconds += time.perf_counter() - self._started
+
+    def add(self, seconds: float) -> None:
+        self.seconds += seconds
+
+    def take(self) -> float:
+        """The seconds counted since the last call."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 class _Monolith:
     def __init__(self, config: dict, first: Batch) -> None:
         self._dir = tempfile.TemporaryDirectory()
         self.estimator = monolith_estimator(config, first, self._dir.name)
         self.rows = config["rows"]
+        ctx = self.estimator.model.ctx
+        self.embedding = _EmbeddingClock(ctx.tables.values())
+        # The sparse update runs inside train_step: its time is counted by wrapping the tables' update.
+        update = ctx.apply_gradients
+
+        def timed_update(*args, **kwargs) -> None:
+            start = time.perf_counter()
+            update(*args, **kwargs)
+            self.embedding.add(time.perf_counter() - start)
+
+        ctx.apply_gradients = timed_update
 
     def step(self, batch: Batch) -> None:
         self.estimator.train_step(batch)
@@ -143,20 +187,41 @@ class _Torch:
         # Adagrad builds sparse tensors from valid indices; opting out of the check silences torch's warning.
         torch.sparse.check_sparse_tensor_invariants.disable()
 
+        self.embedding = _EmbeddingClock([])
+
     def step(self, batch: Batch) -> None:
+        start = time.perf_counter()
         pooled = []
         for key, bag in zip(KEYS, self.bags):
             jagged = batch.sparse[key]
             pooled.append(bag(jagged.values() % self.rows, jagged.offsets()[:-1]))
-        loss = self.tower.loss(torch.cat(pooled, dim=1), batch)
+        embeddings = torch.cat(pooled, dim=1)
+        self.embedding.add(time.perf_counter() - start)
+        reached = _time_gradient_arrival(embeddings)
+        loss = self.tower.loss(embeddings, batch)
         self.tower.optimizer.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.embedding.add(time.perf_counter() - reached[0])  # the bags' backward
         self.tower.optimizer.step()
+        start = time.perf_counter()
         self.optimizer.step()
+        self.embedding.add(time.perf_counter() - start)
 
     def summary(self) -> dict:
         return {}
+
+
+def _time_gradient_arrival(tensor: torch.Tensor) -> list[float]:
+    """A one-element list that receives the time at which backward reaches ``tensor``: from then on the
+    backward pass works on the embeddings alone (the tower's part is done)."""
+    reached = [0.0]
+
+    def hook(grad: torch.Tensor) -> None:
+        reached[0] = time.perf_counter()
+
+    tensor.register_hook(hook)
+    return reached
 
 
 class _TorchRec:
@@ -194,17 +259,23 @@ class _TorchRec:
                                                    env=ShardingEnv.from_process_group(dist.group.WORLD),
                                                    sharders=[EmbeddingBagCollectionSharder()])
         self.tower = _DenseTower(config)
+        self.embedding = _EmbeddingClock([])
 
     def step(self, batch: Batch) -> None:
+        start = time.perf_counter()
         values = batch.sparse.values()
         features = self._kjt(keys=KEYS, values=values if self.managed else values % self.rows,
                              lengths=batch.sparse.lengths())
         pooled = self.embeddings(features)
         if self.managed:
             pooled = pooled[0]  # (embeddings, remapped features)
-        loss = self.tower.loss(pooled.values(), batch)
+        embeddings = pooled.values()
+        self.embedding.add(time.perf_counter() - start)
+        reached = _time_gradient_arrival(embeddings)
+        loss = self.tower.loss(embeddings, batch)
         self.tower.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # the tables' Adagrad runs inside
+        self.embedding.add(time.perf_counter() - reached[0])
         self.tower.optimizer.step()
 
     def summary(self) -> dict:
@@ -232,9 +303,10 @@ def _serve(kind: str, config: dict) -> None:
         if line.strip() == "done":
             break
         batch = log.batch(int(line))
+        system.embedding.take()
         start = time.perf_counter()
         system.step(batch)
-        replies.write(f"{time.perf_counter() - start}\n")
+        replies.write(f"{time.perf_counter() - start} {system.embedding.take()}\n")
     peak = peak_rss()  # before summary(), whose scratch arrays are no part of training
     replies.write(json.dumps({"rss_before": before, "peak_rss": peak, **system.summary()}) + "\n")
 
@@ -302,12 +374,14 @@ def run(steps: int = 240, warmup: int = 10, batch: int = 4096, rows: int = 1 << 
         for name, (kind, python, extra) in plan.items():
             workers.append(_Worker(name, kind, python, {**config, **extra}))
         seconds = dict.fromkeys(plan, 0.0)
+        embedding_seconds = dict.fromkeys(plan, 0.0)
         started = time.perf_counter()
         for i in range(warmup + steps):
             for worker in workers:
-                elapsed = float(worker.reply_to(str(i)))
+                elapsed, embedding = map(float, worker.reply_to(str(i)).split())
                 if i >= warmup:
                     seconds[worker.name] += elapsed
+                    embedding_seconds[worker.name] += embedding
         wall = time.perf_counter() - started
         summaries = {w.name: json.loads(w.reply_to("done")) for w in workers}
     finally:
@@ -319,6 +393,8 @@ def run(steps: int = 240, warmup: int = 10, batch: int = 4096, rows: int = 1 << 
         systems[name] = {
             "venv": Path(plan[name][1]).parent.parent.name,
             "examples_per_s": steps * batch / seconds[name],
+            "step_ms": seconds[name] / steps * 1e3,
+            "embedding_ms": embedding_seconds[name] / steps * 1e3,
             "peak_rss": s["peak_rss"],
             "bytes_per_id": (s["peak_rss"] - s["rss_before"]) / distinct,
         }
@@ -337,19 +413,23 @@ def report(results: list[dict]) -> str:
             f"{NUM_SPARSE} slots (one id each) + {NUM_DENSE} dense features, dim {DIM}, batch {r['batch']:,}, MLP "
             f"{'-'.join(map(str, [*r['hidden'], 1]))}; ids Zipf({r['zipf_a']}) over {r['vocab']:,} per slot plus "
             f"{r['new_id_rate']:.0%} brand-new ids; {r['warmup']} warm-up + {r['steps']} timed steps in turns "
-            f"({r['wall_s']:.0f} s in all), one torch thread per process. {r['distinct']:,} distinct ids seen. "
+            f"({r['wall_s']:.0f} s in all), {r['torch_threads']} torch thread(s) per process. "
+            f"{r['distinct']:,} distinct ids seen. "
             f"Hashed tables: {r['rows']:,} rows per slot, where {r['shared_fraction']:.0%} of the distinct ids "
             f"share their row with another id; the MC modules hold {r['rows']:,} ids per slot.",
             "",
-            "| system | venv | examples/s | monolith's speed vs it | reserved monolith's speed vs it | peak RSS | "
+            "| system | venv | examples/s | monolith's speed vs it | reserved monolith's speed vs it | "
+            "ms per step: all / embeddings | monolith's embedding time vs it | peak RSS | "
             "bytes per distinct id | monolith's memory vs it |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, s in r["systems"].items():
             lines.append(
                 f"| {name} | {s['venv']} | {s['examples_per_s']:,.0f} | "
                 f"{ours['examples_per_s'] / s['examples_per_s']:.2f}x | "
-                f"{reserved['examples_per_s'] / s['examples_per_s']:.2f}x | {s['peak_rss'] / 2**30:.2f} GiB | "
+                f"{reserved['examples_per_s'] / s['examples_per_s']:.2f}x | "
+                f"{s['step_ms']:.1f} / {s['embedding_ms']:.1f} | {ours['embedding_ms'] / s['embedding_ms']:.2f}x | "
+                f"{s['peak_rss'] / 2**30:.2f} GiB | "
                 f"{s['bytes_per_id']:.0f} | {ours['bytes_per_id'] / s['bytes_per_id']:.2f}x |"
             )
         if r["skipped"]:

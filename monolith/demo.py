@@ -54,8 +54,8 @@ from monolith.optim import AdagradOptimizer, RandomUniformInitializer, ZerosInit
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
-__all__ = ["FEATURES", "DeepFM", "HashedDeepFM", "auc", "distinct_train_ids", "log_loss", "main", "produce_ratings",
-           "shared_ids", "train_baseline"]
+__all__ = ["FEATURES", "BaselineTrainer", "DeepFM", "HashedDeepFM", "auc", "distinct_train_ids", "log_loss", "main",
+           "produce_ratings", "shared_ids", "train_baseline"]
 
 #: MovieLens-100K's sparse features (see :mod:`monolith.data.movielens`); ``genre`` is multi-hot.
 FEATURES = ("uid", "mov", "genre", "age", "gender", "occupation")
@@ -186,29 +186,44 @@ def _clip_(params: Sequence[torch.nn.Parameter], clip_norm: float) -> None:
                 p.grad.mul_(clip_norm / norm)
 
 
+class BaselineTrainer:
+    """Trains a :class:`HashedDeepFM` one batch at a time as the Estimator trains DeepFM: Adagrad on the
+    embeddings and Adam on the MLP with ``p``'s hyper-parameters, the summed loss, global-norm clipping."""
+
+    def __init__(self, model: HashedDeepFM, p) -> None:
+        self.model = model
+        self.clip_norm = p.clip_norm
+        self.sparse_opt = torch.optim.Adagrad(model.embedding_parameters(), lr=p.emb_learning_rate,
+                                              initial_accumulator_value=p.emb_initial_accumulator, eps=0.0)
+        self.dense_opt = torch.optim.Adam(model.mlp.parameters(), lr=p.dense_learning_rate)
+        self.params = list(model.parameters())
+        model.train()
+
+    def step(self, batch: Batch) -> None:
+        """One training step on ``batch``."""
+        logits = self.model(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.dense["label"], reduction="sum")  # Monolith's sum
+        self.sparse_opt.zero_grad(set_to_none=True)
+        self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _clip_(self.params, self.clip_norm)
+        self.dense_opt.step()
+        with warnings.catch_warnings():  # torch warns once that it skips sparse invariant checks
+            warnings.filterwarnings("ignore", message="Sparse invariant checks")
+            self.sparse_opt.step()
+
+
 def train_baseline(model: HashedDeepFM, batches, p, max_steps: int,
                    after_step: Callable[[int], None] | None = None) -> float:
-    """Trains the baseline as the Estimator trains DeepFM; returns training examples/s.
+    """Trains the baseline as the Estimator trains DeepFM (:class:`BaselineTrainer`); returns training
+    examples/s.
 
     ``after_step(steps_done)`` runs after every step (e.g. to evaluate); its time counts in the examples/s.
     """
-    sparse_opt = torch.optim.Adagrad(model.embedding_parameters(), lr=p.emb_learning_rate,
-                                     initial_accumulator_value=p.emb_initial_accumulator, eps=0.0)
-    dense_opt = torch.optim.Adam(model.mlp.parameters(), lr=p.dense_learning_rate)
-    params = list(model.parameters())
-    model.train()
+    trainer = BaselineTrainer(model, p)
     examples, started = 0, time.perf_counter()
     for step, batch in enumerate(itertools.islice(batches, max_steps), start=1):
-        logits = model(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.dense["label"], reduction="sum")  # Monolith's sum
-        sparse_opt.zero_grad(set_to_none=True)
-        dense_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _clip_(params, p.clip_norm)
-        dense_opt.step()
-        with warnings.catch_warnings():  # torch warns once that it skips sparse invariant checks
-            warnings.filterwarnings("ignore", message="Sparse invariant checks")
-            sparse_opt.step()
+        trainer.step(batch)
         examples += batch.batch_size
         if after_step is not None:
             after_step(step)

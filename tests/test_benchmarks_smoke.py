@@ -5,7 +5,8 @@ import importlib.util
 import math
 from pathlib import Path
 
-from benchmarks import cli_benchmark, fid_map_benchmark, growth_benchmark, peers_benchmark, plots, quality_benchmark
+from benchmarks import (cli_benchmark, deepfm_benchmark, fid_map_benchmark, growth_benchmark, peers_benchmark,
+                        plots, quality_benchmark)
 from benchmarks.__main__ import _cli_goals
 
 _TOY = {"batch": 64, "vocab": 1000, "hidden": (8,)}
@@ -40,6 +41,7 @@ def test_peers_runs_ours_and_plain_pytorch_in_turns(monkeypatch, tmp_path):
     assert set(result["systems"]) == {peers_benchmark.MONOLITH, reserved, peers_benchmark.TORCH}
     assert result["distinct"] > 0 and "TorchRec skipped" in result["skipped"]
     assert all(s["examples_per_s"] > 0 and s["peak_rss"] > 0 for s in result["systems"].values())
+    assert all(0 < s["embedding_ms"] < s["step_ms"] for s in result["systems"].values())
     assert "| plain PyTorch (hashed EmbeddingBag) |" in peers_benchmark.report([result])
     check_figures(peers_benchmark.figures([result]), tmp_path)
 
@@ -77,6 +79,13 @@ def test_command_start_up_is_timed_against_import_torch(tmp_path):
     [goal] = _cli_goals([result])
     assert goal.measured.startswith(f"{result['median_s'][cli_benchmark.HELP]:.2f} s")
     check_figures(cli_benchmark.figures([result]), tmp_path)
+
+
+def test_deepfm_trains_monolith_and_plain_pytorch_in_turns_on_parquet():
+    result = deepfm_benchmark.run("frappe", rounds=1, frappe_examples=2_000)
+    assert result["steps"] == 8 and len(result["ratios"]) == 1
+    assert result["monolith"][0] > 0 and result["baseline"][0] > 0
+    assert "| Frappe-sized Parquet (2,000 examples, 10 features," in deepfm_benchmark.report([result])
 
 
 def test_input_pipeline_times_reading_training_and_prefetch():

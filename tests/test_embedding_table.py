@@ -478,3 +478,32 @@ def test_adam_on_repeated_ids_converges_in_single_process_training(tmp_path):
         losses.append(log_loss())
     # ln 2 is the loss of all-zero rows; one Adam step per occurrence went 1.15, 1.12, 1.17.
     assert np.log(2) > losses[0] > losses[1] > losses[2], losses
+
+
+def test_tables_updated_on_two_threads_end_exactly_as_one_after_the_other():
+    # Enough ids that apply_gradients_together hands the tables to its threads (16,384 or more).
+    def tables(seed):
+        return [HashEmbedding(EmbeddingHashTable(
+            [SliceConfig("vec", 8, optimizer=AdagradOptimizer(0.1, initial_accumulator_value=0.1))],
+            seed=seed, name=f"t{i}")) for i in range(6)]
+
+    rng = np.random.default_rng(0)
+    ids = [torch.from_numpy(rng.integers(0, 5_000, 4_096)) for _ in range(6)]
+    grads = [torch.from_numpy(rng.standard_normal((4_096, 8)).astype(np.float32)) for _ in range(6)]
+    threads = torch.get_num_threads()
+    results = []
+    for n in (1, 2):
+        modules = tables(seed=3)
+        torch.set_num_threads(n)
+        try:
+            for step in range(3):
+                for module, i, g in zip(modules, ids, grads):
+                    module(i).backward(g * (step + 1))
+                HashEmbedding.apply_gradients_together(modules, global_step=step, dedup="sum")
+        finally:
+            torch.set_num_threads(threads)
+        results.append([module.table.state_dict(skip_expired=False) for module in modules])
+    for one, two in zip(*results):
+        assert one.keys() == two.keys()
+        for name in one:
+            np.testing.assert_array_equal(one[name], two[name], err_msg=name)

@@ -31,13 +31,16 @@ def _row_ids(embeddings: torch.Tensor, lengths: torch.Tensor,
             f"{combiner}: lengths must be a 1-D integer tensor, got {lengths.dtype} of shape {tuple(lengths.shape)}"
         )
     lengths = lengths.to(device=embeddings.device, dtype=torch.int64)
-    total = int(lengths.sum())
-    if total != embeddings.shape[0] or (lengths.numel() and int(lengths.min()) < 0):
+    # A batch's lengths are small: on the CPU numpy's reductions answer without torch's per-op dispatch.
+    counts = lengths.numpy() if lengths.device.type == "cpu" else lengths
+    total = int(counts.sum())
+    low, high = (int(counts.min()), int(counts.max())) if lengths.numel() else (0, 0)
+    if total != embeddings.shape[0] or low < 0:
         raise ValueError(
             f"{combiner}: lengths must be non-negative and sum to embeddings.shape[0]={embeddings.shape[0]}, "
             f"got sum {total}"
         )
-    if total == lengths.numel() and (total == 0 or int(lengths.max()) == 1):
+    if total == lengths.numel() and (total == 0 or high == 1):
         return None, lengths  # one id per example: pooling is the identity
     batch = torch.arange(lengths.numel(), device=embeddings.device)
     return torch.repeat_interleave(batch, lengths, output_size=total), lengths

@@ -11,7 +11,9 @@ occurrence counters, update times) as tensors, one entry per array of
 
 from __future__ import annotations
 
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -110,9 +112,21 @@ class HashEmbedding(torch.nn.Module):
     @staticmethod
     def apply_gradients_together(modules: Sequence["HashEmbedding"], global_step: int, scale: float = 1.0,
                                  dedup: str = DEFAULT_DEDUP) -> None:
-        """:meth:`apply_gradients` of every module (sharded tables exchange their gradients at once)."""
-        for module in modules:
-            module.apply_gradients(global_step, scale, dedup)
+        """:meth:`apply_gradients` of every module (sharded tables exchange their gradients at once).
+
+        With several torch threads and enough ids, the tables update on that many threads at once:
+        each table's update touches only its own rows, state and random stream, and its kernels
+        release the GIL, so the result is the same as one after the other.
+        """
+        threads = min(torch.get_num_threads(), len(modules))
+        pending_ids = sum(p.ids.numel() for module in modules for p in module.pending)
+        if threads <= 1 or pending_ids < _PARALLEL_MIN_IDS:
+            for module in modules:
+                module.apply_gradients(global_step, scale, dedup)
+            return
+        updates = [_update_pool(threads).submit(m.apply_gradients, global_step, scale, dedup) for m in modules]
+        for update in updates:
+            update.result()  # re-raises a table's error here
 
     def grad_squared_norm(self) -> float:
         """Sum of squares of the pending gradients (this table's share of the global norm)."""
@@ -137,6 +151,17 @@ class HashEmbedding(torch.nn.Module):
         self.table.apply_gradients(ids, grads, global_step, _concat_times(pending), dedup, hint=hint)
 
 
+#: Fewer pending ids than this in a step are applied on the calling thread: handing tables to other
+#: threads costs tens of microseconds, more than a small step's updates take.
+_PARALLEL_MIN_IDS = 16384
+
+
+@functools.lru_cache(maxsize=None)
+def _update_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` threads for table updates (made once per size, like torch's own pool)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="monolith-table-update")
+
+
 def widen_to(grad: torch.Tensor, dim: int) -> torch.Tensor:
     """Pads a gradient taken before a slice was added to the table's full row width."""
     if grad.shape[1] == dim:
@@ -153,6 +178,9 @@ def cat_or_only(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:
     if all(p.req_time is None for p in pending):
         return None
+    only = pending[0]
+    if len(pending) == 1 and isinstance(only.req_time, torch.Tensor) and only.req_time.numel() == only.ids.numel():
+        return only.req_time.reshape(-1).cpu().numpy()  # one lookup's times per id, read in place
     now = int(time.time())
     parts = []
     for p in pending:

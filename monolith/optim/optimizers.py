@@ -41,7 +41,7 @@ def _f64(value: float) -> np.float64:
 # error_model="numpy" gives IEEE division (x / 0 is inf or NaN, as in C++) instead of ZeroDivisionError.
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _decayed(grad, weight, weight_decay):
     """The gradient with L2 weight decay folded in, as every decaying Monolith optimizer does."""
     return grad + weight_decay * weight
@@ -56,7 +56,7 @@ _NO_ROUNDING = np.zeros((0, 1), dtype=np.float32)
 _HALF_MAX = 65504.0
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _fp16_neighbours(v):
     """The fp16 values around float32 ``v`` as float32: (``v`` rounded toward -inf, toward +inf), as
     ``half_float::detail::float2half`` rounds (overflow to +-65504 or +-inf, zero keeping its sign)."""
@@ -78,7 +78,7 @@ def _fp16_neighbours(v):
     return np.float32(down), np.float32(up)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _stochastic_round(v, p):
     """Monolith's ``stochastic_round(vf, p)``: up when ``p <= (v - down) / (up - down)`` (float32), else down.
     fp16 values, infinities and NaN give 0/0 or NaN there, hence themselves."""
@@ -88,19 +88,19 @@ def _stochastic_round(v, p):
     return down
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _round_row_fp16(weights, r, p, i):
     for d in range(weights.shape[1]):
         weights[r, d] = _stochastic_round(weights[r, d], p[i, d])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _round_rows_fp16(weights, rows, p):
     for i in range(rows.shape[0]):
         _round_row_fp16(weights, rows[i], p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _stochastic_round_fp16(values, p):
     """``_stochastic_round`` of each element of 1-D float32 ``values`` with the matching ``p``."""
     out = np.empty_like(values)
@@ -109,7 +109,7 @@ def _stochastic_round_fp16(values, p):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mwc_uniforms(rng, out):
     """Monolith's ``StochasticRoundingFloat16OptimizerDecorator::rand()``, once per element of ``out``:
     Marsaglia's multiply-with-carry pair ``rng`` (uint64[2], advanced in place), as float32 in [0, 1]."""
@@ -126,7 +126,16 @@ def _mwc_uniforms(rng, out):
     rng[1] = w
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True)
+def _all_within(rows, capacity):
+    """Whether every row lies in ``[0, capacity)`` (one pass, where min and max took two)."""
+    for i in range(rows.shape[0]):
+        if rows[i] < 0 or rows[i] >= capacity:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _sgd_kernel(weights, rows, grads, lr, p):
     for i in range(rows.shape[0]):
         prefetch_row_ahead(weights, rows, i)
@@ -137,7 +146,7 @@ def _sgd_kernel(weights, rows, grads, lr, p):
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad_kernel(weights, state, rows, grads, lr, weight_decay, p):
     for i in range(rows.shape[0]):
         prefetch_row_ahead(weights, rows, i)
@@ -154,7 +163,7 @@ def _adagrad_kernel(weights, state, rows, grads, lr, weight_decay, p):
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _ftrl_kernel(weights, state, rows, grads, lr, beta, l1, l2, p):
     dim = weights.shape[1]
     for i in range(rows.shape[0]):
@@ -178,7 +187,7 @@ def _ftrl_kernel(weights, state, rows, grads, lr, beta, l1, l2, p):
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adam_kernel(weights, state, rows, grads, lr, beta1, beta2, epsilon, weight_decay, use_nesterov, amsgrad, p):
     # State per row: m[dim], v[dim], (vhat[dim] for AMSGrad), beta1_power, beta2_power.
     dim = weights.shape[1]
@@ -214,7 +223,7 @@ def _adam_kernel(weights, state, rows, grads, lr, beta1, beta2, epsilon, weight_
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _momentum_kernel(weights, state, rows, grads, lr, momentum, weight_decay, use_nesterov, p):
     one = _F32(1.0)
     for i in range(rows.shape[0]):
@@ -236,7 +245,7 @@ def _momentum_kernel(weights, state, rows, grads, lr, momentum, weight_decay, us
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _moving_average_kernel(weights, rows, grads, momentum, p):
     one = _F32(1.0)
     for i in range(rows.shape[0]):
@@ -248,7 +257,7 @@ def _moving_average_kernel(weights, rows, grads, momentum, p):
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop_kernel(weights, state, rows, grads, lr, momentum, grad_square_scale, weight_decay, p):
     # lr, momentum, grad_square_scale and weight_decay are float64: Monolith computes RMSProp in double and
     # stores n and w back as float. The denominator is float because it takes std::sqrt of the float n.
@@ -268,7 +277,7 @@ def _rmsprop_kernel(weights, state, rows, grads, lr, momentum, grad_square_scale
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adadelta_kernel(weights, state, rows, grads, lr, averaging_ratio, epsilon, weight_decay, p):
     # State per row: accum[dim], accum_update[dim].
     dim = weights.shape[1]
@@ -289,7 +298,7 @@ def _adadelta_kernel(weights, state, rows, grads, lr, averaging_ratio, epsilon, 
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _group_adagrad_kernel(weights, state, rows, grads, lr, beta, l2, weight_decay, p):
     # State per row: the accumulated sum of the row's largest squared gradient.
     dim = weights.shape[1]
@@ -322,7 +331,7 @@ def _group_adagrad_kernel(weights, state, rows, grads, lr, beta, l2, weight_deca
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _group_ftrl_kernel(weights, state, rows, grads, lr, beta, l1, l2, p):
     # Monolith's BaselineGroupFTRLOptimize (avx_utils.h). State per row: norm[dim], zero[dim].
     dim = weights.shape[1]
@@ -353,7 +362,7 @@ def _group_ftrl_kernel(weights, state, rows, grads, lr, beta, l1, l2, p):
             _round_row_fp16(weights, r, p, i)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _dynamic_wd_adagrad_kernel(weights, state, rows, grads, lr, weight_decay, decouple, p):
     # Monolith's BaselineDynamicWdAdagradOptimize (dynamic_wd_avx_utils.h). State per row: norm[dim].
     for i in range(rows.shape[0]):
@@ -380,7 +389,7 @@ _STEP_SPLIT = 1 << 24
 _MAX_STEP = 1 << 48
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _batch_softmax_kernel(weights, state, rows, lr, global_step, p):
     # Monolith's BatchSoftmaxOptimizer::Optimize: B = (1 - alpha) * B + alpha * (step - A); A = step.
     one = _F32(1.0)
@@ -491,12 +500,12 @@ class _KernelOptimizer(SliceOptimizer):
         dim, width = weights.shape[1], self.state_width(weights.shape[1])
         if state.shape[1] != width:
             raise ValueError(f"{owner}: state must have {width} columns for dim {dim}, got {state.shape}")
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        if rows.ndim != 1 or rows.dtype.kind not in "iu":
             raise ValueError(f"{owner}: rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
         if grads.shape != (rows.shape[0], dim):
             raise ValueError(f"{owner}: grads must have shape {(rows.shape[0], dim)}, got {grads.shape}")
         capacity = min(weights.shape[0], state.shape[0])
-        if rows.shape[0] and (rows.min() < 0 or rows.max() >= capacity):
+        if rows.shape[0] and not _all_within(rows, capacity):
             raise IndexError(f"{owner}: rows must lie in [0, {capacity}), got [{rows.min()}, {rows.max()}]")
 
 

@@ -45,7 +45,7 @@ DEFAULT_DEDUP = "sum"
 MASS_EXPIRY_SHARE = 0.5
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _gather(weights, rows, out, column):
     dim = weights.shape[1]
     for i in range(rows.size):
@@ -59,7 +59,7 @@ def _gather(weights, rows, out, column):
                 out[i, column + j] = 0.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def sum_rows_by_group(groups, count, values):
     """``[count, dim]``: row ``g`` is the sum of the rows of ``values`` in group ``g``, in their order."""
     summed = np.zeros((count, values.shape[1]), dtype=values.dtype)
@@ -70,7 +70,7 @@ def sum_rows_by_group(groups, count, values):
     return summed
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _sum_by_group(groups, count, keys, rows, grads, times, counts):
     """Per group ``0..count-1``: its key and row, its gradients summed in occurrence order, its
     latest time and its summed occurrence count."""
@@ -88,11 +88,14 @@ def _sum_by_group(groups, count, keys, rows, grads, times, counts):
     return group_keys, group_rows, sum_rows_by_group(groups, count, grads), latest, total
 
 
-@numba.njit(cache=True)
-def _touch(timestamps, rows, req_time):
+@numba.njit(cache=True, nogil=True)
+def _record(timestamps, changed_at, rows, req_time, change):
+    """Rows ``rows`` were written by change number ``change`` at ``req_time`` (a row keeps its newest time)."""
     for i in range(rows.size):
-        if req_time[i] > timestamps[rows[i]]:
-            timestamps[rows[i]] = req_time[i]
+        r = rows[i]
+        if req_time[i] > timestamps[r]:
+            timestamps[r] = req_time[i]
+        changed_at[r] = change
 
 
 def _utc(seconds: int) -> str:
@@ -344,9 +347,8 @@ class EmbeddingHashTable:
         self._record_writes(rows, times)
 
     def _record_writes(self, rows: np.ndarray, times: np.ndarray) -> None:
-        _touch(self._timestamps, rows, times)
         self._changes += 1
-        self._changed_at[rows] = self._changes
+        _record(self._timestamps, self._changed_at, rows, times, self._changes)
 
     @property
     def change_marker(self) -> int:
@@ -677,6 +679,8 @@ def _store_capacity(size: int, capacity: int) -> int:
 def _as_ids(ids) -> np.ndarray:
     """int64 FIDs (uint64-form ids wrap to their int64 bit pattern) from a tensor, array or list."""
     if isinstance(ids, torch.Tensor):
+        if ids.dtype == torch.int64 and ids.dim() == 1 and ids.device.type == "cpu" and ids.is_contiguous():
+            return ids.numpy()  # a batch's ids: the common case, read in place
         ids = ids.detach().cpu().numpy()
     elif not isinstance(ids, np.ndarray):
         ids = _int_list_as_array(ids)

@@ -37,7 +37,7 @@ def _prefetch_home(slots, shift, keys, i):
     prefetch(slots, 2 * _home_slot(keys[min(i, keys.size - 1)], shift))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _find(slots, shift, sentinel_row, keys, out_rows):
     mask = slots.size // 2 - 1
     for i in range(keys.size):
@@ -58,7 +58,7 @@ def _find(slots, shift, sentinel_row, keys, out_rows):
             h = (h + 1) & mask
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _find_or_insert(slots, shift, sentinel_row, keys, out_rows, start, size, max_size):
     """Processes keys[start:] until done or the map is full; returns (next index, new size)."""
     mask = slots.size // 2 - 1
@@ -89,7 +89,7 @@ def _find_or_insert(slots, shift, sentinel_row, keys, out_rows, start, size, max
     return keys.size, size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _insert_unique(slots, shift, keys, rows):
     """Re-inserts distinct keys (none equal to EMPTY_KEY) with given rows into an empty map."""
     mask = slots.size // 2 - 1

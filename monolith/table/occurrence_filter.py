@@ -21,7 +21,7 @@ _SLOT_MASK = np.int64(MAX_SLOT_V2)
 _SECONDS_PER_DAY = 86400
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _admit(counter_rows, counts, seen, keys, occurrences, times, thresholds, shift, passed):
     for i in range(keys.size):
         slot = (keys[i] >> shift) & _SLOT_MASK

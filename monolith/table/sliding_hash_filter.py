@@ -65,7 +65,7 @@ def _add(splits, ids, capacity, split, pos, sign, count):
     return before
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _admit(splits, ids, ring, capacity, keys, occurrences, thresholds, shift, passed):
     """SlidingHashFilter::add and ShouldBeFiltered for each key in order. ``ids``: ids held by each
     split; ``ring``: [head, splits filled since the start, ids that found no cell]."""
