@@ -77,7 +77,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, capsys):
             if line.endswith("&"):
                 command = [sys.executable, "-m", "monolith", *argv[1:]] if argv[0] == "monolith" else \
                     [sys.executable, *argv[1:]]
-                process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                log = open(tmp_path / f"background-{len(background)}.log", "wb")
+                process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+                log.close()  # the child holds its own descriptor
                 background.append(process)
                 wait_for_port(int(argv[argv.index("--port") + 1]), process)
                 continue
@@ -90,6 +92,11 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, capsys):
                 print(httpx.get(argv[2], timeout=30).text)
             results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])
                            if argv[0] != "python" else capsys.readouterr().out)
+    except BaseException as error:  # say what the servers in the background did (a broker that went away)
+        for i, process in enumerate(background):
+            tail = (tmp_path / f"background-{i}.log").read_text(errors="replace")[-2000:]
+            error.add_note(f"background {process.args} (exit status {process.poll()}):\n{tail}")
+        raise
     finally:
         for process in reversed(background):
             process.terminate()
