@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError, Message
 
 from monolith.data.base import PathOrPaths, _existing_files, skip_bad_record
 from monolith.data.dataset import Dataset
-from monolith.data.pb_compression import check_compression, open_compressed, resolve_compression
-from monolith.data.pb_framing import DEFAULT_MAX_RECORD_BYTES, FrameError, Framing, check_framing, read_frames
+from monolith.data.pb_compression import check_compression
+from monolith.data.pb_framing import DEFAULT_MAX_RECORD_BYTES, FrameError, Framing, read_file_frames
 from monolith.data.pb_messages import MESSAGES, variant_name
 
 __all__ = ["PBMessageDataset"]
@@ -71,15 +71,12 @@ class PBMessageDataset(Dataset):
     def __iter__(self) -> Iterator[Message]:
         self.bad_records, self.num_bad_records = [], 0
         for path in self.paths:
-            compression = resolve_compression(path, self.compression)
-            with open_compressed(path, compression, "r") as stream:
-                check_framing(path, stream, self.framing, self.variant_type)
-            with open_compressed(path, compression, "r") as stream:
-                try:
-                    for offset, _, payload in read_frames(stream, self.framing, self.max_record_bytes):
-                        try:
-                            yield self.message_class.FromString(payload)
-                        except DecodeError as e:
-                            skip_bad_record(self, path, offset, f"cannot parse the {self.message_class.__name__}: {e}")
-                except FrameError as e:
-                    skip_bad_record(self, path, e.offset, e.reason)
+            try:
+                for offset, payload in read_file_frames(path, self.compression, self.framing, self.variant_type,
+                                                        self.max_record_bytes):
+                    try:
+                        yield self.message_class.FromString(payload)
+                    except DecodeError as e:
+                        skip_bad_record(self, path, offset, f"cannot parse the {self.message_class.__name__}: {e}")
+            except FrameError as e:
+                skip_bad_record(self, path, e.offset, e.reason)

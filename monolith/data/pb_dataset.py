@@ -25,7 +25,7 @@ from monolith.data.pb_framing import (
     FramingOptions,
     check_framing,
     frame_record,
-    read_frames,
+    read_file_frames,
 )
 from monolith.data.pb_messages import MESSAGES, variant_name
 from monolith.data.pb_parser import (
@@ -171,23 +171,19 @@ class PBDataset(Reader):
         yield from super()._blocks()
 
     def _read_piece(self, piece: Piece) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-        path = piece.path
-        compression = resolve_compression(path, self.compression)
-        with open_compressed(path, compression, "r") as stream:
-            check_framing(path, stream, self.framing, self.parser.variant_type)
-        with open_compressed(path, compression, "r") as stream:
-            chunk: list[tuple[int, bytes]] = []
-            broken: list[tuple[int, str]] = []
-            try:
-                for offset, _, message in read_frames(stream, self.framing, self.max_record_bytes):
-                    chunk.append((offset, message))
-                    if len(chunk) == self.block_records:
-                        yield self.parser.decode(chunk)
-                        chunk = []
-            except FrameError as e:
-                broken.append((e.offset, e.reason))
-            rows, bad = self.parser.decode(chunk)
-            yield rows, bad + broken
+        chunk: list[tuple[int, bytes]] = []
+        broken: list[tuple[int, str]] = []
+        try:
+            for record in read_file_frames(piece.path, self.compression, self.framing, self.parser.variant_type,
+                                           self.max_record_bytes):
+                chunk.append(record)
+                if len(chunk) == self.block_records:
+                    yield self.parser.decode(chunk)
+                    chunk = []
+        except FrameError as e:
+            broken.append((e.offset, e.reason))
+        rows, bad = self.parser.decode(chunk)
+        yield rows, bad + broken
 
     def _bad_record(self, path: str, offset: int, reason: str) -> None:
         # The base class's bookkeeping, worded with the byte offset where text readers have a line.

@@ -33,7 +33,7 @@ from typing import BinaryIO, TypedDict
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from monolith.data.pb_compression import STREAM_ERRORS, read_up_to
+from monolith.data.pb_compression import STREAM_ERRORS, open_compressed, read_up_to, resolve_compression
 from monolith.data.pb_messages import MESSAGES, variant_name
 
 __all__ = [
@@ -216,3 +216,21 @@ def check_framing(path: str, stream: BinaryIO, framing: Framing, variant_type: s
         f"{path}: the records are not framed as the reader's options say ({problem}); the file reads as "
         f"framed with {options}: change that option"
     )
+
+
+def read_file_frames(path: str, compression: str | None, framing: Framing, variant_type: str,
+                     max_record_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, serialized message) of each record of the file ``path`` (``compression`` as
+    :func:`~monolith.data.pb_compression.resolve_compression` takes it), once :func:`check_framing`
+    found its first records framed as ``framing`` says.
+
+    Raises:
+        ValueError: from :func:`check_framing`.
+        FrameError: where a record breaks (see :func:`read_frames`).
+    """
+    compression = resolve_compression(path, compression)
+    with open_compressed(path, compression, "r") as stream:
+        check_framing(path, stream, framing, variant_type)
+    with open_compressed(path, compression, "r") as stream:
+        for offset, _, payload in read_frames(stream, framing, max_record_bytes):
+            yield offset, payload
