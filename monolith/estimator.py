@@ -329,14 +329,9 @@ class Estimator:
             ValueError: what :meth:`ModelDump.from_model` refuses (training hooks, code in a slice).
         """
         self.build(batch)
-        previous = self.model.p.mode
-        self.model.set_mode(ModeKeys.TRAIN)
-        self.model.ctx.train(False)  # no row is created for ids of ``batch`` that the tables lack
-        try:
-            with torch.no_grad():
-                output = self._model_fn(batch, ModeKeys.TRAIN)
-        finally:
-            self.model.set_mode(previous)
+        with self.model.in_mode(ModeKeys.TRAIN), torch.no_grad():
+            self.model.ctx.train(False)  # no row is created for ids of ``batch`` that the tables lack
+            output = self._model_fn(batch, ModeKeys.TRAIN)
         return ModelDump.from_model(self.model, output, self._dense_optimizer, batch, receiver,
                                     run_config=self.config, input_source=input_source)
 
@@ -356,15 +351,12 @@ class Estimator:
         if export_dir is None:
             export_dir = os.path.join(self.config.model_dir, self.model.p.serving.export_dir_base)
         receiver = serving_receiver(self.model)
-        previous = self.model.p.mode
-        self.model.set_mode(ModeKeys.PREDICT)
         try:  # an estimator that has not built its model builds it here and restores the latest checkpoint
-            self.build(trace_batch(receiver))
+            with self.model.in_mode(ModeKeys.PREDICT):
+                self.build(trace_batch(receiver))
         except Exception as error:
             error.add_note(exporting_note(receiver))
             raise
-        finally:
-            self.model.set_mode(previous)
         return export_saved_model(self.model, self.global_step, export_dir, run_config=self.config)
 
     def _summary(self, tag: str, value: float) -> None:

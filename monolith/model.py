@@ -31,13 +31,14 @@ Example::
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
 import numbers
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -280,6 +281,16 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
                              f"got {mode!r}")
         self.p.mode = mode
         super().train(mode == ModeKeys.TRAIN)  # reaches the embedding collection's tables
+
+    @contextlib.contextmanager
+    def in_mode(self, mode: str) -> Iterator[None]:
+        """:meth:`set_mode` for the ``with`` block; the mode before it is restored on leaving it."""
+        previous = self.p.mode
+        self.set_mode(mode)
+        try:
+            yield
+        finally:
+            self.set_mode(previous)
 
     def _train_mode(self, mode: bool = True) -> "MonolithBaseModel":
         """torch's ``train()``/``eval()`` (``self.train(mode)``), which also set the run mode: TRAIN, or from TRAIN to EVAL

@@ -277,9 +277,7 @@ def export_saved_model(model: MonolithBaseModel, step: int, export_dir: str | os
             message names the output and the batch size).
     """
     receiver = serving_receiver(model)
-    previous = model.p.mode
-    model.set_mode(ModeKeys.PREDICT)
-    try:
+    with model.in_mode(ModeKeys.PREDICT):
         try:
             program = _DenseProgram(model, receiver)
             output = program.discover(_TRACE_BATCH)
@@ -287,8 +285,6 @@ def export_saved_model(model: MonolithBaseModel, step: int, export_dir: str | os
             error.add_note(exporting_note(receiver))
             raise
         return _write_export(model, step, run_config, program, output, export_dir)
-    finally:
-        model.set_mode(previous)
 
 
 def _write_export(model: MonolithBaseModel, step: int, run_config: Any, program: _DenseProgram,
