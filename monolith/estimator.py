@@ -639,8 +639,8 @@ class Estimator:
         needs_norm = self.model.p.clip_norm is not None or summary_due
         sparse_squared = self.model.ctx.grad_squared_norm() if needs_norm else None
         # The sparse gradients travel to their owners while the dense ones are being summed.
-        summed = self.dist.start_gradient_reduce([p for p in self.model.parameters() if p.requires_grad],
-                                                 sparse_squared, finite, mean=self.config.dense_reduce == "mean")
+        summed = self.dist.start_gradient_reduce(self.model.parameters(), sparse_squared, finite,
+                                                 mean=self.config.dense_reduce == "mean")
         self.model.ctx.exchange_gradients()
         sparse_squared, failing = summed()
         if failing:  # every rank stops here together: no update is applied anywhere

@@ -13,7 +13,7 @@ import datetime
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -108,14 +108,15 @@ class DistributedContext:
 
         return finish
 
-    def start_gradient_reduce(self, params: list[torch.Tensor], sparse_squared: float | None, loss_finite: bool,
+    def start_gradient_reduce(self, params: Iterable[torch.Tensor], sparse_squared: float | None, loss_finite: bool,
                               mean: bool = False) -> Callable[[], tuple[float | None, list[int]]]:
-        """Starts summing the dense gradients of ``params`` over ranks (averaging them with ``mean``,
+        """Starts summing the dense gradients of ``params`` (those that require one) over ranks (averaging them with ``mean``,
         as Horovod does) and, in the same collective, which ranks computed each (a parameter a batch
         did not use has none on that rank), the ranks' shares of the squared sparse norm (each rank
         holds the gradients of its own lookups) and which ranks' losses were not finite. The returned
         function waits for the sums, sets every parameter's gradient that some rank computed, and
         returns the squared sparse norm (None when ``sparse_squared`` is) and the failing ranks."""
+        params = [p for p in params if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         n, world = len(params), self.world_size
         flags = torch.zeros(n + 1 + world, dtype=grads[0].dtype if grads else torch.float32)
@@ -174,7 +175,7 @@ class SingleProcessContext(DistributedContext):
     def start_all_reduce(self, tensors: list[torch.Tensor]) -> Callable[[], None]:
         return lambda: None
 
-    def start_gradient_reduce(self, params: list[torch.Tensor], sparse_squared: float | None, loss_finite: bool,
+    def start_gradient_reduce(self, params: Iterable[torch.Tensor], sparse_squared: float | None, loss_finite: bool,
                               mean: bool = False) -> Callable[[], tuple[float | None, list[int]]]:
         failing = [] if loss_finite else [self.rank]
         return lambda: (sparse_squared, failing)
