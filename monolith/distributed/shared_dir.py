@@ -22,6 +22,8 @@ MARKER = ".monolith-shared-check"
 def check_shared_dir(path: str, ctx: DistributedContext, what: str = "model_dir") -> None:
     """Raises ``RuntimeError`` on every rank unless every rank reads back the token rank 0 wrote
     into ``path`` (created if absent), naming the ranks and hosts that did not."""
+    if ctx.world_size == 1:  # a group of one shares every directory with itself
+        return
     marker = os.path.join(path, MARKER)
     token = None
     if ctx.rank == 0:
