@@ -26,6 +26,7 @@ import uvicorn
 import monolith.serving.__main__ as serving_main
 from monolith.serving import RequestError, ServingModel, StaleUpdateError, UpdateRejected, encode_update, push_update
 from monolith.serving.auth import TOKEN_ENV, is_loopback, read_token
+import monolith.serving.server as server_module
 from monolith.serving.server import create_app
 from monolith.streaming.parameter_sync import ParameterSync
 from monolith.fid import make_fid
@@ -284,6 +285,18 @@ def test_a_prediction_costs_at_most_4x_its_body_in_memory(export_path, tmp_path)
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_an_answer_written_in_blocks_is_the_json_of_its_outputs():
+    """Large answers are written a block of examples at a time; the text is json.dumps's all the same."""
+    g = torch.Generator().manual_seed(0)
+    n = 2 * server_module._RENDER_EXAMPLES + 3
+    outputs = {"ctr": torch.rand(n, 1, generator=g), "emb": torch.randn(n, 3, generator=g, dtype=torch.float64),
+               "näme": torch.arange(n), "empty": torch.zeros(0, 2)}
+    expected = {"outputs": {"ctr": outputs["ctr"][:, 0].tolist(), "emb": outputs["emb"].tolist(),
+                            "näme": outputs["näme"].tolist(), "empty": []}, "model_version": 7}
+    written = server_module._render(outputs, 7)
+    assert written == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 # ----------------------------------------------------------------------------- 4. no 5xx
