@@ -41,6 +41,15 @@ def produce(broker: LocalKafkaBroker, topic: str, messages: list[bytes]) -> None
     assert producer.flush(15) == 0
 
 
+def test_creating_a_topic_again_finds_it_and_other_partitions_are_refused(broker):
+    """The admin client retries a creation whose connection the broker dropped; the retry finds the
+    topic (a README walkthrough's broker once died of it at start-up)."""
+    broker.create_topic("twice", partitions=2)
+    broker.create_topic("twice", partitions=2)
+    with pytest.raises(ValueError, match="'twice' exists with 2 partitions, not 3"):
+        broker.create_topic("twice", partitions=3)
+
+
 def test_kafka_source_batches_offsets_resume_and_commit(broker):
     broker.create_topic("source")
     produce(broker, "source", worker.events(70))

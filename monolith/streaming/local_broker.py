@@ -50,12 +50,26 @@ class LocalKafkaBroker:
                 time.sleep(0.05)
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
-        """Creates ``topic`` with ``partitions`` partitions."""
+        """Creates ``topic`` with ``partitions`` partitions; a topic of that name and number of
+        partitions that exists already counts as created. The admin client retries a request whose
+        connection the broker dropped, and the retry of a creation that went through finds the topic.
+
+        Raises:
+            ValueError: ``topic`` exists with another number of partitions.
+        """
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
-            future.result(timeout=15)
+            try:
+                future.result(timeout=15)
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                existing = len(admin.list_topics(topic, timeout=15).topics[topic].partitions)
+                if existing != partitions:
+                    raise ValueError(f"topic {topic!r} exists with {existing} partitions, not {partitions}") from None
 
     def stop(self) -> None:
         if self._process.poll() is None:
