@@ -26,7 +26,7 @@ from monolith.fid import make_fid, make_fid_v1
 from monolith.serving import RequestError
 from monolith.serving.client import predict_request
 from monolith.serving.model import parse_features
-from monolith.serving.request import BLOCK_BYTES, JSON_BYTES, parse_json
+from monolith.serving.request import BLOCK_BYTES, JSON_BYTES, parse_json, parse_protobuf
 from monolith.serving.server import create_app
 from test_export import CTX, SLOTS, make_batches, request_of
 from test_serving import PROBE, export_path, model, serve  # noqa: F401 - fixtures
@@ -141,6 +141,32 @@ def test_protobuf_bodies_are_answered_like_the_same_examples_in_json(model, serv
                                         "unknown protobuf message 'Instance'")):
             answer = client.post("/v1/predict", content=body, headers=headers)
             assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
+
+
+def test_features_named_label_and_instance_weight_are_read_from_protobuf_as_sent():
+    """Training reads those names as the label (missing: INVALID_LABEL) and the weight (<= 0: 1); a
+    serving request's features are read as sent, as from JSON (zeros where missing)."""
+    receiver = ServingInputReceiver(["uid"], {"label": 2, "instance_weight": 1})
+    example = Example(label=[0.25])  # the Example's own label field is no feature
+    example.named_feature.add(name="uid").feature.fid_v2_list.value.append(7)
+    example.named_feature.add(name="instance_weight").feature.float_list.value.append(0.0)
+    unlabelled = Example()
+    unlabelled.named_feature.add(name="label").feature.float_list.value.extend([0.5, -2.0])
+    batch = ExampleBatch(batch_size=2)
+    for name, rows in {"uid": [[7], []], "label": [[], [0.5, -2.0]], "instance_weight": [[0.0], []]}.items():
+        named = batch.named_feature_list.add(name=name)
+        for row in rows:
+            feature = named.feature.add()  # an empty row: a feature of no type
+            if row:
+                (feature.fid_v2_list if name == "uid" else feature.float_list).value.extend(row)
+    expected = parse_json(json.dumps({"sparse": {"uid": [[7], []]}, "dense": {"label": [[0, 0], [0.5, -2.0]],
+                                                                           "instance_weight": [[0.0], [0]]}}).encode(),
+                          receiver, 10)
+    assert_same_rows(parse_protobuf(batch.SerializeToString(), receiver, "ExampleBatch", 10), expected)
+    for k, one in enumerate((example, unlabelled)):
+        rows = parse_protobuf(one.SerializeToString(), receiver, "Example", 10)
+        np.testing.assert_array_equal(rows.dense["label"], expected.dense["label"][k : k + 1])
+        np.testing.assert_array_equal(rows.dense["instance_weight"], expected.dense["instance_weight"][k : k + 1])
 
 
 # ----------------------------------------------------------------------------- the JSON array reader

@@ -214,6 +214,8 @@ class PBParser:
             and ``"instance_weight"`` adds the weights; ``None`` takes them from the data.
         dense_dtypes: name -> ``np.float32`` (the default) or ``np.int64`` for dense features.
         line_id_fields: ``LineId`` fields to output, as names or name -> width (repeated fields).
+        labels: False: no label is output, and ``"label"`` and ``"instance_weight"`` are features
+            like any other, read as the records hold them (serving reads requests so).
 
     Attributes:
         num_unknown_features: how many features examples have lost so far for not being in the
@@ -234,6 +236,7 @@ class PBParser:
         dense_features: Mapping[str, int] | None = None,
         dense_dtypes: Mapping[str, Any] | None = None,
         line_id_fields: Sequence[str] | Mapping[str, int] = ("req_time",),
+        labels: bool = True,
     ) -> None:
         self.variant_type = variant_name(variant_type)
         if feature_list is not None and not isinstance(feature_list, FeatureList):
@@ -242,11 +245,15 @@ class PBParser:
         self._known: set[str] = set()
         self._line_id_columns = self._line_id_spec(line_id_fields)
         dense = dict(dense_features) if dense_features is not None else None
-        self._label_width = self._width("label", dense.pop("label", 1)) if dense is not None else 1
-        self._weight = dense is not None and "instance_weight" in dense
+        self._labels = labels
+        self._label_width = 0
+        if labels:
+            self._label_width = self._width("label", dense.pop("label", 1)) if dense is not None else 1
+        self._weight = labels and dense is not None and "instance_weight" in dense
         if self._weight:
             self._width("instance_weight", dense.pop("instance_weight"), only=1)
-        self._reserved = {"label", *self._line_id_columns, *(["instance_weight"] if self._weight else [])}
+        self._reserved = {*self._line_id_columns, *(["label"] if labels else []),
+                          *(["instance_weight"] if self._weight else [])}
         self._dtypes = {name: np.dtype(dtype) for name, dtype in (dense_dtypes or {}).items()}
         bad_dtypes = {name: str(dtype) for name, dtype in self._dtypes.items() if dtype not in _DENSE_DTYPES}
         if bad_dtypes:
@@ -372,7 +379,7 @@ class PBParser:
                 raise _BadRecord(f"cannot parse the __LINE_ID__ feature: {e}") from e
         elif name == "__LABEL__":
             record.labels = [*record.labels, *feature.float_list.value]
-        elif name == "instance_weight":
+        elif name == "instance_weight" and self._labels:
             record.weight = feature.float_list.value[0] if feature.float_list.value else 1.0
         else:
             case = feature.WhichOneof("type")
@@ -489,7 +496,7 @@ class PBParser:
         for name in self._sparse:
             if name in record.values:
                 return f"feature {name!r} holds {record.values[name][0]} values, expected FIDs"
-        if record.values.get("label", ("float",))[0] == "bytes":
+        if self._labels and record.values.get("label", ("float",))[0] == "bytes":
             return "feature 'label' holds bytes values, expected numbers"
         for name, (width, dtype) in self._dense.items():
             if name in record.fids:
@@ -536,12 +543,14 @@ class PBParser:
     def _rows(self, records: list[_Record]) -> Rows:
         n = len(records)
         sparse = {name: self._fid_column(records, name) for name in self._sparse}
-        label = np.full((n, self._label_width), INVALID_LABEL, dtype=np.float32)
-        for i, r in enumerate(records):
-            labels = r.values["label"][1] if "label" in r.values else r.labels
-            k = min(len(labels), self._label_width)
-            label[i, :k] = labels[:k]
-        dense = {"label": label[:, 0] if self._label_width == 1 else label}
+        dense = {}
+        if self._labels:
+            label = np.full((n, self._label_width), INVALID_LABEL, dtype=np.float32)
+            for i, r in enumerate(records):
+                labels = r.values["label"][1] if "label" in r.values else r.labels
+                k = min(len(labels), self._label_width)
+                label[i, :k] = labels[:k]
+            dense["label"] = label[:, 0] if self._label_width == 1 else label
         for name, (width, dtype) in self._dense.items():
             out = np.zeros((n, width), dtype=dtype)
             for i, r in enumerate(records):

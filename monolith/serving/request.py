@@ -18,7 +18,7 @@ numbers, keys without escapes, each key once; the error names the first problem 
 (``Content-Type: application/x-protobuf; message=Example``), read by
 :class:`~monolith.data.pb_dataset.PBParser` as training reads them: ``fid_v1_list`` FIDs are
 converted to v2, features the receiver does not name are ignored, a missing one is empty (zeros for
-dense).
+dense); a ``label`` or ``instance_weight`` feature is read as sent, like any other.
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def parse_protobuf(body: bytes | bytearray, receiver: ServingInputReceiver, mess
         raise RequestError(f"unknown protobuf message {message!r}; the Content-Type's message= is one of "
                            f"{sorted(PROTOBUF_MESSAGES)}")
     parser = PBParser(PROTOBUF_MESSAGES[message], sparse_features=receiver.sparse_features,
-                      dense_features=dict(receiver.dense_features), line_id_fields=())
+                      dense_features=dict(receiver.dense_features), line_id_fields=(), labels=False)
     rows, bad = parser.decode([(0, bytes(body))])
     if bad:
         raise RequestError(f"request body is not a serialized {message}: {bad[0][1]}")
