@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from monolith.fid import make_fid
+from monolith.modules.combiners import FirstN, ReduceMean, ReduceSum
 from monolith.modules.embedding_lookup import HashEmbedding
 from monolith.optim import AdagradOptimizer, ConstantsInitializer, SgdOptimizer, ZerosInitializer
 from monolith.table import EmbeddingHashTable, FidMap, SliceConfig, SlotConfig
@@ -323,6 +324,49 @@ def test_autograd_matches_dense_embedding_reference():
         ((dense(ids) - target) ** 2).sum().backward()
         reference.step()
         torch.testing.assert_close(table.lookup(ids), dense.weight[ids].detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("combiner, mode", [(ReduceSum(), "sum"), (ReduceMean(), "mean")])
+def test_pooled_lookup_trains_as_torch_embedding_bag(combiner, mode):
+    """A lookup pooled inside its own autograd step (lengths and a sum or mean combiner) gives torch's
+    EmbeddingBag outputs and, with Adagrad, its rows; each id gets its example's request time."""
+    dim, vocab = 3, 12
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(vocab, dim)).astype(np.float32)
+    table = EmbeddingHashTable(
+        [SliceConfig("vec", dim, optimizer=AdagradOptimizer(learning_rate=0.05, initial_accumulator_value=0.1))])
+    table.assign(np.arange(vocab), start, req_time=0)
+    module = HashEmbedding(table)
+    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(start.copy()), freeze=False, mode=mode)
+    reference = torch.optim.Adagrad(bag.parameters(), lr=0.05, initial_accumulator_value=0.1, eps=0.0)
+    # Several ids per example (an id repeated, an example without ids), then one id per example.
+    for step, (ids, lengths) in enumerate([([1, 4, 4, 7, 2, 9], [2, 0, 3, 1]), ([5, 1, 11, 3], [1, 1, 1, 1])]):
+        ids, lengths = torch.tensor(ids), torch.tensor(lengths)
+        times = torch.tensor([100, 200, 300, 400]) + 1000 * step
+        target = torch.from_numpy(rng.normal(size=(4, dim)).astype(np.float32))
+        pooled = module(ids, times, lengths=lengths, combiner=combiner)
+        ((pooled - target) ** 2).sum().backward()
+        module.apply_gradients(global_step=step)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        expected = bag(ids, offsets)
+        torch.testing.assert_close(pooled.detach(), expected.detach())
+        reference.zero_grad()
+        ((expected - target) ** 2).sum().backward()
+        reference.step()
+        torch.testing.assert_close(table.lookup(np.arange(vocab)), bag.weight.detach(), atol=1e-6, rtol=1e-5)
+        # Each id's newest request time: the latest example it came in.
+        example = torch.repeat_interleave(torch.arange(4), lengths)
+        state = table.state_dict(skip_expired=False)
+        stamped = dict(zip(state["keys"].tolist(), state["timestamps"].tolist()))
+        for i, fid in enumerate(ids.tolist()):
+            assert stamped[fid] >= int(times[example[i]]) and stamped[fid] in times[example[ids == fid]].tolist()
+    # Eval: the same pooled rows, nothing recorded; other combiners pool the looked-up rows.
+    module.eval()
+    ids, lengths = torch.tensor([3, 5, 5]), torch.tensor([1, 2])
+    out = module(ids, lengths=lengths, combiner=combiner)
+    assert not out.requires_grad and module.pending == []
+    torch.testing.assert_close(out, bag(ids, torch.tensor([0, 1])).detach())
+    torch.testing.assert_close(module(ids, lengths=lengths, combiner=FirstN(2)), FirstN(2)(table.lookup(ids), lengths))
 
 
 def test_eval_lookup_records_no_gradient():

@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from monolith.distributed.routing import plan_route, shard_of
-from monolith.modules.embedding_lookup import HashEmbedding, cat_or_only, widen_to
+from monolith.modules.combiners import Combiner
+from monolith.modules.embedding_lookup import HashEmbedding, cat_or_only, times_per_id, widen_to
 from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import EmbeddingHashTable, RowHint, sum_rows_by_group
 from monolith.table.hash_map import KeyGrouper
@@ -268,8 +269,12 @@ class ShardedHashEmbedding(HashEmbedding):
         self.grouper = KeyGrouper()
 
     def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None,
+                lengths: torch.Tensor | None = None, combiner: Combiner | None = None,
                 routed: tuple[_Lookup, torch.Tensor] | None = None) -> torch.Tensor:
-        """Rows of ``ids``; ``routed`` is this lookup already done by :func:`route_and_lookup`."""
+        """Rows of ``ids`` (pooled by ``combiner`` with ``lengths``, as :meth:`HashEmbedding.forward`);
+        ``routed`` is this lookup already done by :func:`route_and_lookup`."""
+        if lengths is not None:
+            return combiner(self.forward(ids, times_per_id(req_time, lengths), routed=routed), lengths)
         routed = routed if routed is not None else route_and_lookup([(self, ids, req_time)])[0]
         if torch.is_grad_enabled() and self.training:
             return _ShardedLookup.apply(self._anchor, routed)

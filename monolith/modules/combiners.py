@@ -16,7 +16,7 @@ import abc
 
 import torch
 
-__all__ = ["Combiner", "ReduceSum", "ReduceMean", "FirstN", "make_combiner"]
+__all__ = ["Combiner", "PoolingCombiner", "ReduceSum", "ReduceMean", "FirstN", "make_combiner"]
 
 
 def _row_ids(embeddings: torch.Tensor, lengths: torch.Tensor,
@@ -62,33 +62,65 @@ class Combiner(abc.ABC):
         return f"{type(self).__name__}(max_seq_length={self.max_seq_length})"
 
 
-class ReduceSum(Combiner):
+class PoolingCombiner(Combiner):
+    """A combiner pooling each example's ids into one row (sum, mean).
+
+    Pooling is linear in the embeddings, so a table lookup can pool inside its own autograd step
+    (:meth:`pool`, and :meth:`per_id_grad` for its backward) without a per-id tensor in the graph.
+    """
+
+    def __call__(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled, _, _ = self.pool(embeddings, lengths)
+        # One id per example pools nothing: a copy keeps the output apart from the input.
+        return embeddings.clone(memory_format=torch.contiguous_format) if pooled is embeddings else pooled
+
+    def pool(self, embeddings: torch.Tensor,
+             lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The pooled ``[batch, dim]`` (``embeddings`` themselves where every example has one id), each id's
+        example index (None then) and ``lengths`` as int64: what :meth:`per_id_grad` takes."""
+        rows, lengths = _row_ids(embeddings, lengths, self.name)
+        return (embeddings if rows is None else self._pool(embeddings, rows, lengths)), rows, lengths
+
+    @abc.abstractmethod
+    def _pool(self, embeddings: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Pools ``embeddings`` whose example indices are ``rows``."""
+
+    @abc.abstractmethod
+    def per_id_grad(self, grad: torch.Tensor, rows: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        """The gradient of each id ``[total_ids, dim]`` from that of the pooled output ``grad``
+        (``rows`` and ``lengths`` as :meth:`pool` returned them)."""
+
+
+class ReduceSum(PoolingCombiner):
     """Sum of each example's embeddings: ``[batch, dim]``; an example without ids gives zeros."""
 
     name = "reduce_sum"
 
-    def __call__(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        rows, lengths = _row_ids(embeddings, lengths, self.name)
-        if rows is None:
-            return embeddings.clone(memory_format=torch.contiguous_format)
+    def _pool(self, embeddings: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         out = embeddings.new_zeros(lengths.numel(), embeddings.shape[1])
         # Out-of-place index_add keeps autograd: grad of each id is its row's output grad.
         return out.index_add(0, rows, embeddings)
 
+    def per_id_grad(self, grad: torch.Tensor, rows: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        return grad if rows is None else grad.index_select(0, rows)
 
-class ReduceMean(Combiner):
+
+class ReduceMean(PoolingCombiner):
     """Mean of each example's embeddings: ``[batch, dim]``; an example without ids gives zeros."""
 
     name = "reduce_mean"
 
-    def __call__(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        rows, lengths = _row_ids(embeddings, lengths, self.name)
-        if rows is None:
-            return embeddings.clone(memory_format=torch.contiguous_format)
+    def _pool(self, embeddings: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         sums = embeddings.new_zeros(lengths.numel(), embeddings.shape[1]).index_add(0, rows, embeddings)
+        return sums / self._counts(lengths, embeddings.dtype)
+
+    def per_id_grad(self, grad: torch.Tensor, rows: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        return grad if rows is None else (grad / self._counts(lengths, grad.dtype)).index_select(0, rows)
+
+    @staticmethod
+    def _counts(lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # Empty rows have a zero sum; dividing by 1 instead of 0 keeps them 0 rather than NaN.
-        counts = lengths.to(embeddings.dtype).clamp(min=1)
-        return sums / counts.unsqueeze(1)
+        return lengths.to(dtype).clamp(min=1).unsqueeze(1)
 
 
 class FirstN(Combiner):

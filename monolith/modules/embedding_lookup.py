@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from monolith.modules.combiners import Combiner, PoolingCombiner
 from monolith.optim.clipping import squared_norm
 from monolith.table.embedding_table import DEFAULT_DEDUP, EmbeddingHashTable, RowHint
 
@@ -52,6 +53,27 @@ class _TableLookup(torch.autograd.Function):
         return None, None, None, None, None
 
 
+class _PooledTableLookup(torch.autograd.Function):
+    """A table lookup and its pooling (sum or mean) as one autograd step: the per-id rows never enter the
+    graph; backward hands the table each id's share of its example's gradient."""
+
+    @staticmethod
+    def forward(ctx, anchor, module, ids, lengths, combiner, req_time, order):  # noqa: D401 - autograd signature
+        rows, ctx.hint = module.table.lookup_with_hint(ids)
+        pooled, ctx.rows, ctx.lengths = combiner.pool(rows, lengths)
+        ctx.module, ctx.ids, ctx.combiner, ctx.req_time, ctx.order = module, ids, combiner, req_time, order
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads = ctx.combiner.per_id_grad(grad.detach(), ctx.rows, ctx.lengths).contiguous()
+        # One id per example (nothing was pooled): each example's time is its id's.
+        one_each = ctx.rows is None and ctx.ids.numel() == ctx.lengths.numel()
+        times = ctx.req_time if one_each else times_per_id(ctx.req_time, ctx.lengths)
+        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grads, times, ctx.hint))
+        return None, None, None, None, None, None, None
+
+
 class HashEmbedding(torch.nn.Module):
     """An ``nn.Module`` view of an :class:`EmbeddingHashTable`.
 
@@ -79,8 +101,24 @@ class HashEmbedding(torch.nn.Module):
         # A leaf that requires grad so autograd records the lookup and calls its backward.
         self._anchor = torch.zeros(0, requires_grad=True)
 
-    def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.training:
+    def forward(self, ids: torch.Tensor, req_time: torch.Tensor | int | None = None,
+                lengths: torch.Tensor | None = None, combiner: Combiner | None = None) -> torch.Tensor:
+        """Rows of ``ids`` ``[len(ids), dim]``, ``req_time`` one time or one per id (None: now).
+
+        With ``lengths`` (ids per example) and a ``combiner``, the examples' pooled embeddings
+        ``combiner(rows, lengths)`` instead, ``req_time`` then one time or one per example; sum and mean
+        pool inside the lookup's own autograd step.
+        """
+        recording = torch.is_grad_enabled() and self.training
+        if lengths is not None:
+            if not isinstance(combiner, PoolingCombiner):
+                return combiner(self.forward(ids, times_per_id(req_time, lengths)), lengths)
+            if not recording:
+                return combiner.pool(self.table.lookup(ids), lengths)[0]
+            self._lookups_recorded += 1
+            return _PooledTableLookup.apply(self._anchor, self, ids, lengths, combiner, req_time,
+                                            self._lookups_recorded)
+        if recording:
             self._lookups_recorded += 1
             return _TableLookup.apply(self._anchor, self, ids, req_time, self._lookups_recorded)
         return self.table.lookup(ids)
@@ -173,6 +211,20 @@ def cat_or_only(tensors: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(tensors)``, without the copy when there is only one (one lookup per table and step,
     the common case)."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def times_per_id(req_time: torch.Tensor | int | None, lengths: torch.Tensor) -> torch.Tensor | int | None:
+    """Request times per id from times per example (``req_time`` ``[batch]``, the example of
+    ``lengths`` ids each); one time for all (an int, or None) stays as it is."""
+    if not isinstance(req_time, torch.Tensor):
+        return req_time
+    times = req_time.reshape(-1).to(torch.int64)
+    if times.device.type == "cpu":  # numpy repeats a batch's few hundred times at a fraction of torch's cost
+        counts = lengths.numpy()
+        if times.numel() == int(counts.sum()) and bool((counts == 1).all()):
+            return times  # one id per example
+        return torch.from_numpy(np.repeat(times.numpy(), counts))
+    return torch.repeat_interleave(times, lengths)
 
 
 def _concat_times(pending: list[PendingGradient]) -> np.ndarray | None:

@@ -18,11 +18,10 @@ import contextvars
 import zlib
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlot, FeatureSlotConfig
-from monolith.modules.embedding_lookup import HashEmbedding
+from monolith.modules.embedding_lookup import HashEmbedding, times_per_id
 from monolith.modules.embedding_step import end_step, running_step
 from monolith.sparse import Batch, JaggedTensor
 from monolith.table import EmbeddingHashTable
@@ -35,6 +34,8 @@ __all__ = ["EmbeddingStep", "FeatureSlotCollection", "LookupStrategy"]
 LookupStrategy = Callable[[FeatureColumn, FeatureSlice], torch.Tensor]
 #: The ids of a feature the batch lacks, where every declared feature is routed (see EmbeddingStep).
 _NO_IDS = torch.zeros(0, dtype=torch.int64)
+#: A step's request times before they are first read.
+_UNREAD = object()
 
 
 class FeatureSlotCollection(torch.nn.Module):
@@ -240,6 +241,7 @@ class EmbeddingStep:
         self._strategy = lookup
         self._pooled: dict[str, torch.Tensor] = {}
         self._routed: dict[str, Any] = {}
+        self._times: torch.Tensor | None | object = _UNREAD
         self._token: contextvars.Token | None = None
         if lookup is None:
             self._route_together()
@@ -276,6 +278,7 @@ class EmbeddingStep:
                 self._pooled.pop(name, None)
                 self._routed.pop(name, None)
         self.batch = batch
+        self._times = _UNREAD
 
     def _pooled_of(self, column: FeatureColumn, jagged: JaggedTensor) -> torch.Tensor:
         """All columns of one feature's rows pooled by its combiner, kept for the step's other lookups of
@@ -287,10 +290,10 @@ class EmbeddingStep:
             return column.combiner(torch.zeros(jagged.values().numel(), column.feature_slot.dim), jagged.lengths())
         routed = self._routed.pop(column.feature_name, None)
         if routed is not None:
-            rows = module(jagged.values(), routed=routed)
+            pooled = column.combiner(module(jagged.values(), routed=routed), jagged.lengths())
         else:
-            rows = module(jagged.values(), req_time=self._req_time_per_id(jagged))
-        pooled = self._pooled[column.feature_name] = column.combiner(rows, jagged.lengths())
+            pooled = module(jagged.values(), self._example_times(), lengths=jagged.lengths(), combiner=column.combiner)
+        self._pooled[column.feature_name] = pooled
         return pooled
 
     def _route_together(self) -> None:
@@ -308,18 +311,16 @@ class EmbeddingStep:
             for name in feature_slot.feature_columns:
                 if name in present:
                     jagged = self.batch.sparse[name]
-                    requests.append((module, jagged.values(), self._req_time_per_id(jagged)))
+                    requests.append((module, jagged.values(), times_per_id(self._example_times(), jagged.lengths())))
                 else:
                     requests.append((module, _NO_IDS, None))
                 names.append(name)
         self._routed = {name: routed for name, routed in zip(names, module_type.lookup_together(requests))
                         if name in present}
 
-    def _req_time_per_id(self, jagged: JaggedTensor) -> torch.Tensor | None:
-        req_time = self.batch.dense.get("req_time")
-        if req_time is None:
-            return None
-        times, lengths = req_time.reshape(-1).to(torch.int64), jagged.lengths()
-        if times.device.type == "cpu":  # numpy repeats a batch's few hundred times at a fraction of torch's cost
-            return torch.from_numpy(np.repeat(times.numpy(), lengths.numpy()))
-        return torch.repeat_interleave(times, lengths)
+    def _example_times(self) -> torch.Tensor | None:
+        """The batch's request times ``[batch]`` (int64; None where it has none), read once per step."""
+        if self._times is _UNREAD:
+            req_time = self.batch.dense.get("req_time")
+            self._times = None if req_time is None else req_time.reshape(-1).to(torch.int64)
+        return self._times
