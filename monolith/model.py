@@ -217,6 +217,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self.fc_dict: dict[str, FeatureColumn] = {}
         self.slice_dict: dict[str, dict[str, FeatureSlice]] = {}
         self._layout_dict: dict[str, OutConfig] = {}
+        #: What each lookup_embedding_slice call declared on its first run, by its arguments (see there).
+        self._slice_lookups: dict[tuple, _SliceLookup] = {}
         self._occurrence_threshold: dict[str, int] = {}
         self._share_slot_mapping: dict[str, str] = {}
         self._feature_slots: dict[str, int] = {}
@@ -413,11 +415,13 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         self.clean()
 
     def clean(self) -> None:
-        """Forgets the feature-slot caches (``fs_dict``, ``fc_dict``, ``slice_dict``, thresholds)."""
+        """Forgets the feature-slot caches (``fs_dict``, ``fc_dict``, ``slice_dict``, thresholds, the declared
+        lookups)."""
         self.fs_dict = {}
         self.fc_dict = {}
         self.slice_dict = {}
         self._occurrence_threshold = {}
+        self._slice_lookups = {}
 
     # ------------------------------------------------------------------ the three user functions
     @abc.abstractmethod
@@ -685,10 +689,10 @@ class MonolithModel(MonolithBaseModel):
                 return fs
         return self.ctx.create_feature_slot(self._get_fs_conf(name, slot, occurrence_threshold, expire_time))
 
-    def _embedding_slice_lookup(self, fc: str | FeatureColumn, slice_name: str, slice_dim: int,
-                                initializer: Initializer | None, optimizer: SliceOptimizer | None,
-                                compressor: Compressor | None, learning_rate_fn: Callable[[int], float] | None,
-                                slice_list: list) -> torch.Tensor:
+    def _declare_slice(self, fc: str | FeatureColumn, slice_name: str, slice_dim: int,
+                       initializer: Initializer | None, optimizer: SliceOptimizer | None,
+                       compressor: Compressor | None,
+                       learning_rate_fn: Callable[[int], float] | None) -> tuple[FeatureColumn, FeatureSlice]:
         if isinstance(fc, str):
             if fc not in self.fc_dict:
                 raise KeyError(f"feature '{fc}' has no feature column: call create_embedding_feature_column first")
@@ -697,8 +701,47 @@ class MonolithModel(MonolithBaseModel):
         fc_slice = fc.feature_slot.named_slice(slice_name, slice_dim, initializer, optimizer, compressor,
                                                learning_rate_fn)
         self.slice_dict.setdefault(owner, {})[slice_name] = fc_slice
-        slice_list.append((fc.feature_name, fc_slice))
-        return fc.embedding_lookup(fc_slice)
+        return fc, fc_slice
+
+    def _declare_slice_lookup(self, features: Sequence[Any] | Mapping[Any, int], slice_name: str,
+                              slice_dim: int | None, slice_args: tuple, group_out_type: str,
+                              out_type: str | None) -> tuple[_SliceLookup, bool]:
+        """The columns and slices a :meth:`lookup_embedding_slice` call reads, declared (see there), and
+        whether the declaration holds for later calls alike (no feature given by slot number)."""
+        expected = ("ValueError for features: expected a dict name -> dim, a list of features (or of feature "
+                    "groups) with an int slice_dim, or a list of (feature, dim) pairs; got ")
+        if not isinstance(features, (dict, list, tuple)):
+            raise ValueError(expected + repr(features))
+        if out_type not in (None, "concat", "stack", "add_n", "addn"):
+            raise ValueError(f"out_type must be None, 'concat', 'stack', 'add_n' or 'addn', got {out_type!r}")
+        by_name = True
+
+        def one(feature: Any, dim: int) -> tuple[FeatureColumn, FeatureSlice]:
+            nonlocal by_name
+            # A slot number names a feature through the slots registered when it is read: not cached.
+            by_name = by_name and not isinstance(feature, int)
+            name, _ = self.get_feature_name_and_slot(feature)
+            return self._declare_slice(name, slice_name, dim, *slice_args)
+
+        combine = None
+        if isinstance(features, dict):
+            groups = [[one(name, dim)] for name, dim in features.items()]
+        elif isinstance(slice_dim, int):
+            if all(isinstance(f, (str, int, FeatureColumn)) for f in features):
+                groups = [[one(name, slice_dim)] for name in features]
+            elif all(isinstance(f, (list, tuple)) for f in features):
+                if group_out_type not in ("concat", "add_n"):
+                    raise ValueError(f"group_out_type must be 'concat' or 'add_n', got {group_out_type!r}")
+                groups, combine = [[one(name, slice_dim) for name in group] for group in features], group_out_type
+            else:
+                raise ValueError(expected + f"{features!r} with slice_dim {slice_dim}")
+        else:
+            if not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in features):
+                raise ValueError(expected + f"{features!r} with slice_dim {slice_dim!r}")
+            groups = [[one(name, dim)] for name, dim in features]
+        concat = ",".join(sorted(map(str, features)))
+        layout_name = f"{slice_name}_{hashlib.md5(concat.encode()).hexdigest()}"
+        return _SliceLookup(layout_name, groups, combine, out_type), by_name
 
     def lookup_embedding_slice(
         self,
@@ -719,53 +762,43 @@ class MonolithModel(MonolithBaseModel):
         ``'concat'``); a list of ``(name, dim)`` pairs; or a dict name -> dim. With ``out_type``
         None a list of ``[batch, dim]`` tensors comes back; ``concat`` gives ``[batch, sum dims]``,
         ``stack`` ``[batch, n, dim]``, ``add_n``/``addn`` ``[batch, dim]``.
+
+        The first call declares the slice of each feature (with ``initializer``, ``optimizer``,
+        ``compressor`` and ``learning_rate_fn``); ``model_fn`` runs every step, and a later call with
+        the same features, names and dims reads what the first declared, until :meth:`clean`.
         """
-        expected = ("ValueError for features: expected a dict name -> dim, a list of features (or of feature "
-                    "groups) with an int slice_dim, or a list of (feature, dim) pairs; got ")
-        if not isinstance(features, (dict, list, tuple)):
-            raise ValueError(expected + repr(features))
         if isinstance(slice_dim, numbers.Integral) and not isinstance(slice_dim, bool):
             slice_dim = int(slice_dim)
-        concat = ",".join(sorted(map(str, features)))
-        layout_name = f"{slice_name}_{hashlib.md5(concat.encode()).hexdigest()}"
-        lookup_args = (initializer, optimizer, compressor, learning_rate_fn)
-        embeddings: list[torch.Tensor] = []
-        slice_list: list[tuple[str, FeatureSlice]] = []
-
-        def one(feature: Any, dim: int) -> torch.Tensor:
-            name, _ = self.get_feature_name_and_slot(feature)
-            return self._embedding_slice_lookup(name, slice_name, dim, *lookup_args, slice_list)
-
-        if isinstance(features, dict):
-            embeddings = [one(name, dim) for name, dim in features.items()]
-        elif isinstance(features, (list, tuple)) and isinstance(slice_dim, int):
-            if all(isinstance(f, (str, int, FeatureColumn)) for f in features):
-                embeddings = [one(name, slice_dim) for name in features]
-            elif all(isinstance(f, (list, tuple)) for f in features):
-                if group_out_type not in ("concat", "add_n"):
-                    raise ValueError(f"group_out_type must be 'concat' or 'add_n', got {group_out_type!r}")
-                for group in features:
-                    local = [one(name, slice_dim) for name in group]
-                    embeddings.append(torch.stack(local).sum(0) if group_out_type == "add_n" else torch.cat(local, 1))
+        key = _lookup_key(features, slice_name, slice_dim, group_out_type, out_type)
+        declared = self._slice_lookups.get(key) if key is not None else None
+        if declared is None:
+            declared, reusable = self._declare_slice_lookup(
+                features, slice_name, slice_dim, (initializer, optimizer, compressor, learning_rate_fn),
+                group_out_type, out_type)
+            if reusable and key is not None:
+                self._slice_lookups[key] = declared
+        embeddings = []
+        for group in declared.groups:
+            local = [column.embedding_lookup(s) for column, s in group]
+            if declared.group_out_type is None:
+                embeddings.append(local[0])
             else:
-                raise ValueError(expected + f"{features!r} with slice_dim {slice_dim}")
-        else:
-            if not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in features):
-                raise ValueError(expected + f"{features!r} with slice_dim {slice_dim!r}")
-            embeddings = [one(name, dim) for name, dim in features]
-
+                embeddings.append(torch.stack(local).sum(0) if declared.group_out_type == "add_n" else torch.cat(local, 1))
         if out_type is None:
-            self.add_layout(layout_name, slice_list, out_type, [e.shape for e in embeddings])
-            return embeddings
-        if out_type not in ("concat", "stack", "add_n", "addn"):
-            raise ValueError(f"out_type must be None, 'concat', 'stack', 'add_n' or 'addn', got {out_type!r}")
-        if out_type == "concat":
+            out = embeddings
+        elif out_type == "concat":
             out = torch.cat(embeddings, dim=1)
         elif out_type == "stack":
             out = torch.stack(embeddings, dim=1)
         else:
             out = torch.stack(embeddings).sum(0)
-        self.add_layout(layout_name, slice_list, out_type, [out.shape])
+        if declared.layout is None:  # the output's shapes but its batch size are the same every step
+            self.add_layout(declared.layout_name, [(column.feature_name, s) for group in declared.groups
+                                                   for column, s in group],
+                            out_type, [e.shape for e in embeddings] if out_type is None else [out.shape])
+            declared.layout = self._layout_dict[declared.layout_name]
+        else:
+            self._layout_dict[declared.layout_name] = declared.layout
         return out
 
     # ------------------------------------------------------------------ shared slots
@@ -789,6 +822,37 @@ class MonolithModel(MonolithBaseModel):
             return switched
 
         return switch if features is None else switch(features)
+
+
+@dataclasses.dataclass
+class _SliceLookup:
+    """A :meth:`MonolithModel.lookup_embedding_slice` call as declared: the column and slice of each feature,
+    ``groups`` of them (one group per embedding of the output), combined by ``group_out_type`` (None: groups
+    of one), and the output's layout once recorded."""
+
+    layout_name: str
+    groups: list[list[tuple[FeatureColumn, FeatureSlice]]]
+    group_out_type: str | None
+    out_type: str | None
+    layout: OutConfig | None = None
+
+
+def _lookup_key(features: Any, *args: Any) -> tuple | None:
+    """A hashable key of a ``lookup_embedding_slice`` call's features and ``args`` (None where one is
+    unhashable); ints and bools keep their type, so ``True`` and ``1`` differ."""
+
+    def frozen(x: Any) -> Any:
+        if isinstance(x, (list, tuple)):
+            return tuple(frozen(i) for i in x)
+        return (type(x), x) if isinstance(x, numbers.Number) else x
+
+    key = (isinstance(features, dict), frozen(list(features.items()) if isinstance(features, dict) else features),
+           frozen(args))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 @functools.lru_cache(maxsize=None)

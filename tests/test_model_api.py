@@ -327,6 +327,37 @@ def test_lookup_bad_out_type_and_group_out_type():
             model.lookup_embedding_slice(["zzz"], "vec", 2)
 
 
+def test_repeated_lookups_read_the_first_declaration_until_clean():
+    """model_fn runs every step: a lookup_embedding_slice call like an earlier one reads the slices that one
+    declared and records its layout again; another dim still raises; clean() forgets the declarations."""
+    model = ApiModel()
+    batch = make_batch()
+    name = f"vec_{hashlib.md5(b'a,b').hexdigest()}"
+
+    def declare(m, dim=2, out_type="concat"):
+        for feature in ("a", "b"):
+            m.create_embedding_feature_column(feature)
+        return m.lookup_embedding_slice(["a", "b"], "vec", dim, out_type=out_type)
+
+    first = build(model, batch, declare)
+    torch.testing.assert_close(first, torch.cat([pooled(batch, "a", 0, 2, 2), pooled(batch, "b", 0, 2, 2)], 1))
+    model.layout_dict = {}
+    with model.ctx.step(batch):
+        torch.testing.assert_close(declare(model), first)
+        assert list(model.layout_dict) == [name] and model.layout_dict[name].out_type == "concat"
+        torch.testing.assert_close(declare(model, out_type="stack").flatten(1), first)
+        assert model.layout_dict[name].shape == ((-1, 2, 2),)
+        declare(model)
+        assert model.layout_dict[name].out_type == "concat"
+        with pytest.raises(ValueError, match="has dim 2, asked for 3"):
+            declare(model, dim=3)
+    model.clean()
+    assert model.slice_dict == {} and model.fc_dict == {}
+    with model.ctx.step(batch):
+        torch.testing.assert_close(declare(model), first)
+    assert model.slice_dict["a"]["vec"].end == 2 and model.fc_dict["a"].feature_name == "a"
+
+
 def test_layout_out_config_contents():
     model = ApiModel()
     batch = make_batch()
