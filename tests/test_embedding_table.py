@@ -1,5 +1,9 @@
 """The collisionless table: REFERENCE.md's filter and dedup vectors, expiry, persistence, autograd."""
 
+import ctypes
+import mmap
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,8 @@ from monolith.fid import make_fid
 from monolith.modules.combiners import FirstN, ReduceMean, ReduceSum
 from monolith.modules.embedding_lookup import HashEmbedding
 from monolith.optim import AdagradOptimizer, ConstantsInitializer, SgdOptimizer, ZerosInitializer
-from monolith.table import EmbeddingHashTable, FidMap, SliceConfig, SlotConfig
+from monolith.table import EmbeddingHashTable, FidMap, SliceConfig, SlotConfig, page_in
+from monolith.table.page_in import populate
 
 
 def sgd_table(lr=0.1, dim=1, **kwargs):
@@ -427,6 +432,57 @@ def test_large_tables_grow_without_copying_and_count_only_rows_in_use():
     # Bytes per row: key, time, change marker (8 each) + weights and Adagrad sums (16 each), plus the map.
     rows_bytes = len(table) * (3 * 8 + 2 * 16)
     assert rows_bytes < table.nbytes <= rows_bytes + table._map.nbytes
+
+
+def _resident(array: np.ndarray, start: int, stop: int) -> float:
+    """Share of the whole pages of rows ``[start, stop)`` of ``array`` that are in memory (``mincore``)."""
+    page = mmap.PAGESIZE
+    low = -(-(array.ctypes.data + start * array.strides[0]) // page) * page
+    high = (array.ctypes.data + stop * array.strides[0]) // page * page
+    pages = (high - low) // page
+    flags = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mincore(ctypes.c_void_p(low), ctypes.c_size_t(high - low), flags) == 0, ctypes.get_errno()
+    return sum(f & 1 for f in flags) / pages
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
+def test_populate_pages_rows_in_and_leaves_their_values():
+    store = np.zeros((1 << 14, 256), np.float32)  # 16 MiB, its pages mapped on first touch
+    store[5, 3] = 2.0
+    assert _resident(store, 1 << 12, 1 << 14) == 0
+    if not populate(store, 1 << 12, 1 << 14):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) is not available on this kernel")
+    assert _resident(store, 1 << 12, 1 << 14) == 1
+    assert store[5, 3] == 2.0 and np.count_nonzero(store) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
+def test_a_large_growing_table_pages_in_the_rows_it_appends_next():
+    """Past its first large reservation a table has the rows it will append next paged in by a background
+    thread before it writes them, and holds the same rows as a table reserved up front."""
+    def table(**kwargs):
+        return EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))], seed=3,
+                                  **kwargs)
+
+    growing, reserved = table(), table(initial_capacity=120_000)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        ids = rng.integers(1, 1 << 40, 10_000)
+        grads = rng.standard_normal((ids.size, 4)).astype(np.float32)
+        for t in (growing, reserved):
+            t.apply_gradients(ids, grads, req_time=0)
+    page_in._worker().submit(lambda: None).result()  # the page-in tasks queued so far are done
+    size = len(growing)
+    assert size > 65_536 and growing._weights[0].shape[0] > 1_000_000  # reserved far ahead
+    if not page_in.populate(np.zeros((1, 1024)), 0, 1):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) is not available on this kernel")
+    # Rows ahead of the last one written are in memory already, in every store; far beyond, not.
+    for store in (growing._keys, growing._weights[0], growing._states[0]):
+        assert _resident(store, size + 64, size + 8_000) == 1
+        assert _resident(store, size + 4_000_000, size + 4_100_000) == 0
+    fids = np.sort(reserved.items()[0])
+    torch.testing.assert_close(growing.lookup(fids), reserved.lookup(fids), rtol=0, atol=0)
 
 
 def test_initial_capacity_reserves_room_up_front_and_trains_like_a_growing_table(tmp_path):

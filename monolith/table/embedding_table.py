@@ -28,6 +28,7 @@ from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterCon
 from monolith.table.sliding_hash_filter import SlidingHashFilter
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
+from monolith.table.page_in import page_in_ahead
 from monolith.prefetch import prefetch_row_ahead
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class EmbeddingHashTable:
         self._numbering = object()
         # Reserved as a table grown to initial_capacity would be, so that growing past it copies nothing.
         self._capacity = _store_capacity(initial_capacity, 1024)
+        #: Rows below this are paged in (written, or populated ahead by page_in_ahead).
+        self._paged_to = initial_capacity
         self._keys = self._new_store(np.int64)
         self._timestamps = self._new_store(np.int64)
         #: Newest request time of any update, filtered ids' included ("now" for expiry, as Monolith's
@@ -214,6 +217,7 @@ class EmbeddingHashTable:
         self._weights.append(weights)
         self._states.append(state)
         self._initialize(len(self.slices) - 1, 0, len(self))
+        self._paged_to = min(self._paged_to, max(len(self), self.initial_capacity))  # the new stores' pages
 
     def _new_store(self, dtype: type, width: int | None = None) -> np.ndarray:
         """A zeroed row store of the table's capacity, the first ``initial_capacity`` rows paged in.
@@ -404,7 +408,23 @@ class EmbeddingHashTable:
             self._timestamps[old_size : len(self)] = 0
             for index in range(len(self.slices)):
                 self._initialize(index, old_size, len(self))
+            self._page_in_ahead()
         return rows
+
+    def _page_in_ahead(self) -> None:
+        """Once fewer than half a chunk of the rows reserved ahead are paged in, has the next chunk
+        (1/32 of the rows held, at least ``_PAGE_IN_ROWS``) paged in on a background thread, so that
+        appending rows does not wait for page faults. Only for stores reserved far ahead: small ones
+        double, writing their pages as they copy."""
+        size = len(self)
+        if self._capacity < _RESERVE_ROWS:
+            return
+        chunk = max(_PAGE_IN_ROWS, size // 32)
+        if self._paged_to - size >= chunk // 2:
+            return
+        start, stop = max(self._paged_to, size), min(self._capacity, size + chunk)
+        page_in_ahead([self._keys, self._timestamps, self._changed_at, *self._weights, *self._states], start, stop)
+        self._paged_to = stop
 
     def _initialize(self, index: int, start: int, stop: int) -> None:
         if stop <= start:
@@ -430,6 +450,7 @@ class EmbeddingHashTable:
         self._changed_at = grown(self._changed_at)
         self._weights = [grown(w) for w in self._weights]
         self._states = [grown(s) for s in self._states]
+        self._paged_to = self._capacity  # the copy wrote the old rows
         self._capacity = capacity
 
     def assign(self, ids, values: torch.Tensor | np.ndarray, req_time: int | np.ndarray | None = None) -> None:
@@ -576,6 +597,7 @@ class EmbeddingHashTable:
         self._map.rebuild(keys, room_for=self.initial_capacity)
         self._numbering = object()
         self._capacity = max(size, _store_capacity(self.initial_capacity, 1024))
+        self._paged_to = max(size, self.initial_capacity)
         self._keys = self._new_store(np.int64)
         self._timestamps = self._new_store(np.int64)
         self._changes += 1  # every loaded row counts as changed
@@ -659,6 +681,8 @@ def _read_meta(state: dict[str, np.ndarray], source: str) -> dict:
 _RESERVE_FROM_ROWS = 1 << 16
 #: Rows of the first large reservation (later ones are 8x the rows needed).
 _RESERVE_ROWS = 1 << 24
+#: Fewest rows a table reserved that far ahead has paged in ahead of its appends (see _page_in_ahead).
+_PAGE_IN_ROWS = 1 << 14
 
 
 def _store_capacity(size: int, capacity: int) -> int:
