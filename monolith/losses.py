@@ -71,8 +71,8 @@ def get_sigmoid_loss_and_pred(
         raise ValueError(f"get_sigmoid_loss_and_pred('{name}'): label is None in mode {mode!r}; "
                          f"only PREDICT needs no label")
 
-    if sample_rate is None:
-        sample_rate = torch.ones(batch_size, dtype=logits.dtype, device=logits.device)
+    if sample_rate is None or isinstance(sample_rate, Real) and sample_rate == 1.0:
+        sample_rate = None  # nothing sampled out: log(1) corrects nothing, so no correction op
     elif isinstance(sample_rate, Real):
         sample_rate = torch.full((batch_size,), float(sample_rate), dtype=logits.dtype, device=logits.device)
     else:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from monolith.losses import batch_softmax_loss, get_sigmoid_loss_and_pred, get_softmax_loss_and_pred
 from monolith.mode_keys import ModeKeys
@@ -30,6 +31,9 @@ def test_default_float_sample_rate(data):
     torch.testing.assert_close(loss, _bce(logits.reshape(-1), label.reshape(-1)).sum())
     torch.testing.assert_close(pred, torch.sigmoid(logits.reshape(-1)))
     assert pred.shape == (8,)
+    # A rate of 1 samples nothing out: with fast-emit bias only the log-sigmoid correction is left.
+    loss, _ = get_sigmoid_loss_and_pred("ctr", logits, label, 8, sample_rate=1.0, sample_bias=True)
+    torch.testing.assert_close(loss, _bce(F.logsigmoid(logits.reshape(-1)), label.reshape(-1)).sum())
 
 
 def test_float_and_none_sample_rate(data):
