@@ -31,7 +31,7 @@ shared machine slows them alike, and each process generates its batches outside 
 is (peak RSS - RSS before the model was built) / distinct ids seen.
 
 Embedding time per step is measured inside the training step: monolith's table lookups (module hooks on
-its tables; the per-feature pooling, a copy for one id per example, counts as dense) and its sparse
+its tables, and its lookups of several features together, pooling included) and its sparse
 update; TorchRec's KJT and EBC forward plus its backward from the moment the gradient reaches the pooled
 embeddings (the fused Adagrad runs there); plain PyTorch's bags forward, their backward likewise and the
 sparse Adagrad step.
@@ -55,6 +55,7 @@ from benchmarks.criteo_model import DIM, NUM_DENSE, NUM_SPARSE, CriteoModel, mlp
 from benchmarks.plots import Bars
 from monolith.data import SyntheticClickLog
 from monolith.estimator import Estimator, RunConfig
+from monolith.modules.embedding_lookup import HashEmbedding
 from monolith.sparse import Batch
 
 MONOLITH = "monolith (collisionless tables)"
@@ -137,6 +138,17 @@ class _Monolith:
         self.rows = config["rows"]
         ctx = self.estimator.model.ctx
         self.embedding = _EmbeddingClock(ctx.tables.values())
+        # The features of a step are looked up together, without calling their modules: timed here.
+        lookup_together = HashEmbedding.lookup_pooled_together
+
+        def timed_lookup(requests):
+            start = time.perf_counter()
+            try:
+                return lookup_together(requests)
+            finally:
+                self.embedding.add(time.perf_counter() - start)
+
+        HashEmbedding.lookup_pooled_together = staticmethod(timed_lookup)  # this worker's process only
         # The sparse update runs inside train_step: its time is counted by wrapping the tables' update.
         update = ctx.apply_gradients
 

@@ -175,14 +175,22 @@ class FeatureColumn:
 
         ``[batch, dim]`` for sum/mean combiners, ``[batch, N, dim]`` for ``first_n(N)``.
         """
-        if s.feature_slot is not self.feature_slot:
+        return embedding_lookups([(self, s)])[0]
+
+
+def embedding_lookups(requests: list[tuple[FeatureColumn, FeatureSlice]]) -> list[torch.Tensor]:
+    """:meth:`FeatureColumn.embedding_lookup` of each ``(column, slice)``, the features looked up together
+    (one autograd step where their tables allow)."""
+    for column, s in requests:
+        if s.feature_slot is not column.feature_slot:
             raise ValueError(f"slice of slot '{s.feature_slot.name}' used with feature "
-                             f"'{self.feature_name}' of slot '{self.feature_slot.name}'")
-        step = current_step()
-        if step is None:
-            raise RuntimeError(f"embedding lookup of feature '{self.feature_name}' outside a step: look features up "
-                               f"inside model_fn, or inside `with collection.step(batch):`")
-        return step.lookup(self, s)
+                             f"'{column.feature_name}' of slot '{column.feature_slot.name}'")
+    step = current_step()
+    if step is None:
+        names = ", ".join(f"'{column.feature_name}'" for column, _ in requests)
+        raise RuntimeError(f"embedding lookup of feature {names} outside a step: look features up "
+                           f"inside model_fn, or inside `with collection.step(batch):`")
+    return step.lookup_many(requests)
 
 
 class DeclaredSlot:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import torch
 
 from monolith.device import DeviceCtxType, MonolithDeviceCtx
-from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlotConfig
+from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlotConfig, embedding_lookups
 from monolith.fid import MAX_SLOT_V2, slot_from_name
 from monolith.fid_transforms import switch_slot_batch
 from monolith.layout import OutConfig
@@ -777,9 +777,10 @@ class MonolithModel(MonolithBaseModel):
                 group_out_type, out_type)
             if reusable and key is not None:
                 self._slice_lookups[key] = declared
+        looked_up = iter(embedding_lookups([pair for group in declared.groups for pair in group]))
         embeddings = []
         for group in declared.groups:
-            local = [column.embedding_lookup(s) for column, s in group]
+            local = [next(looked_up) for _ in group]
             if declared.group_out_type is None:
                 embeddings.append(local[0])
             else:

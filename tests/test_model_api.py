@@ -358,6 +358,52 @@ def test_repeated_lookups_read_the_first_declaration_until_clean():
     assert model.slice_dict["a"]["vec"].end == 2 and model.fc_dict["a"].feature_name == "a"
 
 
+def test_features_looked_up_together_train_as_looked_up_one_by_one():
+    """lookup_embedding_slice looks its features up in one autograd step: the embeddings, each table's
+    gradients (none for a feature left out of the loss) and the rows after the update are those of one
+    lookup per feature."""
+    batch = make_batch()
+
+    def columns(m):
+        m.create_embedding_feature_column("a", combiner="reduce_mean")
+        m.create_embedding_feature_column("b")
+        m.create_embedding_feature_column("c")
+
+    def together(m):
+        columns(m)
+        return m.lookup_embedding_slice(["a", "b", "c"], "vec", 2)
+
+    def one_by_one(m):
+        columns(m)
+        return [m.lookup_embedding_slice([name], "vec", 2)[0] for name in ("a", "b", "c")]
+
+    results = []
+    for declare in (together, one_by_one):
+        model = ApiModel()
+        build(model, batch, declare)
+        calls = []
+        for module in model.ctx.tables.values():
+            module.register_forward_hook(lambda *_: calls.append(1))
+        with model.ctx.step(batch):
+            a, b, c = declare(model)
+        assert a.requires_grad and c.requires_grad
+        assert len(calls) == (0 if declare is together else 3)  # together: no lookup of one table alone
+        ((a * torch.tensor([1.0, -2.0])).sum() + (b ** 2).sum()).backward()  # c is not in the loss
+        grads = {name: [(p.ids.tolist(), p.grads) for p in module.pending] for name, module in model.ctx.tables.items()}
+        model.ctx.apply_gradients(global_step=1)
+        fids = {name: np.array(sorted({int(v) for v in batch.sparse[name].values()})) for name in ("a", "b", "c")}
+        rows = {name: model.ctx.tables[name].table.lookup(ids) for name, ids in fids.items()}
+        results.append(([a.detach(), b.detach(), c.detach()], grads, rows))
+    (outs, grads, rows), (want_outs, want_grads, want_rows) = results
+    torch.testing.assert_close(outs, want_outs, rtol=0, atol=0)
+    assert grads["c"] == [] and want_grads["c"] == [] and len(grads["a"]) == len(grads["b"]) == 1
+    for name in ("a", "b"):
+        assert grads[name][0][0] == want_grads[name][0][0]
+        torch.testing.assert_close(grads[name][0][1], want_grads[name][0][1], rtol=0, atol=0)
+    torch.testing.assert_close(rows, want_rows, rtol=0, atol=0)
+    torch.testing.assert_close(outs[0], pooled(batch, "a", 0, 2, 2, combiner="mean"))
+
+
 def test_layout_out_config_contents():
     model = ApiModel()
     batch = make_batch()

@@ -53,25 +53,38 @@ class _TableLookup(torch.autograd.Function):
         return None, None, None, None, None
 
 
-class _PooledTableLookup(torch.autograd.Function):
-    """A table lookup and its pooling (sum or mean) as one autograd step: the per-id rows never enter the
-    graph; backward hands the table each id's share of its example's gradient."""
+#: One feature's pooled lookup: ``(module, ids, lengths, combiner, req_time)``, ``req_time`` one time or one per
+#: example (see :meth:`HashEmbedding.forward`).
+PooledRequest = tuple["HashEmbedding", torch.Tensor, torch.Tensor, PoolingCombiner, "torch.Tensor | int | None"]
+
+
+class _PooledTableLookups(torch.autograd.Function):
+    """Table lookups and their pooling (sum or mean) as one autograd step, for any number of features and
+    tables: the per-id rows never enter the graph; backward hands each table each id's share of its
+    example's gradient (a feature whose embedding did not reach the loss gets none, as it would alone)."""
 
     @staticmethod
-    def forward(ctx, anchor, module, ids, lengths, combiner, req_time, order):  # noqa: D401 - autograd signature
-        rows, ctx.hint = module.table.lookup_with_hint(ids)
-        pooled, ctx.rows, ctx.lengths = combiner.pool(rows, lengths)
-        ctx.module, ctx.ids, ctx.combiner, ctx.req_time, ctx.order = module, ids, combiner, req_time, order
-        return pooled
+    def forward(ctx, anchor, lookups):  # noqa: D401 - autograd signature
+        ctx.set_materialize_grads(False)
+        outputs, ctx.lookups = [], []
+        for module, ids, lengths, combiner, req_time, order in lookups:
+            rows, hint = module.table.lookup_with_hint(ids)
+            pooled, index, lengths = combiner.pool(rows, lengths)
+            outputs.append(pooled)
+            ctx.lookups.append((module, ids, index, lengths, combiner, req_time, order, hint))
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, grad):
-        grads = ctx.combiner.per_id_grad(grad.detach(), ctx.rows, ctx.lengths).contiguous()
-        # One id per example (nothing was pooled): each example's time is its id's.
-        one_each = ctx.rows is None and ctx.ids.numel() == ctx.lengths.numel()
-        times = ctx.req_time if one_each else times_per_id(ctx.req_time, ctx.lengths)
-        ctx.module.pending.append(PendingGradient(ctx.order, ctx.ids, grads, times, ctx.hint))
-        return None, None, None, None, None, None, None
+    def backward(ctx, *grads):
+        for grad, (module, ids, index, lengths, combiner, req_time, order, hint) in zip(grads, ctx.lookups):
+            if grad is None:
+                continue
+            per_id = combiner.per_id_grad(grad.detach(), index, lengths).contiguous()
+            # One id per example (nothing was pooled): each example's time is its id's.
+            one_each = index is None and ids.numel() == lengths.numel()
+            times = req_time if one_each else times_per_id(req_time, lengths)
+            module.pending.append(PendingGradient(order, ids, per_id, times, hint))
+        return None, None
 
 
 class HashEmbedding(torch.nn.Module):
@@ -115,13 +128,26 @@ class HashEmbedding(torch.nn.Module):
                 return combiner(self.forward(ids, times_per_id(req_time, lengths)), lengths)
             if not recording:
                 return combiner.pool(self.table.lookup(ids), lengths)[0]
-            self._lookups_recorded += 1
-            return _PooledTableLookup.apply(self._anchor, self, ids, lengths, combiner, req_time,
-                                            self._lookups_recorded)
+            return self.lookup_pooled_together([(self, ids, lengths, combiner, req_time)])[0]
         if recording:
             self._lookups_recorded += 1
             return _TableLookup.apply(self._anchor, self, ids, req_time, self._lookups_recorded)
         return self.table.lookup(ids)
+
+    @staticmethod
+    def lookup_pooled_together(requests: Sequence[PooledRequest]) -> list[torch.Tensor]:
+        """``module(ids, req_time, lengths=lengths, combiner=combiner)`` of each request, in one autograd step
+        where every module records gradients (training, autograd on) and every combiner is a sum or mean;
+        otherwise one by one."""
+        if not all(torch.is_grad_enabled() and module.training and isinstance(combiner, PoolingCombiner)
+                   for module, _, _, combiner, _ in requests):
+            return [module(ids, req_time, lengths=lengths, combiner=combiner)
+                    for module, ids, lengths, combiner, req_time in requests]
+        lookups = []
+        for module, ids, lengths, combiner, req_time in requests:
+            module._lookups_recorded += 1
+            lookups.append((module, ids, lengths, combiner, req_time, module._lookups_recorded))
+        return list(_PooledTableLookups.apply(requests[0][0]._anchor, lookups))
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextvars
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from monolith.feature import FeatureColumn, FeatureSlice, FeatureSlot, FeatureSlotConfig
+from monolith.modules.combiners import PoolingCombiner
 from monolith.modules.embedding_lookup import HashEmbedding, times_per_id
 from monolith.modules.embedding_step import end_step, running_step
 from monolith.sparse import Batch, JaggedTensor
@@ -268,6 +269,30 @@ class EmbeddingStep:
                                f"{self.batch.sparse.keys()}") from None
             pooled = self._pooled_of(column, jagged)
         return pooled[..., s.start : s.end]
+
+    def lookup_many(self, requests: Sequence[tuple[FeatureColumn, FeatureSlice]]) -> list[torch.Tensor]:
+        """:meth:`lookup` of each ``(column, slice)``; the features not yet looked up in this step are
+        looked up together, in one autograd step, where their tables allow (local tables, pooled by
+        sum or mean: :meth:`HashEmbedding.lookup_pooled_together`)."""
+        if self._strategy is None:
+            self._pool_together([column for column, _ in requests])
+        return [self.lookup(column, s) for column, s in requests]
+
+    def _pool_together(self, columns: list[FeatureColumn]) -> None:
+        requests, names = [], []
+        for column in columns:
+            name = column.feature_name
+            if (name in self._pooled or name in self._routed or name in names or name not in self.batch.sparse
+                    or not isinstance(column.combiner, PoolingCombiner)):
+                continue  # done, routed, or one for lookup() alone (which raises for a feature the batch lacks)
+            module = self.collection.table_for(column.feature_slot)
+            if module is None or module.routes_lookups_together:
+                continue
+            jagged = self.batch.sparse[name]
+            requests.append((module, jagged.values(), jagged.lengths(), column.combiner, self._example_times()))
+            names.append(name)
+        if len(requests) > 1:
+            self._pooled.update(zip(names, type(requests[0][0]).lookup_pooled_together(requests)))
 
     def switch_batch(self, batch: Batch) -> None:
         """Later lookups of this step read ``batch`` (``share_slot`` inside ``model_fn``); the
