@@ -44,6 +44,28 @@ def test_fid_map_assigns_dense_rows_and_grows():
     assert fid_map.nbytes / len(fid_map) <= 48
 
 
+def test_a_large_fid_map_doubles_into_a_slot_array_prepared_ahead():
+    """Near its load limit a large map has its next slot array paged in on a background thread and doubles
+    into it: every key keeps its row, in insertion order, as in a map that grew alone."""
+    fid_map, plain = FidMap(initial_capacity=40_000), FidMap(initial_capacity=40_000)
+    plain._next = None
+    keys = np.random.default_rng(2).integers(-(2**63), 2**63 - 1, 120_000)
+    capacity, used = fid_map.capacity, 0
+    for batch in np.split(keys, 60):
+        prepared = fid_map._next
+        rows = fid_map.find_or_insert(batch)
+        np.testing.assert_array_equal(rows, plain.find_or_insert(batch))
+        if fid_map.capacity != capacity:
+            capacity = fid_map.capacity
+            if prepared is not None:
+                used += 1
+                assert fid_map._slots is prepared[1].result()
+        plain._next = None  # the reference map grows without help
+    assert used >= 1 and len(fid_map) == np.unique(keys).size
+    np.testing.assert_array_equal(fid_map.find(keys), plain.find(keys))
+    assert (fid_map.find(keys) >= 0).all()
+
+
 def test_lookup_of_absent_ids_is_zero_and_inserts_nothing():
     table = EmbeddingHashTable([SliceConfig("vec", 3)])
     out = table.lookup(np.array([5, 6]))
@@ -448,7 +470,8 @@ def _resident(array: np.ndarray, start: int, stop: int) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
 def test_populate_pages_rows_in_and_leaves_their_values():
-    store = np.zeros((1 << 14, 256), np.float32)  # 16 MiB, its pages mapped on first touch
+    memory = mmap.mmap(-1, 1 << 24)  # 16 MiB of fresh anonymous memory, its pages mapped on first touch
+    store = np.frombuffer(memory, np.float32).reshape(1 << 14, 256)
     store[5, 3] = 2.0
     assert _resident(store, 1 << 12, 1 << 14) == 0
     if not populate(store, 1 << 12, 1 << 14):

@@ -11,14 +11,19 @@ never have holes; removing keys (eviction) rebuilds the map from the surviving k
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numba
 import numpy as np
 
 from monolith.prefetch import PREFETCH_AHEAD, prefetch
+from monolith.table.page_in import populated_ahead
 
 #: Marks an empty slot. A real key equal to it is kept aside in ``_sentinel_row``.
 EMPTY_KEY = np.int64(-(2**63))
 _MAX_LOAD_NUM, _MAX_LOAD_DEN = 3, 4
+#: Maps of at least this many slots prepare their next slot array ahead of doubling (see find_or_insert).
+_PREPARE_FROM_SLOTS = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -117,12 +122,19 @@ class FidMap:
     def __init__(self, initial_capacity: int = 768) -> None:
         if initial_capacity < 1:
             raise ValueError(f"initial_capacity must be >= 1, got {initial_capacity}")
+        #: The slot array of the next doubling, being paged in ahead: (its capacity, a future array).
+        self._next: tuple[int, Future] | None = None
         self._allocate(_slots_for(initial_capacity))
         self._size = 0
         self._sentinel_row = np.full(1, -1, dtype=np.int64)
 
     def _allocate(self, capacity: int) -> None:
-        self._slots = np.full(2 * capacity, EMPTY_KEY, dtype=np.int64)
+        prepared, self._next = self._next, None
+        if prepared is not None and prepared[0] == capacity:
+            self._slots = prepared[1].result()
+            self._slots.fill(EMPTY_KEY)
+        else:
+            self._slots = np.full(2 * capacity, EMPTY_KEY, dtype=np.int64)
         self._shift = np.uint64(64 - (capacity.bit_length() - 1))
         self._max_size = capacity * _MAX_LOAD_NUM // _MAX_LOAD_DEN
 
@@ -159,14 +171,21 @@ class FidMap:
         """
         keys = _as_keys(keys)
         rows = np.empty(keys.size, dtype=np.int64)
-        done = 0
+        done, size = 0, self._size
         while True:
             done, self._size = _find_or_insert(
                 self._slots, self._shift, self._sentinel_row, keys, rows, done, self._size, self._max_size
             )
             if done == keys.size:
-                return rows
+                break
             self._rehash(2 * self.capacity)
+        room = self._max_size - self._size
+        if (self._next is None and self.capacity >= _PREPARE_FROM_SLOTS
+                and room < max(self.capacity // 16, 16 * (self._size - size))):
+            # About to double: the larger slot array's pages are faulted in on a background thread meanwhile.
+            prepared = populated_ahead(4 * self.capacity, np.int64)
+            self._next = None if prepared is None else (2 * self.capacity, prepared)
+        return rows
 
     def clear(self) -> None:
         """Removes every key, keeping the capacity (and its memory, already paged in)."""

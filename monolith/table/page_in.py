@@ -6,7 +6,8 @@ host hands out memory on first touch) that fault costs microseconds per 4 KiB pa
 machine 21 ms per 10 MB, more than the rest of creating the rows. ``madvise(MADV_POPULATE_WRITE)`` (Linux
 5.14+) faults a range of pages in one call without changing their contents, so it is safe beside the
 training thread's writes to the same pages; :func:`page_in_ahead` runs it on a background thread for the
-rows a table will append next. Where the call is missing (another OS, an older kernel) nothing is done.
+rows a table will append next, :func:`populated_ahead` for the next slot array of a growing hash map.
+Where the call is missing (another OS, an older kernel) nothing is done.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import logging
 import mmap
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["page_in_ahead", "populate"]
+__all__ = ["page_in_ahead", "populate", "populated_ahead"]
 
 _MADV_POPULATE_WRITE = 23  # linux/mman.h, since 5.14
 _PAGE = mmap.PAGESIZE
@@ -88,6 +89,20 @@ def page_in_ahead(stores: Sequence[np.ndarray], start: int, stop: int) -> None:
     if _madvise() is None or not _supported or stop <= start:
         return
     _worker().submit(_populate_all, list(stores), start, stop)
+
+
+def populated_ahead(size: int, dtype: type) -> Future | None:
+    """A future ``np.empty(size, dtype)`` whose pages the background thread has faulted in (None where
+    the system cannot): memory to be filled later, e.g. a hash map's next, larger slot array."""
+    if _madvise() is None or not _supported:
+        return None
+    return _worker().submit(_populated, size, dtype)
+
+
+def _populated(size: int, dtype: type) -> np.ndarray:
+    array = np.empty(size, dtype=dtype)
+    populate(array, 0, size)
+    return array
 
 
 def _populate_all(stores: list[np.ndarray], start: int, stop: int) -> None:
