@@ -482,19 +482,26 @@ def test_populate_pages_rows_in_and_leaves_their_values():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_POPULATE_WRITE) is Linux's")
 def test_a_large_growing_table_pages_in_the_rows_it_appends_next():
-    """Past its first large reservation a table has the rows it will append next paged in by a background
-    thread before it writes them, and holds the same rows as a table reserved up front."""
+    """A growing table moves into larger stores a background thread allocated and paged in ahead, past its
+    first large reservation it has the rows it will append next paged in before it writes them, and it
+    holds the same rows as a table reserved up front."""
     def table(**kwargs):
         return EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))], seed=3,
                                   **kwargs)
 
     growing, reserved = table(), table(initial_capacity=120_000)
     rng = np.random.default_rng(0)
+    moved = 0
     for _ in range(10):
         ids = rng.integers(1, 1 << 40, 10_000)
         grads = rng.standard_normal((ids.size, 4)).astype(np.float32)
+        prepared, store = growing._next_stores, growing._weights[0]
         for t in (growing, reserved):
             t.apply_gradients(ids, grads, req_time=0)
+        if growing._weights[0] is not store and prepared is not None:  # grew into the stores prepared ahead
+            moved += 1
+            assert growing._weights[0] is prepared[1][3].result()
+    assert moved >= 2  # 16,384 -> 32,768 -> 65,536 rows, then the large reservation
     page_in._worker().submit(lambda: None).result()  # the page-in tasks queued so far are done
     size = len(growing)
     assert size > 65_536 and growing._weights[0].shape[0] > 1_000_000  # reserved far ahead

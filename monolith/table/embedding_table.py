@@ -28,7 +28,7 @@ from monolith.table.config import DEFAULT_EXPIRE_TIME_DAYS, SlidingHashFilterCon
 from monolith.table.sliding_hash_filter import SlidingHashFilter
 from monolith.table.hash_map import FidMap, KeyGrouper
 from monolith.table.occurrence_filter import OccurrenceFilter
-from monolith.table.page_in import page_in_ahead
+from monolith.table.page_in import page_in_ahead, populated_ahead
 from monolith.prefetch import prefetch_row_ahead
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,8 @@ class EmbeddingHashTable:
         self._capacity = _store_capacity(initial_capacity, 1024)
         #: Rows below this are paged in (written, or populated ahead by page_in_ahead).
         self._paged_to = initial_capacity
+        #: The stores of the next growth, being allocated and paged in ahead: (their capacity, futures).
+        self._next_stores: tuple[int, list] | None = None
         self._keys = self._new_store(np.int64)
         self._timestamps = self._new_store(np.int64)
         #: Newest request time of any update, filtered ids' included ("now" for expiry, as Monolith's
@@ -418,13 +420,29 @@ class EmbeddingHashTable:
         double, writing their pages as they copy."""
         size = len(self)
         if self._capacity < _RESERVE_ROWS:
+            self._prepare_growth(size)
             return
         chunk = max(_PAGE_IN_ROWS, size // 32)
         if self._paged_to - size >= chunk // 2:
             return
         start, stop = max(self._paged_to, size), min(self._capacity, size + chunk)
-        page_in_ahead([self._keys, self._timestamps, self._changed_at, *self._weights, *self._states], start, stop)
+        page_in_ahead(self._stores(), start, stop)
         self._paged_to = stop
+
+    def _prepare_growth(self, size: int) -> None:
+        """Once a store that doubles is half full, has the stores it will grow into allocated and the rows it
+        will copy and append next paged in on a background thread (see :meth:`_grow_stores`)."""
+        if self._next_stores is not None or self._capacity < _PAGE_IN_ROWS or 2 * size < self._capacity:
+            return
+        capacity = _store_capacity(self._capacity + 1, self._capacity)
+        rows = min(capacity, self._capacity + max(_PAGE_IN_ROWS, self._capacity // 4))
+        futures = [populated_ahead((capacity, *store.shape[1:]), store.dtype, rows) for store in self._stores()]
+        if all(future is not None for future in futures):
+            self._next_stores = (capacity, futures)
+
+    def _stores(self) -> list[np.ndarray]:
+        """Every row store: keys, times, change markers, then each slice's weights and its optimizer state."""
+        return [self._keys, self._timestamps, self._changed_at, *self._weights, *self._states]
 
     def _initialize(self, index: int, start: int, stop: int) -> None:
         if stop <= start:
@@ -440,16 +458,20 @@ class EmbeddingHashTable:
         if size <= self._capacity:
             return
         capacity = _store_capacity(size, self._capacity)
-
-        def grown(a: np.ndarray) -> np.ndarray:
-            b = np.zeros((capacity,) + a.shape[1:], dtype=a.dtype)
-            b[: self._capacity] = a
-            return b
-
-        self._keys, self._timestamps = grown(self._keys), grown(self._timestamps)
-        self._changed_at = grown(self._changed_at)
-        self._weights = [grown(w) for w in self._weights]
-        self._states = [grown(s) for s in self._states]
+        stores = self._stores()
+        prepared, self._next_stores = self._next_stores, None
+        if prepared is None or prepared[0] != capacity or len(prepared[1]) != len(stores):
+            prepared = (capacity, [None] * len(stores))
+        grown = []
+        for store, future in zip(stores, prepared[1]):
+            new = None if future is None else future.result()
+            if new is None or new.shape[1:] != store.shape[1:] or new.dtype != store.dtype:
+                new = np.zeros((capacity, *store.shape[1:]), dtype=store.dtype)
+            new[: self._capacity] = store
+            grown.append(new)
+        slices = len(self._weights)
+        self._keys, self._timestamps, self._changed_at = grown[:3]
+        self._weights, self._states = grown[3 : 3 + slices], grown[3 + slices :]
         self._paged_to = self._capacity  # the copy wrote the old rows
         self._capacity = capacity
 
@@ -598,6 +620,7 @@ class EmbeddingHashTable:
         self._numbering = object()
         self._capacity = max(size, _store_capacity(self.initial_capacity, 1024))
         self._paged_to = max(size, self.initial_capacity)
+        self._next_stores = None
         self._keys = self._new_store(np.int64)
         self._timestamps = self._new_store(np.int64)
         self._changes += 1  # every loaded row counts as changed

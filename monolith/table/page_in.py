@@ -6,7 +6,8 @@ host hands out memory on first touch) that fault costs microseconds per 4 KiB pa
 machine 21 ms per 10 MB, more than the rest of creating the rows. ``madvise(MADV_POPULATE_WRITE)`` (Linux
 5.14+) faults a range of pages in one call without changing their contents, so it is safe beside the
 training thread's writes to the same pages; :func:`page_in_ahead` runs it on a background thread for the
-rows a table will append next, :func:`populated_ahead` for the next slot array of a growing hash map.
+rows a table will append next, :func:`populated_ahead` for the larger arrays a growing table or hash map
+is about to move into.
 Where the call is missing (another OS, an older kernel) nothing is done.
 """
 
@@ -91,17 +92,18 @@ def page_in_ahead(stores: Sequence[np.ndarray], start: int, stop: int) -> None:
     _worker().submit(_populate_all, list(stores), start, stop)
 
 
-def populated_ahead(size: int, dtype: type) -> Future | None:
-    """A future ``np.empty(size, dtype)`` whose pages the background thread has faulted in (None where
-    the system cannot): memory to be filled later, e.g. a hash map's next, larger slot array."""
+def populated_ahead(shape: int | tuple[int, ...], dtype: type, rows: int | None = None) -> Future | None:
+    """A future ``np.zeros(shape, dtype)`` whose first ``rows`` rows (None: all) the background thread has
+    faulted in (None where the system cannot): e.g. a hash map's next slot array, or the larger store a
+    table is about to grow into."""
     if _madvise() is None or not _supported:
         return None
-    return _worker().submit(_populated, size, dtype)
+    return _worker().submit(_populated, shape, dtype, rows)
 
 
-def _populated(size: int, dtype: type) -> np.ndarray:
-    array = np.empty(size, dtype=dtype)
-    populate(array, 0, size)
+def _populated(shape: int | tuple[int, ...], dtype: type, rows: int | None) -> np.ndarray:
+    array = np.zeros(shape, dtype=dtype)
+    populate(array, 0, array.shape[0] if rows is None else rows)
     return array
 
 
