@@ -26,8 +26,8 @@ test: install
 bench: install
 	$(PY) -m benchmarks
 
-# The side-by-side benchmarks need TorchRec and matplotlib, which live in their own venv
-# (benchmarks/setup_peers.sh); `make bench` without it skips TorchRec and the plots.
+# The side-by-side benchmarks need TorchRec, which lives in its own venv (benchmarks/setup_peers.sh);
+# `make bench` without it skips TorchRec. The figures need matplotlib, a dev dependency of .venv.
 PEERS := benchmarks/.venv-peers
 $(PEERS)/.installed: benchmarks/setup_peers.sh pyproject.toml
 	PYTHON=$(PYTHON) bash benchmarks/setup_peers.sh

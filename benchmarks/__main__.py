@@ -24,12 +24,14 @@ import numpy as np
 import torch
 
 from benchmarks import (
+    cli_benchmark,
     distributed_benchmark,
     fid_map_benchmark,
     freshness_benchmark,
     fused_update_benchmark,
     growth_benchmark,
     peers_benchmark,
+    plots,
     quality_benchmark,
     serving_benchmark,
 )
@@ -50,13 +52,15 @@ class Goal:
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    """A benchmark module, the keyword arguments of each of its runs (full and quick), and its goals."""
+    """A benchmark module, the keyword arguments of each of its runs (full and quick), its goals and,
+    where it has curves or comparisons, its figures (drawn beside RESULTS.md by :mod:`benchmarks.plots`)."""
 
     title: str
     module: ModuleType
     runs: list[dict]
     quick_runs: list[dict]
     goals: Callable[[list[dict]], list[Goal]]
+    figures: Callable[[list[dict]], list[plots.Bars | plots.Curves]] | None = None
 
 
 def _fid_map_goals(results: list[dict]) -> list[Goal]:
@@ -123,6 +127,14 @@ def _peers_goals(results: list[dict]) -> list[Goal]:
     return goals
 
 
+def _cli_goals(results: list[dict]) -> list[Goal]:
+    median = results[0]["median_s"]
+    help_s, torch_s = median[cli_benchmark.HELP], median[cli_benchmark.TORCH]
+    return [Goal("`monolith --help` answers (a fresh process, median)", "< 0.5 s",
+                 f"{help_s:.2f} s ({help_s / torch_s:.2f}x `python -c 'import torch'`, {torch_s:.2f} s)",
+                 help_s < 0.5)]
+
+
 def _growth_goals(results: list[dict]) -> list[Goal]:
     goals = []
     for r in results:
@@ -140,6 +152,7 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{"distinct": 1_000_000}, {"distinct": 10_000_000}],
         quick_runs=[{"distinct": 100_000, "stream": 2_000_000, "dict_sample": 200_000}],
         goals=_fid_map_goals,
+        figures=fid_map_benchmark.figures,
     ),
     Benchmark(
         "Fused lookup + sparse Adagrad update against torch EmbeddingBag",
@@ -147,6 +160,7 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{}],
         quick_runs=[{"batch": 512, "baseline_rows": 1 << 16, "distinct": 100_000, "warmup": 3, "steps": 10}],
         goals=_fused_goals,
+        figures=fused_update_benchmark.figures,
     ),
     Benchmark(
         "Synchronous training: 1 vs 2 processes (torchrun, gloo)",
@@ -154,6 +168,7 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{}],
         quick_runs=[{"rounds": 1, "steps": 5, "batch_size": 512}],
         goals=_distributed_goals,
+        figures=distributed_benchmark.figures,
     ),
     Benchmark(
         "Serving: HTTP predict throughput and latency under a local load",
@@ -161,6 +176,7 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{"duration_s": 30, "batch_size": 1}, {"duration_s": 30, "batch_size": 64}],
         quick_runs=[{"duration_s": 3, "batch_size": 8, "fids_per_table": 10_000}],
         goals=lambda results: [],
+        figures=serving_benchmark.figures,
     ),
     Benchmark(
         "Real-time freshness: broker -> trainer -> parameter sync -> server",
@@ -175,6 +191,7 @@ BENCHMARKS: list[Benchmark] = [
         runs=[{}],
         quick_runs=[{"steps": 10, "warmup": 3, "batch": 512, "rows": 1 << 14, "vocab": 100_000, "hidden": (64, 32)}],
         goals=_peers_goals,
+        figures=peers_benchmark.figures,
     ),
     Benchmark(
         "Growth: examples/s and memory from 1M to 50M distinct ids",
@@ -183,15 +200,24 @@ BENCHMARKS: list[Benchmark] = [
         quick_runs=[{"sizes": (100_000, 1_000_000), "steps": 5, "warmup": 2, "batch": 512, "vocab": 100_000,
                      "hidden": (64, 32)}],
         goals=_growth_goals,
+        figures=growth_benchmark.figures,
     ),
     Benchmark(
         "Model quality on real data: DeepFM, monolith against hashed plain PyTorch",
         quality_benchmark,
-        runs=[{"dataset": name, "plot_to": str(RESULTS.with_name(f"quality_{name}.png"))}
-              for name in ("movielens", "adult")],
+        runs=[{"dataset": name} for name in ("movielens", "adult")],
         quick_runs=[{"dataset": "movielens", "seeds": (0,), "epochs": 1, "evals": 2, "thresholds": (1,),
                      "expire_times": (30,)}],
         goals=lambda results: [],
+        figures=quality_benchmark.figures,
+    ),
+    Benchmark(
+        "The monolith command: start-up of --help and argument errors",
+        cli_benchmark,
+        runs=[{}],
+        quick_runs=[{"repeats": 2}],
+        goals=_cli_goals,
+        figures=cli_benchmark.figures,
     ),
 ]
 
@@ -226,7 +252,10 @@ def run_all(quick: bool) -> str:
         start = time.perf_counter()
         results = [bench.module.run(**kwargs) for kwargs in (bench.quick_runs if quick else bench.runs)]
         print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        sections.append(f"## {bench.title}\n\n{_about(bench.module)}\n\n{bench.module.report(results)}")
+        section = f"## {bench.title}\n\n{_about(bench.module)}\n\n{bench.module.report(results)}"
+        if bench.figures is not None and not quick:  # a quick run only prints
+            section += "\n\n" + plots.draw_all(bench.figures(results), RESULTS.parent)
+        sections.append(section)
         goals.extend(bench.goals(results))
     goal_lines = ["| goal | target | measured | result |", "| --- | --- | --- | --- |"]
     goal_lines += [f"| {g.name} | {g.target} | {g.measured} | {'PASS' if g.passed else 'FAIL'} |" for g in goals]

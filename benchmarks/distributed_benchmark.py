@@ -25,6 +25,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from benchmarks.plots import Bars
 from monolith.model import TrainingHook
 
 _WARMUP = 5
@@ -166,11 +167,21 @@ def report(results: list[dict]) -> str:
              "vs 1 process on every core | bytes sent per step and rank | rounds (examples/s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in r["rows"]:
-        label = f"{row['processes']} x {row['threads']}" + (f", {row['kind']}" if row["kind"] != SYNCHRONOUS else "")
-        lines.append(f"| {label} | {row['examples_per_sec']:,.0f} | "
+        lines.append(f"| {_label(row)} | {row['examples_per_sec']:,.0f} | "
                      f"{row['examples_per_sec'] / one_core:.2f}x | {row['examples_per_sec'] / every_core:.2f}x | "
                      f"{row['bytes_per_step'] / 1e6:.2f} MB | {', '.join(f'{v:,}' for v in row['all'])} |")
     return "\n".join(lines)
+
+
+def figures(results: list[dict]) -> list[Bars]:
+    """Examples/s of every configuration (median round)."""
+    rows = results[0]["rows"]
+    return [Bars("distributed", "Training processes x torch threads: examples/s of all processes", "examples/s",
+                 [_label(row) for row in rows], {"examples/s": [row["examples_per_sec"] for row in rows]})]
+
+
+def _label(row: dict) -> str:
+    return f"{row['processes']} x {row['threads']}" + (f", {row['kind']}" if row["kind"] != SYNCHRONOUS else "")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from benchmarks.plots import Bars
 from monolith.fid import extract_fid
 from monolith.table.hash_map import FidMap
 
@@ -80,6 +81,15 @@ def report(results: list[dict[str, float]]) -> str:
             f"{r['dict_bytes_per_key']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def figures(results: list[dict[str, float]]) -> list[Bars]:
+    """Lookup-or-insert throughput of the map and of a Python dict at each size."""
+    return [Bars("fid_map", "FID map against a Python dict: lookup-or-insert, one thread", "M ids/s",
+                 [f"{r['distinct']:,} distinct keys" for r in results],
+                 {"FID map, insert": [r["insert_ids_per_s"] / 1e6 for r in results],
+                  "FID map, skewed stream": [r["stream_ids_per_s"] / 1e6 for r in results],
+                  "Python dict": [r["dict_ids_per_s"] / 1e6 for r in results]}, log=True)]
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def run(sync_interval_s: float = 1.0, measurements: int = 5, timeout_s: float = 
         port = _free_port()
         server = f"http://127.0.0.1:{port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-        processes = [subprocess.Popen([sys.executable, "-m", "monolith", "serve", "--model", export,
+        processes = [subprocess.Popen([sys.executable, "-m", "monolith", "serve", "--export-dir", export,
                                        "--port", str(port), "--log-level", "warning"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         try:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.fid_map_benchmark import skewed_stream
+from benchmarks.plots import Bars
 from monolith.fid import get_signature, make_fid
 from monolith.modules.combiners import ReduceSum
 from monolith.modules.embedding_lookup import HashEmbedding
@@ -209,6 +210,13 @@ def report(results: list[dict]) -> str:
             )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def figures(results: list[dict]) -> list[Bars]:
+    """Steps/s of each system."""
+    r = results[0]
+    return [Bars("fused_update", "Fused lookup + sparse Adagrad update against torch EmbeddingBag", "steps/s",
+                 list(r["systems"]), {"steps/s": [s["steps_per_s"] for s in r["systems"].values()]})]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 
 from benchmarks.criteo_model import DIM, NUM_SPARSE
 from benchmarks.peers_benchmark import ROOT, click_log, current_rss, monolith_estimator, peak_rss
+from benchmarks.plots import Curves
 from monolith.fid import make_fid
 
 #: Signatures of the filling ids start here, far above the stream's ids.
@@ -128,6 +129,18 @@ def report(results: list[dict]) -> str:
                       f"also holds the pages the maps' and stores' growth left behind."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def figures(results: list[dict]) -> list[Curves]:
+    """Examples/s, and bytes per id, against the distinct ids the tables hold."""
+    points = results[0]["points"]
+    ids = [p["ids"] for p in points]
+    return [Curves("growth_speed", "Training examples/s as the tables grow", "distinct ids held", "examples/s",
+                   {"median window": (ids, [p["examples_per_s"] for p in points]),
+                    "fastest window": (ids, [p["fastest_examples_per_s"] for p in points])}, logx=True),
+            Curves("growth_memory", "Memory per id as the tables grow", "distinct ids held", "bytes per id",
+                   {"resident memory": (ids, [p["bytes_per_id"] for p in points]),
+                    "tables": (ids, [p["table_bytes"] / p["ids_after"] for p in points])}, logx=True)]
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.criteo_model import DIM, NUM_DENSE, NUM_SPARSE, CriteoModel, mlp
+from benchmarks.plots import Bars
 from monolith.data import SyntheticClickLog
 from monolith.estimator import Estimator, RunConfig
 from monolith.sparse import Batch
@@ -355,6 +356,16 @@ def report(results: list[dict]) -> str:
             lines += ["", f"{r['skipped']}."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def figures(results: list[dict]) -> list[Bars]:
+    """Examples/s and bytes per distinct id of every system."""
+    r = results[0]
+    names = list(r["systems"])
+    return [Bars("peers_speed", "Training examples/s on the Criteo-like workload", "examples/s", names,
+                 {"examples/s": [r["systems"][n]["examples_per_s"] for n in names]}),
+            Bars("peers_memory", "Peak memory per distinct id seen", "bytes per distinct id (peak RSS)", names,
+                 {"bytes per id": [r["systems"][n]["bytes_per_id"] for n in names]})]
 
 
 if __name__ == "__main__":

@@ -34,10 +34,7 @@ import dataclasses
 import importlib.metadata
 import io
 import itertools
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -46,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.peers_benchmark import PEERS_PYTHON, ROOT, peers_available
+from benchmarks.plots import Curves
 from monolith.data import load_movielens100k
 from monolith.data.base import Rows, jagged, rebatch
 from monolith.data.movielens import PACKAGE, PACKAGE_DATA
@@ -173,46 +170,10 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({min(values):.4f}-{max(values):.4f})"
 
 
-def plot(curves_file: str, png: str) -> None:
-    """Draws AUC against steps (mean over seeds, min-max band) from a JSON file of :func:`run`'s curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    spec = json.loads(Path(curves_file).read_text())
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, seeds in spec["curves"].items():
-        values = np.asarray(seeds)
-        ax.plot(spec["steps"], values.mean(axis=0), marker="o", label=name)
-        ax.fill_between(spec["steps"], values.min(axis=0), values.max(axis=0), alpha=0.2)
-    ax.set(xlabel="training steps", ylabel="test AUC", title=spec["title"])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-
-
-def _draw(result: dict, png: Path) -> str:
-    """Has the peers venv's matplotlib draw ``result``'s curves to ``png``; returns the markdown to show it."""
-    why_not = peers_available()
-    if why_not is not None:
-        return f"Plot skipped: matplotlib lives in the peers venv. {why_not}."
-    spec = {"title": f"{result['dataset']}: test AUC against steps ({len(result['seeds'])} seeds)",
-            "steps": result["eval_steps"], "curves": {n: s["curve"] for n, s in result["systems"].items()}}
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump(spec, f)
-        f.flush()
-        subprocess.run([str(PEERS_PYTHON), "-m", "benchmarks.quality_benchmark", "plot", f.name, str(png)],
-                       cwd=ROOT, check=True)
-    return f"![{spec['title']}]({png.name})"
-
-
 def run(dataset: str = "movielens", seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 3, evals: int = 8,
-        thresholds: tuple[int, ...] = (1, 3), expire_times: tuple[int, ...] = (7, 30), limit: int | None = None,
-        plot_to: str | None = None) -> dict:
+        thresholds: tuple[int, ...] = (1, 3), expire_times: tuple[int, ...] = (7, 30), limit: int | None = None) -> dict:
     """Trains every system on ``dataset`` for each seed; ``limit`` keeps that many train and test batches
-    (smoke tests); ``plot_to`` names the PNG of the AUC curves (drawn in the peers venv)."""
+    (smoke tests)."""
     data = load(dataset)
     if limit is not None:
         data.train, data.test = data.train[:limit], data.test[:limit]
@@ -234,13 +195,12 @@ def run(dataset: str = "movielens", seeds: tuple[int, ...] = (0, 1, 2), epochs: 
                 studied[name].append(_monolith(data, seed, 1, evals, **settings))
     finally:
         torch.set_num_threads(previous_threads)
-    result = {"dataset": data.name, "seeds": list(seeds), "epochs": epochs,
+    result = {"key": dataset, "dataset": data.name, "seeds": list(seeds), "epochs": epochs,
               "train_examples": sum(b.batch_size for b in data.train),
               "test_examples": sum(b.batch_size for b in data.test), "distinct_train_ids": sum(distinct.values()),
               "eval_steps": _eval_steps(epochs * len(data.train), evals), "study_steps": len(data.train),
               "systems": {n: _by_key(r) for n, r in systems.items()},
               "study": {n: _by_key(r) for n, r in studied.items()}}
-    result["figure"] = _draw(result, Path(plot_to)) if plot_to else ""
     return result
 
 
@@ -261,8 +221,7 @@ def report(results: list[dict]) -> str:
         for name, s in r["systems"].items():
             lines.append(f"| {name} | {_spread(s['auc'])} | {_spread(s['log_loss'])} | "
                          f"{statistics.mean(s['rows']):,.0f} |")
-        lines += ["", r["figure"], "",
-                  f"Occurrence threshold and expiry (monolith, one pass: {r['study_steps']} steps):", "",
+        lines += ["", f"Occurrence threshold and expiry (monolith, one pass: {r['study_steps']} steps):", "",
                   "| setting | test AUC | test log loss | embedding rows (mean over seeds) |",
                   "| --- | --- | --- | --- |"]
         for name, s in r["study"].items():
@@ -274,8 +233,17 @@ def report(results: list[dict]) -> str:
             "(see the growth benchmark for bytes per id).\n\n" + "\n\n".join(parts))
 
 
+def figures(results: list[dict]) -> list[Curves]:
+    """Per data set, each system's test AUC against steps: the mean over seeds, the seeds' range shaded."""
+    drawn = []
+    for r in results:
+        curves = {name: np.asarray(s["curve"]) for name, s in r["systems"].items()}
+        drawn.append(Curves(f"quality_{r['key']}", f"{r['dataset']}: test AUC against steps ({len(r['seeds'])} seeds)",
+                            "training steps", "test AUC",
+                            {name: (r["eval_steps"], c.mean(axis=0).tolist()) for name, c in curves.items()},
+                            {name: (c.min(axis=0).tolist(), c.max(axis=0).tolist()) for name, c in curves.items()}))
+    return drawn
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "plot":
-        plot(sys.argv[2], sys.argv[3])
-    else:
-        print(report([run()]))
+    print(report([run()]))

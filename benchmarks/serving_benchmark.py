@@ -29,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.plots import Bars
 from monolith.estimator import Estimator, EstimatorSpec, RunConfig
 from monolith.export import ServingInputReceiver
 from monolith.fid import make_fid
@@ -147,7 +148,7 @@ def run(duration_s: float = 30.0, clients: int = 4, batch_size: int = 32, fids_p
         torch_threads: int = 1) -> dict:
     """Serves an export and loads it for ``duration_s`` seconds; returns throughput and latencies.
 
-    ``torch_threads`` is the server's (``--torch-threads``) and the in-process timing's.
+    ``torch_threads`` is the server's (``--threads``) and the in-process timing's.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
@@ -173,8 +174,8 @@ def _run(duration_s: float, clients: int, batch_size: int, fids_per_table: int, 
             in_process.append(time.perf_counter() - started)
 
         port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "monolith.serving", "--model", path, "--port", str(port),
-                                   "--torch-threads", str(torch_threads), "--log-level", "warning"],
+        server = subprocess.Popen([sys.executable, "-m", "monolith.serving", "--export-dir", path, "--port", str(port),
+                                   "--threads", str(torch_threads), "--log-level", "warning"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             _wait_healthy(port, server)
@@ -233,6 +234,13 @@ def report(results: list[dict]) -> str:
             f"{r['server_p50_ms']:.2f} / {r['server_p99_ms']:.2f} | {r['in_process_p50_ms']:.2f} | {r['errors']} |"
         )
     return "\n".join(lines)
+
+
+def figures(results: list[dict]) -> list[Bars]:
+    """Client-side latency percentiles of each load."""
+    return [Bars("serving", "Serving over HTTP: latency of a prediction request", "ms",
+                 [f"{r['clients']} clients, {r['batch_size']} examples/request" for r in results],
+                 {f"p{q}": [r[f"p{q}_ms"] for r in results] for q in (50, 90, 99)})]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates benchmarks/.venv-peers for `make bench-peers`: this project plus TorchRec on CPU and matplotlib,
-# which stay out of the project's own dependencies.
+# Creates benchmarks/.venv-peers for `make bench-peers`: this project plus TorchRec on CPU, which stays
+# out of the project's own dependencies.
 #
 # torchrec and fbgemm-gpu-cpu 1.8.0 are built against torch 2.13, the project's pinned CPU wheel (the
 # 1.9.x pair needs a newer torch: its libraries fail to load with undefined torch symbols). They, and
@@ -17,6 +17,6 @@ PIP=("$VENV/bin/python" -m pip install --quiet)
 "${PIP[@]}" -e .
 "${PIP[@]}" --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 torchmetrics==1.0.3 \
     pyre-extensions==0.0.32
-"${PIP[@]}" cloudpickle==3.1.2 pyvers==0.2.3 lightning-utilities==0.15.3 typing-inspect==0.9.0 matplotlib==3.11.2
-"$VENV/bin/python" -c "import torchrec, fbgemm_gpu, matplotlib"  # fails here, not mid-benchmark
+"${PIP[@]}" cloudpickle==3.1.2 pyvers==0.2.3 lightning-utilities==0.15.3 typing-inspect==0.9.0
+"$VENV/bin/python" -c "import torchrec, fbgemm_gpu"  # fails here, not mid-benchmark
 touch "$VENV/.installed"

@@ -8,6 +8,7 @@ Usage::
     monolith predict  --model my_models:CtrModel --model-dir /tmp/ctr --output-path /tmp/ctr/predictions
     monolith dump     --model my_models:CtrModel --model-dir /tmp/ctr          # -> /tmp/ctr/model_dump.json
     monolith export   --model my_models:CtrModel --model-dir /tmp/ctr          # -> /tmp/ctr/exported_models/<step>
+    monolith serve    --export-dir /tmp/ctr/exported_models --port 8500
     torchrun --nproc_per_node=2 -m monolith train --model my_models:CtrModel --model-dir /tmp/ctr
 
 ``python -m monolith ...`` is the same command. The model is built as ``Class.params()`` with the
@@ -18,6 +19,9 @@ its own data); the Estimator's progress goes to stderr. A ``model_dir`` holding 
 resumed from its latest one; a finished one (its input read to the end) is left as it is, unless
 ``--max-steps`` (higher), ``--steps`` or ``--epochs`` ask for more. SIGTERM or SIGINT stop ``train``
 after the current step with a checkpoint (and exit status 0); a second signal stops it at once.
+
+torch and the rest of the package are imported once the arguments are read, by the command that
+needs them: ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import importlib
 import importlib.util
@@ -34,16 +39,14 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from monolith.checkpoint import CheckpointManager
-from monolith.estimator import Estimator, RunConfig, seed_everything
-from monolith.export import ExportSignature
-from monolith.mode_keys import ModeKeys
-from monolith.model import MonolithBaseModel
 from monolith.params import InstantiableParams, Params
+
+if TYPE_CHECKING:
+    from monolith.estimator import Estimator
+    from monolith.model import MonolithBaseModel
+    from monolith.run_config import RunConfig
 
 __all__ = ["CliError", "apply_overrides", "build_params", "load_model_class", "main", "parse_value"]
 
@@ -55,6 +58,8 @@ class CliError(Exception):
 # ---------------------------------------------------------------------------------------- the model
 def load_model_class(spec: str) -> type[MonolithBaseModel]:
     """The class named by ``module:Class`` (``Class`` may be dotted; ``module`` may be a ``.py`` file)."""
+    from monolith.model import MonolithBaseModel
+
     module_name, sep, class_name = spec.rpartition(":")
     if not sep or not module_name or not class_name:
         raise CliError(f"--model must be module:Class (e.g. my_models:CtrModel), got {spec!r}")
@@ -103,7 +108,11 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(p: Params, overrides: Mapping[str, Any], source: str) -> None:
-    """Sets each dotted ``name`` of ``overrides`` on ``p``; a dict value for a group sets inside it."""
+    """Sets each dotted ``name`` of ``overrides`` on ``p``; a dict value for a group sets inside it.
+
+    A value must be of the type of the param's default (a number for a float, any list for a list or
+    tuple); a param whose default is None or an object takes any value.
+    """
     for name, value in overrides.items():
         if name == "cls" or name.endswith(".cls"):
             raise CliError(f"{source} {name}: the model class is given with --model")
@@ -117,7 +126,35 @@ def apply_overrides(p: Params, overrides: Mapping[str, Any], source: str) -> Non
             raise CliError(f"{source} {name}: '{name}' is a group of params; set one of its names, "
                            f"e.g. {name}.{next(iter(dict(current.iter_params())), 'name')}")
         else:
-            p.set(**{name: value})
+            p.set(**{name: _of_type(current, value, f"{source} {name}")})
+
+
+def _of_type(current: Any, value: Any, what: str) -> Any:
+    """``value`` as a value of ``current``'s type (an integral float for an int, an int for a float,
+    a list for a tuple); a one-line CliError naming ``what`` when it is none."""
+    if value is None or current is None:
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(current, bool):
+        expected, ok = "a bool (True or False)", isinstance(value, bool)
+    elif isinstance(current, int):
+        expected, ok = "an int", number and float(value).is_integer()
+        value = int(value) if ok else value
+    elif isinstance(current, float):
+        expected, ok = "a number", number
+        value = float(value) if ok else value
+    elif isinstance(current, str):
+        expected, ok = "a string", isinstance(value, str)
+    elif isinstance(current, (list, tuple)):
+        expected, ok = "a list", isinstance(value, (list, tuple))
+        value = type(current)(value) if ok else value
+    elif isinstance(current, Mapping):
+        expected, ok = "a dict", isinstance(value, Mapping)
+    else:
+        return value  # an object (optimizer, function, ...): the model checks what it is given
+    if not ok:
+        raise CliError(f"{what}: expected {expected}, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def _param_names(p: Params, prefix: str = "") -> str:
@@ -156,19 +193,34 @@ def build_params(cls: type[MonolithBaseModel], config: Mapping[str, Any],
     apply_overrides(p, config, "--config")
     overrides = {}
     for item in params:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name:
             raise CliError(f"--param must be name=value (e.g. train.per_replica_batch_size=256), got {item!r}")
-        overrides[name.strip()] = parse_value(value.strip())
+        overrides[name] = _param_value(p, name, text)
     apply_overrides(p, overrides, "--param")
     return p
 
 
+def _param_value(p: Params, name: str, text: str) -> Any:
+    """``--param``'s VALUE: its literal, except that a string param takes the text itself (name=123)."""
+    value = parse_value(text)
+    try:
+        current = p.get(name)
+    except AttributeError:
+        return value  # apply_overrides names the unknown param
+    return text if isinstance(current, str) and value is not None and not isinstance(value, str) else value
+
+
 def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfig:
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise CliError(f"--config run_config: unknown field(s) {unknown}; RunConfig has {sorted(known)}")
+    from monolith.run_config import RunConfig
+
+    known = sorted(f.name for f in dataclasses.fields(RunConfig))
+    for name in fields:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise CliError(f"--config run_config: unknown field {name!r}; {hint}RunConfig has {known}")
     fields = dict(fields)
     if args.model_dir is not None:
         fields["model_dir"] = args.model_dir
@@ -185,6 +237,8 @@ def _run_config(args: argparse.Namespace, fields: Mapping[str, Any]) -> RunConfi
 
 # ---------------------------------------------------------------------------------------- commands
 def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    from monolith.checkpoint import CheckpointManager
+
     input_fn, hooks = None, []
     if args.stream is not None:
         from monolith.streaming import KafkaSource, decode_examples
@@ -218,6 +272,8 @@ def _train(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _require_checkpoint(estimator: Estimator, command: str) -> None:
+    from monolith.checkpoint import CheckpointManager
+
     model_dir = estimator.config.model_dir
     if CheckpointManager(model_dir).latest() is None:
         raise CliError(f"{command}: no checkpoint in {os.path.abspath(model_dir)}; train first")
@@ -237,6 +293,8 @@ def _predict(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    from monolith.mode_keys import ModeKeys
+
     model = estimator.model
     source = model.create_input_fn(ModeKeys.TRAIN)(ModeKeys.TRAIN)
     batch = next(iter(source), None)
@@ -258,6 +316,8 @@ def _dump(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _export(estimator: Estimator, args: argparse.Namespace) -> dict[str, Any]:
+    from monolith.export import ExportSignature
+
     _require_checkpoint(estimator, "export")
     model_dir = estimator.config.model_dir
     export_dir = args.export_dir or os.path.join(model_dir, estimator.model.p.serving.export_dir_base)
@@ -294,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monolith",
         description="Train, evaluate, predict, dump or export a Monolith model given as module:Class; "
-                    "`monolith serve --model EXPORT_DIR --port P` serves an export. "
+                    "`monolith serve --export-dir DIR --port P` serves an export. "
                     "`monolith COMMAND --help` lists a command's options.",
         epilog="Under torchrun (torchrun --nproc_per_node=N -m monolith train ...) the ranks train synchronously.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -322,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="--serving-url: seconds between parameter pushes (default 10)")
     train.add_argument("--evict-interval", type=float, default=None,
                        help="--serving-url: seconds between expiry sweeps whose evictions reach serving")
-    for name, what in (("evaluate", "evaluate the latest checkpoint (per-head AUC / MSE, mean loss)"),
+    for name, what in (("evaluate", "evaluate the latest checkpoint (per-head AUC / MSE, loss per example)"),
                        ("predict", "write predictions of the latest checkpoint, one part-NNNNN file per rank")):
         command = commands.add_parser(name, parents=[common], help=what)
         command.add_argument("--steps", type=int, default=None, help="at most this many batches")
@@ -343,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
-        # `monolith serve --model EXPORT_DIR --port P`: --model is an export here, not a class.
+        # `monolith serve --export-dir DIR --port P` has its own parser (also `python -m monolith.serving`).
         from monolith.serving.__main__ import main as serve
 
         serve(argv[1:])
@@ -352,6 +412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # Imported only now: --help and argument errors never wait for torch.
+    import torch
+
+    from monolith.estimator import Estimator, seed_everything
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if "" not in sys.path and os.getcwd() not in sys.path:

@@ -18,6 +18,9 @@ All are evaluated on the same test examples; a table of AUC, log loss and traini
 The model runs from the command line too::
 
     monolith train --model monolith.demo:DeepFM --model-dir /tmp/deepfm --param epochs=1
+
+``python -m monolith.demo --produce kafka://HOST:PORT/TOPIC`` instead sends the test ratings to a
+Kafka topic as JSON examples (:func:`produce_ratings`), the events ``monolith train --stream`` reads.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from monolith.checkpoint import CheckpointManager
 from monolith.data import load_movielens100k
 from monolith.distributed import get_rank, get_world_size
 from monolith.estimator import Estimator, RunConfig
+from monolith.export import ServingInputReceiver
 from monolith.losses import get_sigmoid_loss_and_pred
 from monolith.metrics import AUC
 from monolith.mode_keys import ModeKeys
@@ -50,8 +54,8 @@ from monolith.optim import AdagradOptimizer, RandomUniformInitializer, ZerosInit
 from monolith.sparse import Batch
 from monolith.spec import EstimatorSpec
 
-__all__ = ["FEATURES", "DeepFM", "HashedDeepFM", "auc", "distinct_train_ids", "log_loss", "main", "shared_ids",
-           "train_baseline"]
+__all__ = ["FEATURES", "DeepFM", "HashedDeepFM", "auc", "distinct_train_ids", "log_loss", "main", "produce_ratings",
+           "shared_ids", "train_baseline"]
 
 #: MovieLens-100K's sparse features (see :mod:`monolith.data.movielens`); ``genre`` is multi-hot.
 FEATURES = ("uid", "mov", "genre", "age", "gender", "occupation")
@@ -130,8 +134,9 @@ class DeepFM(MonolithModel):
         return EstimatorSpec(label=label, pred=pred, head_name="ctr", loss=loss,
                              optimizer=functools.partial(torch.optim.Adam, lr=self.p.dense_learning_rate))
 
-    def serving_input_receiver_fn(self):
-        return None
+    def serving_input_receiver_fn(self) -> ServingInputReceiver:
+        # A request carries the FIDs of every feature; the label is what serving predicts.
+        return ServingInputReceiver(sparse_features=list(self.p.features))
 
 
 class HashedDeepFM(torch.nn.Module):
@@ -252,6 +257,36 @@ def _fresh_dir(path: str) -> str:
     return path
 
 
+def produce_ratings(url: str, data_path: str | None = None, limit: int | None = None) -> int:
+    """Sends MovieLens-100K's test ratings (the latest 20%, in time order; the first ``limit``) to the
+    topic of ``url`` (``kafka://HOST:PORT/TOPIC``) as JSON examples
+    (:func:`~monolith.streaming.encode_example`: every feature's FIDs, the label, ``req_time``), as
+    new events would arrive after training on the earlier ratings; returns how many were sent."""
+    from confluent_kafka import Producer
+
+    from monolith.streaming import encode_example, parse_stream_url
+
+    servers, topic = parse_stream_url(url)
+    producer = Producer({"bootstrap.servers": servers})
+    sent = 0
+    for batch in _movielens(data_path, 256).test:
+        fids = {name: batch.sparse[name].to_lists() for name in FEATURES}
+        for i, (label, req_time) in enumerate(zip(batch.dense["label"].tolist(), batch.dense["req_time"].tolist())):
+            if limit is not None and sent >= limit:
+                break
+            message = encode_example({name: fids[name][i] for name in FEATURES}, label, req_time=req_time)
+            while True:
+                try:
+                    producer.produce(topic, value=message)
+                    break
+                except BufferError:  # the local send queue is full: wait for deliveries
+                    producer.poll(0.5)
+            sent += 1
+    if producer.flush(60):
+        raise RuntimeError(f"--produce: messages still undelivered to {servers} after 60 s")
+    return sent
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monolith.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "monolith-demo"),
@@ -262,7 +297,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rows of each table of the second baseline (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--produce", default=None, metavar="kafka://HOST:PORT/TOPIC",
+                        help="instead of the demo, send the test ratings to this topic as JSON examples")
+    parser.add_argument("--limit", type=int, default=None, help="--produce: only the first LIMIT ratings")
     args = parser.parse_args(argv)
+    if args.produce is not None:
+        try:
+            sent = produce_ratings(args.produce, args.data_path, args.limit)
+        except ValueError as e:
+            parser.error(str(e))
+        print(f"sent {sent} ratings to {args.produce}")
+        return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = _fresh_dir(os.path.abspath(args.output_dir))

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import operator
 import os
 import random
 import sys
@@ -41,6 +42,7 @@ from monolith.model import MonolithBaseModel, ModelOutput, TrainingHook, has_met
 from monolith.optim.clipping import clip_scales, squared_norm
 from monolith.outputs import PredictionWriter
 from monolith.params import InstantiableParams
+from monolith.progress import Progress
 from monolith.run_config import RunConfig
 from monolith.runner_config import RunnerConfig, ServiceDiscoveryType
 from monolith.sparse import Batch
@@ -103,7 +105,7 @@ class Estimator:
 
         estimator = Estimator(MyModel(), RunConfig(model_dir="/tmp/run"))
         estimator.train(max_steps=1000)
-        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": ..., "global_step": 1000}
+        metrics = estimator.evaluate()            # {"ctr/auc": 0.78, "loss": 0.45, "batch_loss": ..., "global_step": 1000}
         for prediction in estimator.predict(): ...
     """
 
@@ -364,8 +366,9 @@ class Estimator:
         metrics = self.model.p.metrics
         if (metrics.enable_file_metrics and metrics.deep_insight_sample_ratio > 0
                 and not has_metric_sink(hooks, FileMetricHook.metric_sink)):
+            # A relative file_base_name (default "deep_insight") is a folder of the run's model_dir.
             hooks.append(FileMetricHook(
-                metrics.file_base_name, metrics.deep_insight_name,
+                os.path.join(self.config.model_dir, metrics.file_base_name), metrics.deep_insight_name,
                 metrics.deep_insight_sample_ratio, metrics.dump_filename, metrics.file_ext,
                 metrics.extra_fields_keys, self.config.index, self.config.seed))
         return hooks
@@ -706,6 +709,10 @@ class Estimator:
         print(f"step {self.global_step}: " + ", ".join(f"{k} = {v:.6g}" for k, v in values.items()), file=sys.stderr)
         return {**values, "global_step": self.global_step}
 
+    def _shows_progress(self) -> bool:
+        """Whether this process shows progress: with RunConfig.progress_bar, on rank 0 only."""
+        return self.config.progress_bar and (self.dist is None or self.dist.rank == 0)
+
     def _progress(self, max_steps: int | None):
         if not self.config.progress_bar or max_steps is None or max_steps - self.global_step < 50:
             return None
@@ -740,8 +747,12 @@ class Estimator:
 
     def _inference_steps(self, mode: str, steps: int | None) -> Iterator[tuple[Batch, ModelOutput]]:
         batches = self._input(mode)
+        # Batches to come, when input_fn's iterable knows (a list does): the progress's ETA.
+        known = operator.length_hint(batches) or None
+        total_batches = steps if known is None else min(known, steps) if steps is not None else known
+        progress = Progress("evaluate" if mode == ModeKeys.EVAL else "predict", enabled=self._shows_progress())
         count = 0
-        with torch.no_grad():
+        with torch.no_grad(), progress:
             for batch in self._in_step(batches, pad_exhausted=True):
                 if steps is not None and count >= steps:
                     break
@@ -753,6 +764,9 @@ class Estimator:
                                          f"(no checkpoint; train first)")
                 output = self._model_fn(batch, ModeKeys.TRAIN if mode == ModeKeys.EVAL else ModeKeys.PREDICT)
                 count += 1
+                if count == 1 and total_batches is not None:
+                    progress.total = total_batches * batch.batch_size  # examples, if batches are alike
+                progress.update(batch.batch_size)
                 if batch.batch_size:
                     yield batch, output
 
@@ -790,18 +804,22 @@ class Estimator:
         return PredictionWriter(p.output_path, p.output_fields, p.delimiter, self.config.index)
 
     def evaluate(self, steps: int | None = None) -> dict[str, float]:
-        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, mean loss and the global step.
+        """Evaluates on ``input_fn(EVAL)``; returns per-head AUC/MSE, the losses and the global step.
 
-        With ``output_path`` set, predictions are written as in :meth:`predict`.
+        ``loss`` is per example: the batches' losses summed, over the examples evaluated (with
+        Monolith's summed losses, e.g. ``get_sigmoid_loss_and_pred``, the mean log loss of an
+        example). ``batch_loss`` is Monolith's (TF Estimator's) ``loss``: the mean over batches of
+        each batch's loss, which grows with the batch size. With ``output_path`` set, predictions
+        are written as in :meth:`predict`.
         """
         metrics = _HeadMetrics()
-        losses: list[float] = []
+        losses: list[tuple[float, int]] = []  # (a batch's loss, its examples)
         writer = self._writer()
         try:
             for batch, output in self._inference(ModeKeys.EVAL, steps if steps is not None else self.model.p.eval.steps):
                 metrics.update(output)
                 if output.loss is not None:
-                    losses.append(float(output.loss))
+                    losses.append((float(output.loss), batch.batch_size))
                 if writer is not None:
                     writer.write(batch, output.predictions)
         finally:
@@ -809,8 +827,9 @@ class Estimator:
                 writer.close()
         if self.dist is not None:
             losses = [loss for rank_losses in self.dist.all_gather_object(losses) for loss in rank_losses]
-        result = {**metrics.compute(self.dist), "loss": float(np.mean(losses)) if losses else float("nan"),
-                  "global_step": self.global_step}
+        summed, examples = sum(loss for loss, _ in losses), sum(n for _, n in losses)
+        result = {**metrics.compute(self.dist), "loss": summed / examples if examples else float("nan"),
+                  "batch_loss": summed / len(losses) if losses else float("nan"), "global_step": self.global_step}
         for tag, value in result.items():
             self._summary(f"eval/{tag}", float(value))
         if self._summary_writer is not None:  # the events must be on disk when evaluate returns

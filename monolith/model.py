@@ -166,7 +166,8 @@ class MonolithBaseModel(torch.nn.Module, abc.ABC):
         p.metrics.define("enable_kafka_metrics", False, "Ignored: no Kafka metric sink (use enable_file_metrics).")
         p.metrics.define("enable_tf2_profiler_hook", True, "Ignored: no TensorFlow profiler (use torch.profiler).")
         p.metrics.define("enable_file_metrics", False, "Write sampled examples to files.")
-        p.metrics.define("file_base_name", "deep_insight", "Directory of the file metrics.")
+        p.metrics.define("file_base_name", "deep_insight",
+                         "Directory of the file metrics; a relative one is inside the run's model_dir.")
         p.metrics.define("file_ext", "txt", "Extension of the file metrics.")
         p.metrics.define("parse_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")
         p.metrics.define("key_fn", None, "Ignored: the file metrics write a fixed JSON line per example.")

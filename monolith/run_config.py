@@ -37,7 +37,9 @@ class RunConfig:
             as Monolith's sync training does).
         enable_summaries: write TensorBoard scalars to ``model_dir``: the loss, metrics and
             examples/s at every log step, the global gradient norm every ``save_summary_steps``.
-        progress_bar: show a tqdm bar on stderr for long loops.
+        progress_bar: show progress on stderr (rank 0): a tqdm bar while training (on a terminal,
+            with ``max_steps``), evaluating, predicting and exporting; where stderr is no
+            terminal, the last three write a periodic line instead (:mod:`monolith.progress`).
     """
 
     model_dir: str = "model_dir"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
+import termios
 import textwrap
 from pathlib import Path
 
@@ -135,7 +137,7 @@ def test_train_evaluate_predict_dump(workdir):
 
     evaluated = result_line(done["evaluate"])
     assert evaluated["global_step"] == 5  # restored from the checkpoint
-    assert set(evaluated["metrics"]) == {"ctr/auc", "loss", "global_step"}
+    assert set(evaluated["metrics"]) == {"ctr/auc", "loss", "batch_loss", "global_step"}
     assert 0.0 <= evaluated["metrics"]["ctr/auc"] <= 1.0
 
     predicted = result_line(done["predict"])
@@ -186,6 +188,10 @@ def test_params(workdir):
                      ["hidden=7", "name=tiny", "metrics.extra_fields_keys=['uid']", "learning_rate=1e-3"])
     assert (p.train.per_replica_batch_size, p.eval.per_replica_batch_size) == (8, 4)
     assert (p.hidden, p.name, p.metrics.extra_fields_keys, p.learning_rate) == (7, "tiny", ["uid"], 1e-3)
+    # Values take the type of the param's default: a string param keeps the text, a float takes an int.
+    p = build_params(cls, {"hidden": 5.0}, ["name=123", "learning_rate=1", "output_path=/tmp/out"])
+    assert (p.hidden, p.name, p.learning_rate, p.output_path) == (5, "123", 1.0, "/tmp/out")
+    assert type(p.hidden) is int and type(p.learning_rate) is float
     assert parse_value("None") is None and parse_value("/tmp/x") == "/tmp/x" and parse_value("[64, 32]") == [64, 32]
     with pytest.raises(CliError, match=r"--param hiden: parameter 'hiden' is not defined; did you mean hidden"):
         build_params(cls, {}, ["hiden=3"])
@@ -206,7 +212,7 @@ def test_main_reports_errors(workdir, capsys):
     assert "monolith: error: --param hiden: parameter 'hiden' is not defined" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny_cli_model:TinyModel", "--config", '{"run_config": {"sed": 1}}'])
-    assert "unknown field(s) ['sed']" in capsys.readouterr().err
+    assert "unknown field 'sed'; did you mean seed? RunConfig has ['dedup'," in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", "tiny_cli_model:TinyModel", "--config", "[1]"])
     assert "--config" in capsys.readouterr().err
@@ -216,7 +222,14 @@ def test_main_reports_errors(workdir, capsys):
     (["--config", '{"run_config": {"keep_checkpoint_max": 0}}'], "RunConfig.keep_checkpoint_max must be an int >= 1"),
     (["--config", '{"run_config": {"dedup": "bogus"}}'], "RunConfig.dedup must be 'local', 'sum' or None"),
     (["--config", '{"run_config": {"save_checkpoints_steps": "x"}}'], "save_checkpoints_steps must be an int"),
-    (["--param", "hidden='abc'"], "building the model from its params failed: TypeError"),
+    (["--param", "hidden='abc'"], "monolith: error: --param hidden: expected an int, got 'abc' (str)\n"),
+    (["--param", "hidden=2.5"], "--param hidden: expected an int, got 2.5 (float)"),
+    (["--param", "learning_rate=fast"], "--param learning_rate: expected a number, got 'fast' (str)"),
+    (["--param", "metrics.extra_fields_keys=3"], "--param metrics.extra_fields_keys: expected a list, got 3 (int)"),
+    (["--config", '{"train": {"per_replica_batch_size": "16"}}'],
+     "--config train.per_replica_batch_size: expected an int, got '16' (str)"),
+    (["--config", '{"run_config": {"save_checkpoint_steps": 3}}'],
+     "unknown field 'save_checkpoint_steps'; did you mean save_checkpoints_steps,"),
     (["--model-dir", "a_file"], "--model-dir a_file: exists and is not a directory"),
 ])
 def test_wrong_values_are_one_line_errors(workdir, capsys, args, message):
@@ -224,7 +237,8 @@ def test_wrong_values_are_one_line_errors(workdir, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--model", "tiny_cli_model:TinyModel", *args])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
@@ -252,3 +266,91 @@ def test_each_command_has_its_own_help(capsys):
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert f"usage: monolith {command}" in out and has in out and lacks not in out
+
+
+# Runs the real entry point (monolith/__main__.py) and reports its exit status and which heavy modules it imported.
+_IMPORTS_OF = textwrap.dedent("""
+    import json, runpy, sys
+    sys.argv = ["monolith", *json.loads(sys.argv[1])]
+    try:
+        runpy.run_module("monolith", run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    heavy = ("torch", "numpy", "fastapi", "uvicorn", "monolith.estimator", "monolith.model")
+    print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
+""")
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0), (["train", "--help"], 0), (["export", "--help"], 0), (["serve", "--help"], 0),
+    ([], 2), (["train"], 2), (["evaluate", "--model", "m:C", "--bogus"], 2), (["serve"], 2),
+    (["serve", "--export-dir", "x", "--threads", "0"], 2),
+])
+def test_help_and_argument_errors_import_neither_torch_nor_the_package(tmp_path, argv, code):
+    """--help and argument errors answer before torch (seconds to import on a busy machine) is loaded."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_OF, json.dumps(argv)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report == {"code": code, "imported": []}, proc.stderr
+    if code == 0:
+        assert proc.stdout.startswith(f"usage: monolith {argv[0] if argv[0] != '--help' else ''}".rstrip())
+
+
+def test_a_value_of_the_wrong_type_is_one_line(workdir):
+    """The real command: no traceback, one line naming the param, the expected type and the value."""
+    proc = finish(start_cli(workdir, "train", "--model", "monolith.demo:DeepFM", "--model-dir", "run",
+                            "--param", "train.per_replica_batch_size=abc"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("monolith: error: --param train.per_replica_batch_size: expected an int, "
+                           "got 'abc' (str)\n")
+    assert not (workdir / "run").exists()
+
+
+def test_serve_options_are_the_other_commands_ones(tmp_path, capsys):
+    """serve: --export-dir (the old --model still works, with a deprecation line), --threads, plain-text help."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: monolith serve") and "--export-dir DIR" in out and "--threads" in out
+    for raw in ("``", ":mod:", ":func:", "--torch-threads", "--model"):
+        assert raw not in out
+    missing = tmp_path / "no_export"
+    for args in (["--export-dir", str(missing), "--threads", "2"], ["--model", str(missing), "--torch-threads", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1].startswith(f"monolith serve: error: --export-dir {missing}: ")
+        deprecated = [line for line in err if "deprecated" in line]
+        assert deprecated == ([] if args[0] == "--export-dir" else [
+            "monolith serve: warning: --model is deprecated; use --export-dir",
+            "monolith serve: warning: --torch-threads is deprecated; use --threads"])
+
+
+def test_predict_shows_a_bar_on_a_terminal(workdir):
+    """The real command with stderr on a pseudo-terminal: a tqdm bar of the examples predicted."""
+    model = ["--model", "tiny_cli_model:TinyModel", "--model-dir", "run", "--threads", "1"]
+    assert main(["train", *model, "--max-steps", "2"]) == 0
+    controller, terminal = pty.openpty()
+    termios.tcsetwinsize(terminal, (24, 100))  # a new pseudo-terminal has 0 columns: no room for a bar
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "monolith", "predict", *model], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: all is read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert result_line(proc)["predictions"] == 3 * BATCH
+    final = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("predict: 100%") and f"{3 * BATCH}/{3 * BATCH}" in final

@@ -64,13 +64,14 @@ class SampledModel(MonolithModel):
         return None
 
 
-def _train(tmp_path, extra_fields_keys=(), req_time=True, name="ranker", recorder=None):
+def _train(tmp_path, extra_fields_keys=(), req_time=True, name="ranker", recorder=None, base="di"):
     recorder = recorder or Recorder()
     model = SampledModel(recorder=recorder, req_time=req_time)
     metrics = model.p.metrics
     metrics.enable_file_metrics = True
     metrics.deep_insight_sample_ratio = 0.5
-    metrics.file_base_name = str(tmp_path / "di")
+    if base is not None:
+        metrics.file_base_name = str(tmp_path / base)
     metrics.deep_insight_name = name
     metrics.extra_fields_keys = list(extra_fields_keys)
     Estimator(model, RunConfig(model_dir=str(tmp_path / "model"), enable_summaries=False)).train()
@@ -99,6 +100,16 @@ def test_file_metrics_write_each_sampled_example(tmp_path):
     assert all(r["sample_rate"] == {"ctr": 1.0} and isinstance(r["training_time"], int) for r in lines)
     first = path.read_text().splitlines()[0]
     assert first == json.dumps(json.loads(first), sort_keys=True)
+
+
+def test_default_files_are_inside_the_model_dir(tmp_path, monkeypatch):
+    """Not in the working directory: metrics.file_base_name ("deep_insight") is a folder of model_dir."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    recorder = _train(tmp_path, base=None)
+    assert _lines(tmp_path / "model" / "deep_insight" / "ranker.part-00000.txt")
+    assert recorder.seen and list(work.iterdir()) == []
 
 
 def test_extra_fields_nest_by_dtype_and_never_replace_core_fields(tmp_path):

@@ -308,12 +308,14 @@ def test_evaluate_predict_and_prediction_files(tmp_path):
     targets = torch.cat([b.dense["target"] for b in eval_batches])
 
     result = est.evaluate()
-    assert set(result) == {"ctr/auc", "bid/mse", "loss", "global_step"}
+    assert set(result) == {"ctr/auc", "bid/mse", "loss", "batch_loss", "global_step"}
     assert result["global_step"] == 4
     assert result["ctr/auc"] == pytest.approx(exact_auc(labels, ctr.numpy()), abs=1e-12)
     assert 0 < result["ctr/auc"] < 1
     assert result["bid/mse"] == pytest.approx(float(((bid - targets) ** 2).mean()), rel=1e-5)
-    assert result["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    # loss per example (the batches' summed losses over their 48 examples); batch_loss is Monolith's per batch.
+    assert result["loss"] == pytest.approx(sum(losses) / len(labels), rel=1e-5)
+    assert result["batch_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     assert est.model.p.mode == ModeKeys.EVAL
 
     def check_file(batches, want_ctr, want_bid):

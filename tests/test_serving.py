@@ -434,9 +434,9 @@ def test_hot_updates_while_a_client_keeps_predicting(model, server):
 
 def test_main_serves_the_newest_export(export_path, monkeypatch):
     started = {}
-    monkeypatch.setattr(serving_main.uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: started.update(threads=n))
-    serving_main.main(["--model", str(export_path).rsplit("/", 1)[0], "--port", "9123"])
+    serving_main.main(["--export-dir", str(export_path).rsplit("/", 1)[0], "--port", "9123"])
     assert started["host"] == "127.0.0.1" and started["port"] == 9123 and started["threads"] == 1
     assert {route.path for route in started["app"].routes} >= {"/v1/predict", "/v1/health", "/v1/metrics", "/v1/update"}
 
@@ -444,15 +444,15 @@ def test_main_serves_the_newest_export(export_path, monkeypatch):
 def test_main_names_a_model_path_that_is_no_export(tmp_path, capsys):
     for path in (tmp_path / "missing", tmp_path):
         with pytest.raises(SystemExit) as exit_info:
-            serving_main.main(["--model", str(path)])
+            serving_main.main(["--export-dir", str(path)])
         assert exit_info.value.code == 2
-        assert f"monolith serve: error: --model {path}:" in capsys.readouterr().err
+        assert f"monolith serve: error: --export-dir {path}:" in capsys.readouterr().err
 
 
 def test_main_limits_reach_the_app(export_path, monkeypatch, serve):
     apps = []
-    monkeypatch.setattr(serving_main.uvicorn, "run", lambda app, **kwargs: apps.append(app))
-    serving_main.main(["--model", str(export_path), "--max-batch-size", "1", "--max-body-bytes", "5000",
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    serving_main.main(["--export-dir", str(export_path), "--max-batch-size", "1", "--max-body-bytes", "5000",
                        "--max-update-bytes", "10"])
     base = serve(apps[0])
     answer = httpx.post(f"{base}/v1/predict", json={"sparse": PROBE[0], "dense": PROBE[1]})
@@ -463,7 +463,7 @@ def test_main_limits_reach_the_app(export_path, monkeypatch, serve):
         push_update(base, {"version": 9})
     assert rejected.value.status == 413 and "limit of 10 bytes" in rejected.value.detail
     with pytest.raises(SystemExit):
-        serving_main.main(["--model", str(export_path), "--max-batch-size", "0"])
+        serving_main.main(["--export-dir", str(export_path), "--max-batch-size", "0"])
 
 
 # ----------------------------------------------------------------------------- versions, restarts, full updates

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import uvicorn
 
 import monolith.serving.__main__ as serving_main
 from monolith.serving import RequestError, ServingModel, StaleUpdateError, UpdateRejected, encode_update, push_update
@@ -91,19 +92,19 @@ def test_the_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
 def test_serve_beyond_loopback_needs_a_token(export_path, tmp_path, monkeypatch, capsys, serve):  # noqa: F811
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     started = []
-    monkeypatch.setattr(serving_main.uvicorn, "run", lambda app, **kwargs: started.append((app, kwargs)))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append((app, kwargs)))
     for host in ("0.0.0.0", "::", "192.168.1.7", "example.com"):
         with pytest.raises(SystemExit) as exit_info:
-            serving_main.main(["--model", str(export_path), "--host", host])
+            serving_main.main(["--export-dir", str(export_path), "--host", host])
         assert exit_info.value.code == 2 and not started
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--host {host} is reachable from other machines" in err
         assert f"set ${TOKEN_ENV} or --token-file" in err
-    serving_main.main(["--model", str(export_path)])  # loopback, no token: updates from this machine
+    serving_main.main(["--export-dir", str(export_path)])  # loopback, no token: updates from this machine
     assert started.pop()[1]["host"] == "127.0.0.1"
     path = tmp_path / "token"
     path.write_text(TOKEN)
-    serving_main.main(["--model", str(export_path), "--host", "0.0.0.0", "--token-file", str(path)])
+    serving_main.main(["--export-dir", str(export_path), "--host", "0.0.0.0", "--token-file", str(path)])
     app, kwargs = started.pop()
     assert kwargs["host"] == "0.0.0.0"
     base = serve(app)
@@ -113,7 +114,7 @@ def test_serve_beyond_loopback_needs_a_token(export_path, tmp_path, monkeypatch,
     assert push_update(base, {"version": 9}, token=TOKEN) == {"model_version": 9}
     monkeypatch.setenv(TOKEN_ENV, "too-short")
     with pytest.raises(SystemExit):
-        serving_main.main(["--model", str(export_path)])
+        serving_main.main(["--export-dir", str(export_path)])
     assert f"${TOKEN_ENV} must hold a token" in capsys.readouterr().err
 
 

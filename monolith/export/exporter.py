@@ -30,6 +30,7 @@ from monolith.export.receiver import ServingInputReceiver
 from monolith.feature import FeatureColumn, FeatureSlice
 from monolith.mode_keys import ModeKeys
 from monolith.model import ModelOutput, MonolithBaseModel
+from monolith.progress import Progress
 from monolith.sparse import Batch, KeyedJaggedTensor
 
 
@@ -302,9 +303,13 @@ def _write_export(model: MonolithBaseModel, step: int, run_config: Any, program:
         os.makedirs(os.path.join(staging, TABLES_DIR))
         kind, reason = _save_program(program, staging)
         tables = {}
-        for name, module in model.ctx.tables.items():
-            tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
-            save_table(os.path.join(staging, tables[name]), module.table)
+        rows = sum(len(module.table) for module in model.ctx.tables.values())
+        shown = run_config is None or run_config.progress_bar
+        with Progress("export", unit="rows", total=rows, enabled=shown) as progress:
+            for name, module in model.ctx.tables.items():
+                tables[name] = f"{TABLES_DIR}/{table_file_stem(name)}.npz"
+                save_table(os.path.join(staging, tables[name]), module.table)
+                progress.update(len(module.table))
         # Training hooks never run in serving, so the dump (which refuses them) is made without them.
         ModelDump.from_model(model, dataclasses.replace(output, training_hooks=[]), receiver=program.receiver,
                              run_config=run_config).dump(os.path.join(staging, MODEL_DUMP_FILE))

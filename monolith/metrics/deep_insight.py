@@ -66,9 +66,10 @@ class FileMetricHook(TrainingHook):
     """Writes sampled examples of every step to
     ``{base_dir}/{dump_filename or model_name}.part-{worker:05d}.{file_ext}``.
 
-    Files land under ``base_dir`` (``metrics.file_base_name``); a relative one is taken from the
-    working directory when the hook is built, as Monolith's file hook takes its ``base_name`` (whose
-    default there is the cluster mount ``/vepfs/jaguar_deepinsight_results``; here ``deep_insight``).
+    Files land under ``base_dir``; a relative one is taken from the working directory when the hook
+    is built. The Estimator gives it ``metrics.file_base_name`` inside ``model_dir`` when relative
+    (default: ``MODEL_DIR/deep_insight``; Monolith's default is the cluster mount
+    ``/vepfs/jaguar_deepinsight_results``).
     The file is created at the first line written, so a run that writes none leaves none.
 
     Args:

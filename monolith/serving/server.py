@@ -44,6 +44,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from monolith.serving.auth import is_authorized
+from monolith.serving.limits import (BODY_TIMEOUT_S, MAX_BATCH_SIZE, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_UPDATE_BYTES,
+                                     MAX_URL_BYTES)
 from monolith.serving.model import BaseVersionError, RequestError, ServingModel, StaleUpdateError, decode_update
 
 __all__ = ["BODY_TIMEOUT_S", "MAX_BATCH_SIZE", "MAX_BODY_BYTES", "MAX_HEADER_BYTES", "MAX_UPDATE_BYTES", "MAX_URL_BYTES",
@@ -53,16 +55,6 @@ logger = logging.getLogger("monolith.serving")
 
 #: Latency percentiles are taken over this many of the latest predictions.
 LATENCY_WINDOW = 10_000
-#: Default limits of :func:`create_app`: bytes of a prediction request, examples in one, and
-#: bytes of an update (larger: a trainer's first push may carry every row trained since the export).
-MAX_BODY_BYTES = 64 << 20
-MAX_BATCH_SIZE = 100_000
-MAX_UPDATE_BYTES = 1 << 30
-#: Default limit of the request line's target and of all header lines together, and seconds a
-#: client may leave a body half-sent before it gets 408 and its connection is closed.
-MAX_URL_BYTES = 8 << 10
-MAX_HEADER_BYTES = 16 << 10
-BODY_TIMEOUT_S = 10.0
 #: A body declared longer than its limit by more than this is answered 413 on a connection then
 #: closed, rather than read to its end and discarded.
 _DISCARD_BYTES = 1 << 20

