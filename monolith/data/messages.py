@@ -30,7 +30,8 @@ class PBMessageDataset(Dataset):
         paths: one file or a sequence of files.
         variant_type: ``"example"``, ``"example_batch"`` or ``"instance"``: the message class.
         lagrangex_header, has_sort_id, kafka_dump, kafka_dump_prefix, compression, max_record_bytes:
-            as for :class:`~monolith.data.pb_dataset.PBDataset` (``has_sort_id`` defaults to True).
+            as for :class:`~monolith.data.pb_dataset.PBDataset` (``has_sort_id`` defaults to True),
+            kept as ``self.file_format``.
         strict: raise ``ValueError`` on the first bad record instead of skipping it.
 
     Attributes:

@@ -104,7 +104,8 @@ class PBDataset(Reader):
             file dataset.
         compression: ``None``, ``"snappy"``, ``"gzip"`` or ``"infer"`` (from each file's name).
         block_records: frames decoded at a time.
-        max_record_bytes: lengths above this are corrupt frames.
+        max_record_bytes: lengths above this are corrupt frames. With the framing and the
+            compression, kept as ``self.file_format`` (a :class:`~monolith.data.pb_framing.PBFileFormat`).
 
     Raises:
         ValueError: (while reading) a file whose first records are framed otherwise than the
