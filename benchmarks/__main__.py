@@ -194,10 +194,11 @@ def _growth_goals(results: list[dict]) -> list[Goal]:
 
 
 def _input_pipeline_goals(results: list[dict]) -> list[Goal]:
-    # Half of the overlap the two stages allow: prefetch cannot beat max(read, train).
-    return [Goal(f"Input prefetch(2) vs reading in turn, {r['step']} (wall time; ideal "
-                 f"{r['ideal']:.2f}x)", ">= half the ideal gain", f"{r['speedup']:.2f}x",
-                 r["speedup"] - 1 >= (r["ideal"] - 1) / 2)
+    # Half of the overlap the two stages allow on this machine: prefetch cannot beat the slower of
+    # the two while the other runs beside it.
+    return [Goal(f"Input prefetch(2) vs reading in turn, {r['step']} (wall time; ideal here "
+                 f"{r['ideal_here']:.2f}x, with two free cores {r['ideal']:.2f}x)", ">= half the ideal gain here",
+                 f"{r['speedup']:.2f}x", r["speedup"] - 1 >= (r["ideal_here"] - 1) / 2)
             for r in results]
 
 

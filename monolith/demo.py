@@ -36,6 +36,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -282,7 +283,16 @@ def produce_ratings(url: str, data_path: str | None = None, limit: int | None = 
     from monolith.streaming import encode_example, parse_stream_url
 
     servers, topic = parse_stream_url(url)
-    producer = Producer({"bootstrap.servers": servers})
+    # The topic is the broker's to create (`python -m monolith.streaming --topic`): a producer that
+    # auto-created it while the broker started would give it the broker's default partitions.
+    # Without, the producer waits for the topic to appear (topic.metadata.propagation.max.ms).
+    producer = Producer({"bootstrap.servers": servers, "allow.auto.create.topics": False})
+    failures = []
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is not None:
+            failures.append(error)
+
     sent = 0
     for batch in _movielens(data_path, 256).test:
         fids = {name: batch.sparse[name].to_lists() for name in FEATURES}
@@ -292,13 +302,16 @@ def produce_ratings(url: str, data_path: str | None = None, limit: int | None = 
             message = encode_example({name: fids[name][i] for name in FEATURES}, label, req_time=req_time)
             while True:
                 try:
-                    producer.produce(topic, value=message)
+                    producer.produce(topic, value=message, on_delivery=delivered)
                     break
                 except BufferError:  # the local send queue is full: wait for deliveries
                     producer.poll(0.5)
             sent += 1
     if producer.flush(60):
         raise RuntimeError(f"--produce: messages still undelivered to {servers} after 60 s")
+    if failures:
+        raise RuntimeError(f"--produce: {len(failures)} of {sent} messages could not be delivered to topic "
+                           f"{topic!r} on {servers}: {failures[0].str()}")
     return sent
 
 

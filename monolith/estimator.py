@@ -84,10 +84,13 @@ class _HeadMetrics:
 
     def compute(self, dist_ctx: DistributedContext) -> dict[str, float]:
         """Per-head values over every rank's examples (merged, not a mean of ranks)."""
-        metrics: dict[str, AUC | MeanSquaredError] = {}
-        for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in self._metrics.items()}):
-            for head, (kind, state) in states.items():
-                metrics.setdefault(head, kind()).merge(state)
+        metrics = self._metrics
+        if dist_ctx.world_size > 1:
+            # Only across ranks is a state copied (an AUC's is every pair seen since the last log).
+            metrics = {}
+            for states in dist_ctx.all_gather_object({h: (type(m), m.state()) for h, m in self._metrics.items()}):
+                for head, (kind, state) in states.items():
+                    metrics.setdefault(head, kind()).merge(state)
         return {f"{head}/{'auc' if isinstance(m, AUC) else 'mse'}": m.compute() for head, m in metrics.items()}
 
 

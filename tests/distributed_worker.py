@@ -491,7 +491,57 @@ def unread(out_dir: str) -> None:
         json.dump({"rows": dict(zip(keys.tolist(), rows.reshape(-1).tolist())), "clock": table.max_update_time}, f)
 
 
+def metrics_batches(rank: int) -> list[Batch]:
+    """Rank ``rank``'s batches for :class:`KnownPredictionsModel`: ranks differ in batch size and
+    positive rate (so a mean of the ranks' AUCs is not the AUC of their examples), scores tie."""
+    rng = np.random.default_rng(70 + rank)
+    batches = []
+    for _ in range(2):
+        rows = 40 if rank == 0 else 24
+        score = np.round(rng.normal(0.5 * rank, 1.0, rows), 1).astype(np.float32)
+        label = (rng.random(rows) < 1 / (1 + np.exp(-score))).astype(np.float32)
+        sparse = KeyedJaggedTensor(["uid"], torch.from_numpy(make_fid(1, rng.integers(0, 50, rows))),
+                                   torch.ones(rows, dtype=torch.int64))
+        batches.append(Batch(sparse, {"label": torch.from_numpy(label), "score": torch.from_numpy(score),
+                                      "bid": torch.from_numpy(rng.normal(size=rows).astype(np.float32)),
+                                      "target": torch.from_numpy(rng.normal(size=rows).astype(np.float32))}))
+    return batches
+
+
+class KnownPredictionsModel(MonolithModel):
+    """Two heads whose predictions are input features (``ctr`` = sigmoid(score), ``bid``), whatever
+    training does: the AUC and MSE of the examples are known without the model."""
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def input_fn(self, mode):
+        return metrics_batches(get_rank())
+
+    def model_fn(self, features, mode):
+        self.create_embedding_feature_column("uid")
+        emb = self.lookup_embedding_slice(["uid"], "vec", 2, out_type="concat")
+        loss = (emb.sum() - self.scale).pow(2)
+        return EstimatorSpec(label={"ctr": features["label"], "bid": features["target"]},
+                             pred={"ctr": torch.sigmoid(features["score"]), "bid": features["bid"]}, loss=loss,
+                             classification=[True, False], optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+
+    def serving_input_receiver_fn(self):
+        return None
+
+
+def known_metrics(out_dir: str) -> None:
+    """Trains KnownPredictionsModel over its input and evaluates it: both logs' metrics per rank."""
+    init_from_env()
+    estimator = Estimator(KnownPredictionsModel(), RunConfig(model_dir=os.path.join(out_dir, "model"),
+                                                             log_step_count_steps=1000, enable_summaries=False))
+    trained = estimator.train()
+    with open(os.path.join(out_dir, f"metrics-{get_rank()}.json"), "w") as f:
+        json.dump({"train": trained, "eval": estimator.evaluate()}, f)
+
+
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
     {"vector": reference_vector, "comp": comp, "comp_initialised": comp_initialised, "small": small, "resume": resume,
-     "filtered": filtered, "partial": partial, "unread": unread}[scenario](out, *sys.argv[3:])
+     "filtered": filtered, "partial": partial, "unread": unread, "metrics": known_metrics}[scenario](out, *sys.argv[3:])

@@ -265,3 +265,41 @@ def test_a_lookup_one_rank_never_reads_is_not_applied_and_moves_no_clock(tmp_pat
     assert [result["clock"] for result in results] == [200, 200]
     owners = shard_of(torch.tensor(sorted(rows)), 2).tolist()
     assert set(owners) == {0, 1}
+
+
+def known_metrics(batches: list) -> dict[str, float]:
+    """KnownPredictionsModel's AUC (pairwise, ties half) and MSE over ``batches``, in numpy."""
+    label = np.concatenate([b.dense["label"].numpy() for b in batches])
+    ctr = np.concatenate([torch.sigmoid(b.dense["score"]).numpy() for b in batches])
+    pos, neg = ctr[label == 1], ctr[label == 0]
+    auc = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    bid = np.concatenate([b.dense["bid"].numpy() for b in batches]).astype(np.float64)
+    target = np.concatenate([b.dense["target"].numpy() for b in batches]).astype(np.float64)
+    return {"ctr/auc": float(auc), "bid/mse": float(np.mean((bid - target) ** 2))}
+
+
+def assert_metrics(got: dict[str, float], want: dict[str, float]) -> None:
+    assert got["ctr/auc"] == pytest.approx(want["ctr/auc"], abs=1e-12)
+    assert got["bid/mse"] == pytest.approx(want["bid/mse"], rel=1e-6)
+
+
+def test_one_process_logs_the_auc_and_mse_of_its_examples(tmp_path):
+    estimator = Estimator(worker.KnownPredictionsModel(), RunConfig(
+        model_dir=str(tmp_path), log_step_count_steps=1000, enable_summaries=False, progress_bar=False))
+    want = known_metrics(worker.metrics_batches(0))
+    assert_metrics(estimator.train(), want)
+    assert_metrics(estimator.evaluate(), want)
+
+
+def test_two_ranks_log_the_auc_and_mse_of_both_ranks_examples(tmp_path):
+    ok(torchrun("metrics", str(tmp_path)))
+    import json
+
+    ranks = [worker.metrics_batches(rank) for rank in (0, 1)]
+    want = known_metrics(ranks[0] + ranks[1])
+    # The ranks' examples differ enough that a mean of the ranks' AUCs is not the merged one.
+    assert abs(np.mean([known_metrics(r)["ctr/auc"] for r in ranks]) - want["ctr/auc"]) > 0.01
+    for rank in (0, 1):
+        logged = json.loads((tmp_path / f"metrics-{rank}.json").read_text())
+        assert_metrics(logged["train"], want)
+        assert_metrics(logged["eval"], want)

@@ -482,6 +482,24 @@ def test_share_slot_inside_model_fn_feeds_the_steps_lookups():
     assert sorted(model.ctx.tables) == ["b_share", "c"]
 
 
+def test_share_slot_inside_model_fn_keeps_the_rows_of_unchanged_features():
+    # share_slot switches the running step's batch: "a" (unchanged) is looked up once for both of
+    # its slices, b_share (new) is looked up from the switched FIDs.
+    def fn(m, features, mode):
+        m.create_embedding_feature_column("a")
+        first = m.lookup_embedding_slice(["a"], "v", 2, out_type="concat")
+        features = m.share_slot(features, {"b": (False, 10)})
+        m.create_embedding_feature_column("b_share")
+        second = m.lookup_embedding_slice(["a", "b_share"], "w", 2, out_type="concat")
+        loss = first.sum() + second.sum()
+        return EstimatorSpec(label=None, pred=loss.expand(3), loss=loss)
+
+    model = ApiModel(fn=fn)
+    model(make_batch()).loss.backward()  # the first call builds the tables, then runs a step
+    assert len(model.ctx.tables["a"].pending) == 1 and len(model.ctx.tables["b_share"].pending) == 1
+    assert model.ctx.tables["a"].pending[0].grads.shape == (3, 4)  # both slices' gradients, one lookup
+
+
 def test_share_slot_returns_a_function_and_custom_suffix():
     model = ApiModel()
     fn = model.share_slot(None, {"c": (False, 20)}, suffix="copy")

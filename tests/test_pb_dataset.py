@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from monolith.data.feature_list import FeatureList
+from monolith.data.messages import PBMessageDataset
 from monolith.data.pb_dataset import (
     INVALID_LABEL,
     Framing,
@@ -139,6 +140,24 @@ def test_example_files_round_trip_every_framing(tmp_path: Path, framing: dict, c
     check_examples(ds, truth, [3, 3, 1])
     assert ds.num_bad_records == 0
     check_examples(ds, truth, [3, 3, 1])  # a second pass reads the same
+    # PBMessageDataset reads the same files (its options are PBDataset's) message by message.
+    assert list(PBMessageDataset(path, "example", compression=compression, **framing)) == messages
+
+
+def test_both_readers_take_compression_and_max_record_bytes_alike(tmp_path: Path) -> None:
+    messages, _ = make_examples(3)
+    path = tmp_path / "part-0"
+    write_pb_file(path, messages, "example", has_sort_id=False)
+    for reader in (PBMessageDataset, lambda p, **options: PBDataset(p, 8, **options)):
+        with pytest.raises(ValueError, match=r"compression must be one of .*, got 'zip'"):
+            reader(path, compression="zip")
+    # A record longer than max_record_bytes is a corrupt frame that ends the file.
+    first = len(messages[0].SerializeToString())
+    reason = f"corrupt frame: message of {first} bytes exceeds max_record_bytes={first - 1}"
+    examples = PBDataset(path, 8, has_sort_id=False, max_record_bytes=first - 1)
+    assert list(examples) == [] and examples.bad_records == [(str(path), 0, reason)]
+    messages_read = PBMessageDataset(path, has_sort_id=False, max_record_bytes=first - 1)
+    assert list(messages_read) == [] and messages_read.bad_records == [(str(path), 0, reason)]
 
 
 def test_plain_file_layout_is_monolith_writer_layout(tmp_path: Path) -> None:

@@ -50,6 +50,33 @@ def test_creating_a_topic_again_finds_it_and_other_partitions_are_refused(broker
         broker.create_topic("twice", partitions=3)
 
 
+def test_the_demo_producer_waits_for_the_topic_the_broker_creates(broker):
+    """The README starts the broker (which creates its topic) in the background and produces at once:
+    a producer that auto-created the topic first gave it the broker's default partitions, and the
+    broker's own creation then failed."""
+    from monolith.demo import produce_ratings
+
+    created = []
+    later = threading.Timer(1.5, lambda: created.append(broker.create_topic("late", partitions=2)))
+    later.start()
+    try:
+        assert produce_ratings(f"kafka://{broker.bootstrap_servers}/late", limit=40) == 40
+    finally:
+        later.join()
+    assert created == [None]
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "g-late",
+                         "auto.offset.reset": "earliest"})
+    try:
+        assert sorted(consumer.list_topics("late", timeout=15).topics["late"].partitions) == [0, 1]
+        consumer.assign([TopicPartition("late", p, 0) for p in (0, 1)])
+        received, deadline = 0, time.monotonic() + 30
+        while received < 40 and time.monotonic() < deadline:
+            received += sum(m.error() is None for m in consumer.consume(40, timeout=1))
+        assert received == 40
+    finally:
+        consumer.close()
+
+
 def test_kafka_source_batches_offsets_resume_and_commit(broker):
     broker.create_topic("source")
     produce(broker, "source", worker.events(70))

@@ -17,8 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from monolith.data.base import PathOrPaths, _existing_files, skip_bad_record
 from monolith.data.dataset import Dataset
-from monolith.data.pb_compression import check_compression
-from monolith.data.pb_framing import DEFAULT_MAX_RECORD_BYTES, FrameError, Framing, read_file_frames
+from monolith.data.pb_framing import DEFAULT_MAX_RECORD_BYTES, FrameError, Framing, PBFileFormat
 from monolith.data.pb_messages import MESSAGES, variant_name
 
 __all__ = ["PBMessageDataset"]
@@ -31,7 +30,8 @@ class PBMessageDataset(Dataset):
         paths: one file or a sequence of files.
         variant_type: ``"example"``, ``"example_batch"`` or ``"instance"``: the message class.
         lagrangex_header, has_sort_id, kafka_dump, kafka_dump_prefix, compression, max_record_bytes:
-            as for :class:`~monolith.data.pb_dataset.PBDataset` (``has_sort_id`` defaults to True).
+            as for :class:`~monolith.data.pb_dataset.PBDataset` (``has_sort_id`` defaults to True),
+            kept as ``self.file_format``.
         strict: raise ``ValueError`` on the first bad record instead of skipping it.
 
     Attributes:
@@ -56,15 +56,13 @@ class PBMessageDataset(Dataset):
         self.paths = _existing_files(paths)
         self.variant_type = variant_name(variant_type)
         self.message_class: type[Message] = MESSAGES[self.variant_type]
-        self.framing = Framing(
-            lagrangex_header=lagrangex_header,
-            kafka_dump_prefix=kafka_dump_prefix,
-            has_sort_id=has_sort_id,
-            kafka_dump=kafka_dump,
+        self.file_format = PBFileFormat(
+            Framing(lagrangex_header=lagrangex_header, kafka_dump_prefix=kafka_dump_prefix, has_sort_id=has_sort_id,
+                    kafka_dump=kafka_dump),
+            compression,
+            max_record_bytes,
         )
-        self.compression = check_compression(compression)
         self.strict = strict
-        self.max_record_bytes = max_record_bytes
         self.bad_records: list[tuple[str, int, str]] = []
         self.num_bad_records = 0
 
@@ -72,8 +70,7 @@ class PBMessageDataset(Dataset):
         self.bad_records, self.num_bad_records = [], 0
         for path in self.paths:
             try:
-                for offset, payload in read_file_frames(path, self.compression, self.framing, self.variant_type,
-                                                        self.max_record_bytes):
+                for offset, payload in self.file_format.records(path, self.variant_type):
                     try:
                         yield self.message_class.FromString(payload)
                     except DecodeError as e:

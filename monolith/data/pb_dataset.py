@@ -17,15 +17,15 @@ from google.protobuf.message import Message
 
 from monolith.data.base import PathOrPaths, Piece, Reader, Rows, skip_bad_record
 from monolith.data.feature_list import FeatureList
-from monolith.data.pb_compression import check_compression, open_compressed, resolve_compression
+from monolith.data.pb_compression import open_compressed, resolve_compression
 from monolith.data.pb_framing import (
     DEFAULT_MAX_RECORD_BYTES,
     FrameError,
     Framing,
     FramingOptions,
+    PBFileFormat,
     check_framing,
     frame_record,
-    read_file_frames,
 )
 from monolith.data.pb_messages import MESSAGES, variant_name
 from monolith.data.pb_parser import (
@@ -104,7 +104,8 @@ class PBDataset(Reader):
             file dataset.
         compression: ``None``, ``"snappy"``, ``"gzip"`` or ``"infer"`` (from each file's name).
         block_records: frames decoded at a time.
-        max_record_bytes: lengths above this are corrupt frames.
+        max_record_bytes: lengths above this are corrupt frames. With the framing and the
+            compression, kept as ``self.file_format`` (a :class:`~monolith.data.pb_framing.PBFileFormat`).
 
     Raises:
         ValueError: (while reading) a file whose first records are framed otherwise than the
@@ -151,15 +152,13 @@ class PBDataset(Reader):
             dense_dtypes=dense_dtypes,
             line_id_fields=line_id_fields,
         )
-        self.framing = Framing(
-            lagrangex_header=lagrangex_header,
-            kafka_dump_prefix=kafka_dump_prefix,
-            has_sort_id=has_sort_id,
-            kafka_dump=kafka_dump,
+        self.file_format = PBFileFormat(
+            Framing(lagrangex_header=lagrangex_header, kafka_dump_prefix=kafka_dump_prefix, has_sort_id=has_sort_id,
+                    kafka_dump=kafka_dump),
+            compression,
+            max_record_bytes,
         )
-        self.compression = check_compression(compression)
         self.block_records = block_records
-        self.max_record_bytes = max_record_bytes
 
     @property
     def num_unknown_features(self) -> int:
@@ -174,8 +173,7 @@ class PBDataset(Reader):
         chunk: list[tuple[int, bytes]] = []
         broken: list[tuple[int, str]] = []
         try:
-            for record in read_file_frames(piece.path, self.compression, self.framing, self.parser.variant_type,
-                                           self.max_record_bytes):
+            for record in self.file_format.records(piece.path, self.parser.variant_type):
                 chunk.append(record)
                 if len(chunk) == self.block_records:
                     yield self.parser.decode(chunk)

@@ -33,7 +33,13 @@ from typing import BinaryIO, TypedDict
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from monolith.data.pb_compression import STREAM_ERRORS, open_compressed, read_up_to, resolve_compression
+from monolith.data.pb_compression import (
+    STREAM_ERRORS,
+    check_compression,
+    open_compressed,
+    read_up_to,
+    resolve_compression,
+)
 from monolith.data.pb_messages import MESSAGES, variant_name
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "FrameError",
     "Framing",
     "FramingOptions",
+    "PBFileFormat",
     "check_framing",
     "frame_record",
     "read_frames",
@@ -218,19 +225,39 @@ def check_framing(path: str, stream: BinaryIO, framing: Framing, variant_type: s
     )
 
 
-def read_file_frames(path: str, compression: str | None, framing: Framing, variant_type: str,
-                     max_record_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, serialized message) of each record of the file ``path`` (``compression`` as
-    :func:`~monolith.data.pb_compression.resolve_compression` takes it), once :func:`check_framing`
-    found its first records framed as ``framing`` says.
+@dataclass(frozen=True)
+class PBFileFormat:
+    """How the records lie in a reader's files: the options that
+    :class:`~monolith.data.pb_dataset.PBDataset` and :class:`~monolith.data.messages.PBMessageDataset`
+    take alike, in one place.
+
+    Args:
+        framing: the header words before each record.
+        compression: ``None``, ``"snappy"``, ``"gzip"`` or ``"infer"`` (from each file's name).
+        max_record_bytes: lengths above this are corrupt frames.
 
     Raises:
-        ValueError: from :func:`check_framing`.
-        FrameError: where a record breaks (see :func:`read_frames`).
+        ValueError: an unknown compression.
     """
-    compression = resolve_compression(path, compression)
-    with open_compressed(path, compression, "r") as stream:
-        check_framing(path, stream, framing, variant_type)
-    with open_compressed(path, compression, "r") as stream:
-        for offset, _, payload in read_frames(stream, framing, max_record_bytes):
-            yield offset, payload
+
+    framing: Framing
+    compression: str | None = "infer"
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+
+    def __post_init__(self) -> None:
+        check_compression(self.compression)
+
+    def records(self, path: str, variant_type: str) -> Iterator[tuple[int, bytes]]:
+        """(byte offset, serialized message) of each record of the file ``path``, once
+        :func:`check_framing` found its first records framed as :attr:`framing` says.
+
+        Raises:
+            ValueError: from :func:`check_framing`.
+            FrameError: where a record breaks (see :func:`read_frames`).
+        """
+        compression = resolve_compression(path, self.compression)
+        with open_compressed(path, compression, "r") as stream:
+            check_framing(path, stream, self.framing, variant_type)
+        with open_compressed(path, compression, "r") as stream:
+            for offset, _, payload in read_frames(stream, self.framing, self.max_record_bytes):
+                yield offset, payload

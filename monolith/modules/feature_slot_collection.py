@@ -9,7 +9,9 @@ right shape; :meth:`FeatureSlotCollection.build` then creates the tables.
 
 It is an ``nn.Module`` of the model: ``model.train()``/``eval()`` reach its tables (whether
 lookups record gradients), and ``state_dict()`` holds every table under
-``tables.<name>.<array>`` (see :class:`~monolith.modules.embedding_lookup.HashEmbedding`).
+``tables.<name>.<array>`` (see :class:`~monolith.modules.embedding_lookup.HashEmbedding`). Under
+torch.distributed a rank's ``state_dict()`` holds its own shard of each table; the Estimator's
+checkpoints, which merge the shards of any number of ranks, are how a sharded model moves.
 """
 
 from __future__ import annotations
