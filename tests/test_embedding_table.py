@@ -2,7 +2,10 @@
 
 import ctypes
 import mmap
+import os
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -59,7 +62,7 @@ def test_a_large_fid_map_doubles_into_a_slot_array_prepared_ahead():
             capacity = fid_map.capacity
             if prepared is not None:
                 used += 1
-                assert fid_map._slots is prepared[1].result()
+                assert fid_map._slots is prepared[1].get()
         plain._next = None  # the reference map grows without help
     assert used >= 1 and len(fid_map) == np.unique(keys).size
     np.testing.assert_array_equal(fid_map.find(keys), plain.find(keys))
@@ -500,7 +503,7 @@ def test_a_large_growing_table_pages_in_the_rows_it_appends_next():
             t.apply_gradients(ids, grads, req_time=0)
         if growing._weights[0] is not store and prepared is not None:  # grew into the stores prepared ahead
             moved += 1
-            assert growing._weights[0] is prepared[1][3].result()
+            assert growing._weights[0] is prepared[1][3].get()
     assert moved >= 2  # 16,384 -> 32,768 -> 65,536 rows, then the large reservation
     page_in._worker().submit(lambda: None).result()  # the page-in tasks queued so far are done
     size = len(growing)
@@ -513,6 +516,40 @@ def test_a_large_growing_table_pages_in_the_rows_it_appends_next():
         assert _resident(store, size + 4_000_000, size + 4_100_000) == 0
     fids = np.sort(reserved.items()[0])
     torch.testing.assert_close(growing.lookup(fids), reserved.lookup(fids), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_process_forked_while_stores_are_prepared_grows_its_table_without_them():
+    """A child forked while the page-in thread still owes a table its next stores (the child has no such
+    thread) grows the table into stores of its own instead of waiting for them."""
+    table = EmbeddingHashTable([SliceConfig("vec", 4, optimizer=AdagradOptimizer(learning_rate=0.1))], seed=3)
+    rng = np.random.default_rng(0)
+    release = threading.Event()
+    page_in._worker().submit(release.wait)  # the page-in thread is busy: what is queued now stays pending
+    try:
+        while table._next_stores is None:
+            table.apply_gradients(rng.integers(1, 1 << 40, 4_000), np.ones((4_000, 4), np.float32), req_time=0)
+        capacity = table._next_stores[0]
+        ids = rng.integers(1, 1 << 40, capacity - len(table) - 100)  # grows into just the capacity prepared
+        pid = os.fork()
+        if pid == 0:  # the child: grow past the capacity, then report how many rows it holds
+            try:
+                before = len(table)
+                table.apply_gradients(ids, np.ones((ids.size, 4), np.float32), req_time=0)
+                os._exit(0 if len(table) == before + np.unique(ids).size and table.lookup(ids[:5]).shape == (5, 4)
+                         else 1)
+            except BaseException:
+                os._exit(2)
+        deadline = time.monotonic() + 30
+        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if status[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child waited for stores its page-in thread will never prepare")
+        assert os.waitstatus_to_exitcode(status[1]) == 0
+    finally:
+        release.set()
 
 
 def test_initial_capacity_reserves_room_up_front_and_trains_like_a_growing_table(tmp_path):

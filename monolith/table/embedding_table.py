@@ -183,7 +183,7 @@ class EmbeddingHashTable:
         self._capacity = _store_capacity(initial_capacity, 1024)
         #: Rows below this are paged in (written, or populated ahead by page_in_ahead).
         self._paged_to = initial_capacity
-        #: The stores of the next growth, being allocated and paged in ahead: (their capacity, futures).
+        #: The stores of the next growth, being allocated and paged in ahead: (their capacity, each to come).
         self._next_stores: tuple[int, list] | None = None
         self._keys = self._new_store(np.int64)
         self._timestamps = self._new_store(np.int64)
@@ -464,7 +464,7 @@ class EmbeddingHashTable:
             prepared = (capacity, [None] * len(stores))
         grown = []
         for store, future in zip(stores, prepared[1]):
-            new = None if future is None else future.result()
+            new = None if future is None else future.get()
             if new is None or new.shape[1:] != store.shape[1:] or new.dtype != store.dtype:
                 new = np.zeros((capacity, *store.shape[1:]), dtype=store.dtype)
             new[: self._capacity] = store

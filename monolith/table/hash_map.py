@@ -11,13 +11,11 @@ never have holes; removing keys (eviction) rebuilds the map from the surviving k
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-
 import numba
 import numpy as np
 
 from monolith.prefetch import PREFETCH_AHEAD, prefetch
-from monolith.table.page_in import populated_ahead
+from monolith.table.page_in import Ahead, populated_ahead
 
 #: Marks an empty slot. A real key equal to it is kept aside in ``_sentinel_row``.
 EMPTY_KEY = np.int64(-(2**63))
@@ -122,17 +120,18 @@ class FidMap:
     def __init__(self, initial_capacity: int = 768) -> None:
         if initial_capacity < 1:
             raise ValueError(f"initial_capacity must be >= 1, got {initial_capacity}")
-        #: The slot array of the next doubling, being paged in ahead: (its capacity, a future array).
-        self._next: tuple[int, Future] | None = None
+        #: The slot array of the next doubling, being paged in ahead: (its capacity, the array to come).
+        self._next: tuple[int, Ahead] | None = None
         self._allocate(_slots_for(initial_capacity))
         self._size = 0
         self._sentinel_row = np.full(1, -1, dtype=np.int64)
 
     def _allocate(self, capacity: int) -> None:
         prepared, self._next = self._next, None
-        if prepared is not None and prepared[0] == capacity:
-            self._slots = prepared[1].result()
-            self._slots.fill(EMPTY_KEY)
+        slots = prepared[1].get() if prepared is not None and prepared[0] == capacity else None
+        if slots is not None:
+            slots.fill(EMPTY_KEY)
+            self._slots = slots
         else:
             self._slots = np.full(2 * capacity, EMPTY_KEY, dtype=np.int64)
         self._shift = np.uint64(64 - (capacity.bit_length() - 1))

@@ -27,7 +27,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["page_in_ahead", "populate", "populated_ahead"]
+__all__ = ["Ahead", "page_in_ahead", "populate", "populated_ahead"]
 
 _MADV_POPULATE_WRITE = 23  # linux/mman.h, since 5.14
 _PAGE = mmap.PAGESIZE
@@ -92,13 +92,25 @@ def page_in_ahead(stores: Sequence[np.ndarray], start: int, stop: int) -> None:
     _worker().submit(_populate_all, list(stores), start, stop)
 
 
-def populated_ahead(shape: int | tuple[int, ...], dtype: type, rows: int | None = None) -> Future | None:
-    """A future ``np.zeros(shape, dtype)`` whose first ``rows`` rows (None: all) the background thread has
-    faulted in (None where the system cannot): e.g. a hash map's next slot array, or the larger store a
-    table is about to grow into."""
+class Ahead:
+    """An array being prepared on the background thread (:func:`populated_ahead`)."""
+
+    def __init__(self, future: Future) -> None:
+        self._future = future
+        self._pid = os.getpid()
+
+    def get(self) -> np.ndarray | None:
+        """The array, once ready; None in a process forked meanwhile (its copy of the thread never runs)."""
+        return self._future.result() if os.getpid() == self._pid else None
+
+
+def populated_ahead(shape: int | tuple[int, ...], dtype: type, rows: int | None = None) -> Ahead | None:
+    """``np.zeros(shape, dtype)`` with its first ``rows`` rows (None: all) faulted in, on the background
+    thread (None where the system cannot): e.g. a hash map's next slot array, or the larger store a table
+    is about to grow into."""
     if _madvise() is None or not _supported:
         return None
-    return _worker().submit(_populated, shape, dtype, rows)
+    return Ahead(_worker().submit(_populated, shape, dtype, rows))
 
 
 def _populated(shape: int | tuple[int, ...], dtype: type, rows: int | None) -> np.ndarray:
