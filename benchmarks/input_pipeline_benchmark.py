@@ -11,7 +11,9 @@ Overlapping needs a second core as fast beside the first as alone. Where the cor
 physical core (SMT siblings, as virtual CPUs often are), each runs slower while the other works, so
 a CPU step's reading and training are also timed beside a process that keeps another core busy; the
 "ideal here" is (read + train) / max(both of those), what prefetch could reach on this machine (for a
-waiting step, which leaves the reading its core, the ideal).
+waiting step, which leaves the reading its core, the ideal). The same batches are also read by a
+``DataLoader`` worker process (``num_workers=1``): a reading thread's Python holds the interpreter
+lock that the training thread needs between its ops, a worker process holds none of it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def run(examples: int = 20_000, batch_size: int = 1024, width: int = 1024, repea
             "train_s": lambda: [step(b) for b in cached],
             "serial_s": lambda: [step(b) for b in reader],
             "prefetch_s": lambda: [step(b) for b in reader.prefetch(2)],
+            "worker_s": lambda: [step(b) for b in torch.utils.data.DataLoader(reader, batch_size=None, num_workers=1,
+                                                                                prefetch_factor=2)],
         }
         # Rounds of all loops, best of each: a change in the machine's load hits every loop alike.
         best = dict.fromkeys([*loops, "read_busy_s", "train_busy_s"], float("inf"))
@@ -99,7 +103,7 @@ def run(examples: int = 20_000, batch_size: int = 1024, width: int = 1024, repea
             finally:
                 busy.kill()
                 busy.wait()
-        read_s, train_s, serial_s, prefetch_s = (best[name] for name in loops)
+        read_s, train_s, serial_s, prefetch_s, worker_s = (best[name] for name in loops)
         if device_step_ms is not None:
             best["read_busy_s"], best["train_busy_s"] = read_s, train_s
     return {
@@ -112,6 +116,8 @@ def run(examples: int = 20_000, batch_size: int = 1024, width: int = 1024, repea
         "serial_s": serial_s,
         "prefetch_s": prefetch_s,
         "speedup": serial_s / prefetch_s,
+        "worker_s": worker_s,
+        "worker_speedup": serial_s / worker_s,
         "ideal": (read_s + train_s) / max(read_s, train_s),
         "read_busy_s": best["read_busy_s"],
         "train_busy_s": best["train_busy_s"],
@@ -122,14 +128,16 @@ def run(examples: int = 20_000, batch_size: int = 1024, width: int = 1024, repea
 def report(results: list[dict]) -> str:
     lines = [
         "| step | examples x batch | read alone (s) | train alone (s) | read / train beside a busy core (s) "
-        "| in turn (s) | prefetch(2) (s) | speed-up | ideal (two free cores) | ideal here |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| in turn (s) | prefetch(2) (s) | speed-up | DataLoader worker (s) | speed-up | ideal (two free cores) "
+        "| ideal here |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(
             f"| {r['step']} | {r['examples']:,} x {r['batch_size']} | {r['read_s']:.2f} | {r['train_s']:.2f} "
             f"| {r['read_busy_s']:.2f} / {r['train_busy_s']:.2f} | {r['serial_s']:.2f} | {r['prefetch_s']:.2f} "
-            f"| {r['speedup']:.2f}x | {r['ideal']:.2f}x | {r['ideal_here']:.2f}x |"
+            f"| {r['speedup']:.2f}x | {r['worker_s']:.2f} | {r['worker_speedup']:.2f}x | {r['ideal']:.2f}x "
+            f"| {r['ideal_here']:.2f}x |"
         )
     return "\n".join(lines)
 
