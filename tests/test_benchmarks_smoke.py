@@ -93,9 +93,13 @@ def test_input_pipeline_times_reading_training_and_prefetch():
 
     result = input_pipeline_benchmark.run(examples=600, batch_size=200, width=8, repeats=1, device_step_ms=1)
     assert result["batches"] == 3 and result["step"] == "device wait 1 ms"
-    assert all(result[k] > 0 for k in ("read_s", "train_s", "serial_s", "prefetch_s"))
+    assert all(result[k] > 0 for k in ("read_s", "train_s", "serial_s", "prefetch_s", "worker_s"))
     assert result["ideal"] == (result["read_s"] + result["train_s"]) / max(result["read_s"], result["train_s"])
-    assert "| device wait 1 ms | 600 x 200 |" in input_pipeline_benchmark.report([result])
+    assert result["ideal_here"] == result["ideal"]  # a waiting step leaves the reading its core
+    cpu = input_pipeline_benchmark.run(examples=600, batch_size=200, width=8, repeats=1)
+    assert cpu["ideal_here"] == (cpu["read_s"] + cpu["train_s"]) / max(cpu["read_busy_s"], cpu["train_busy_s"])
+    report = input_pipeline_benchmark.report([result, cpu])
+    assert "| device wait 1 ms | 600 x 200 |" in report and "| CPU MLP | 600 x 200 |" in report
 
 
 def test_online_experiment_timeline_cuts_movielens_by_time():
