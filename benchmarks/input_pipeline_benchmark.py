@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,6 +49,13 @@ def _write(path: Path, examples: int, seed: int = 0) -> None:
             yield e
 
     write_pb_file(path, messages(), "example", has_sort_id=False)
+
+
+def _seconds(loop: Callable[[], object]) -> float:
+    """Wall seconds of one ``loop()``."""
+    start = time.perf_counter()
+    loop()
+    return time.perf_counter() - start
 
 
 def run(examples: int = 20_000, batch_size: int = 1024, width: int = 1024, repeats: int = 3,
@@ -88,18 +96,13 @@ def run(examples: int = 20_000, batch_size: int = 1024, width: int = 1024, repea
         best = dict.fromkeys([*loops, "read_busy_s", "train_busy_s"], float("inf"))
         for _ in range(repeats):
             for name, loop in loops.items():
-                start = time.perf_counter()
-                loop()
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], _seconds(loop))
             if device_step_ms is not None:  # a waiting step leaves the reading its core
                 continue
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
-                for name in ("read_s", "train_s"):
-                    start = time.perf_counter()
-                    loops[name]()
-                    best[name.replace("_s", "_busy_s")] = min(best[name.replace("_s", "_busy_s")],
-                                                               time.perf_counter() - start)
+                for name, busy_name in (("read_s", "read_busy_s"), ("train_s", "train_busy_s")):
+                    best[busy_name] = min(best[busy_name], _seconds(loops[name]))
             finally:
                 busy.kill()
                 busy.wait()

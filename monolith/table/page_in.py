@@ -50,13 +50,17 @@ def _madvise():
 _supported = True
 
 
+def _can_populate() -> bool:
+    """Whether madvise can populate pages here: libc has it and no call was refused (a kernel before 5.14)."""
+    return _supported and _madvise() is not None
+
+
 def populate(array: np.ndarray, start: int, stop: int) -> bool:
     """Faults in the pages of rows ``[start, stop)`` of a C-contiguous ``array`` (rows along its first axis),
     writable, their contents (and those of anything sharing their first and last page) unchanged. False
     where the system cannot (nothing was done)."""
     global _supported
-    call = _madvise()
-    if call is None or not _supported:
+    if not _can_populate():
         return False
     row_bytes = array.strides[0]
     low = array.ctypes.data + start * row_bytes
@@ -64,7 +68,7 @@ def populate(array: np.ndarray, start: int, stop: int) -> bool:
     low, high = low // _PAGE * _PAGE, -(-high // _PAGE) * _PAGE
     if high <= low:
         return True
-    if call(low, high - low, _MADV_POPULATE_WRITE) != 0:
+    if _madvise()(low, high - low, _MADV_POPULATE_WRITE) != 0:
         error = ctypes.get_errno()
         if error in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # a kernel before 5.14, or not allowed
             _supported = False
@@ -87,7 +91,7 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
 def page_in_ahead(stores: Sequence[np.ndarray], start: int, stop: int) -> None:
     """Has rows ``[start, stop)`` of every store paged in on the background thread (see :func:`populate`);
     the task holds the stores, so a store replaced meanwhile stays valid until it is done."""
-    if _madvise() is None or not _supported or stop <= start:
+    if not _can_populate() or stop <= start:
         return
     _worker().submit(_populate_all, list(stores), start, stop)
 
@@ -108,7 +112,7 @@ def populated_ahead(shape: int | tuple[int, ...], dtype: type, rows: int | None 
     """``np.zeros(shape, dtype)`` with its first ``rows`` rows (None: all) faulted in, on the background
     thread (None where the system cannot): e.g. a hash map's next slot array, or the larger store a table
     is about to grow into."""
-    if _madvise() is None or not _supported:
+    if not _can_populate():
         return None
     return Ahead(_worker().submit(_populated, shape, dtype, rows))
 
